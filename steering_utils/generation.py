@@ -1,0 +1,175 @@
+"""Batched, seeded sampling of continuations, steered per row.
+
+Each row of a job table (prompt, sample index, layer, alpha) is sampled with its
+own counter-based random stream, seeded by (seed, prompt id, sample index). So a
+row's continuation does not depend on which rows share its batch, the batch size,
+or the cell (common random numbers across alphas: paired comparisons are tighter),
+and a resumed run reproduces an uninterrupted one. Greedy when temperature is 0.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from .models import input_device
+from .params import GenerationParams
+from .steering import steer
+
+JOB_COLUMNS = ("prompt_id", "prompt", "sample", "layer", "alpha")
+UNSTEERED_LAYER = -1  # layer value of rows generated without steering
+_MASK64 = (1 << 64) - 1
+
+
+def _signed(value: int) -> int:
+    value &= _MASK64
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+_GOLDEN = _signed(0x9E3779B97F4A7C15)
+_MIX1 = _signed(0xBF58476D1CE4E5B9)
+_MIX2 = _signed(0x94D049BB133111EB)
+
+
+def _shift_right(x: torch.Tensor, bits: int) -> torch.Tensor:
+    # Logical shift on int64 (torch's >> is arithmetic).
+    return (x >> bits) & ((1 << (64 - bits)) - 1)
+
+
+def _splitmix64(x: torch.Tensor) -> torch.Tensor:
+    """SplitMix64 finaliser on int64 tensors (wrapping arithmetic), same on any device."""
+    x = x + _GOLDEN
+    x = (x ^ _shift_right(x, 30)) * _MIX1
+    x = (x ^ _shift_right(x, 27)) * _MIX2
+    return x ^ _shift_right(x, 31)
+
+
+def row_seed(seed: int, prompt_id: str, sample: int) -> int:
+    """Stable 63-bit seed of one (prompt, sample) stream, independent of process and batch."""
+    digest = hashlib.blake2b(f"{seed}|{prompt_id}|{sample}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+class SeededSampler:
+    """Logits processor: temperature + top-p sampling with one random stream per row.
+
+    It returns -inf everywhere but the sampled token, so `generate` runs greedy
+    (do_sample=False) and picks it. Inverse-CDF sampling over the nucleus, with
+    u = SplitMix64(row seed, step): no global RNG is touched.
+    """
+
+    def __init__(self, seeds: list[int], temperature: float, top_p: float):
+        self.seeds = torch.tensor(seeds, dtype=torch.int64)
+        self.temperature = temperature
+        self.top_p = top_p
+
+    def uniforms(self, step: int, device) -> torch.Tensor:
+        counter = self.seeds.to(device) ^ _splitmix64(torch.tensor(step, dtype=torch.int64))
+        bits = _shift_right(_splitmix64(counter.to(device)), 11)  # 53 random bits
+        return bits.to(torch.float64) / float(1 << 53)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.temperature == 0:
+            return scores
+        probs = torch.softmax(scores.float() / self.temperature, dim=-1)
+        sorted_probs, order = torch.sort(probs, dim=-1, descending=True, stable=True)
+        # Keep the smallest prefix whose mass reaches top_p (always the top token).
+        keep = (torch.cumsum(sorted_probs, dim=-1) - sorted_probs) < self.top_p
+        cdf = torch.cumsum(sorted_probs * keep, dim=-1).double()
+        u = self.uniforms(input_ids.shape[1], scores.device) * cdf[:, -1]
+        pick = torch.searchsorted(cdf, u[:, None], right=True).clamp(max=cdf.shape[1] - 1)
+        token = order.gather(1, pick)
+        chosen = torch.full_like(scores, float("-inf"))
+        return chosen.scatter(1, token, 0.0)
+
+
+def make_jobs(prompts: pd.DataFrame, cells: list[tuple[int, float]], samples: int) -> pd.DataFrame:
+    """Job table: every prompt x cell (layer, alpha) x sample, with the prompts' columns."""
+    if prompts.empty:
+        raise ValueError("make_jobs: no prompts")
+    grid = pd.DataFrame(
+        [(layer, alpha, s) for layer, alpha in cells for s in range(samples)],
+        columns=["layer", "alpha", "sample"],
+    )
+    jobs = prompts.merge(grid, how="cross")
+    jobs["prompt"] = jobs["text"]
+    return jobs.reset_index(drop=True)
+
+
+def _batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    # Bucket by prompt length so batches carry little padding.
+    order = np.argsort(lengths, kind="stable")
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+_AUTO_BATCH: dict[tuple[str, int], int] = {}  # (model, length bucket) -> batch that fit
+
+
+def _generate_batch(model, tokenizer, rows: pd.DataFrame, vectors, gen: GenerationParams,
+                    seed: int, positions: str) -> list[str]:
+    from transformers import GenerationConfig, LogitsProcessorList
+
+    encoded = tokenizer(list(rows["prompt"]), return_tensors="pt", padding=True)
+    encoded = {k: v.to(input_device(model)) for k, v in encoded.items()}
+    seeds = [row_seed(seed, pid, s) for pid, s in zip(rows["prompt_id"], rows["sample"])]
+    config = GenerationConfig(
+        max_new_tokens=gen.max_new_tokens,
+        do_sample=False,  # SeededSampler has already sampled
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=model.generation_config.eos_token_id,
+    )
+    processors = LogitsProcessorList([SeededSampler(seeds, gen.temperature, gen.top_p)])
+    alphas = rows["alpha"].astype(float).tolist()
+    layers = [max(int(layer), 0) for layer in rows["layer"]]
+    steered = vectors is not None and any(alphas)
+    with torch.inference_mode():
+        if steered:
+            with steer(model, vectors, layers, alphas, positions=positions, batch_size=len(rows)):
+                out = model.generate(**encoded, generation_config=config,
+                                     logits_processor=processors)
+        else:
+            out = model.generate(**encoded, generation_config=config, logits_processor=processors)
+    new_tokens = out[:, encoded["input_ids"].shape[1]:]
+    return tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+
+
+def generate_completions(model, tokenizer, jobs: pd.DataFrame, vectors, gen: GenerationParams,
+                         seed: int, positions: str = "all", desc: str = "generating") -> pd.DataFrame:
+    """The job table with a `completion` column; rows steered by their (layer, alpha)."""
+    missing = [c for c in JOB_COLUMNS if c not in jobs.columns]
+    if missing:
+        raise ValueError(f"generate_completions: job table lacks columns {missing}")
+    if jobs.empty:
+        return jobs.assign(completion=pd.Series(dtype=str))
+    lengths = np.array([len(ids) for ids in tokenizer(list(jobs["prompt"]))["input_ids"]])
+    completions = np.empty(len(jobs), dtype=object)
+    requested = gen.batch_size
+    on_cuda = input_device(model).type == "cuda"
+    batch_size = (256 if on_cuda else 32) if requested == "auto" else requested
+    with tqdm(total=len(jobs), desc=desc, unit="seq") as bar:
+        pending = _batches(lengths, batch_size)
+        while pending:
+            index = pending.pop(0)
+            key = (model.config.name_or_path, int(lengths[index].max()) // 64)
+            if requested == "auto" and _AUTO_BATCH.get(key, len(index)) < len(index):
+                cap = _AUTO_BATCH[key]
+                pending = [index[i : i + cap] for i in range(0, len(index), cap)] + pending
+                continue
+            try:
+                texts = _generate_batch(model, tokenizer, jobs.iloc[index], vectors, gen,
+                                        seed, positions)
+            except torch.cuda.OutOfMemoryError:
+                if requested != "auto" or len(index) == 1:
+                    raise
+                torch.cuda.empty_cache()
+                half = len(index) // 2
+                _AUTO_BATCH[key] = half
+                pending = [index[:half], index[half:]] + pending
+                continue
+            completions[index] = texts
+            bar.update(len(index))
+    return jobs.assign(completion=completions.astype(str))

