@@ -66,6 +66,7 @@ class SeededSampler:
         self.seeds = torch.tensor(seeds, dtype=torch.int64)
         self.temperature = temperature
         self.top_p = top_p
+        self.prompt_length: int | None = None  # padded; the step count must not depend on it
 
     def uniforms(self, step: int, device) -> torch.Tensor:
         counter = self.seeds.to(device) ^ _splitmix64(torch.tensor(step, dtype=torch.int64))
@@ -80,7 +81,10 @@ class SeededSampler:
         # Keep the smallest prefix whose mass reaches top_p (always the top token).
         keep = (torch.cumsum(sorted_probs, dim=-1) - sorted_probs) < self.top_p
         cdf = torch.cumsum(sorted_probs * keep, dim=-1).double()
-        u = self.uniforms(input_ids.shape[1], scores.device) * cdf[:, -1]
+        if self.prompt_length is None:
+            self.prompt_length = input_ids.shape[1]
+        step = input_ids.shape[1] - self.prompt_length
+        u = self.uniforms(step, scores.device) * cdf[:, -1]
         pick = torch.searchsorted(cdf, u[:, None], right=True).clamp(max=cdf.shape[1] - 1)
         token = order.gather(1, pick)
         chosen = torch.full_like(scores, float("-inf"))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -226,3 +227,11 @@ def resolve_layers(layers: Literal["all"] | list[int], stride: int, n_layers: in
     if not layers:
         raise ParamsError(f"{field}: empty; list layers or use 'all'")
     return sorted(set(layers))
+
+
+def apply_environment(params: StudyParams) -> None:
+    """Make offline params never touch the network (set before hub libraries load)."""
+    if params.hf_hub_offline:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        os.environ["HF_DATASETS_OFFLINE"] = "1"
+        os.environ["TRANSFORMERS_OFFLINE"] = "1"

