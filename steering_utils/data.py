@@ -62,7 +62,12 @@ def _user_file(spec: SubsetParams, field: str) -> pd.DataFrame:
     path = Path(spec.path)
     if not path.is_file():
         raise ParamsError(f"{field}.path: no file at {path}")
-    table = pd.read_json(path, lines=True) if spec.source == "jsonl" else pd.read_csv(path)
+    try:
+        table = pd.read_json(path, lines=True) if spec.source == "jsonl" else pd.read_csv(path)
+    except (ValueError, pd.errors.EmptyDataError) as err:
+        raise ParamsError(f"{field}.path: cannot read {path} as {spec.source} ({err})") from err
+    if table.empty:
+        raise ParamsError(f"{field}.path: {path} holds no rows; give a file with prompts")
     for column, name in ((spec.text_column, "text_column"), (spec.toxicity_column,
                                                               "toxicity_column")):
         if column is not None and column not in table.columns:
@@ -96,13 +101,13 @@ def split_prompts(table: pd.DataFrame, spec: SubsetParams, subset: str, seed: in
     """A seeded sample of n_train + n_dev + n_eval prompts, labelled by split."""
     sizes = {"train": spec.n_train, "dev": spec.n_dev, "eval": spec.n_eval}
     wanted = sum(sizes.values())
+    if len(table) == 0:
+        raise ParamsError(f"data.{subset}: the source has no usable (non-empty) prompts")
     if wanted > len(table):
         raise ParamsError(
             f"data.{subset}: n_train + n_dev + n_eval = {wanted} but the source has only "
             f"{len(table)} prompts; lower the sizes"
         )
-    if len(table) == 0:
-        raise ParamsError(f"data.{subset}: the source has no prompts")
     rng = np.random.default_rng([seed, SUBSETS.index(subset)])
     order = rng.permutation(len(table))[:wanted]
     chosen = table.iloc[order].reset_index(drop=True)

@@ -102,14 +102,25 @@ def model_location(spec: ModelParams) -> tuple[str, dict]:
     return spec.path, {"revision": spec.revision} if spec.revision else {}
 
 
+def _not_found(spec: ModelParams, err: Exception) -> ParamsError:
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return ParamsError(
+        f"model.path: cannot load {spec.path!r} ({first}). Check the hub id or folder; "
+        "for a hub model, network access (HF_HUB_OFFLINE unset) or a filled cache is needed"
+    )
+
+
 def load_tokenizer(spec: ModelParams):
     """Tokenizer with left padding and a pad token, ready for batched generation."""
     from transformers import AutoTokenizer
 
     where, extra = model_location(spec)
-    tokenizer = AutoTokenizer.from_pretrained(
-        where, trust_remote_code=spec.trust_remote_code, **extra
-    )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            where, trust_remote_code=spec.trust_remote_code, **extra
+        )
+    except OSError as err:
+        raise _not_found(spec, err) from err
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -124,11 +135,15 @@ def load_model(spec: ModelParams):
     device = pick_device(spec.device)
     dtype = pick_dtype(spec.dtype, device)
     kwargs = dict(dtype=dtype, trust_remote_code=spec.trust_remote_code, **extra)
-    if spec.device_map:
-        # accelerate places (and, across GPUs, shards) the layers itself.
-        model = AutoModelForCausalLM.from_pretrained(where, device_map=spec.device_map, **kwargs)
-    else:
-        model = AutoModelForCausalLM.from_pretrained(where, **kwargs).to(device)
+    try:
+        if spec.device_map:
+            # accelerate places (and, across GPUs, shards) the layers itself.
+            model = AutoModelForCausalLM.from_pretrained(where, device_map=spec.device_map,
+                                                         **kwargs)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(where, **kwargs).to(device)
+    except OSError as err:
+        raise _not_found(spec, err) from err
     model.eval()
     tokenizer = load_tokenizer(spec)
     if model.generation_config.pad_token_id is None:
@@ -152,7 +167,11 @@ def load_model_config(spec: ModelParams):
         parsed = load_gguf_checkpoint(str(smollm2_folder() / SMOLLM2_GGUF), return_tensors=False)
         return LlamaConfig(**parsed["config"])
     where, extra = model_location(spec)
-    return AutoConfig.from_pretrained(where, trust_remote_code=spec.trust_remote_code, **extra)
+    try:
+        return AutoConfig.from_pretrained(where, trust_remote_code=spec.trust_remote_code,
+                                          **extra)
+    except OSError as err:
+        raise _not_found(spec, err) from err
 
 
 def num_decoder_layers(config) -> int:

@@ -1,0 +1,100 @@
+"""Prompt sources and splits: offline files, the hub loader on a local copy, user files."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from steering_utils.data import load_prompts, read_source, split_prompts, split_sizes
+from steering_utils.params import ParamsError, parse_params
+from tests.test_params import _default
+
+
+def _data(**subsets):
+    raw = _default()
+    for name, spec in subsets.items():
+        raw["data"][name] = spec
+    return parse_params(raw)
+
+
+def test_offline_sources_and_disjoint_seeded_splits():
+    params = parse_params(_default())
+    prompts = load_prompts(params.data, params.seed)
+    sizes = split_sizes(prompts)
+    assert sizes["challenging"] == {"train": 96, "dev": 40, "eval": 64}
+    assert sizes["benign"] == {"train": 32, "dev": 0, "eval": 48}
+    for subset, rows in prompts.groupby("subset"):
+        by_split = [set(g["text"]) for _, g in rows.groupby("split")]
+        assert sum(len(s) for s in by_split) == len(set().union(*by_split))  # disjoint
+    assert prompts["prompt_id"].is_unique
+    challenging = prompts[prompts.subset == "challenging"]
+    assert (challenging["prompt_toxicity"] >= 0.5).all()
+    again = load_prompts(params.data, params.seed)
+    pd.testing.assert_frame_equal(prompts, again)
+    other = load_prompts(params.data, params.seed + 1)
+    assert set(other["text"]) != set(prompts["text"])
+
+
+def _write_rtp(folder):
+    rows = [
+        {"filename": f"f{i}", "begin": 0, "end": 10, "challenging": i % 3 == 0,
+         "prompt": {"text": f"prompt number {i}", "toxicity": (i % 10) / 10},
+         "continuation": {"text": "x", "toxicity": 0.1}}
+        for i in range(60)
+    ]
+    rows.append({"filename": "none", "begin": 0, "end": 1, "challenging": False,
+                 "prompt": {"text": "unscored prompt", "toxicity": None},
+                 "continuation": {"text": "y", "toxicity": None}})
+    (folder / "prompts.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+
+
+def test_rtp_hub_loader_on_a_local_copy(tmp_path):
+    """The hub code path (datasets.load_dataset), pointed at a local folder in RTP's format."""
+    _write_rtp(tmp_path)
+    raw = _default()
+    raw["data"]["rtp_dataset"] = str(tmp_path)
+    raw["data"]["benign_max_toxicity"] = 0.25
+    raw["data"]["challenging"] = {"source": "rtp_hub", "n_train": 5, "n_dev": 5, "n_eval": 10}
+    raw["data"]["benign"] = {"source": "rtp_hub", "n_train": 2, "n_dev": 0, "n_eval": 4}
+    params = parse_params(raw)
+    challenging = read_source(params.data, "challenging")
+    benign = read_source(params.data, "benign")
+    assert len(challenging) == 20  # every third of 60
+    assert (benign["prompt_toxicity"] < 0.25).all() and len(benign) == 18
+    assert "unscored prompt" not in set(benign["text"])
+    prompts = load_prompts(params.data, params.seed)
+    assert split_sizes(prompts)["challenging"]["eval"] == 10
+
+
+def test_user_jsonl_and_csv_with_named_columns(tmp_path):
+    jsonl = tmp_path / "mine.jsonl"
+    jsonl.write_text("\n".join(json.dumps({"body": f"line {i}", "tox": i / 10}) for i in range(8)))
+    csv = tmp_path / "mine.csv"
+    csv.write_text("sentence\n" + "\n".join(f"calm sentence {i}" for i in range(6)) + "\n\n")
+    params = _data(
+        challenging={"source": "jsonl", "path": str(jsonl), "text_column": "body",
+                     "toxicity_column": "tox", "n_train": 2, "n_dev": 2, "n_eval": 4},
+        benign={"source": "csv", "path": str(csv), "text_column": "sentence",
+                "n_train": 0, "n_dev": 0, "n_eval": 6},
+    )
+    prompts = load_prompts(params.data, 0)
+    assert len(prompts) == 14
+    assert prompts.loc[prompts.subset == "challenging", "prompt_toxicity"].notna().all()
+
+
+def test_split_asks_for_more_than_available():
+    table = pd.DataFrame({"text": ["a", "b", "c"], "prompt_toxicity": [0.1, 0.2, 0.3]})
+    spec = parse_params(_default()).data.benign.model_copy(update={"n_train": 2, "n_eval": 2})
+    with pytest.raises(ParamsError, match=r"data.benign: .* = 4 but the source has only 3"):
+        split_prompts(table, spec, "benign", 0)
+    with pytest.raises(ParamsError, match="no usable"):
+        split_prompts(table.iloc[:0], spec, "benign", 0)
+
+
+def test_missing_file_is_named(tmp_path):
+    params = _data(benign={"source": "jsonl", "path": str(tmp_path / "no.jsonl"),
+                           "n_train": 0, "n_dev": 0, "n_eval": 1})
+    with pytest.raises(ParamsError, match=r"data.benign.path: no file at"):
+        read_source(params.data, "benign")

@@ -1,0 +1,125 @@
+"""Params: inheritance, and one clear error per kind of bad input, before any work."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from steering_utils.params import ParamsError, load_params, parse_params, resolve_layers
+from steering_utils.preflight import check_layers, check_sizes, validate_run
+
+PARAMS = Path(__file__).resolve().parent.parent / "params"
+
+
+def _default() -> dict:
+    return yaml.safe_load((PARAMS / "default.yaml").read_text())
+
+
+def _write(tmp_path, data, name="p.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize("name", ["default", "smoke", "qwen3-8b"])
+def test_shipped_params_load(name):
+    params = load_params(PARAMS / f"{name}.yaml")
+    assert params.run_name == name
+    assert len(params.params_hash) == 16
+
+
+def test_inheritance_merges_nested_fields():
+    smoke = load_params(PARAMS / "smoke.yaml")
+    default = load_params(PARAMS / "default.yaml")
+    assert smoke.generation.max_new_tokens == 8
+    assert smoke.generation.temperature == default.generation.temperature  # inherited
+    assert smoke.scorer == default.scorer
+    assert smoke.params_hash != default.params_hash
+
+
+def test_real_study_params_are_the_brief():
+    qwen = load_params(PARAMS / "qwen3-8b.yaml")
+    assert qwen.model.path == "Qwen/Qwen3-8B" and qwen.model.dtype == "bfloat16"
+    assert qwen.scorer.name == "unbiased-toxic-roberta"
+    assert qwen.sweep.alphas == [-1.0, -0.5, 0, 0.25, 0.5, 1.0, 1.5, 2.0]
+    assert qwen.generation.temperature == 0.7 and qwen.generation.top_p == 0.9
+    assert qwen.generation.samples_per_prompt == 25 and qwen.generation.max_new_tokens == 20
+    assert qwen.sweep.layers == "all" and qwen.sweep.layer_stride == 1
+    assert not qwen.model.trust_remote_code
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda d: d.update(sedd=1), r"sedd: unknown key; remove it or check its spelling"),
+        (lambda d: d["generation"].update(temprature=0.7), r"generation.temprature: unknown key"),
+        (lambda d: d["generation"].update(temperature="hot"), r"generation.temperature: .*number"),
+        (lambda d: d["sweep"].update(alphas=[]), r"sweep.alphas: .*at least one alpha"),
+        (lambda d: d["scorer"].update(name="perspective"), r"scorer.name: Input should be"),
+        (lambda d: d["data"]["challenging"].update(n_eval=0), r"data.challenging.n_eval"),
+        (lambda d: d["model"].update(source="hub"), r"model.path is required"),
+        (lambda d: d.update(run_name="a b/c"), r"run_name: String should match"),
+    ],
+)
+def test_bad_fields_are_named(edit, message):
+    data = _default()
+    edit(data)
+    with pytest.raises(ParamsError, match=message):
+        parse_params(data, "p.yaml")
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ParamsError, match="params file not found"):
+        load_params(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("run_name: [unclosed")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(bad)
+    cyclic = tmp_path / "cyc.yaml"
+    cyclic.write_text("inherits: cyc.yaml\n")
+    with pytest.raises(ParamsError, match="inherits itself"):
+        load_params(cyclic)
+
+
+def test_layers_out_of_range_for_the_model():
+    with pytest.raises(ParamsError, match=r"sweep.layers: \[30, 40\] out of range .* 0..29"):
+        resolve_layers([3, 30, 40], 1, 30)
+    assert resolve_layers("all", 3, 10) == [0, 3, 6, 9]
+    data = _default()
+    data["sweep"]["layers"] = [2, 31]
+    with pytest.raises(ParamsError, match=r"sweep.layers: \[31\] out of range for a model with 30"):
+        check_layers(parse_params(data))
+
+
+def test_sizes_larger_than_the_source_and_empty_subsets(tmp_path):
+    data = _default()
+    data["data"]["challenging"]["n_eval"] = 5000
+    with pytest.raises(ParamsError, match=r"data.challenging: .* = 5136 but the source has 993"):
+        check_sizes(parse_params(data))
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    data = _default()
+    data["data"]["benign"] = {"source": "jsonl", "path": str(empty), "n_train": 0, "n_dev": 0,
+                              "n_eval": 1}
+    with pytest.raises(ParamsError, match=r"data.benign.path: .*empty.jsonl holds no rows"):
+        validate_run(parse_params(data))
+
+
+def test_missing_text_column_lists_the_columns(tmp_path):
+    path = tmp_path / "mine.csv"
+    path.write_text("sentence,score\nhello there,0.1\nhi,0.2\n")
+    data = _default()
+    data["data"]["benign"] = {"source": "csv", "path": str(path), "text_column": "text",
+                              "n_train": 0, "n_dev": 0, "n_eval": 1}
+    with pytest.raises(ParamsError, match=r"data.benign.text_column: column 'text' not in "
+                                          r"mine.csv; available: sentence, score"):
+        validate_run(parse_params(data))
+
+
+def test_contrast_larger_than_the_train_split():
+    data = _default()
+    data["activations"]["n_per_side"] = 500
+    with pytest.raises(ParamsError, match=r"activations.n_per_side: 500 a side needs 1000"):
+        check_sizes(parse_params(data))
