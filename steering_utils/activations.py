@@ -85,7 +85,8 @@ def contrast_sets(baseline: pd.DataFrame, prompts: pd.DataFrame, contrast: str,
     toxic, clean = contrast_texts(baseline, prompts, contrast, n_per_side, "train")
     sets = {"train_toxic": toxic, "train_clean": clean}
     if contrast == "completions":
-        available = int(((baseline["subset"] == "challenging") & (baseline["split"] == "dev")).sum())
+        is_dev = (baseline["subset"] == "challenging") & (baseline["split"] == "dev")
+        available = int(is_dev.sum())
     else:
         available = 2 * int(min(((prompts["subset"] == s) & (prompts["split"] == "dev")).sum()
                                 for s in ("challenging", "benign")))

@@ -142,7 +142,8 @@ def _generate_batch(model, tokenizer, rows: pd.DataFrame, vectors, gen: Generati
 
 
 def generate_completions(model, tokenizer, jobs: pd.DataFrame, vectors, gen: GenerationParams,
-                         seed: int, positions: str = "all", desc: str = "generating") -> pd.DataFrame:
+                         seed: int, positions: str = "all",
+                         desc: str = "generating") -> pd.DataFrame:
     """The job table with a `completion` column; rows steered by their (layer, alpha)."""
     missing = [c for c in JOB_COLUMNS if c not in jobs.columns]
     if missing:

@@ -49,8 +49,10 @@ def device_description(requested: str = "auto") -> str:
     device = pick_device(requested)
     if device.startswith("cuda") and torch.cuda.is_available():
         props = torch.cuda.get_device_properties(torch.device(device))
-        return f"{device} ({props.name}, {props.total_memory / 2**30:.0f} GiB) x{torch.cuda.device_count()}"
-    return f"{device} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+        memory = props.total_memory / 2**30
+        return f"{device} ({props.name}, {memory:.0f} GiB) x{torch.cuda.device_count()}"
+    cpu = platform.processor() or platform.machine()
+    return f"{device} ({cpu}, {torch.get_num_threads()} threads)"
 
 
 def build_manifest(params: StudyParams, timings: dict[str, float] | None = None) -> dict:

@@ -177,7 +177,8 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     except yaml.YAMLError as err:
         raise ParamsError(f"{path}: not valid YAML ({err})") from err
     if not isinstance(raw, dict):
-        raise ParamsError(f"{path}: top level must be a mapping of fields, got {type(raw).__name__}")
+        kind = type(raw).__name__
+        raise ParamsError(f"{path}: top level must be a mapping of fields, got {kind}")
     parent = raw.pop("inherits", None)
     if parent is None:
         return raw

@@ -85,8 +85,8 @@ def choose_layers(grid: pd.DataFrame, n_chosen: int, max_perplexity_increase: fl
     limit = np.inf
     if "perplexity" in grid and not reference.empty and np.isfinite(reference["perplexity"]).all():
         limit = float(reference["perplexity"].mean()) * (1 + max_perplexity_increase)
-    fluent = steered[steered["perplexity"].fillna(np.inf) <= limit] if np.isfinite(limit) else steered
-    pool = fluent if not fluent.empty else steered
+    fluent = steered[steered["perplexity"].fillna(np.inf) <= limit]
+    pool = fluent if not fluent.empty else steered  # nothing fluent: least toxic overall
     best = pool.groupby("layer")["mean_toxicity"].min().sort_values(kind="stable")
     return [int(layer) for layer in best.index[:n_chosen]]
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 
@@ -85,12 +86,12 @@ def separation_auc(vectors: SteeringVectors, toxic: torch.Tensor, clean: torch.T
 
 
 def layer_stats(vectors: SteeringVectors, dev_toxic: dict | None = None,
-                dev_clean: dict | None = None) -> "pd.DataFrame":
+                dev_clean: dict | None = None) -> pd.DataFrame:
     """Per layer: ||v||, mean ||h||, their ratio, and held-out AUROC (NaN without a dev set)."""
-    import pandas as pd
-
-    auc = (separation_auc(vectors, dev_toxic["pooled"], dev_clean["pooled"])
-           if dev_toxic is not None and dev_clean is not None else [float("nan")] * vectors.n_layers)
+    if dev_toxic is not None and dev_clean is not None:
+        auc = separation_auc(vectors, dev_toxic["pooled"], dev_clean["pooled"])
+    else:
+        auc = [float("nan")] * vectors.n_layers
     return pd.DataFrame({
         "layer": range(vectors.n_layers),
         "vector_norm": vectors.norms.numpy(),

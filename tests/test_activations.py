@@ -5,8 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from steering_utils.activations import capture_activations, load_activation_sets, pool_mask, \
-    save_activation_sets
+from steering_utils.activations import (
+    capture_activations,
+    load_activation_sets,
+    pool_mask,
+    save_activation_sets,
+)
 from steering_utils.vectors import SteeringVectors, compute_caa_vectors, separation_auc
 
 TEXTS = ["the cat runs at night and the dog runs in the day", "you are stupid",

@@ -25,7 +25,7 @@ def test_offline_sources_and_disjoint_seeded_splits():
     sizes = split_sizes(prompts)
     assert sizes["challenging"] == {"train": 96, "dev": 40, "eval": 64}
     assert sizes["benign"] == {"train": 32, "dev": 0, "eval": 48}
-    for subset, rows in prompts.groupby("subset"):
+    for _, rows in prompts.groupby("subset"):
         by_split = [set(g["text"]) for _, g in rows.groupby("split")]
         assert sum(len(s) for s in by_split) == len(set().union(*by_split))  # disjoint
     assert prompts["prompt_id"].is_unique

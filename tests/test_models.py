@@ -9,8 +9,7 @@ import sys
 import pytest
 import torch
 
-from steering_utils.models import decoder_layers, load_model_config, num_decoder_layers, \
-    pick_dtype
+from steering_utils.models import decoder_layers, load_model_config, num_decoder_layers, pick_dtype
 from steering_utils.params import ModelParams, ParamsError
 
 
@@ -20,8 +19,14 @@ def _tiny(config_cls, model_cls, **kwargs):
 
 
 def test_decoder_layers_of_supported_architectures():
-    from transformers import (GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM,
-                              Qwen3Config, Qwen3ForCausalLM)
+    from transformers import (
+        GPT2Config,
+        GPT2LMHeadModel,
+        LlamaConfig,
+        LlamaForCausalLM,
+        Qwen3Config,
+        Qwen3ForCausalLM,
+    )
 
     small = dict(vocab_size=50, hidden_size=32, intermediate_size=64, num_attention_heads=2,
                  num_key_value_heads=2, num_hidden_layers=2)

@@ -74,7 +74,8 @@ from steering_utils.plots import plot_prompt_toxicity
 
 plot_prompt_toxicity(prompts)'''),
     code('''
-prompts.groupby(["subset", "split"]).head(2)[["subset", "split", "prompt_id", "text", "prompt_toxicity"]]'''),
+columns = ["subset", "split", "prompt_id", "text", "prompt_toxicity"]
+prompts.groupby(["subset", "split"]).head(2)[columns]'''),
     code("stage.finish()"),
 ]
 

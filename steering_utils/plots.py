@@ -1,0 +1,443 @@
+"""Figures of the study: each function takes data and returns a matplotlib Figure.
+
+`set_style` is the one place that sets the look; `save_figure` writes PNG and SVG;
+`make_figures` draws every figure the results support. Figures are built with the object
+API (`matplotlib.figure.Figure`), not pyplot, so they work under any backend, never pile up
+in pyplot's registry, and a notebook shows each once (as the cell's value).
+Error bars are the results' 95% bootstrap intervals over prompts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+UNSTEERED_LAYER = -1  # layer of alpha-0 rows (as in steering_utils.generation); no torch import
+CI_NOTE = "error bars: 95% bootstrap CI over prompts"
+FORMATS = ("png", "svg")
+DPI = 150
+_FONT_SIZES = {"font.size": 10.5, "axes.titlesize": 11.5, "axes.labelsize": 10.5,
+               "xtick.labelsize": 9.5, "ytick.labelsize": 9.5, "legend.fontsize": 9,
+               "legend.title_fontsize": 9.5, "figure.titlesize": 12.5}
+_SUBSET_STYLE = {"challenging": {"color_index": 3, "marker": "o"},
+                 "benign": {"color_index": 0, "marker": "s"}}
+_ALPHA = "steering multiplier α (× v, unitless)"
+_TOXICITY = "mean toxicity (scorer probability, 0–1)"
+
+
+def set_style() -> None:
+    """Seaborn whitegrid theme, colorblind palette, readable font sizes (global rcParams)."""
+    import seaborn as sns
+
+    sns.set_theme(context="notebook", style="whitegrid", palette="colorblind", rc={
+        **_FONT_SIZES,
+        "figure.dpi": 100,
+        "savefig.dpi": DPI,
+        "svg.hashsalt": "steering-study",  # stable SVG ids, so reruns diff cleanly
+        "lines.linewidth": 1.8,
+        "errorbar.capsize": 3,
+    })
+
+
+def _palette(n: int = 10) -> list:
+    import seaborn as sns
+
+    return sns.color_palette("colorblind", n)
+
+
+def _figure(width: float, height: float) -> Figure:
+    set_style()
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+# --- data helpers -------------------------------------------------------------------------
+
+def _cells(results: dict, stage: str, subset: str | None = None) -> pd.DataFrame:
+    rows = [c for c in results["cells"] if c["stage"] == stage
+            and (subset is None or c["subset"] == subset)]
+    return pd.DataFrame(rows)
+
+
+def _line(cells: pd.DataFrame, layer: int) -> pd.DataFrame:
+    """One chosen layer's alpha series: its steered cells plus the shared unsteered cell."""
+    if cells.empty:
+        return cells
+    rows = cells[(cells["layer"] == layer) | (cells["alpha"] == 0)]
+    return rows.drop_duplicates("alpha").sort_values("alpha").reset_index(drop=True)
+
+
+def _yerr(values: Sequence, intervals: Sequence) -> np.ndarray:
+    """(2, n) distances from each value to its interval ends; 0 where there is no interval."""
+    err = np.zeros((2, len(values)))
+    for i, (value, ci) in enumerate(zip(values, intervals)):
+        if value is None or ci is None or (isinstance(ci, float) and math.isnan(ci)):
+            continue
+        lo, hi = ci
+        err[0, i], err[1, i] = max(0.0, value - lo), max(0.0, hi - value)
+    return err
+
+
+def _alpha_label(alpha: float) -> str:
+    return "unsteered" if alpha == 0 else f"α={alpha:g}"
+
+
+def _n_label(cell: pd.Series | dict) -> str:
+    n, n_prompts = int(cell["n"]), int(cell["n_prompts"])
+    k = n / n_prompts if n_prompts else 0
+    per = f" × {k:g} samples" if k and k != 1 else ""
+    return f"n = {n_prompts} prompts{per}"
+
+
+def _chosen(results: dict) -> list[int]:
+    return [int(x) for x in results.get("chosen_layers") or []]
+
+
+def _relative_scale(results: dict, layer: int) -> float | None:
+    """||v[layer]|| / mean ||h[layer]||: relative_norm per unit alpha."""
+    vec = results["vectors"]
+    if layer not in vec["layers"]:
+        return None
+    i = vec["layers"].index(layer)
+    h = vec["activation_norms"][i]
+    return vec["norms"][i] / h if h else None
+
+
+def _layer_table(data: dict | pd.DataFrame) -> pd.DataFrame:
+    """layer, vector_norm, activation_norm, separation_auc from results or layer_stats."""
+    if isinstance(data, pd.DataFrame):
+        return data.copy()
+    vec = data["vectors"]
+    auc = [np.nan if x is None else x for x in vec["separation_auc"]]
+    return pd.DataFrame({"layer": vec["layers"], "vector_norm": vec["norms"],
+                         "activation_norm": vec["activation_norms"], "separation_auc": auc})
+
+
+def _mark_layers(ax, layers: Iterable[int], label: bool = True) -> None:
+    for i, layer in enumerate(layers):
+        ax.axvline(layer, color="0.35", linestyle=":", linewidth=1.3, zorder=0,
+                   label="chosen layer" if label and i == 0 else None)
+
+
+def _errorbar(ax, x, y, yerr, *, label, color, marker="o", linestyle="-", xerr=None, **kw):
+    return ax.errorbar(x, y, yerr=yerr, xerr=xerr, label=label, color=color, marker=marker,
+                       linestyle=linestyle, markersize=5.5, elinewidth=1.1, capsize=3, **kw)
+
+
+# --- figures ------------------------------------------------------------------------------
+
+def plot_toxicity_vs_alpha(results: dict) -> Figure:
+    """Mean toxicity vs alpha at the chosen layer(s), challenging and benign eval prompts."""
+    fig = _figure(7.2, 4.6)
+    ax = fig.add_subplot()
+    sweep = _cells(results, "sweep")
+    colors = _palette()
+    layers = _chosen(results)
+    linestyles = ["-", "--", "-.", ":"]
+    for li, layer in enumerate(layers):
+        for subset, style in _SUBSET_STYLE.items():
+            line = _line(sweep[sweep["subset"] == subset], layer) if not sweep.empty else sweep
+            if line.empty:
+                continue
+            layer_note = f"layer {layer}, " if len(layers) > 1 else ""
+            _errorbar(ax, line["alpha"], line["mean_toxicity"],
+                      _yerr(line["mean_toxicity"], line["mean_toxicity_ci"]),
+                      label=f"{subset} eval ({layer_note}{_n_label(line.iloc[0])})",
+                      color=colors[style["color_index"]], marker=style["marker"],
+                      linestyle=linestyles[li % len(linestyles)])
+    ax.axvline(0, color="0.6", linewidth=0.9, zorder=0)
+    ax.set_xlabel(_ALPHA)
+    ax.set_ylabel(_TOXICITY)
+    ax.set_ylim(bottom=0)
+    where = ", ".join(str(x) for x in layers)
+    ax.set_title(f"Mean toxicity of continuations vs steering strength (layer {where})")
+    scale = _relative_scale(results, layers[0]) if layers else None
+    if scale:
+        # Residual norms grow with depth, so alpha alone does not compare across layers.
+        top = ax.secondary_xaxis("top", functions=(lambda a: a * scale, lambda r: r / scale))
+        top.set_xlabel(rf"relative strength $\alpha\,\|v\|/\|h\|$ at layer {layers[0]} "
+                       "(fraction of mean residual norm)")
+    ax.legend(title=CI_NOTE, loc="best", frameon=True)
+    return fig
+
+
+def plot_gehman_vs_alpha(results: dict) -> Figure:
+    """Expected maximum toxicity and toxicity probability vs alpha (challenging eval)."""
+    fig = _figure(9.0, 4.0)
+    axes = fig.subplots(1, 2, sharex=True)
+    sweep = _cells(results, "sweep", "challenging")
+    colors = _palette()
+    metrics = (("emt", "expected maximum toxicity (0–1)", "Expected maximum toxicity (EMT)"),
+               ("tp", "toxicity probability (fraction of prompts)", "Toxicity probability (TP)"))
+    for ax, (key, ylabel, title) in zip(axes, metrics):
+        for li, layer in enumerate(_chosen(results)):
+            line = _line(sweep, layer)
+            if line.empty:
+                continue
+            _errorbar(ax, line["alpha"], line[key], _yerr(line[key], line[f"{key}_ci"]),
+                      label=f"layer {layer} ({_n_label(line.iloc[0])})",
+                      color=colors[(3 + li) % len(colors)])
+        ax.set_xlabel(_ALPHA)
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(0, 1.02)
+        ax.set_title(title)
+        ax.legend(title=CI_NOTE, loc="best")
+    fig.suptitle("Gehman et al. (2020) toxicity metrics vs α, challenging eval prompts")
+    return fig
+
+
+def plot_grid_heatmap(summary: pd.DataFrame, chosen_layers: Iterable[int] = (),
+                      split: str = "dev") -> Figure:
+    """Layer (y) x alpha (x) heatmap of mean toxicity from grid cell summaries."""
+    import seaborn as sns
+
+    fig = _figure(7.2, 2.2 + 0.5 * max(2, summary["layer"].nunique()))
+    ax = fig.add_subplot()
+    steered = summary[summary["layer"] != UNSTEERED_LAYER]
+    table = steered.pivot_table(index="layer", columns="alpha", values="mean_toxicity")
+    reference = summary[(summary["alpha"] == 0)]
+    if not reference.empty:
+        # The unsteered cell is shared by every layer: repeat it as the alpha = 0 column.
+        table[0.0] = float(reference["mean_toxicity"].mean())
+    table = table.reindex(sorted(table.columns), axis=1).sort_index()
+    chosen = set(chosen_layers)
+    sns.heatmap(table, ax=ax, annot=True, fmt=".2f", cmap="mako_r", vmin=0,
+                linewidths=0.6, linecolor="white", annot_kws={"fontsize": 9},
+                cbar_kws={"label": "mean toxicity (0–1)"})
+    ax.set_xticklabels([_alpha_label(float(a)) for a in table.columns])
+    ax.set_yticklabels([f"{layer} ◀ chosen" if layer in chosen else str(layer)
+                        for layer in table.index], rotation=0)
+    ax.set_xlabel(_ALPHA)
+    ax.set_ylabel("layer (0 = first block)")
+    n = int(summary["n_prompts"].max()) if "n_prompts" in summary else None
+    n_note = f" (n = {n} prompts, 1 continuation each)" if n else ""
+    ax.set_title(f"Mean toxicity by layer and α\nchallenging {split} split{n_note}")
+    return fig
+
+
+def plot_layer_alpha_heatmap(results: dict) -> Figure | None:
+    """The grid stage's layer x alpha heatmap of mean toxicity (None without grid cells)."""
+    grid = _cells(results, "grid", "challenging")
+    if grid.empty:
+        return None
+    return plot_grid_heatmap(grid, _chosen(results), results["grid"].get("split", "dev"))
+
+
+def plot_tradeoff(results: dict) -> Figure | None:
+    """Mean toxicity vs perplexity of the challenging sweep cells, Pareto front, recommendation."""
+    sweep = _cells(results, "sweep", "challenging")
+    if sweep.empty or sweep["perplexity"].isna().all():
+        return None
+    fig = _figure(7.4, 5.0)
+    ax = fig.add_subplot()
+    colors = _palette()
+    layers = _chosen(results)
+    shown = []
+    for li, layer in enumerate(layers):
+        line = _line(sweep, layer).dropna(subset=["perplexity"])
+        if line.empty:
+            continue
+        shown.append(line)
+        label = f"layer {layer} sweep ({_n_label(line.iloc[0])})"
+        _errorbar(ax, line["perplexity"], line["mean_toxicity"],
+                  _yerr(line["mean_toxicity"], line["mean_toxicity_ci"]),
+                  xerr=_yerr(line["perplexity"], line["perplexity_ci"]), label=label,
+                  color=colors[li % len(colors)], linestyle="none")
+        for row in line.itertuples():
+            ax.annotate(_alpha_label(row.alpha), (row.perplexity, row.mean_toxicity),
+                        xytext=(6, 5), textcoords="offset points", fontsize=8.5, color="0.2")
+    cells = pd.concat(shown) if shown else sweep
+    keys = {(p["layer"], float(p["alpha"])) for p in results.get("pareto") or []}
+    front = cells[[(int(r.layer), float(r.alpha)) in keys for r in cells.itertuples()]]
+    if len(front):
+        front = front.sort_values("perplexity")
+        ax.plot(front["perplexity"], front["mean_toxicity"], color="0.25", linestyle="--",
+                linewidth=1.2, zorder=1, label="Pareto front (lower-left is better)")
+    reference = cells[cells["alpha"] == 0]
+    limit = (results["manifest"].get("params", {}).get("evaluation", {})
+             .get("max_perplexity_increase"))
+    if limit is not None and not reference.empty:
+        ax.axvline(float(reference["perplexity"].iloc[0]) * (1 + limit), color="0.45",
+                   linestyle=":", linewidth=1.2, label=f"perplexity limit (+{limit:.0%})")
+    rec = results.get("recommendation")
+    if rec:
+        hit = cells[(cells["layer"] == rec["layer"]) & (cells["alpha"] == rec["alpha"])]
+        if not hit.empty:
+            ax.scatter(hit["perplexity"], hit["mean_toxicity"], s=260, facecolors="none",
+                       edgecolors=colors[1], linewidths=2.4, zorder=5,
+                       label=f"recommended (layer {rec['layer']}, α={rec['alpha']:g})")
+    ax.set_xlabel("perplexity of continuations (under the unsteered model; lower is better)")
+    ax.set_ylabel(_TOXICITY)
+    ax.set_title("Toxicity–fluency trade-off across α, challenging eval prompts")
+    ax.legend(title=f"{CI_NOTE} (both axes)", loc="best")
+    return fig
+
+
+def _draw_norms(ax_norm, ax_ratio, table: pd.DataFrame, chosen: Sequence[int]) -> None:
+    colors = _palette()
+    ax_norm.plot(table["layer"], table["vector_norm"], marker="o", color=colors[0],
+                 label="steering vector ‖v‖")
+    ax_norm.plot(table["layer"], table["activation_norm"], marker="s", color=colors[2],
+                 label="mean residual ‖h‖")
+    ax_norm.set_yscale("log")
+    ax_norm.set_xlabel("layer (0 = first block)")
+    ax_norm.set_ylabel("L2 norm (residual-stream units, log scale)")
+    ax_norm.set_title("Vector and residual norms by layer")
+    ratio = table["vector_norm"] / table["activation_norm"].replace(0, np.nan)
+    ax_ratio.plot(table["layer"], ratio, marker="o", color=colors[4], label="‖v‖ / mean ‖h‖")
+    ax_ratio.set_xlabel("layer (0 = first block)")
+    ax_ratio.set_ylabel("‖v‖ / mean ‖h‖ (unitless)")
+    ax_ratio.set_ylim(bottom=0)
+    ax_ratio.set_title("Relative strength of α = 1 by layer")
+    for ax in (ax_norm, ax_ratio):
+        _mark_layers(ax, chosen)
+        ax.legend(loc="best")
+
+
+def plot_vector_norms(data: dict | pd.DataFrame, chosen_layers: Iterable[int] | None = None
+                      ) -> Figure:
+    """||v|| and mean ||h|| per layer (log scale) with their ratio; chosen layers marked."""
+    chosen = list(chosen_layers) if chosen_layers is not None else (
+        _chosen(data) if isinstance(data, dict) else [])
+    fig = _figure(9.0, 3.9)
+    ax_norm, ax_ratio = fig.subplots(1, 2)
+    _draw_norms(ax_norm, ax_ratio, _layer_table(data), chosen)
+    if isinstance(data, dict):
+        vec = data["vectors"]
+        fig.suptitle(f"CAA steering vectors by layer: {vec['n_per_side']} toxic vs "
+                     f"{vec['n_per_side']} clean train examples ({vec['contrast']} contrast)")
+    else:
+        fig.suptitle("CAA steering vectors by layer")
+    return fig
+
+
+def _draw_separation(ax, table: pd.DataFrame, chosen: Sequence[int]) -> None:
+    colors = _palette()
+    auc = table["separation_auc"].astype(float)
+    ax.plot(table["layer"], auc, marker="o", color=colors[2], label="held-out AUROC")
+    ax.axhline(0.5, color="0.4", linestyle="--", linewidth=1.2, label="chance (0.5)")
+    _mark_layers(ax, chosen)
+    ax.set_xlabel("layer (0 = first block)")
+    ax.set_ylabel("AUROC of projection onto v (0–1)")
+    low = np.nanmin(auc.to_numpy()) if auc.notna().any() else 0.5
+    ax.set_ylim(min(0.4, low - 0.05), 1.0)
+    ax.set_title("Toxic vs clean separation along v, by layer")
+    ax.legend(loc="lower right")
+
+
+def plot_layer_separation(data: dict | pd.DataFrame, chosen_layers: Iterable[int] | None = None
+                          ) -> Figure | None:
+    """Held-out AUROC of the projection onto v per layer, with the 0.5 chance line."""
+    table = _layer_table(data)
+    if table["separation_auc"].astype(float).isna().all():
+        return None
+    chosen = list(chosen_layers) if chosen_layers is not None else (
+        _chosen(data) if isinstance(data, dict) else [])
+    fig = _figure(6.6, 4.0)
+    ax = fig.add_subplot()
+    _draw_separation(ax, table, chosen)
+    if isinstance(data, dict):
+        ax.set_title("Toxic vs clean separation along v by layer\n"
+                     f"(vectors from {data['vectors']['n_per_side']} examples per side on "
+                     f"train; AUROC on held-out dev activations)")
+    return fig
+
+
+def plot_layer_stats(stats: pd.DataFrame, chosen_layers: Iterable[int] = ()) -> Figure:
+    """The vectors stage at a glance: norms, their ratio and held-out AUROC per layer."""
+    fig = _figure(13.0, 3.8)
+    axes = fig.subplots(1, 3)
+    chosen = list(chosen_layers)
+    _draw_norms(axes[0], axes[1], stats, chosen)
+    _draw_separation(axes[2], stats, chosen)
+    fig.suptitle("CAA steering vectors by layer")
+    return fig
+
+
+def plot_capability(results: dict) -> Figure | None:
+    """Capability accuracy vs alpha at the chosen layer(s) with CIs and chance (None if absent)."""
+    cap = results.get("capability")
+    if not cap or not cap.get("cells"):
+        return None
+    table = pd.DataFrame(cap["cells"])
+    fig = _figure(6.8, 4.2)
+    ax = fig.add_subplot()
+    colors = _palette()
+    for li, layer in enumerate(_chosen(results)):
+        line = _line(table, layer)
+        if line.empty:
+            continue
+        _errorbar(ax, line["alpha"], line["acc"], _yerr(line["acc"], line["acc_ci"]),
+                  label=f"layer {layer} (n = {cap['n_items']} items)",
+                  color=colors[(3 + li) % len(colors)])
+    ax.axhline(cap["chance"], color="0.4", linestyle="--", linewidth=1.2,
+               label=f"chance ({cap['chance']:.0%})")
+    ax.set_xlabel(_ALPHA)
+    ax.set_ylabel(f"{cap['task']} accuracy (fraction correct)")
+    ax.set_ylim(0, 1)
+    ax.set_title(f"Capability under steering: {cap['task']} accuracy vs α")
+    ax.legend(title="error bars: 95% bootstrap CI over items", loc="lower left")
+    return fig
+
+
+def plot_prompt_toxicity(prompts: pd.DataFrame) -> Figure:
+    """Histogram of the prompts' source toxicity score per subset (unscored subsets noted)."""
+    fig = _figure(7.0, 4.0)
+    ax = fig.add_subplot()
+    colors = _palette()
+    bins = np.linspace(0, 1, 26)
+    unscored = []
+    for subset, rows in prompts.groupby("subset", sort=True):
+        scores = rows["prompt_toxicity"].astype(float).dropna()
+        if scores.empty:
+            unscored.append(f"{subset} (n = {len(rows)}) has no source score")
+            continue
+        style = _SUBSET_STYLE.get(subset, {"color_index": 7})
+        ax.hist(scores, bins=bins, alpha=0.75, color=colors[style["color_index"]],
+                label=f"{subset} (n = {len(scores)} prompts)")
+    ax.set_xlabel("prompt toxicity (source score, e.g. Perspective; 0–1)")
+    ax.set_ylabel("prompts (count)")
+    ax.set_xlim(0, 1)
+    ax.set_title("Source toxicity of the sampled prompts, by subset")
+    ax.legend(title="; ".join(unscored) if unscored else None, loc="best")
+    return fig
+
+
+FIGURES = {
+    "toxicity_vs_alpha": plot_toxicity_vs_alpha,
+    "gehman_vs_alpha": plot_gehman_vs_alpha,
+    "tradeoff": plot_tradeoff,
+    "layer_alpha_heatmap": plot_layer_alpha_heatmap,
+    "vector_norms": plot_vector_norms,
+    "layer_separation": plot_layer_separation,
+    "capability": plot_capability,
+}
+
+
+def save_figure(fig: Figure, folder: str | Path, name: str) -> dict[str, Path]:
+    """{format: path} of the figure written as folder/name.png (150 dpi) and folder/name.svg."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for fmt in FORMATS:
+        path = folder / f"{name}.{fmt}"
+        # No timestamps in the files, so identical results give identical figures.
+        metadata = {"Date": None} if fmt == "svg" else {"Software": None}
+        fig.savefig(path, format=fmt, dpi=DPI, metadata=metadata, facecolor="white",
+                    bbox_inches="tight", pad_inches=0.08)
+        paths[fmt] = path
+    return paths
+
+
+def make_figures(results: dict, folder: str | Path) -> dict[str, dict[str, Path]]:
+    """{name: {format: path}} for every figure the results support, saved under folder."""
+    saved = {}
+    for name, draw in FIGURES.items():
+        fig = draw(results)
+        if fig is not None:
+            saved[name] = save_figure(fig, folder, name)
+    return saved

@@ -1,0 +1,59 @@
+"""`make lab`'s server: JupyterLab starts headless with the project's kernel, answers, stops."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_jupyterlab_serves_the_notebooks_with_the_project_kernel(tmp_path):
+    port, token = _free_port(), "steering-test-token"
+    env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime")}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
+         f"--IdentityProvider.token={token}", "--notebook-dir", str(ROOT / "notebooks"),
+         "--allow-root"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=5) as r:
+                    assert r.status == 200
+                    break
+            except OSError:
+                if time.time() > deadline or server.poll() is not None:
+                    raise
+                time.sleep(1)
+        with urllib.request.urlopen(f"{base}/lab?token={token}", timeout=10) as r:
+            assert r.status == 200 and b"JupyterLab" in r.read()
+        with urllib.request.urlopen(f"{base}/api/contents?token={token}", timeout=10) as r:
+            names = {item["name"] for item in json.load(r)["content"]}
+        assert {"01_data.ipynb", "05_sweep.ipynb", "06_report.ipynb"} <= names
+        with urllib.request.urlopen(f"{base}/api/kernelspecs?token={token}", timeout=10) as r:
+            kernels = json.load(r)["kernelspecs"]
+        assert "steering-study" in kernels, "run `make setup` (it registers the kernel)"
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+    assert server.returncode is not None

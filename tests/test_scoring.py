@@ -1,0 +1,158 @@
+"""Scorers: a tiny random RoBERTa with the real labels, the offline BiLSTM, profanity-check."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from steering_utils.scoring import SCORER_NAMES, Scorer, _TokenizerUnpickler, load_scorer
+
+# unitary/unbiased-toxic-roberta's labels, in its config's order.
+ROBERTA_LABELS = (
+    "toxicity", "severe_toxicity", "obscene", "identity_attack", "insult", "threat",
+    "sexual_explicit", "male", "female", "homosexual_gay_or_lesbian", "christian", "jewish",
+    "muslim", "black", "white", "psychiatric_or_mental_illness",
+)
+WORDS = (
+    "you are a stupid idiot and i hate thank for the lovely dinner it was wonderful "
+    "people cat dog nice day very not what why how"
+).split()
+TEXTS = [
+    "you are a stupid idiot and i hate you",
+    "thank you for the lovely dinner",
+    "",
+    "the cat",
+    "what a nice day it was , very wonderful",
+    "why why why " * 400,  # ~1200 tokens: must be truncated to 512
+]
+INSULT = "You are a stupid idiot and I hate you"
+POLITE = "Thank you for the lovely dinner, it was wonderful."
+
+
+def _save_tiny_roberta(folder, labels=ROBERTA_LABELS, seed: int = 0):
+    """Save a random 2-layer RoBERTa classifier and a word-level tokenizer to `folder`."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import (
+        PreTrainedTokenizerFast,
+        RobertaConfig,
+        RobertaForSequenceClassification,
+    )
+
+    # RoBERTa's special-token ids (<s>=0, <pad>=1, </s>=2), so padding_idx matches.
+    vocab = {tok: i for i, tok in enumerate(["<s>", "<pad>", "</s>", "<unk>", *WORDS, ","])}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", special_tokens=[("<s>", 0), ("</s>", 2)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>",
+                                        eos_token="</s>", pad_token="<pad>", unk_token="<unk>")
+    torch.manual_seed(seed)
+    config = RobertaConfig(
+        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=37, max_position_embeddings=514, pad_token_id=1, bos_token_id=0,
+        eos_token_id=2, initializer_range=0.2,  # wider than default so scores spread out
+        problem_type="multi_label_classification",
+        id2label=dict(enumerate(labels)), label2id={label: i for i, label in enumerate(labels)},
+    )
+    RobertaForSequenceClassification(config).eval().save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def roberta_dir(tmp_path_factory):
+    return _save_tiny_roberta(tmp_path_factory.mktemp("tiny-toxic-roberta"))
+
+
+@pytest.fixture(scope="module")
+def roberta(roberta_dir):
+    return load_scorer("unbiased-toxic-roberta", path=str(roberta_dir), batch_size=4, device="cpu")
+
+
+def test_roberta_score_is_sigmoid_of_toxicity_logit(roberta):
+    import torch
+
+    scores = roberta.score(TEXTS)
+    assert isinstance(roberta, Scorer) and roberta.name == "unbiased-toxic-roberta"
+    assert scores.dtype == np.float64 and scores.shape == (len(TEXTS),)
+    assert ((scores > 0) & (scores < 1)).all() and np.ptp(scores) > 0.01
+    with torch.inference_mode():
+        for text, score in zip(TEXTS, scores):
+            batch = roberta.tokenizer([text], truncation=True, max_length=512,
+                                      return_tensors="pt")
+            logits = roberta.model(**batch).logits[0].double()
+            assert score == pytest.approx(torch.sigmoid(logits[0]).item(), abs=1e-6)
+            assert abs(score - torch.softmax(logits, -1)[0].item()) > 1e-3
+
+
+def test_roberta_scores_do_not_depend_on_order_or_batch_size(roberta, roberta_dir):
+    reference = roberta.score(TEXTS)
+    permutation = np.random.default_rng(0).permutation(len(TEXTS))
+    shuffled = roberta.score([TEXTS[i] for i in permutation])
+    np.testing.assert_allclose(shuffled, reference[permutation], atol=1e-6)
+    for batch_size in (1, 64):
+        other = load_scorer("unbiased-toxic-roberta", str(roberta_dir), batch_size, "cpu")
+        np.testing.assert_allclose(other.score(TEXTS), reference, atol=1e-6)
+    assert roberta.score([]).shape == (0,)
+
+
+def test_roberta_without_toxicity_label_raises(tmp_path):
+    _save_tiny_roberta(tmp_path, labels=("positive", "negative"))
+    with pytest.raises(ValueError, match="toxicity"):
+        load_scorer("unbiased-toxic-roberta", path=str(tmp_path), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def bilstm():
+    return load_scorer("jigsaw-bilstm", batch_size=2)
+
+
+@pytest.mark.slow
+def test_bilstm_scores_an_insult_above_a_polite_sentence(bilstm):
+    insult, polite = bilstm.score([INSULT, POLITE])
+    assert bilstm.name == "jigsaw-bilstm"
+    assert insult > 0.5 > 0.1 > polite
+
+
+@pytest.mark.slow
+def test_bilstm_batched_equals_one_by_one(bilstm):
+    texts = [INSULT, POLITE, "", "what a nice day " * 60, "shut up, moron"]
+    batched = bilstm.score(texts)
+    assert batched.dtype == np.float64 and batched.shape == (len(texts),)
+    single = np.concatenate([bilstm.score([text]) for text in texts])
+    np.testing.assert_allclose(batched, single, atol=1e-6)
+    assert bilstm.score([]).shape == (0,)
+
+
+def test_tokenizer_unpickler_refuses_other_globals():
+    import io
+
+    payload = pickle.dumps(os.getcwd)  # a global outside the allow-list
+    with pytest.raises(pickle.UnpicklingError, match="not allowed"):
+        _TokenizerUnpickler(io.BytesIO(payload)).load()
+
+
+def test_profanity_check_scores_profane_above_clean():
+    scorer = load_scorer("profanity-check")
+    profane, clean = scorer.score(["fuck you, you worthless piece of shit", POLITE])
+    assert scorer.name == "profanity-check" and profane > clean
+    assert scorer.score([]).shape == (0,)
+
+
+def test_unknown_scorer_name_names_the_field():
+    with pytest.raises(ValueError, match="scorer.name") as err:
+        load_scorer("perspective")
+    assert "perspective" in str(err.value) and all(name in str(err.value) for name in SCORER_NAMES)
+
+
+def test_import_does_not_load_heavy_libraries():
+    code = ("import sys, steering_utils.scoring; "
+            "heavy = {'keras', 'torch', 'transformers', 'sklearn'} & set(sys.modules); "
+            "assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True)

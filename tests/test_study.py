@@ -1,0 +1,114 @@
+"""The whole chain, executed by papermill on params/smoke.yaml, as `make report` runs it.
+
+Also: re-runs skip complete stages; kill -9 mid-run then resume gives the same
+metrics as an uninterrupted run (determinism); a failing stage leaves
+failed_experiment_results.json and a resume hint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from steering_utils.report import validate_results
+
+ROOT = Path(__file__).resolve().parent.parent
+SMOKE = ROOT / "params" / "smoke.yaml"
+pytestmark = pytest.mark.slow
+
+
+def _runner(work: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "steering_utils.runner", "--params", str(SMOKE),
+            "--runs-root", str(work / "runs"), "--reports-root", str(work / "reports"), *extra]
+
+
+def _metrics(results: dict) -> list:
+    """The numbers that must not change between identical runs (not timings)."""
+    keep = {k: results[k] for k in ("baseline", "cells", "vectors", "capability",
+                                    "recommendation", "chosen_layers", "examples")}
+    return json.loads(json.dumps(keep, sort_keys=True))
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    work = tmp_path_factory.mktemp("smoke")
+    done = subprocess.run(_runner(work), cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return work, done.stdout
+
+
+def test_chain_writes_report_results_and_executed_notebooks(smoke_run):
+    work, stdout = smoke_run
+    report = work / "reports" / "smoke"
+    results = json.loads((report / "experiment_results.json").read_text())
+    validate_results(results)
+    assert results["manifest"]["params_hash"] and results["manifest"]["git_commit"] != ""
+    assert set(results["baseline"]) == {"challenging", "benign"}
+    sweep = [c for c in results["cells"] if c["stage"] == "sweep"]
+    assert {c["alpha"] for c in sweep} == {0.0, 1.0, 2.0}
+    assert {c["subset"] for c in sweep} == {"challenging", "benign"}
+    assert {c["layer"] for c in results["cells"] if c["stage"] == "grid"} == {-1, 5, 15}
+    html = (report / "report.html").read_text()
+    assert "data:image/png;base64" in html and "<script>alert" not in html
+    for stage in ("01_data", "02_baseline", "03_activations", "04_vectors", "05_sweep",
+                  "06_report"):
+        assert (report / "notebooks" / f"{stage}.ipynb").is_file()
+        assert (work / "runs" / "smoke" / stage / "done.json").is_file()
+        assert (work / "runs" / "smoke" / stage / "manifest.json").is_file()
+        assert f"{stage}" in stdout
+    assert list((report / "figures").glob("*.png")) and list((report / "figures").glob("*.svg"))
+
+
+def test_rerun_with_unchanged_params_skips_every_stage(smoke_run):
+    work, _ = smoke_run
+    again = subprocess.run(_runner(work), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.count("skipped: complete") == 6
+
+
+def test_kill_during_a_stage_then_resume_equals_an_uninterrupted_run(smoke_run, tmp_path):
+    work, _ = smoke_run
+    expected = json.loads((work / "reports" / "smoke" / "experiment_results.json").read_text())
+    process = subprocess.Popen(_runner(tmp_path), cwd=ROOT, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    # Kill -9 (runner and kernel) once the sweep stage has started writing shards.
+    target = tmp_path / "runs" / "smoke" / "05_sweep"
+    deadline = time.time() + 600
+    while not (target.is_dir() and any(target.rglob("*.parquet"))):
+        assert process.poll() is None, "the run ended before it could be interrupted"
+        assert time.time() < deadline
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (target / "done.json").exists()
+    resumed = subprocess.run(_runner(tmp_path), cwd=ROOT, capture_output=True, text=True,
+                             timeout=900)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert resumed.stdout.count("skipped: complete") >= 4  # 01-04 were kept
+    results = json.loads((tmp_path / "reports" / "smoke" / "experiment_results.json").read_text())
+    assert _metrics(results) == _metrics(expected)
+
+
+def test_a_failing_stage_leaves_a_failure_record_and_a_resume_hint(smoke_run, tmp_path):
+    work, _ = smoke_run
+    shutil.copytree(work / "runs", tmp_path / "runs")
+    # Corrupt an artifact behind a done marker, and force the sweep to run again.
+    (tmp_path / "runs" / "smoke" / "04_vectors" / "vectors.safetensors").write_bytes(b"junk")
+    (tmp_path / "runs" / "smoke" / "05_sweep" / "done.json").unlink()
+    failed = subprocess.run(_runner(tmp_path), cwd=ROOT, capture_output=True, text=True,
+                            timeout=600)
+    assert failed.returncode == 1
+    assert "05_sweep        FAILED" in failed.stdout and "resume with" in failed.stdout
+    record = json.loads((tmp_path / "reports" / "smoke" / "failed_experiment_results.json")
+                        .read_text())
+    assert record["failed_stage"] == "05_sweep"
+    assert record["completed_stages"] == ["01_data", "02_baseline", "03_activations",
+                                          "04_vectors"]
+    assert Path(record["executed_notebook"]).is_file()
