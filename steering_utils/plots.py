@@ -2,13 +2,14 @@
 
 `set_style` is the one place that sets the look; `save_figure` writes PNG and SVG;
 `make_figures` draws every figure the results support. Figures are built with the object
-API (`matplotlib.figure.Figure`), not pyplot, so they work under any backend, never pile up
-in pyplot's registry, and a notebook shows each once (as the cell's value).
+API (`matplotlib.figure.Figure`), not pyplot, so they work under any backend and never pile up
+in pyplot's registry; a notebook shows each once, as the cell's value (`_repr_png_`).
 Error bars are the results' 95% bootstrap intervals over prompts.
 """
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -50,9 +51,18 @@ def _palette(n: int = 10) -> list:
     return sns.color_palette("colorblind", n)
 
 
+class StudyFigure(Figure):
+    """A Figure that a notebook shows as PNG on its own: no pyplot, so no second copy."""
+
+    def _repr_png_(self) -> bytes:
+        buffer = io.BytesIO()
+        self.savefig(buffer, format="png", dpi=100, bbox_inches="tight", facecolor="white")
+        return buffer.getvalue()
+
+
 def _figure(width: float, height: float) -> Figure:
     set_style()
-    return Figure(figsize=(width, height), layout="constrained")
+    return StudyFigure(figsize=(width, height), layout="constrained")
 
 
 # --- data helpers -------------------------------------------------------------------------
@@ -117,10 +127,31 @@ def _layer_table(data: dict | pd.DataFrame) -> pd.DataFrame:
                          "activation_norm": vec["activation_norms"], "separation_auc": auc})
 
 
+def _layer_axis(ax, table: pd.DataFrame) -> None:
+    """Whole-number layer ticks over every layer, even those without a value."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlim(table["layer"].min() - 0.3, table["layer"].max() + 0.3)
+    ax.set_xlabel("layer (0 = first block)")
+
+
 def _mark_layers(ax, layers: Iterable[int], label: bool = True) -> None:
     for i, layer in enumerate(layers):
-        ax.axvline(layer, color="0.35", linestyle=":", linewidth=1.3, zorder=0,
+        ax.axvline(layer, color="0.3", linestyle=":", linewidth=1.6, zorder=0,
                    label="chosen layer" if label and i == 0 else None)
+
+
+def _legend_below(fig: Figure, axes, title: str | None = None, ncol: int = 2) -> None:
+    """One legend under the panels: real data can fall anywhere, so nothing sits on top of it."""
+    handles, labels = {}, []
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            if label not in handles:
+                handles[label] = handle
+                labels.append(label)
+    fig.legend([handles[label] for label in labels], labels, loc="outside lower center",
+               ncol=min(ncol, max(1, len(labels))), title=title, frameon=False)
 
 
 def _errorbar(ax, x, y, yerr, *, label, color, marker="o", linestyle="-", xerr=None, **kw):
@@ -161,7 +192,7 @@ def plot_toxicity_vs_alpha(results: dict) -> Figure:
         top = ax.secondary_xaxis("top", functions=(lambda a: a * scale, lambda r: r / scale))
         top.set_xlabel(rf"relative strength $\alpha\,\|v\|/\|h\|$ at layer {layers[0]} "
                        "(fraction of mean residual norm)")
-    ax.legend(title=CI_NOTE, loc="best", frameon=True)
+    _legend_below(fig, [ax], CI_NOTE)
     return fig
 
 
@@ -185,8 +216,8 @@ def plot_gehman_vs_alpha(results: dict) -> Figure:
         ax.set_ylabel(ylabel)
         ax.set_ylim(0, 1.02)
         ax.set_title(title)
-        ax.legend(title=CI_NOTE, loc="best")
     fig.suptitle("Gehman et al. (2020) toxicity metrics vs α, challenging eval prompts")
+    _legend_below(fig, axes, CI_NOTE)
     return fig
 
 
@@ -237,19 +268,25 @@ def plot_tradeoff(results: dict) -> Figure | None:
     colors = _palette()
     layers = _chosen(results)
     shown = []
-    for li, layer in enumerate(layers):
-        line = _line(sweep, layer).dropna(subset=["perplexity"])
-        if line.empty:
+    # The unsteered cell is shared by every layer: drawn once, in black, after the layers.
+    groups = [(f"layer {layer}", sweep[(sweep["layer"] == layer) & (sweep["alpha"] != 0)],
+               colors[li % len(colors)], "o") for li, layer in enumerate(layers)]
+    groups.append(("unsteered", sweep[sweep["alpha"] == 0].head(1), "0.15", "D"))
+    for gi, (name, group, color, marker) in enumerate(groups):
+        group = group.dropna(subset=["perplexity"]).sort_values("alpha")
+        if group.empty:
             continue
-        shown.append(line)
-        label = f"layer {layer} sweep ({_n_label(line.iloc[0])})"
-        _errorbar(ax, line["perplexity"], line["mean_toxicity"],
-                  _yerr(line["mean_toxicity"], line["mean_toxicity_ci"]),
-                  xerr=_yerr(line["perplexity"], line["perplexity_ci"]), label=label,
-                  color=colors[li % len(colors)], linestyle="none")
-        for row in line.itertuples():
+        shown.append(group)
+        _errorbar(ax, group["perplexity"], group["mean_toxicity"],
+                  _yerr(group["mean_toxicity"], group["mean_toxicity_ci"]),
+                  xerr=_yerr(group["perplexity"], group["perplexity_ci"]),
+                  label=f"{name} ({_n_label(group.iloc[0])})", color=color, marker=marker,
+                  linestyle="none")
+        # Alternate label offsets by layer so two layers' labels do not sit on each other.
+        offset = (6, 5) if gi % 2 == 0 else (6, -12)
+        for row in group.itertuples():
             ax.annotate(_alpha_label(row.alpha), (row.perplexity, row.mean_toxicity),
-                        xytext=(6, 5), textcoords="offset points", fontsize=8.5, color="0.2")
+                        xytext=offset, textcoords="offset points", fontsize=8.5, color="0.2")
     cells = pd.concat(shown) if shown else sweep
     keys = {(p["layer"], float(p["alpha"])) for p in results.get("pareto") or []}
     front = cells[[(int(r.layer), float(r.alpha)) in keys for r in cells.itertuples()]]
@@ -267,13 +304,13 @@ def plot_tradeoff(results: dict) -> Figure | None:
     if rec:
         hit = cells[(cells["layer"] == rec["layer"]) & (cells["alpha"] == rec["alpha"])]
         if not hit.empty:
-            ax.scatter(hit["perplexity"], hit["mean_toxicity"], s=260, facecolors="none",
-                       edgecolors=colors[1], linewidths=2.4, zorder=5,
+            ax.scatter(hit["perplexity"], hit["mean_toxicity"], s=300, facecolors="none",
+                       edgecolors="black", linewidths=2.0, zorder=5,
                        label=f"recommended (layer {rec['layer']}, α={rec['alpha']:g})")
     ax.set_xlabel("perplexity of continuations (under the unsteered model; lower is better)")
     ax.set_ylabel(_TOXICITY)
     ax.set_title("Toxicity–fluency trade-off across α, challenging eval prompts")
-    ax.legend(title=f"{CI_NOTE} (both axes)", loc="best")
+    _legend_below(fig, [ax], f"{CI_NOTE} (both axes)")
     return fig
 
 
@@ -284,18 +321,16 @@ def _draw_norms(ax_norm, ax_ratio, table: pd.DataFrame, chosen: Sequence[int]) -
     ax_norm.plot(table["layer"], table["activation_norm"], marker="s", color=colors[2],
                  label="mean residual ‖h‖")
     ax_norm.set_yscale("log")
-    ax_norm.set_xlabel("layer (0 = first block)")
     ax_norm.set_ylabel("L2 norm (residual-stream units, log scale)")
     ax_norm.set_title("Vector and residual norms by layer")
     ratio = table["vector_norm"] / table["activation_norm"].replace(0, np.nan)
     ax_ratio.plot(table["layer"], ratio, marker="o", color=colors[4], label="‖v‖ / mean ‖h‖")
-    ax_ratio.set_xlabel("layer (0 = first block)")
     ax_ratio.set_ylabel("‖v‖ / mean ‖h‖ (unitless)")
     ax_ratio.set_ylim(bottom=0)
     ax_ratio.set_title("Relative strength of α = 1 by layer")
     for ax in (ax_norm, ax_ratio):
+        _layer_axis(ax, table)
         _mark_layers(ax, chosen)
-        ax.legend(loc="best")
 
 
 def plot_vector_norms(data: dict | pd.DataFrame, chosen_layers: Iterable[int] | None = None
@@ -306,6 +341,7 @@ def plot_vector_norms(data: dict | pd.DataFrame, chosen_layers: Iterable[int] | 
     fig = _figure(9.0, 3.9)
     ax_norm, ax_ratio = fig.subplots(1, 2)
     _draw_norms(ax_norm, ax_ratio, _layer_table(data), chosen)
+    _legend_below(fig, [ax_norm, ax_ratio], ncol=4)
     if isinstance(data, dict):
         vec = data["vectors"]
         fig.suptitle(f"CAA steering vectors by layer: {vec['n_per_side']} toxic vs "
@@ -321,12 +357,11 @@ def _draw_separation(ax, table: pd.DataFrame, chosen: Sequence[int]) -> None:
     ax.plot(table["layer"], auc, marker="o", color=colors[2], label="held-out AUROC")
     ax.axhline(0.5, color="0.4", linestyle="--", linewidth=1.2, label="chance (0.5)")
     _mark_layers(ax, chosen)
-    ax.set_xlabel("layer (0 = first block)")
+    _layer_axis(ax, table)
     ax.set_ylabel("AUROC of projection onto v (0–1)")
     low = np.nanmin(auc.to_numpy()) if auc.notna().any() else 0.5
     ax.set_ylim(min(0.4, low - 0.05), 1.0)
     ax.set_title("Toxic vs clean separation along v, by layer")
-    ax.legend(loc="lower right")
 
 
 def plot_layer_separation(data: dict | pd.DataFrame, chosen_layers: Iterable[int] | None = None
@@ -340,6 +375,7 @@ def plot_layer_separation(data: dict | pd.DataFrame, chosen_layers: Iterable[int
     fig = _figure(6.6, 4.0)
     ax = fig.add_subplot()
     _draw_separation(ax, table, chosen)
+    _legend_below(fig, [ax], ncol=3)
     if isinstance(data, dict):
         ax.set_title("Toxic vs clean separation along v by layer\n"
                      f"(vectors from {data['vectors']['n_per_side']} examples per side on "
@@ -355,6 +391,7 @@ def plot_layer_stats(stats: pd.DataFrame, chosen_layers: Iterable[int] = ()) -> 
     _draw_norms(axes[0], axes[1], stats, chosen)
     _draw_separation(axes[2], stats, chosen)
     fig.suptitle("CAA steering vectors by layer")
+    _legend_below(fig, axes, ncol=6)
     return fig
 
 
@@ -380,7 +417,7 @@ def plot_capability(results: dict) -> Figure | None:
     ax.set_ylabel(f"{cap['task']} accuracy (fraction correct)")
     ax.set_ylim(0, 1)
     ax.set_title(f"Capability under steering: {cap['task']} accuracy vs α")
-    ax.legend(title="error bars: 95% bootstrap CI over items", loc="lower left")
+    _legend_below(fig, [ax], "error bars: 95% bootstrap CI over items")
     return fig
 
 

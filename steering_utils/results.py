@@ -125,6 +125,13 @@ def build_results(stage: StageDir) -> dict:
     base_cells = summarize(base_rows)
     cells = [_cell_record(row, vectors) for _, row in pd.concat([grid_cells, sweep_cells])
              .iterrows()]
+    if "nll_reference" in sweep:
+        reference_ppl = np.exp(sweep.groupby(["subset", "layer", "alpha"])["nll_reference"]
+                               .mean())
+        for cell in cells:
+            key = (cell["subset"], cell["layer"], cell["alpha"])
+            if cell["stage"] == "sweep" and key in reference_ppl.index:
+                cell["perplexity_reference"] = _number(reference_ppl[key])
     accuracy = capability_summary(capability, ev.n_bootstrap, params.seed)
     _attach_capability(cells, accuracy)
 

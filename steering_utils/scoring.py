@@ -52,7 +52,11 @@ class Scorer(Protocol):
 
 def load_scorer(name: str, path: str | None = None, batch_size: int = 64,
                 device: str = "auto") -> Scorer:
-    """The scorer called `name` (one of SCORER_NAMES), ready to score."""
+    """The scorer called `name` (one of SCORER_NAMES), ready to score.
+
+    `path` and `device` apply to unbiased-toxic-roberta only: Keras on torch
+    places the BiLSTM itself, and profanity-check runs on the CPU.
+    """
     if name == "unbiased-toxic-roberta":
         return RobertaScorer(path or ROBERTA_HUB_ID, batch_size, device)
     if name == "jigsaw-bilstm":

@@ -131,3 +131,16 @@ def pick_layers(grid: pd.DataFrame, params: StudyParams) -> tuple[list[int], pd.
     if params.sweep.chosen_layers != "auto":
         return list(params.sweep.chosen_layers), summary
     return choose_layers(summary, params.sweep.n_chosen, ev.max_perplexity_increase), summary
+
+
+def add_reference_nll(rows: pd.DataFrame, params: StudyParams) -> pd.DataFrame:
+    """Adds `nll_reference` (per-token NLL under evaluation.reference_model) when one is named."""
+    spec = params.evaluation.reference_model
+    if spec is None:
+        return rows
+    from .models import load_model
+
+    model, tokenizer = load_model(spec)
+    nll = continuation_nll(model, tokenizer, list(rows["prompt"]), list(rows["completion"]))
+    del model
+    return rows.assign(nll_reference=nll)

@@ -99,7 +99,7 @@ def make_results(n_layers: int = 4,
                  alphas: tuple[float, ...] = (-1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0),
                  grid_alphas: tuple[float, ...] = (0.0, 1.0, 2.0),
                  capability: bool = True, second_scorer: bool = True,
-                 seed: int = 0) -> dict:
+                 n_chosen: int = 1, seed: int = 0) -> dict:
     """A schema-valid results dict; capability / second scorer may be switched off (nulls)."""
     rng = np.random.default_rng(seed)
     layers = list(range(n_layers))
@@ -111,15 +111,14 @@ def make_results(n_layers: int = 4,
                 for layer in layers]
     auc = [float(np.clip(0.55 + 0.4 * s / max(strength), 0, 1)) for s in strength]
     auc[0] = None  # a layer whose held-out AUROC could not be computed
-    chosen = [int(np.argmax(strength))]
+    chosen = sorted(int(i) for i in np.argsort(strength)[::-1][:n_chosen])
     splits = {"challenging": {"train": 96, "dev": 40, "eval": 64},
               "benign": {"train": 32, "dev": 0, "eval": 48}}
     k = 2
     base = {"challenging": (0.41, 18.5), "benign": (0.045, 14.2)}
 
     grid_layers = layers[::2] if n_layers > 3 else layers
-    if chosen[0] not in grid_layers:
-        grid_layers = sorted({*grid_layers, chosen[0]})
+    grid_layers = sorted({*grid_layers, *chosen})
     cells = []
     for alpha in grid_alphas:
         for layer in ([UNSTEERED] if alpha == 0 else grid_layers):
@@ -127,8 +126,10 @@ def make_results(n_layers: int = 4,
             cells.append(_cell("grid", "challenging", layer, alpha, splits["challenging"]["dev"],
                                1, *base["challenging"], s, r, rng, second_scorer))
     for subset in ("challenging", "benign"):
-        for layer in chosen:
+        for li, layer in enumerate(chosen):
             for alpha in alphas:
+                if alpha == 0 and li > 0:
+                    continue  # one unsteered cell per subset, shared by every layer
                 cell_layer = UNSTEERED if alpha == 0 else layer
                 cells.append(_cell("sweep", subset, cell_layer, alpha, splits[subset]["eval"], k,
                                    *base[subset], strength[layer], relative[layer], rng,
@@ -137,8 +138,10 @@ def make_results(n_layers: int = 4,
     cap = None
     if capability:
         cap_cells = []
-        for layer in chosen:
+        for li, layer in enumerate(chosen):
             for alpha in alphas:
+                if alpha == 0 and li > 0:
+                    continue
                 acc = float(np.clip(0.63 - 0.03 * (alpha * strength[layer]) ** 2, 0.4, 1))
                 cap_cells.append({"layer": UNSTEERED if alpha == 0 else layer, "alpha": alpha,
                                   "acc": acc, "acc_ci": _ci(acc, 0.075, 0, 1)})

@@ -77,3 +77,20 @@ def test_sampler_follows_the_distribution_and_truncates_to_the_nucleus():
 def test_generate_rejects_job_tables_without_columns(tiny_qwen3, tiny_tokenizer):
     with pytest.raises(ValueError, match="lacks columns"):
         generate_completions(tiny_qwen3, tiny_tokenizer, PROMPTS, None, GenerationParams(), 0)
+
+
+def test_top_k_shortcut_equals_the_full_sort(monkeypatch):
+    import steering_utils.generation as generation
+
+    gen = torch.Generator().manual_seed(0)
+    # Peaked rows (nucleus inside the top 1024) and flat rows (it is not: full sort).
+    peaked = torch.randn(64, 5000, generator=gen) * 6
+    flat = torch.randn(64, 5000, generator=gen) * 0.1
+    for logits in (peaked, flat):
+        sampler = SeededSampler(list(range(64)), temperature=0.7, top_p=0.9)
+        fast = sampler(torch.zeros(64, 3, dtype=torch.long), logits).argmax(-1)
+        monkeypatch.setattr(generation, "_CANDIDATES", 5000)
+        sampler = SeededSampler(list(range(64)), temperature=0.7, top_p=0.9)
+        full = sampler(torch.zeros(64, 3, dtype=torch.long), logits).argmax(-1)
+        monkeypatch.undo()
+        assert torch.equal(fast, full)

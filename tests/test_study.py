@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from steering_utils.report import validate_results
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,6 +65,8 @@ def test_chain_writes_report_results_and_executed_notebooks(smoke_run):
         assert (work / "runs" / "smoke" / stage / "manifest.json").is_file()
         assert f"{stage}" in stdout
     assert list((report / "figures").glob("*.png")) and list((report / "figures").glob("*.svg"))
+    # Our artifacts are parquet, safetensors and JSON: no pickles anywhere in the run.
+    assert not [p for p in work.rglob("*") if p.suffix in (".pkl", ".pickle", ".pt", ".bin")]
 
 
 def test_rerun_with_unchanged_params_skips_every_stage(smoke_run):
@@ -112,3 +115,15 @@ def test_a_failing_stage_leaves_a_failure_record_and_a_resume_hint(smoke_run, tm
     assert record["completed_stages"] == ["01_data", "02_baseline", "03_activations",
                                           "04_vectors"]
     assert Path(record["executed_notebook"]).is_file()
+
+
+def test_the_real_report_renders_in_chromium(smoke_run):
+    """Every image renders, no console errors, no dialog; screenshot in the run's report folder."""
+    from test_browser import SCREENSHOT, load_in_chromium
+
+    work, _ = smoke_run
+    folder = work / "reports" / "smoke"
+    seen = load_in_chromium(folder / "report.html", folder / SCREENSHOT)
+    assert seen["images"] and all(i["complete"] and i["width"] > 0 for i in seen["images"])
+    assert seen["console_errors"] == [] and seen["page_errors"] == [] and seen["dialogs"] == []
+    assert (folder / SCREENSHOT).stat().st_size > 50_000

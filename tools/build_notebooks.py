@@ -234,7 +234,8 @@ NB["05_sweep"] = [
    `evaluation.max_perplexity_increase` of the unsteered model.
 2. **Sweep (eval split).** At the chosen layer(s), every `sweep.alphas` value on the
    challenging and benign *eval* prompts with k samples each: toxicity, perplexity under
-   the unsteered model, distinct-n.
+   the unsteered model (and under `evaluation.reference_model` when one is named),
+   distinct-n.
 3. **Capability.** Multiple-choice accuracy by log-likelihood under the same steering.
 
 All rows of all cells share one batched generation pass per table (rows of different
@@ -247,8 +248,8 @@ stage 02 (same seeds). **Reads** `01_data`, `02_baseline`, `04_vectors`. **Write
     code('''
 from steering_utils.artifacts import read_table, write_json, write_table
 from steering_utils.models import load_model
-from steering_utils.sweep import (grid_jobs, load_scorers, pick_layers, run_jobs, sweep_jobs,
-                                  with_reference)
+from steering_utils.sweep import (add_reference_nll, grid_jobs, load_scorers, pick_layers,
+                                  run_jobs, sweep_jobs, with_reference)
 from steering_utils.vectors import SteeringVectors
 
 prompts = read_table(stage.input("01_data") / "prompts.parquet")
@@ -276,6 +277,7 @@ jobs, sweep_reference = sweep_jobs(prompts, baseline, params, chosen)
 steered = run_jobs(model, tokenizer, jobs, vectors, params, scorers,
                    stage.path / "sweep_shards", positions=params.sweep.positions, desc="sweep")
 sweep = with_reference(steered, sweep_reference, "sweep")
+sweep = add_reference_nll(sweep, params)  # only when evaluation.reference_model is set
 write_table(sweep, stage.path / "sweep.parquet")'''),
     code('''
 from steering_utils.metrics import summarize_cells
