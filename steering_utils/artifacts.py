@@ -48,6 +48,9 @@ class StageDir:
         self.hash = stage_hash(params, stage)
         self.started = time.time()
         self.path.mkdir(parents=True, exist_ok=True)
+        # Running a stage invalidates it and everything downstream until each finishes again.
+        for later in list(STAGES)[list(STAGES).index(stage):]:
+            (self.run / later / "done.json").unlink(missing_ok=True)
 
     @property
     def complete(self) -> bool:

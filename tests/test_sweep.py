@@ -85,3 +85,15 @@ def test_unknown_stage_and_reading_ahead_are_refused(tmp_path):
         stage.input("05_sweep")
     with pytest.raises(RuntimeError, match="01_data has not finished .* run notebooks/01_data"):
         stage.input("01_data")
+
+
+def test_opening_a_stage_invalidates_it_and_everything_downstream(tmp_path):
+    from steering_utils.artifacts import STAGES, StageDir, is_complete, stage_hash
+
+    params = parse_params(_default())
+    for name in STAGES:
+        StageDir(tmp_path, params, name).finish()
+    assert all(is_complete(tmp_path / "default" / n, stage_hash(params, n)) for n in STAGES)
+    StageDir(tmp_path, params, "03_activations")
+    done = [n for n in STAGES if is_complete(tmp_path / "default" / n, stage_hash(params, n))]
+    assert done == ["01_data", "02_baseline"]
