@@ -47,8 +47,10 @@ report: setup
 check: setup
 	$(BIN)/python -m steering_utils.preflight --params $(PARAMS)
 
+# Jupyter refuses root without --allow-root (containers, CI); LAB_ARGS adds options.
 lab: setup
-	$(BIN)/jupyter lab --notebook-dir=notebooks
+	$(BIN)/python -m jupyterlab --notebook-dir=notebooks \
+		$$([ "$$(id -u)" = 0 ] && echo --allow-root) $(LAB_ARGS)
 
 lint: setup
 	$(BIN)/ruff check steering_utils tests benchmarks

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -20,26 +22,43 @@ def steered_cells(layers: list[int], alphas: list[float]) -> list[tuple[int, flo
     return [(layer, float(alpha)) for layer in layers for alpha in alphas if alpha != 0]
 
 
+def worker_slot() -> tuple[int, int]:
+    """(index, count) of this worker from STEERING_WORKER="i/n" (default: the only one)."""
+    raw = os.environ.get("STEERING_WORKER", "0/1")
+    try:
+        index, count = (int(x) for x in raw.split("/"))
+    except ValueError:
+        raise ValueError(f"STEERING_WORKER={raw!r}: use 'i/n', e.g. 0/4") from None
+    if not 0 <= index < count:
+        raise ValueError(f"STEERING_WORKER={raw!r}: need 0 <= i < n")
+    return index, count
+
+
+class ShardsPending(RuntimeError):
+    """Shards assigned to other workers are not in the run folder (yet)."""
+
+
 def run_jobs(model, tokenizer, jobs: pd.DataFrame, vectors, params: StudyParams, scorers: dict,
              shard_dir: Path, positions: str = "all", desc: str = "generating") -> pd.DataFrame:
     """Jobs with completion, toxicity (and toxicity_second), nll; finished shards are reused.
 
     Rows are ordered by prompt length before sharding (less padding); a shard's
     rows and seeds depend only on the job table, so a resumed run reproduces an
-    uninterrupted one.
+    uninterrupted one. Across machines (STEERING_WORKER="i/n"), worker i computes
+    shards i, i+n, ...; with a shared runs folder each waits up to
+    STEERING_WORKER_WAIT seconds for the others' shards, else copy them in and rerun.
     """
     shard_dir = Path(shard_dir)
     shard_dir.mkdir(parents=True, exist_ok=True)
+    worker, n_workers = worker_slot()
     lengths = np.array([len(ids) for ids in tokenizer(list(jobs["prompt"]))["input_ids"]])
     order = np.argsort(lengths, kind="stable")
     n_shards = max(1, -(-len(jobs) // SHARD_ROWS))
-    done = []
-    for shard in range(n_shards):
-        path = shard_dir / f"shard-{shard:05d}-of-{n_shards:05d}.parquet"
-        rows = jobs.iloc[order[shard * SHARD_ROWS : (shard + 1) * SHARD_ROWS]]
-        if path.is_file():
-            done.append(read_table(path))
+    paths = [shard_dir / f"shard-{i:05d}-of-{n_shards:05d}.parquet" for i in range(n_shards)]
+    for shard, path in enumerate(paths):
+        if path.is_file() or shard % n_workers != worker:
             continue
+        rows = jobs.iloc[order[shard * SHARD_ROWS : (shard + 1) * SHARD_ROWS]]
         out = generate_completions(model, tokenizer, rows, vectors, params.generation,
                                    params.seed, positions=positions,
                                    desc=f"{desc} [{shard + 1}/{n_shards}]")
@@ -48,9 +67,16 @@ def run_jobs(model, tokenizer, jobs: pd.DataFrame, vectors, params: StudyParams,
                                       list(out["completion"]))
         out["row"] = rows.index.to_numpy()
         write_table(out, path)
-        done.append(out)
-    table = pd.concat(done, ignore_index=True).sort_values("row").drop(columns="row")
-    return table.reset_index(drop=True)
+    deadline = time.time() + float(os.environ.get("STEERING_WORKER_WAIT", "0"))
+    while (missing := [p for p in paths if not p.is_file()]) and time.time() < deadline:
+        time.sleep(10)
+    if missing:
+        raise ShardsPending(
+            f"{len(missing)} of {n_shards} shards in {shard_dir} belong to other workers; "
+            "copy their shard files into this folder (or share the runs folder) and rerun"
+        )
+    table = pd.concat([read_table(p) for p in paths], ignore_index=True)
+    return table.sort_values("row").drop(columns="row").reset_index(drop=True)
 
 
 def score_rows(rows: pd.DataFrame, scorers: dict) -> pd.DataFrame:

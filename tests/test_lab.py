@@ -27,11 +27,13 @@ def _free_port() -> int:
 def test_jupyterlab_serves_the_notebooks_with_the_project_kernel(tmp_path):
     port, token = _free_port(), "steering-test-token"
     env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime")}
+    lab_args = f"--no-browser --port={port} --ip=127.0.0.1 --IdentityProvider.token={token}"
+    # `make lab` itself, with this interpreter's environment and set-up taken as done.
     server = subprocess.Popen(
-        [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
-         f"--IdentityProvider.token={token}", "--notebook-dir", str(ROOT / "notebooks"),
-         "--allow-root"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True,
+        ["make", "-s", "-o", ".venv/.installed", "lab", f"BIN={Path(sys.executable).parent}",
+         f"LAB_ARGS={lab_args}"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+        start_new_session=True,
     )
     base = f"http://127.0.0.1:{port}"
     try:

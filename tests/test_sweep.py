@@ -97,3 +97,27 @@ def test_opening_a_stage_invalidates_it_and_everything_downstream(tmp_path):
     StageDir(tmp_path, params, "03_activations")
     done = [n for n in STAGES if is_complete(tmp_path / "default" / n, stage_hash(params, n))]
     assert done == ["01_data", "02_baseline"]
+
+
+def test_workers_split_the_shards_and_any_run_merges_them(tiny_qwen3, tiny_tokenizer, tmp_path,
+                                                          monkeypatch):
+    import steering_utils.sweep as sweep
+
+    monkeypatch.setattr(sweep, "SHARD_ROWS", 6)
+    params = _params(batch_size=4)
+    vectors = torch.randn(3, 64, generator=torch.Generator().manual_seed(0)) * 5
+    jobs = make_jobs(PROMPTS, [(-1, 0.0), (2, 1.0)], samples=2)  # 20 rows, 4 shards
+    scorers = {"primary": load_scorer("profanity-check"), "second": None}
+    single = run_jobs(tiny_qwen3, tiny_tokenizer, jobs, vectors, params, scorers, tmp_path / "a")
+    shared = tmp_path / "shared"
+    for worker in ("0/2", "1/2"):
+        monkeypatch.setenv("STEERING_WORKER", worker)
+        if worker == "0/2":
+            with pytest.raises(sweep.ShardsPending, match="2 of 4 shards .* other workers"):
+                run_jobs(tiny_qwen3, tiny_tokenizer, jobs, vectors, params, scorers, shared)
+        else:  # the last worker finds every shard present and merges
+            merged = run_jobs(tiny_qwen3, tiny_tokenizer, jobs, vectors, params, scorers, shared)
+    pd.testing.assert_frame_equal(single, merged)
+    monkeypatch.setenv("STEERING_WORKER", "2/2")
+    with pytest.raises(ValueError, match="need 0 <= i < n"):
+        sweep.worker_slot()
