@@ -66,7 +66,8 @@ def compute_caa_vectors(toxic: dict[str, torch.Tensor], clean: dict[str, torch.T
         directions = directions / directions.norm(dim=-1, keepdim=True).clamp(min=1e-12)
     token_norm = torch.cat([toxic["token_norm"], clean["token_norm"]]).mean(0)
     meta = {"n_toxic": len(toxic["pooled"]), "n_clean": len(clean["pooled"]),
-            "normalized": normalize, **(metadata or {})}
+            "layers": list(range(directions.shape[0])), "normalized": normalize,
+            **(metadata or {})}
     return SteeringVectors(directions.float(), token_norm.float(), meta)
 
 

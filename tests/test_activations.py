@@ -59,6 +59,7 @@ def test_caa_vector_is_the_mean_difference_and_round_trips(tmp_path):
     loaded = SteeringVectors.load(tmp_path / "v.safetensors")
     assert torch.equal(loaded.directions, vectors.directions)
     assert loaded.metadata["model"] == "m" and loaded.metadata["n_toxic"] == 6
+    assert loaded.metadata["layers"] == [0, 1, 2]
     unit = compute_caa_vectors(toxic, clean, normalize=True)
     torch.testing.assert_close(unit.norms, torch.ones(3))
     auc = separation_auc(vectors, toxic["pooled"], clean["pooled"])

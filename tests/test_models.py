@@ -20,10 +20,14 @@ def _tiny(config_cls, model_cls, **kwargs):
 
 def test_decoder_layers_of_supported_architectures():
     from transformers import (
+        GemmaConfig,
+        GemmaForCausalLM,
         GPT2Config,
         GPT2LMHeadModel,
         LlamaConfig,
         LlamaForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
         Qwen3Config,
         Qwen3ForCausalLM,
     )
@@ -32,6 +36,8 @@ def test_decoder_layers_of_supported_architectures():
                  num_key_value_heads=2, num_hidden_layers=2)
     assert len(decoder_layers(_tiny(LlamaConfig, LlamaForCausalLM, **small))) == 2
     assert len(decoder_layers(_tiny(Qwen3Config, Qwen3ForCausalLM, head_dim=16, **small))) == 2
+    assert len(decoder_layers(_tiny(Qwen2Config, Qwen2ForCausalLM, **small))) == 2
+    assert len(decoder_layers(_tiny(GemmaConfig, GemmaForCausalLM, head_dim=16, **small))) == 2
     gpt2 = _tiny(GPT2Config, GPT2LMHeadModel, vocab_size=50, n_embd=32, n_layer=3, n_head=2)
     assert len(decoder_layers(gpt2)) == 3
 
