@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from pathlib import Path
@@ -118,8 +119,8 @@ def build_results(stage: StageDir) -> dict:
     capability = read_table(sweep_dir / "capability.parquet")
     chosen = json.loads((sweep_dir / "chosen_layers.json").read_text())["chosen_layers"]
 
-    summarize = lambda rows: metrics.summarize_cells(  # noqa: E731
-        rows, ev.toxic_threshold, ev.n_bootstrap, params.seed)
+    summarize = functools.partial(metrics.summarize_cells, threshold=ev.toxic_threshold,
+                                  n_boot=ev.n_bootstrap, seed=params.seed)
     grid_cells, sweep_cells = summarize(grid), summarize(sweep)
     base_rows = baseline[baseline["split"] == "eval"].assign(stage="baseline")
     base_cells = summarize(base_rows)
