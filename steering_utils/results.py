@@ -79,7 +79,8 @@ def _attach_capability(cells: list[dict], accuracy: pd.DataFrame) -> None:
             cell["capability_acc_ci"] = list(by_cell[key].acc_ci)
 
 
-def _second_scorer_holds(sweep: pd.DataFrame, layer: int, alpha: float) -> bool | None:
+def _second_scorer_holds(sweep: pd.DataFrame, layer: int, alpha: float, n_boot: int,
+                         seed: int) -> bool | None:
     """Does the second scorer also see a reduction (paired 95% CI below zero)?"""
     if "toxicity_second" not in sweep:
         return None
@@ -89,7 +90,8 @@ def _second_scorer_holds(sweep: pd.DataFrame, layer: int, alpha: float) -> bool 
     if treated.empty or control.empty:
         return None
     test = metrics.paired_test(treated.groupby("prompt_id")["toxicity_second"].mean(),
-                               control.groupby("prompt_id")["toxicity_second"].mean())
+                               control.groupby("prompt_id")["toxicity_second"].mean(),
+                               n_boot=n_boot, seed=seed)
     return bool(test["diff"] < 0 and test["diff_ci"][1] < 0)
 
 
@@ -144,7 +146,7 @@ def build_results(stage: StageDir) -> dict:
                                        ev.max_capability_drop)
     if recommendation is not None:
         recommendation["holds_under_second_scorer"] = _second_scorer_holds(
-            sweep, recommendation["layer"], recommendation["alpha"])
+            sweep, recommendation["layer"], recommendation["alpha"], ev.n_bootstrap, params.seed)
     front = metrics.pareto_front(challenging.dropna(subset=["perplexity"]))
 
     agreement = None
