@@ -110,6 +110,8 @@ class SweepParams(_Strict):
     def _nonempty(cls, alphas: list[float]) -> list[float]:
         if not alphas:
             raise ValueError("needs at least one alpha, e.g. [0, 0.5, 1.0]")
+        if not any(alphas):
+            raise ValueError("needs a non-zero alpha (alpha 0 is the shared unsteered baseline)")
         return sorted(set(alphas))
 
 

@@ -57,6 +57,7 @@ def test_real_study_params_are_the_brief():
         (lambda d: d["generation"].update(temprature=0.7), r"generation.temprature: unknown key"),
         (lambda d: d["generation"].update(temperature="hot"), r"generation.temperature: .*number"),
         (lambda d: d["sweep"].update(alphas=[]), r"sweep.alphas: .*at least one alpha"),
+        (lambda d: d["sweep"].update(grid_alphas=[0]), r"sweep.grid_alphas: .*non-zero alpha"),
         (lambda d: d["scorer"].update(name="perspective"), r"scorer.name: Input should be"),
         (lambda d: d["data"]["challenging"].update(n_eval=0), r"data.challenging.n_eval"),
         (lambda d: d["model"].update(source="hub"), r"model.path is required"),
