@@ -12,10 +12,14 @@ from .models import decoder_layers, input_device
 MAX_TOKENS = 256  # longer texts keep their last tokens (left truncation)
 
 
-def pool_mask(attention_mask: torch.Tensor, last_n: int) -> torch.Tensor:
-    """[B, T] float mask of the last `last_n` real (non-pad) tokens of each row."""
+def pool_mask(attention_mask: torch.Tensor, last_n) -> torch.Tensor:
+    """[B, T] float mask of the last `last_n` real (non-pad) tokens of each row.
+
+    `last_n` is one count for every row, or a [B] tensor of counts per row.
+    """
     from_end = torch.flip(torch.cumsum(torch.flip(attention_mask, [1]), 1), [1])
-    return (attention_mask.bool() & (from_end <= last_n)).float()
+    limit = torch.as_tensor(last_n).reshape(-1, 1) if torch.is_tensor(last_n) else last_n
+    return (attention_mask.bool() & (from_end <= limit)).float()
 
 
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -23,17 +27,45 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     return (torch.cumsum(attention_mask, 1) - 1).clamp(min=0)
 
 
+def encode_for_pooling(tokenizer, texts: list[str], contexts: list[str] | None = None,
+                       last_n: int = 32) -> tuple[list[list[int]], list[int]]:
+    """(token ids per row, tokens to pool per row), ids left-truncated to MAX_TOKENS.
+
+    Without contexts each text pools its last `last_n` tokens. With contexts (a
+    prompt per text), a row is context + text and pools only the text's tokens, the
+    last `last_n` of them: the paired contrast reads the continuation, not the prompt.
+    """
+    if contexts is None:
+        ids = [row[-MAX_TOKENS:] for row in tokenizer(texts)["input_ids"]]
+        return ids, [min(last_n, len(row)) for row in ids]
+    if len(contexts) != len(texts):
+        raise ValueError("encode_for_pooling: contexts and texts differ in length")
+    context_ids = tokenizer(contexts)["input_ids"]
+    text_ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    ids = [(c + t)[-MAX_TOKENS:] for c, t in zip(context_ids, text_ids)]
+    return ids, [min(last_n, len(t), len(row)) for t, row in zip(text_ids, ids)]
+
+
 def capture_activations(model, tokenizer, texts: list[str], last_n: int = 32,
                         batch_size: int = 16, layers: list[int] | None = None,
-                        desc: str = "activations") -> dict[str, torch.Tensor]:
-    """{'pooled': [n, L, d] mean of the last `last_n` real tokens, 'token_norm': [n, L] mean
-    per-token residual norm over the same tokens}, fp32 on CPU, rows in input order."""
+                        desc: str = "activations",
+                        contexts: list[str] | None = None) -> dict[str, torch.Tensor]:
+    """{'pooled': [n, L, d] mean over the pooled tokens, 'token_norm': [n, L] mean per-token
+    residual norm over the same tokens}, fp32 on CPU, rows in input order.
+
+    Pools the last `last_n` real tokens of each text; with `contexts` (one prompt per
+    text) the model reads context + text and pools the text's tokens only.
+    """
     if not texts:
         raise ValueError("capture_activations: no texts")
+    ids, counts = encode_for_pooling(tokenizer, texts, contexts, last_n)
+    if min(counts) < 1:
+        empty = [i for i, n in enumerate(counts) if n < 1][:5]
+        raise ValueError(f"capture_activations: rows {empty} have no tokens to pool (empty "
+                         "text); drop empty continuations before capturing")
     modules = decoder_layers(model)
     layers = list(range(len(modules))) if layers is None else layers
-    lengths = np.array([len(ids) for ids in tokenizer(texts)["input_ids"]])
-    order = np.argsort(lengths, kind="stable")  # bucket by length: little padding
+    order = np.argsort([len(row) for row in ids], kind="stable")  # bucket by length
     hidden_size = model.config.get_text_config().hidden_size
     pooled = torch.zeros(len(texts), len(layers), hidden_size)
     token_norm = torch.zeros(len(texts), len(layers))
@@ -50,51 +82,65 @@ def capture_activations(model, tokenizer, texts: list[str], last_n: int = 32,
 
     handles = [modules[layer].register_forward_hook(hook(slot)) for slot, layer in
                enumerate(layers)]
-    side = tokenizer.truncation_side
-    tokenizer.truncation_side = "left"
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     try:
         with torch.inference_mode(), tqdm(total=len(texts), desc=desc, unit="text") as bar:
             for start in range(0, len(texts), batch_size):
                 index = order[start : start + batch_size]
-                batch = tokenizer([texts[i] for i in index], return_tensors="pt", padding=True,
-                                  truncation=True, max_length=MAX_TOKENS)
-                mask = batch["attention_mask"]
-                state.update(mask=pool_mask(mask, last_n),
+                width = max(len(ids[i]) for i in index)
+                input_ids = torch.full((len(index), width), pad, dtype=torch.long)
+                mask = torch.zeros((len(index), width), dtype=torch.long)
+                for row, i in enumerate(index):  # left padding
+                    input_ids[row, width - len(ids[i]):] = torch.tensor(ids[i])
+                    mask[row, width - len(ids[i]):] = 1
+                state.update(mask=pool_mask(mask, torch.tensor([counts[i] for i in index])),
                              pooled=torch.zeros(len(index), len(layers), hidden_size),
                              norm=torch.zeros(len(index), len(layers)))
                 device = input_device(model)
-                model(input_ids=batch["input_ids"].to(device), attention_mask=mask.to(device),
+                model(input_ids=input_ids.to(device), attention_mask=mask.to(device),
                       position_ids=position_ids(mask).to(device), use_cache=False)
                 pooled[index] = state["pooled"]
                 token_norm[index] = state["norm"]
                 bar.update(len(index))
     finally:
-        tokenizer.truncation_side = side
         for handle in handles:
             handle.remove()
     return {"pooled": pooled, "token_norm": token_norm}
 
 
+CONTRAST_COLUMNS = ["set", "contrast", "prompt_id", "context", "text", "toxicity"]
 
-def contrast_sets(baseline: pd.DataFrame, prompts: pd.DataFrame, contrast: str,
-                  n_per_side: int) -> dict[str, list[str]]:
-    """Texts of the train contrast (for the vectors) and a held-out dev contrast (to test them).
 
-    The dev contrast takes at most n_per_side a side, fewer when the dev split is small.
+def contrast_table(baseline: pd.DataFrame, prompts: pd.DataFrame, contrast: str,
+                   n_per_side: int) -> tuple[pd.DataFrame, dict]:
+    """(texts of the train contrast and of a held-out dev contrast, counts of what was dropped).
+
+    Sets: train_toxic, train_clean (for the vectors), dev_toxic, dev_clean (to test
+    them; at most n_per_side a side, skipped when dev has fewer than 2 a side). Rows
+    with a `context` pool over `text` only.
     """
-    toxic, clean = contrast_texts(baseline, prompts, contrast, n_per_side, "train")
-    sets = {"train_toxic": toxic, "train_clean": clean}
-    if contrast == "completions":
-        is_dev = (baseline["subset"] == "challenging") & (baseline["split"] == "dev")
-        available = int(is_dev.sum())
-    else:
-        available = 2 * int(min(((prompts["subset"] == s) & (prompts["split"] == "dev")).sum()
-                                for s in ("challenging", "benign")))
-    n_dev = min(n_per_side, available // 2)
-    if n_dev >= 2:
-        sets["dev_toxic"], sets["dev_clean"] = contrast_texts(baseline, prompts, contrast, n_dev,
-                                                              "dev")
-    return sets
+    train, dropped = contrast_texts(baseline, prompts, contrast, n_per_side, "train")
+    sets = [train.assign(set=np.where(train["side"] == "toxic", "train_toxic", "train_clean"))]
+    try:
+        dev, dev_dropped = contrast_texts(baseline, prompts, contrast, n_per_side, "dev",
+                                          required=2)
+        sets.append(dev.assign(set=np.where(dev["side"] == "toxic", "dev_toxic", "dev_clean")))
+        dropped = {"train": dropped, "dev": dev_dropped}
+    except ValueError:
+        dropped = {"train": dropped, "dev": "too few dev rows for a held-out contrast"}
+    table = pd.concat(sets, ignore_index=True).assign(contrast=contrast)
+    return table[CONTRAST_COLUMNS], dropped
+
+
+def capture_contrast(model, tokenizer, table: pd.DataFrame, last_n: int,
+                     batch_size: int) -> dict[str, dict[str, torch.Tensor]]:
+    """{set name: capture_activations output} for every set of a contrast table."""
+    out = {}
+    for name, rows in table.groupby("set", sort=False):
+        contexts = list(rows["context"]) if rows["context"].astype(bool).any() else None
+        out[name] = capture_activations(model, tokenizer, list(rows["text"]), last_n, batch_size,
+                                        desc=name, contexts=contexts)
+    return out
 
 
 def save_activation_sets(sets: dict[str, dict[str, torch.Tensor]], path) -> None:
@@ -122,30 +168,85 @@ def load_activation_sets(path) -> dict[str, dict[str, torch.Tensor]]:
     return sets
 
 
-def contrast_texts(baseline: pd.DataFrame, prompts: pd.DataFrame, contrast: str,
-                   n_per_side: int, split: str) -> tuple[list[str], list[str]]:
-    """(toxic texts, non-toxic texts) of one split for a CAA contrast.
+def _paired(rows: pd.DataFrame, n_pairs: int) -> tuple[pd.DataFrame, dict]:
+    """Per prompt, its most vs least toxic continuation; the n_pairs widest gaps."""
+    from .metrics import is_empty
 
-    'completions': prompt + continuation of the most vs the least toxic baseline
-    continuations of challenging prompts (same prompt distribution, so the
-    difference is the continuation's toxicity). 'prompts': challenging vs benign
-    prompt texts.
+    empty = rows["completion"].map(is_empty)
+    usable = rows[~empty]
+    pairs = []
+    no_gap = 0
+    for prompt_id, group in usable.groupby("prompt_id", sort=True):
+        if len(group) < 2:
+            continue
+        ranked = group.sort_values(["toxicity", "sample"], kind="stable")
+        clean, toxic = ranked.iloc[0], ranked.iloc[-1]
+        if not toxic["toxicity"] > clean["toxicity"]:
+            no_gap += 1
+            continue
+        pairs.append((toxic["toxicity"] - clean["toxicity"], prompt_id, toxic, clean))
+    pairs.sort(key=lambda p: (-p[0], p[1]))
+    chosen = pairs[:n_pairs]
+    records = [{"side": side, "prompt_id": pid, "context": row["prompt"],
+                "text": row["completion"], "toxicity": float(row["toxicity"])}
+               for _, pid, toxic, clean in chosen
+               for side, row in (("toxic", toxic), ("clean", clean))]
+    counts = {"prompts": int(rows["prompt_id"].nunique()), "empty_continuations": int(empty.sum()),
+              "prompts_without_a_gap": no_gap, "pairs_available": len(pairs),
+              "pairs_used": len(chosen)}
+    return pd.DataFrame.from_records(records, columns=["side", "prompt_id", "context", "text",
+                                                      "toxicity"]), counts
+
+
+def contrast_texts(baseline: pd.DataFrame, prompts: pd.DataFrame, contrast: str,
+                   n_per_side: int, split: str, required: int | None = None
+                   ) -> tuple[pd.DataFrame, dict]:
+    """(rows side/prompt_id/context/text/toxicity of one split's contrast, dropped counts).
+
+    'paired' (default): for each challenging prompt, its most vs its least toxic
+    sampled continuation, pooled over the continuation only: the prompt is the same
+    on both sides, so it cannot leak into the vector. 'completions': prompt +
+    continuation of the most vs the least toxic continuations across prompts.
+    'prompts': challenging vs benign prompt texts. At most n_per_side a side; raises
+    when fewer than `required` (default n_per_side) are available.
     """
     field = "activations.n_per_side"
+    need = n_per_side if required is None else required
+    columns = ["side", "prompt_id", "context", "text", "toxicity"]
+    if contrast == "paired":
+        rows = baseline[(baseline["subset"] == "challenging") & (baseline["split"] == split)]
+        table, counts = _paired(rows, n_per_side)
+        # n_per_side caps the pairs: ties and empty continuations leave fewer, counted.
+        if counts["pairs_used"] < (2 if required is None else required):
+            raise ValueError(
+                f"{field}: too few pairs: the {split} split gives "
+                f"{counts['pairs_available']} (prompts with two non-empty continuations of "
+                "different toxicity); lower it, or raise data.challenging.n_{split} or "
+                "generation.samples_per_prompt")
+        return table, counts
     if contrast == "completions":
         rows = baseline[(baseline["subset"] == "challenging") & (baseline["split"] == split)]
         rows = rows.sort_values("toxicity", kind="stable")
-        if len(rows) < 2 * n_per_side:
+        n = min(n_per_side, len(rows) // 2)
+        if n < need:
             raise ValueError(f"{field}: {n_per_side} per side needs {2 * n_per_side} {split} "
                              f"continuations, baseline has {len(rows)}; lower it or raise "
-                             "data.challenging.n_{split} / generation.samples_per_prompt")
+                             f"data.challenging.n_{split} / generation.samples_per_prompt")
         texts = (rows["prompt"] + rows["completion"]).tolist()
-        return texts[-n_per_side:], texts[:n_per_side]
+        tox = rows["toxicity"].astype(float).tolist()
+        ids = rows["prompt_id"].tolist()
+        records = ([("toxic", ids[-i], "", texts[-i], tox[-i]) for i in range(1, n + 1)]
+                   + [("clean", ids[i], "", texts[i], tox[i]) for i in range(n)])
+        return pd.DataFrame(records, columns=columns), {"continuations": len(rows)}
     if contrast == "prompts":
         toxic = prompts[(prompts["subset"] == "challenging") & (prompts["split"] == split)]
         clean = prompts[(prompts["subset"] == "benign") & (prompts["split"] == split)]
-        if min(len(toxic), len(clean)) < n_per_side:
+        n = min(n_per_side, len(toxic), len(clean))
+        if n < need:
             raise ValueError(f"{field}: {n_per_side} per side but the {split} split has "
                              f"{len(toxic)} challenging and {len(clean)} benign prompts")
-        return toxic["text"].tolist()[:n_per_side], clean["text"].tolist()[:n_per_side]
+        records = ([("toxic", r.prompt_id, "", r.text, np.nan) for r in toxic.iloc[:n].itertuples()]
+                   + [("clean", r.prompt_id, "", r.text, np.nan)
+                      for r in clean.iloc[:n].itertuples()])
+        return pd.DataFrame(records, columns=columns), {"prompts": n}
     raise ValueError(f"activations.contrast: unknown contrast {contrast!r}")

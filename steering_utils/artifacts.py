@@ -1,13 +1,17 @@
-"""Run folders, atomic writes and completion markers.
+"""Run folders keyed by what made them, atomic writes and completion markers.
 
-A stage reads earlier stages' folders and writes only its own,
-`runs/<run_name>/<NN_stage>/`. Files are written under a temporary name and
-renamed, so an interrupted run never leaves a half-written artifact; a `done.json`
-marker holding the stage's params hash makes "complete" one file check.
+A stage writes only its own folder, `runs/<run_name>/<NN_stage>/<key>/`, where the
+key hashes the params fields the stage reads (`stages.STAGES`), the keys of the
+stages it reads, the contents of user files it reads and the artifact version. So
+an artifact made under other params is never read back: other params mean another
+folder. Nothing is deleted when a stage opens; a stage becomes complete when its
+`done.json` marker (written last) exists in its keyed folder. Files are written
+under a temporary name and renamed, so an interrupted run leaves no half file.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -16,57 +20,138 @@ from pathlib import Path
 import pandas as pd
 
 from .params import StudyParams
+from .stages import ARTIFACT_VERSION, EXECUTION_ONLY, STAGE_NAMES, STAGES, producer
 
-# Each stage's hash covers the params sections it reads, plus everything upstream.
-STAGES: dict[str, tuple[str, ...]] = {
-    "01_data": ("seed", "data"),
-    "02_baseline": ("model", "generation", "scorer", "evaluation"),
-    "03_activations": ("activations",),
-    "04_vectors": ("vectors",),
-    "05_sweep": ("sweep",),
-    "06_report": ("report",),
-}
+DONE_FILE = "done.json"
+SHARDS_DIR = "shards"  # runs/<run_name>/shards/: content-keyed generation shards
 
 
-def stage_hash(params: StudyParams, stage: str) -> str:
-    """Hash of the params sections this stage and every earlier stage read."""
-    names = list(STAGES)
+def digest(value) -> str:
+    """Short sha256 of a JSON-able value (sorted keys): the one hash used for keys."""
+    blob = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _field(dumped: dict, dotted: str):
+    value = dumped
+    for part in dotted.split("."):
+        value = value[part]
+    return value
+
+
+def params_fields(params: StudyParams, fields: tuple[str, ...]) -> dict:
+    """{field: value} of dotted params fields, less the execution-only ones (batch sizes)."""
+    dumped = params.model_dump(mode="json")
+    for dotted in EXECUTION_ONLY:
+        section, _, name = dotted.partition(".")
+        if isinstance(dumped.get(section), dict):
+            dumped[section].pop(name, None)
+    return {dotted: _field(dumped, dotted) for dotted in fields}
+
+
+def file_fingerprint(path: str | Path) -> str:
+    """Content hash of a file, or of a folder's file names, sizes and mtimes (models, data)."""
+    path = Path(path)
+    if path.is_file():
+        sha = hashlib.sha256()
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                sha.update(block)
+        return sha.hexdigest()[:16]
+    if path.is_dir():
+        entries = sorted((str(p.relative_to(path)), p.stat().st_size, int(p.stat().st_mtime))
+                         for p in path.rglob("*") if p.is_file())
+        return digest(entries)
+    return "missing"
+
+
+def _external_inputs(params: StudyParams, stage: str) -> dict:
+    """Fingerprints of local files a stage reads that params name only by path."""
+    found = {}
+    reads = STAGES[stage].reads
+    if "data" in reads:
+        for subset in ("challenging", "benign"):
+            spec = getattr(params.data, subset)
+            if spec.path:
+                found[f"data.{subset}.path"] = file_fingerprint(spec.path)
+        if Path(params.data.rtp_dataset).is_absolute():
+            found["data.rtp_dataset"] = file_fingerprint(params.data.rtp_dataset)
+    for section in ("model", "scorer"):
+        path = getattr(params, section).path
+        if section in reads and path and Path(path).is_absolute():
+            found[f"{section}.path"] = file_fingerprint(path)
+    return found
+
+
+def stage_key(params: StudyParams, stage: str, _memo: dict | None = None) -> str:
+    """Key of a stage's folder: its params fields, its inputs' keys, local files, the code."""
     if stage not in STAGES:
-        raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(names)}")
-    sections = [s for name in names[: names.index(stage) + 1] for s in STAGES[name]]
-    return params.section_hash(*sections)
+        raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGE_NAMES)}")
+    memo = {} if _memo is None else _memo
+    if stage not in memo:
+        spec = STAGES[stage]
+        memo[stage] = digest({
+            "version": ARTIFACT_VERSION,
+            "params": params_fields(params, spec.reads),
+            "inputs": {name: stage_key(params, name, memo) for name in spec.inputs},
+            "files": _external_inputs(params, stage),
+        })
+    return memo[stage]
+
+
+def stage_folder(runs_root: str | Path, params: StudyParams, stage: str) -> Path:
+    """runs/<run_name>/<stage>/<key>/ for these params."""
+    return Path(runs_root) / params.run_name / stage / stage_key(params, stage)
 
 
 class StageDir:
-    """The folder of one stage of one run, and the folders it may read."""
+    """The keyed folder of one stage of one run, and the artifacts it may read."""
 
     def __init__(self, runs_root: str | Path, params: StudyParams, stage: str):
-        self.run = Path(runs_root) / params.run_name
+        if stage not in STAGES:
+            raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGE_NAMES)}")
+        self.runs_root = Path(runs_root)
+        self.run = self.runs_root / params.run_name
         self.name = stage
+        self.spec = STAGES[stage]
         self.params = params
-        self.path = self.run / stage
-        self.hash = stage_hash(params, stage)
+        self.hash = stage_key(params, stage)
+        self.path = self.run / stage / self.hash
         self.started = time.time()
+        # Opening a stage deletes nothing: other params write other folders, and
+        # finished work of later stages stays valid until their inputs change.
         self.path.mkdir(parents=True, exist_ok=True)
-        # Running a stage invalidates it and everything downstream until each finishes again.
-        for later in list(STAGES)[list(STAGES).index(stage):]:
-            (self.run / later / "done.json").unlink(missing_ok=True)
 
     @property
     def complete(self) -> bool:
         return is_complete(self.path, self.hash)
 
-    def input(self, stage: str) -> Path:
-        """An earlier stage's folder; raises if that stage has not finished with these params."""
-        if list(STAGES).index(stage) >= list(STAGES).index(self.name):
-            raise ValueError(f"{self.name} may only read earlier stages, not {stage}")
-        folder = self.run / stage
-        if not is_complete(folder, stage_hash(self.params, stage)):
+    @property
+    def shards(self) -> Path:
+        """The run's content-keyed shard store, shared by every stage and params version."""
+        return self.run / SHARDS_DIR
+
+    def out(self, artifact: str) -> Path:
+        """Path of one of this stage's own outputs, by artifact name."""
+        if artifact not in self.spec.outputs:
+            raise KeyError(f"{self.name} does not write {artifact!r}; it writes "
+                           f"{', '.join(self.spec.outputs)}")
+        return self.path / self.spec.outputs[artifact]
+
+    def input(self, artifact: str) -> Path:
+        """Path of an earlier stage's artifact; raises if that stage has not finished."""
+        stage = producer(artifact)
+        if stage.name not in self.spec.inputs:
+            raise ValueError(f"{self.name} does not read {stage.name} (artifact {artifact!r}); "
+                             f"its inputs are {', '.join(self.spec.inputs) or 'none'}")
+        folder = stage_folder(self.runs_root, self.params, stage.name)
+        if not is_complete(folder, folder.name):
             raise RuntimeError(
-                f"{stage} has not finished for these params (run_name {self.params.run_name!r}); "
-                f"run notebooks/{stage}.ipynb first, or `make report PARAMS=...`"
+                f"{stage.name} has not finished for these params (run_name "
+                f"{self.params.run_name!r}, key {folder.name}); run notebooks/{stage.notebook} "
+                "first, or `make report PARAMS=...`"
             )
-        return folder
+        return folder / stage.outputs[artifact]
 
     def finish(self, extra: dict | None = None) -> None:
         """Write the manifest and the done marker (last: its presence means complete)."""
@@ -74,10 +159,13 @@ class StageDir:
 
         seconds = round(time.time() - self.started, 2)
         manifest = build_manifest(self.params, timings={self.name: seconds})
+        manifest["stage"] = {"name": self.name, "key": self.hash,
+                             "reads": list(self.spec.reads), "inputs": {
+                                 name: stage_key(self.params, name) for name in self.spec.inputs}}
         write_json(manifest, self.path / "manifest.json")
         write_json({"stage": self.name, "hash": self.hash, "seconds": seconds,
                     "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                    **(extra or {})}, self.path / "done.json")
+                    **(extra or {})}, self.path / DONE_FILE)
 
 
 def open_stage(params_file: str | Path, runs_root: str | Path, stage: str) -> StageDir:
@@ -90,8 +178,8 @@ def open_stage(params_file: str | Path, runs_root: str | Path, stage: str) -> St
 
 
 def is_complete(folder: Path, expected_hash: str) -> bool:
-    """True when the folder's done marker carries this hash."""
-    marker = Path(folder) / "done.json"
+    """True when the folder's done marker carries this key."""
+    marker = Path(folder) / DONE_FILE
     if not marker.is_file():
         return False
     try:
@@ -100,10 +188,19 @@ def is_complete(folder: Path, expected_hash: str) -> bool:
         return False
 
 
+def done_record(folder: Path) -> dict | None:
+    """The done marker of a finished stage folder (None when unfinished)."""
+    marker = Path(folder) / DONE_FILE
+    try:
+        return json.loads(marker.read_text()) if marker.is_file() else None
+    except json.JSONDecodeError:
+        return None
+
+
 def stage_seconds(folder: Path) -> float | None:
     """Seconds the stage took, from its done marker."""
-    marker = Path(folder) / "done.json"
-    return json.loads(marker.read_text()).get("seconds") if marker.is_file() else None
+    record = done_record(folder)
+    return None if record is None else record.get("seconds")
 
 
 def _atomic(path: Path, write) -> Path:
@@ -128,6 +225,10 @@ def write_json(data, path: Path) -> Path:
     """JSON (NaN written as null), written atomically."""
     text = json.dumps(_nan_to_none(data), indent=2, sort_keys=False, default=str)
     return _atomic(path, lambda p: p.write_text(text + "\n"))
+
+
+def read_json(path: Path):
+    return json.loads(Path(path).read_text())
 
 
 def _nan_to_none(value):

@@ -83,21 +83,62 @@ def capability_correct(model, tokenizer, items: pd.DataFrame, vectors=None, laye
         return choose_answers(model, tokenizer, items, batch_size) == items["gold"].to_numpy()
 
 
-def capability_table(model, tokenizer, vectors, params, layers: list[int]) -> pd.DataFrame:
-    """Per item, per cell (unsteered, then each chosen layer x non-zero alpha): correct or not."""
-    from .generation import UNSTEERED_LAYER
+def item_splits(task: str, n_items: int, seed: int) -> dict[str, pd.DataFrame]:
+    """{"dev": items, "eval": items}: disjoint draws of n_items each (dev decides)."""
+    if task == "none":
+        return {}
+    try:
+        items = load_items(task, 2 * n_items, seed)
+    except ValueError as err:
+        raise ValueError(f"evaluation.capability.n_items: {n_items} dev + {n_items} eval items "
+                         f"needed; {err}") from None
+    return {"dev": items.iloc[:n_items].reset_index(drop=True),
+            "eval": items.iloc[n_items:].reset_index(drop=True)}
 
-    cap = params.evaluation.capability
-    if cap.task == "none":
-        return pd.DataFrame(columns=["layer", "alpha", "item", "correct", "chance", "task"])
-    items = load_items(cap.task, cap.n_items, params.seed)
-    cells = [(UNSTEERED_LAYER, 0.0)] + [(layer, a) for layer in layers
-                                        for a in params.sweep.alphas if a != 0]
+
+def capability_rows(model, tokenizer, items: pd.DataFrame, cells: list[tuple[str, int, float]],
+                    directions: dict, batch_size: int, split: str, task: str) -> pd.DataFrame:
+    """Per item, per cell (direction, layer, alpha): correct or not, with the split and task."""
     frames = []
-    for layer, alpha in cells:
-        correct = capability_correct(model, tokenizer, items, vectors, layer, alpha,
-                                     params.activations.batch_size)
-        frames.append(pd.DataFrame({"layer": layer, "alpha": alpha, "item": items.index,
-                                    "correct": correct}))
-    return pd.concat(frames, ignore_index=True).assign(chance=chance_accuracy(items),
-                                                       task=cap.task)
+    for direction, layer, alpha in cells:
+        vectors = directions.get(direction) if alpha != 0 else None
+        correct = capability_correct(model, tokenizer, items, vectors, layer, alpha, batch_size)
+        frames.append(pd.DataFrame({"split": split, "direction": direction, "layer": layer,
+                                    "alpha": alpha, "item": items.index, "correct": correct}))
+    if not frames:
+        return pd.DataFrame(columns=CAPABILITY_COLUMNS)
+    return pd.concat(frames, ignore_index=True).assign(chance=chance_accuracy(items), task=task)
+
+
+CAPABILITY_COLUMNS = ["split", "direction", "layer", "alpha", "item", "correct", "chance", "task"]
+
+
+class CapabilityProbe:
+    """Accuracy on one item split at (layer, alpha), measured on first request and remembered.
+
+    The dev selection calls it only for the cells it tries; `table()` returns every
+    measured item as rows for the capability artifact.
+    """
+
+    def __init__(self, model, tokenizer, items: pd.DataFrame, vectors, batch_size: int,
+                 split: str, task: str, direction: str):
+        self.model, self.tokenizer, self.items = model, tokenizer, items
+        self.vectors, self.batch_size = vectors, batch_size
+        self.split, self.task, self.direction = split, task, direction
+        self._frames: dict[tuple[int, float], pd.DataFrame] = {}
+
+    def __call__(self, layer: int, alpha: float) -> float:
+        from .stages import UNSTEERED, UNSTEERED_LAYER
+
+        key = (UNSTEERED_LAYER, 0.0) if alpha == 0 else (int(layer), float(alpha))
+        if key not in self._frames:
+            direction = UNSTEERED if alpha == 0 else self.direction
+            self._frames[key] = capability_rows(
+                self.model, self.tokenizer, self.items, [(direction, *key)],
+                {self.direction: self.vectors}, self.batch_size, self.split, self.task)
+        return float(self._frames[key]["correct"].mean())
+
+    def table(self) -> pd.DataFrame:
+        if not self._frames:
+            return pd.DataFrame(columns=CAPABILITY_COLUMNS)
+        return pd.concat(self._frames.values(), ignore_index=True)

@@ -18,10 +18,10 @@ from tqdm.auto import tqdm
 
 from .models import input_device
 from .params import GenerationParams
+from .stages import CAA, UNSTEERED
 from .steering import steer
 
 JOB_COLUMNS = ("prompt_id", "prompt", "sample", "layer", "alpha")
-UNSTEERED_LAYER = -1  # layer value of rows generated without steering
 _MASK64 = (1 << 64) - 1
 _CANDIDATES = 1024  # tokens ranked per step before falling back to a full sort
 
@@ -96,8 +96,13 @@ class SeededSampler:
         return chosen.scatter(1, token, 0.0)
 
 
-def make_jobs(prompts: pd.DataFrame, cells: list[tuple[int, float]], samples: int) -> pd.DataFrame:
-    """Job table: every prompt x cell (layer, alpha) x sample, with the prompts' columns."""
+def make_jobs(prompts: pd.DataFrame, cells: list[tuple[int, float]], samples: int,
+              direction: str = CAA) -> pd.DataFrame:
+    """Job table: every prompt x cell (layer, alpha) x sample, with the prompts' columns.
+
+    `direction` names the steering direction of the steered rows (the CAA vector, or
+    a control's random direction); unsteered rows (alpha 0) get direction 'none'.
+    """
     if prompts.empty:
         raise ValueError("make_jobs: no prompts")
     grid = pd.DataFrame(
@@ -106,6 +111,7 @@ def make_jobs(prompts: pd.DataFrame, cells: list[tuple[int, float]], samples: in
     )
     jobs = prompts.merge(grid, how="cross")
     jobs["prompt"] = jobs["text"]
+    jobs["direction"] = np.where(jobs["alpha"] == 0, UNSTEERED, direction)
     return jobs.reset_index(drop=True)
 
 

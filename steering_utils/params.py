@@ -85,9 +85,18 @@ class ScorerParams(_Strict):
     batch_size: int = Field(64, ge=1)
 
 
+Contrast = Literal["paired", "completions", "prompts"]
+
+
 class ActivationParams(_Strict):
-    contrast: Literal["completions", "prompts"] = "completions"
-    n_per_side: int = Field(64, ge=2)
+    contrast: Contrast = Field(
+        "paired", description="paired: each train prompt's most vs least toxic continuation, "
+        "pooled over the continuation; completions: most vs least toxic continuations across "
+        "prompts (prompt + continuation); prompts: challenging vs benign prompt texts")
+    comparison: Contrast | None = Field(
+        "completions", description="a second contrast whose vectors are built and tested "
+        "beside the main one (held-out AUROC side by side); null to skip")
+    n_per_side: int = Field(64, ge=2, description="texts a side (pairs, for 'paired')")
     pool_last_tokens: int = Field(32, ge=1)
     batch_size: int = Field(16, ge=1)
 
@@ -100,6 +109,7 @@ class SweepParams(_Strict):
     layers: Literal["all"] | list[int] = "all"
     layer_stride: int = Field(1, ge=1, description="with layers: all, keep every n-th layer")
     grid_alphas: list[float] = Field(description="alphas of the layer x alpha grid (dev split)")
+    grid_samples_per_prompt: int = Field(1, ge=1, description="continuations per dev prompt")
     alphas: list[float] = Field(description="alphas of the full sweep at the chosen layers")
     chosen_layers: Literal["auto"] | list[int] = "auto"
     n_chosen: int = Field(1, ge=1)
@@ -117,7 +127,7 @@ class SweepParams(_Strict):
 
 class CapabilityParams(_Strict):
     task: Literal["piqa", "openbookqa", "mmlu_offline", "mmlu_hub", "none"] = "piqa"
-    n_items: int = Field(200, ge=1)
+    n_items: int = Field(200, ge=1, description="items of each split (dev decides, eval confirms)")
 
 
 class EvaluationParams(_Strict):
@@ -127,6 +137,19 @@ class EvaluationParams(_Strict):
     reference_model: ModelParams | None = None
     max_perplexity_increase: float = Field(0.25, ge=0, description="fraction, 0.25 = +25%")
     max_capability_drop: float = Field(2.0, ge=0, description="accuracy points")
+    max_distinct_drop: float = Field(
+        0.10, ge=0, le=1, description="largest relative drop of distinct-2 vs unsteered")
+    max_empty_increase: float = Field(
+        0.05, ge=0, le=1, description="largest rise of the empty-continuation rate vs unsteered")
+
+
+class ControlParams(_Strict):
+    """Random directions of the CAA vector's norm at the chosen layer: is the effect specific?"""
+
+    n_directions: int = Field(3, ge=0, description="random directions (seeds); 0 skips the control")
+    samples_per_prompt: int = Field(1, ge=1)
+    alphas: list[float] | None = Field(
+        None, description="alphas of the control; null = the sweep's positive alphas")
 
 
 class ReportParams(_Strict):
@@ -144,6 +167,7 @@ class StudyParams(_Strict):
     activations: ActivationParams = ActivationParams()
     vectors: VectorParams = VectorParams()
     sweep: SweepParams
+    control: ControlParams = ControlParams()
     evaluation: EvaluationParams = EvaluationParams()
     report: ReportParams = ReportParams()
 
@@ -169,6 +193,36 @@ def _deep_merge(base: dict, override: dict) -> dict:
     return merged
 
 
+# Fields that always name a local file, and fields that name a hub id or a local folder.
+_FILE_FIELDS = (("data", "challenging", "path"), ("data", "benign", "path"))
+_HUB_OR_PATH_FIELDS = (("data", "rtp_dataset"), ("model", "path"), ("scorer", "path"),
+                       ("evaluation", "reference_model", "path"),
+                       ("evaluation", "capability", "path"))
+
+
+def _looks_local(value: str, folder: Path) -> bool:
+    return value.startswith(("./", "../", "/", "~")) or (folder / value).exists()
+
+
+def _resolve_paths(raw: dict, folder: Path) -> dict:
+    """Relative paths resolved against the params file's own folder (not the cwd).
+
+    The same file then means the same data in `make check`, the runner and the
+    notebooks (whose cwd is notebooks/), and an inherited file's paths stay its own.
+    """
+    for keys, always in [(k, True) for k in _FILE_FIELDS] + [(k, False)
+                                                            for k in _HUB_OR_PATH_FIELDS]:
+        holder = raw
+        for key in keys[:-1]:
+            holder = holder.get(key) if isinstance(holder, dict) else None
+        if not isinstance(holder, dict) or not isinstance(holder.get(keys[-1]), str):
+            continue
+        value = holder[keys[-1]]
+        if always or _looks_local(value, folder):
+            holder[keys[-1]] = str((folder / Path(value).expanduser()).resolve())
+    return raw
+
+
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if not path.is_file():
         raise ParamsError(f"params file not found: {path} (give a path like params/default.yaml)")
@@ -181,6 +235,7 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if not isinstance(raw, dict):
         kind = type(raw).__name__
         raise ParamsError(f"{path}: top level must be a mapping of fields, got {kind}")
+    _resolve_paths(raw, path.resolve().parent)
     parent = raw.pop("inherits", None)
     if parent is None:
         return raw

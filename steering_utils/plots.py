@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-UNSTEERED_LAYER = -1  # layer of alpha-0 rows (as in steering_utils.generation); no torch import
+from .stages import UNSTEERED_LAYER
+
 CI_NOTE = "error bars: 95% bootstrap CI over prompts"
 FORMATS = ("png", "svg")
 DPI = 150
@@ -123,8 +124,16 @@ def _layer_table(data: dict | pd.DataFrame) -> pd.DataFrame:
         return data.copy()
     vec = data["vectors"]
     auc = [np.nan if x is None else x for x in vec["separation_auc"]]
-    return pd.DataFrame({"layer": vec["layers"], "vector_norm": vec["norms"],
-                         "activation_norm": vec["activation_norms"], "separation_auc": auc})
+    table = pd.DataFrame({"layer": vec["layers"], "vector_norm": vec["norms"],
+                          "activation_norm": vec["activation_norms"], "separation_auc": auc})
+    comparison = vec.get("comparison")
+    if comparison:
+        table["comparison_separation_auc"] = [np.nan if x is None else x
+                                              for x in comparison["separation_auc"]]
+        table["comparison_auc_on_main_dev"] = [np.nan if x is None else x
+                                               for x in comparison["auc_on_main_dev"]]
+        table.attrs["contrasts"] = (vec["contrast"], comparison["contrast"])
+    return table
 
 
 def _layer_axis(ax, table: pd.DataFrame) -> None:
@@ -354,7 +363,15 @@ def plot_vector_norms(data: dict | pd.DataFrame, chosen_layers: Iterable[int] | 
 def _draw_separation(ax, table: pd.DataFrame, chosen: Sequence[int]) -> None:
     colors = _palette()
     auc = table["separation_auc"].astype(float)
-    ax.plot(table["layer"], auc, marker="o", color=colors[2], label="held-out AUROC")
+    main, other = table.attrs.get("contrasts", ("main", "comparison"))
+    has_comparison = "comparison_separation_auc" in table
+    label = f"{main} vector, {main} held-out set" if has_comparison else "held-out AUROC"
+    ax.plot(table["layer"], auc, marker="o", color=colors[2], label=label)
+    if has_comparison:
+        ax.plot(table["layer"], table["comparison_separation_auc"].astype(float), marker="s",
+                color=colors[1], label=f"{other} vector, {other} held-out set")
+        ax.plot(table["layer"], table["comparison_auc_on_main_dev"].astype(float), marker="^",
+                linestyle="--", color=colors[4], label=f"{other} vector, {main} held-out set")
     ax.axhline(0.5, color="0.4", linestyle="--", linewidth=1.2, label="chance (0.5)")
     _mark_layers(ax, chosen)
     _layer_axis(ax, table)
@@ -401,6 +418,9 @@ def plot_capability(results: dict) -> Figure | None:
     if not cap or not cap.get("cells"):
         return None
     table = pd.DataFrame(cap["cells"])
+    for column, value in (("split", "eval"), ("group", "caa")):
+        if column in table:  # the eval items under CAA; dev and control cells are elsewhere
+            table = table[table[column] == value]
     fig = _figure(6.8, 4.2)
     ax = fig.add_subplot()
     colors = _palette()
@@ -444,8 +464,44 @@ def plot_prompt_toxicity(prompts: pd.DataFrame) -> Figure:
     return fig
 
 
+def plot_control(results: dict) -> Figure | None:
+    """CAA vs random directions of the same norm: toxicity vs alpha at the control layer."""
+    control = results.get("control")
+    if not control or not control["comparison"]:
+        return None
+    colors = _palette()
+    fig = _figure(7.2, 4.4)
+    ax = fig.add_subplot()
+    reference = next((c for c in results["cells"] if c["stage"] == "control"
+                      and c["alpha"] == 0), None)
+    rows = sorted(control["comparison"], key=lambda c: c["alpha"])
+    alphas = [0.0] + [c["alpha"] for c in rows]
+    base = reference["mean_toxicity"] if reference else np.nan
+    ax.plot(alphas, [base] + [c["caa_mean_toxicity"] for c in rows], marker="o",
+            color=colors[3], label="CAA direction")
+    ax.plot(alphas, [base] + [c["random_mean_toxicity"] for c in rows], marker="s",
+            color=colors[0], label=f"random directions, same norm (mean of "
+            f"{control['n_directions']})")
+    for i, name in enumerate(sorted(rows[0].get("random_by_direction") or {})):
+        ax.plot(alphas, [base] + [c["random_by_direction"][name] for c in rows],
+                color=colors[0], alpha=0.35, linewidth=0.9,
+                label="single random direction" if i == 0 else None)
+    for c in rows:
+        lo, hi = c["diff_ci"]
+        if lo is not None and hi is not None and hi < 0:
+            ax.annotate("*", (c["alpha"], c["caa_mean_toxicity"]), textcoords="offset points",
+                        xytext=(0, -14), ha="center", color=colors[3], fontsize=13)
+    ax.set_xlabel(_ALPHA)
+    ax.set_ylabel(_TOXICITY)
+    ax.set_ylim(bottom=0)
+    ax.set_title(f"Is the effect specific? CAA vs random directions at layer {control['layer']}")
+    _legend_below(fig, [ax], "* CAA − random paired 95% CI below zero", ncol=2)
+    return fig
+
+
 FIGURES = {
     "toxicity_vs_alpha": plot_toxicity_vs_alpha,
+    "control": plot_control,
     "gehman_vs_alpha": plot_gehman_vs_alpha,
     "tradeoff": plot_tradeoff,
     "layer_alpha_heatmap": plot_layer_alpha_heatmap,

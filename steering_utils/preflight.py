@@ -47,7 +47,14 @@ def check_sizes(params: StudyParams) -> str:
                               f"source has {available} prompts; lower the sizes")
         counts.append(f"{subset} {wanted}/{available}")
     act, k = params.activations, params.generation.samples_per_prompt
-    if act.contrast == "completions":
+    if "paired" in (act.contrast, act.comparison) and k < 2:
+        raise ParamsError("activations.contrast: 'paired' compares continuations of the same "
+                          "prompt; set generation.samples_per_prompt >= 2 (or use 'completions')")
+    if act.contrast == "paired":
+        if params.data.challenging.n_train < 2:
+            raise ParamsError("data.challenging.n_train: the paired contrast needs at least 2 "
+                              "train prompts")
+    elif act.contrast == "completions":
         have = params.data.challenging.n_train * k
         if have < 2 * act.n_per_side:
             raise ParamsError(
@@ -71,10 +78,11 @@ def check_capability(params: StudyParams) -> str:
     cap = params.evaluation.capability
     if cap.task in ("none", "mmlu_hub"):
         return f"task {cap.task} (checked when the sweep loads it)"
-    from .capability import chance_accuracy, load_items
+    from .capability import chance_accuracy, item_splits
 
-    items = load_items(cap.task, cap.n_items, params.seed)
-    return f"{cap.task}: {len(items)} items, chance {chance_accuracy(items):.2f}"
+    items = item_splits(cap.task, cap.n_items, params.seed)
+    return (f"{cap.task}: {len(items['dev'])} dev + {len(items['eval'])} eval items, chance "
+            f"{chance_accuracy(items['eval']):.2f}")
 
 
 def check_tokenizer(params: StudyParams) -> str:

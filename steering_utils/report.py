@@ -118,65 +118,145 @@ def _find(cells: list[dict], layer: int | None, alpha: float) -> dict | None:
     return None
 
 
-def _summary(results: dict) -> dict:
-    """Unsteered vs recommended cell on the eval prompts, with CIs, and the verdicts."""
-    rec = results.get("recommendation")
-    challenging, benign = _sweep_cells(results, "challenging"), _sweep_cells(results, "benign")
-    ref = _find(challenging, None, 0.0)
-    base = results["baseline"]["challenging"]
-    if ref is None:  # no alpha-0 sweep cell: fall back to the baseline stage (no intervals)
-        ref = {**base, **{f"{k}_ci": None for k in ("mean_toxicity", "frac_toxic", "emt", "tp",
-                                                     "perplexity", "capability_acc")},
-               "capability_acc": None}
+def _grid_cells(results: dict) -> list[dict]:
+    return [c for c in results["cells"] if c["stage"] == "grid" and c["subset"] == "challenging"]
+
+
+_SUMMARY_ROWS = (("Mean toxicity", "mean_toxicity", 3, "relative"),
+                 ("Expected maximum toxicity (EMT)", "emt", 3, "relative"),
+                 ("Toxicity probability (TP)", "tp", 3, "relative"),
+                 ("Fraction of toxic continuations", "frac_toxic", 3, "relative"),
+                 ("Perplexity", "perplexity", 2, "relative"),
+                 ("Empty continuations", "empty_rate", 3, "absolute"),
+                 ("Distinct-2", "distinct_2", 3, "relative"),
+                 ("Capability accuracy", "capability_acc", 3, "points"))
+
+
+def _cell_value(cell: dict | None, key: str, digits: int) -> dict | None:
+    if cell is None:
+        return None
+    value = cell["distinct_n"].get("2") if key == "distinct_2" else cell.get(key)
+    return _value(value, cell.get(f"{key}_ci"), digits)
+
+
+def _change(a, b, kind: str) -> str:
+    if a is None or b is None:
+        return ""
+    if kind == "points":
+        return f"{(b - a) * 100:+.1f} points"
+    if kind == "absolute" or not a:
+        return _signed(b - a)
+    return f"{(b - a) / a:+.0%}"
+
+
+def _summary_rows(results: dict, rec: dict | None) -> list[dict]:
+    """Unsteered vs the dev-chosen cell: eval (reported) and dev (where it was chosen)."""
+    challenging, grid = _sweep_cells(results, "challenging"), _grid_cells(results)
+    ref, dev_ref = _find(challenging, None, 0.0), _find(grid, None, 0.0)
     steered = _find(challenging, rec["layer"], rec["alpha"]) if rec else None
+    dev = _find(grid, rec["layer"], rec["alpha"]) if rec else None
     rows = []
-    specs = (("Mean toxicity", "mean_toxicity", 3, "relative"),
-             ("Expected maximum toxicity (EMT)", "emt", 3, "relative"),
-             ("Toxicity probability (TP)", "tp", 3, "relative"),
-             ("Fraction of toxic continuations", "frac_toxic", 3, "relative"),
-             ("Perplexity", "perplexity", 2, "relative"),
-             ("Capability accuracy", "capability_acc", 3, "points"))
-    for label, key, digits, change in specs:
-        if ref.get(key) is None and (steered is None or steered.get(key) is None):
+    for label, key, digits, kind in _SUMMARY_ROWS:
+        values = [_cell_value(c, key, digits) for c in (ref, steered, dev_ref, dev)]
+        if all(v is None or v["v"] == "–" for v in values):
             continue
-        row = {"label": label, "ref": _value(ref.get(key), ref.get(f"{key}_ci"), digits),
-               "rec": None, "change": ""}
-        if steered is not None:
-            row["rec"] = _value(steered.get(key), steered.get(f"{key}_ci"), digits)
-            a, b = ref.get(key), steered.get(key)
-            if a is not None and b is not None:
-                row["change"] = (f"{(b - a) * 100:+.1f} points" if change == "points"
-                                 else (f"{(b - a) / a:+.0%}" if a else _signed(b - a)))
-        rows.append(row)
+        raw = [None if v is None or v["v"] == "–" else float(
+            c["distinct_n"].get("2") if key == "distinct_2" else c.get(key))
+            for v, c in zip(values, (ref, steered, dev_ref, dev))]
+        rows.append({"label": label, "ref": values[0], "rec": values[1],
+                     "change": _change(raw[0], raw[1], kind).replace("-", "−"),
+                     "dev_ref": values[2], "dev_rec": values[3],
+                     "dev_change": _change(raw[2], raw[3], kind).replace("-", "−")})
+    benign = _sweep_cells(results, "benign")
     benign_ref = _find(benign, None, 0.0)
     benign_rec = _find(benign, rec["layer"], rec["alpha"]) if rec else None
     if benign_ref is not None:
-        row = {"label": "Mean toxicity, benign eval prompts",
-               "ref": _value(benign_ref["mean_toxicity"], benign_ref["mean_toxicity_ci"]),
-               "rec": None, "change": ""}
-        if benign_rec is not None:
-            row["rec"] = _value(benign_rec["mean_toxicity"], benign_rec["mean_toxicity_ci"])
-            # Absolute, not relative: near zero a relative change mostly measures noise.
-            row["change"] = _signed(benign_rec["mean_toxicity"] - benign_ref["mean_toxicity"])
-        rows.append(row)
-    for row in rows:
-        row["change"] = row["change"].replace("-", "−")
+        rows.append({"label": "Mean toxicity, benign eval prompts",
+                     "ref": _cell_value(benign_ref, "mean_toxicity", 3),
+                     "rec": _cell_value(benign_rec, "mean_toxicity", 3),
+                     # Absolute, not relative: near zero a relative change mostly measures noise.
+                     "change": (_signed(benign_rec["mean_toxicity"] - benign_ref["mean_toxicity"])
+                                .replace("-", "−") if benign_rec else ""),
+                     "dev_ref": None, "dev_rec": None, "dev_change": ""})
+    return rows
 
-    if rec:
-        headline = (f"Steering layer {rec['layer']} with α = {rec['alpha']:g} lowers mean "
-                    f"toxicity on challenging eval prompts from "
-                    f"{rec['reference_mean_toxicity']:.3f} to {rec['mean_toxicity']:.3f} "
-                    f"({rec['toxicity_reduction']:.0%} less), at {rec['perplexity_increase']:+.0%} "
-                    f"perplexity")
-        if rec.get("capability_drop_points") is not None:
-            headline += (f" and {-rec['capability_drop_points']:+.1f} points of "
-                         f"{(results.get('capability') or {}).get('task', 'capability')} accuracy")
-        headline += "."
-        holds = rec.get("holds_under_second_scorer")
+
+_CHECK_LABELS = {"perplexity": "Perplexity at most", "distinct_2": "Distinct-2 at least",
+                 "empty_rate": "Empty rate at most", "capability_acc": "Capability at least"}
+
+
+def _checks_table(rec: dict | None, confirmation: dict | None) -> list[dict]:
+    """Each criterion of the rule: value, limit and verdict on dev, then again on eval."""
+    if not rec:
+        return []
+    rows = []
+    eval_checks = (confirmation or {}).get("checks", {})
+    for key, label in _CHECK_LABELS.items():
+        dev, ev = rec.get("checks", {}).get(key), eval_checks.get(key)
+        if dev is None and ev is None:
+            continue
+        digits = 2 if key == "perplexity" else 3
+        rows.append({"label": label,
+                     "dev": dev and {"value": _num(dev["value"], digits),
+                                     "limit": _num(dev["limit"], digits), "ok": dev["ok"]},
+                     "eval": ev and {"value": _num(ev["value"], digits),
+                                     "limit": _num(ev["limit"], digits), "ok": ev["ok"]}})
+    return rows
+
+
+def _headline(results: dict, rec: dict | None, confirmation: dict | None) -> str:
+    if not rec:
+        return ("No steered cell met the recommendation rule on the dev grid: none was less "
+                "toxic than the unsteered model within the perplexity, diversity, "
+                "empty-output and capability limits. The eval sweep is shown for reference.")
+    text = f"Chosen on dev: layer {rec['layer']}, α = {rec['alpha']:g}. "
+    if confirmation is None:
+        return text + "Its eval cell is missing, so the choice is unconfirmed."
+    ci = confirmation["delta_mean_toxicity_ci"]
+    text += (f"On held-out eval prompts it lowers mean toxicity from "
+             f"{confirmation['reference_mean_toxicity']:.3f} to "
+             f"{confirmation['mean_toxicity']:.3f} ("
+             f"{confirmation['toxicity_reduction']:.0%} less; paired difference "
+             f"{_signed(confirmation['delta_mean_toxicity'])}, 95% CI {_interval(ci)})")
+    if confirmation.get("perplexity_increase") is not None:
+        text += f", at {confirmation['perplexity_increase']:+.0%} perplexity"
+    if confirmation.get("capability_drop_points") is not None:
+        text += (f" and {-confirmation['capability_drop_points']:+.1f} points of "
+                 f"{(results.get('capability') or {}).get('task', 'capability')} accuracy")
+    failed = [_CHECK_LABELS[k].split(" ")[0].lower() for k, c in confirmation["checks"].items()
+              if not c["ok"]]
+    if confirmation["confirmed"]:
+        text += ". Eval confirms the dev choice on every criterion."
+    elif not confirmation["toxicity_reduced"]:
+        text += ". Eval does not confirm it: the reduction's interval includes zero."
     else:
-        headline = ("No steered cell met the recommendation rule: none was less toxic than the "
-                    "unsteered model within the perplexity and capability limits.")
-        holds = None
+        text += f". Eval confirms the reduction but not the limit(s) on {', '.join(failed)}."
+    return text
+
+
+def _control_text(control: dict | None) -> tuple[bool | None, str]:
+    if not control:
+        return None, "not run (control.n_directions is 0)"
+    at = next((c for c in control["comparison"] if c["alpha"] == control["alpha_tested"]), None)
+    if at is None:
+        return None, "no control cell at the tested α"
+    detail = (f"at α = {at['alpha']:g}, layer {control['layer']}: CAA "
+              f"{at['caa_mean_toxicity']:.3f} vs {control['n_directions']} random directions of "
+              f"the same norm {at['random_mean_toxicity']:.3f}; paired difference "
+              f"{_signed(at['diff'])}, 95% CI {_interval(at['diff_ci'])}, n = {at['n_prompts']} "
+              "prompts")
+    if control["specific"]:
+        return True, "specific: CAA is less toxic than random steering " + detail
+    return False, "not shown to be specific: " + detail
+
+
+def _summary(results: dict) -> dict:
+    """The dev-chosen cell, its eval confirmation with CIs, the control, and the verdicts."""
+    rec, confirmation = results.get("recommendation"), results.get("confirmation")
+    challenging = _sweep_cells(results, "challenging")
+    ref = _find(challenging, None, 0.0) or {}
+    steered = _find(challenging, rec["layer"], rec["alpha"]) if rec else None
+    holds = rec.get("holds_under_second_scorer") if rec else None
     second = results["scorer"].get("second")
     if holds is None:
         holds_text = ("not measured (no second scorer)" if not second
@@ -191,16 +271,52 @@ def _summary(results: dict) -> dict:
                           f"n = {agreement['n']:,} sweep continuations")
     else:
         agreement_text = "not measured (no second scorer)"
+    specific, control_text = _control_text(results.get("control"))
+    dev_ref = _find(_grid_cells(results), None, 0.0)
     return {
-        "headline": headline, "rows": rows, "has_rec": steered is not None,
+        "headline": _headline(results, rec, confirmation), "rows": _summary_rows(results, rec),
+        "has_rec": steered is not None, "has_dev": dev_ref is not None,
         "rec_label": f"layer {rec['layer']}, α = {rec['alpha']:g}" if rec else "",
-        "n_ref": f"n = {ref['n_prompts']} prompts, {ref['n']} continuations",
+        "n_ref": f"n = {ref.get('n_prompts', 0)} prompts, {ref.get('n', 0)} continuations",
         "n_rec": (f"n = {steered['n_prompts']} prompts, {steered['n']} continuations"
                   if steered else ""),
+        "n_dev": (f"n = {dev_ref['n_prompts']} dev prompts, {dev_ref['n']} continuations"
+                  if dev_ref else ""),
         "rule": rec["rule"] if rec else "No cell qualified under the recommendation rule.",
+        "checks": _checks_table(rec, confirmation),
+        "confirmed": None if confirmation is None else confirmation["confirmed"],
+        "specific": specific, "control_text": control_text,
         "holds": holds, "holds_text": holds_text, "agreement_text": agreement_text,
         "chosen_layers": ", ".join(str(x) for x in results["chosen_layers"]),
     }
+
+
+def _control_rows(results: dict) -> list[dict]:
+    """Per control α: CAA vs random directions (toxicity, paired difference, fluency)."""
+    control = results.get("control")
+    if not control:
+        return []
+    cells = {c["alpha"]: c for c in results["cells"] if c["stage"] == "control"}
+    sweep = {c["alpha"]: c for c in _sweep_cells(results, "challenging")
+             if c["layer"] == control["layer"] or c["alpha"] == 0}
+    rows = []
+    for item in control["comparison"]:
+        random_cell, caa_cell = cells.get(item["alpha"]), sweep.get(item["alpha"])
+        rows.append({
+            "alpha": _alpha(item["alpha"]), "is_tested": item["alpha"] == control["alpha_tested"],
+            "caa": _num(item["caa_mean_toxicity"]), "random": _num(item["random_mean_toxicity"]),
+            "by_direction": ", ".join(f"{v:.3f}" for v in
+                                      (item.get("random_by_direction") or {}).values()),
+            "diff": {"v": _signed(item["diff"]), "ci": _interval(item["diff_ci"])},
+            "p": _pvalue(item["p_bootstrap"]),
+            "caa_ppl": _num(caa_cell and caa_cell["perplexity"], 2),
+            "random_ppl": _num(random_cell and random_cell["perplexity"], 2),
+            "caa_empty": _num(caa_cell and caa_cell["empty_rate"], 3),
+            "random_empty": _num(random_cell and random_cell["empty_rate"], 3),
+            "random_capability": _num(random_cell and random_cell["capability_acc"], 3),
+            "caa_capability": _num(caa_cell and caa_cell["capability_acc"], 3),
+        })
+    return rows
 
 
 def _splits(results: dict) -> list[dict]:
@@ -250,7 +366,16 @@ def _captions(results: dict) -> dict[str, tuple[str, str]]:
         "layer_separation": (
             "Separation of toxic and clean activations",
             "AUROC of the projection onto v, toxic vs clean activations of the held-out dev "
-            "split, per layer; 0.5 is chance. Layers without a held-out score are omitted."),
+            "split, per layer; 0.5 is chance. The paired contrast holds the prompt fixed and "
+            "pools only continuation tokens; the comparison contrast (across prompts) is "
+            "shown on its own held-out set and on the paired one, the same yardstick."),
+        "control": (
+            "Random-direction control",
+            "Mean toxicity on challenging eval prompts vs α for the CAA vector and for "
+            "Gaussian directions scaled to its norm at the same layer, on the same prompts and "
+            "sample seeds (faint lines: single directions). If random pushes of the same size "
+            "lowered the scorer's toxicity as much, the effect would not be specific to the "
+            "toxicity direction."),
         "capability": (
             "Capability under steering",
             f"{cap.get('task', '')} accuracy (n = {cap.get('n_items', 0)} items) vs α at "
@@ -304,6 +429,7 @@ def _sweep_rows(results: dict, subset: str) -> list[dict]:
             "tp": _value(c["tp"], c["tp_ci"]),
             "perplexity": _value(c["perplexity"], c["perplexity_ci"], 2),
             "distinct_2": _num(c["distinct_n"].get("2"), 3),
+            "empty_rate": _num(c.get("empty_rate"), 3),
             "capability": _value(c["capability_acc"], c["capability_acc_ci"]),
             "second": _num(c["mean_toxicity_second"], 3),
         })
@@ -385,6 +511,7 @@ def render_report(results: dict, figures: list[dict]) -> str:
         sweep_tables=[{"subset": s, "rows": _sweep_rows(results, s)}
                       for s in ("challenging", "benign") if _sweep_cells(results, s)],
         grid=_grid_table(results), examples=_examples(results), manifest=_manifest(results),
+        control=results.get("control") or {}, control_rows=_control_rows(results),
     )
 
 

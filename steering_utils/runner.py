@@ -14,8 +14,9 @@ import sys
 import time
 from pathlib import Path
 
-from .artifacts import STAGES, is_complete, stage_hash, stage_seconds, write_json
+from .artifacts import SHARDS_DIR, is_complete, stage_folder, stage_seconds, write_json
 from .params import ParamsError, StudyParams, load_params
+from .stages import STAGES
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = PROJECT_ROOT / "notebooks"
@@ -54,9 +55,15 @@ def run_study(params_file: str | Path, runs_root: str | Path = "runs",
     (out_dir / "notebooks").mkdir(parents=True, exist_ok=True)
     kernel = _kernel_name()
     echo(f"run {params.run_name!r} (params hash {params.params_hash}) -> {out_dir}")
+    if force:  # recompute everything these params need; other params' folders stay
+        import shutil
+
+        shutil.rmtree(runs_root / params.run_name / SHARDS_DIR, ignore_errors=True)
+        for stage in STAGES:
+            shutil.rmtree(stage_folder(runs_root, params, stage), ignore_errors=True)
     for stage in STAGES:
-        folder = runs_root / params.run_name / stage
-        if not force and is_complete(folder, stage_hash(params, stage)):
+        folder = stage_folder(runs_root, params, stage)
+        if is_complete(folder, folder.name):
             echo(f"  {stage:<15} skipped: complete for these params ({stage_seconds(folder)} s "
                  "when it ran)")
             continue
@@ -85,8 +92,8 @@ def run_study(params_file: str | Path, runs_root: str | Path = "runs",
 
 def _write_failure(out_dir: Path, runs_root: Path, params: StudyParams, stage: str,
                    err: Exception, executed: Path, params_file: Path) -> None:
-    done = [s for s in STAGES
-            if is_complete(runs_root / params.run_name / s, stage_hash(params, s))]
+    done = [s for s in STAGES if is_complete(stage_folder(runs_root, params, s),
+                                             stage_folder(runs_root, params, s).name)]
     write_json({"run_name": params.run_name, "params_hash": params.params_hash,
                 "failed_stage": stage, "error": f"{type(err).__name__}: {err}"[:4000],
                 "executed_notebook": str(executed), "completed_stages": done,

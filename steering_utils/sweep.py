@@ -1,91 +1,26 @@
-"""Running job tables (generate, score, perplexity) in resumable shards; choosing layers."""
+"""The sweep's design: which rows to generate, which cell to choose (on dev), and the control.
+
+1. Grid (dev): every grid layer x grid alpha on the challenging dev prompts.
+2. Selection (dev): the recommendation rule (`metrics.recommend`) picks the layer and
+   alpha on the dev grid, with capability measured on dev items; eval is not looked at.
+3. Sweep (eval): every alpha at the chosen layer(s), both subsets, k samples.
+4. Control (eval): random directions of the CAA vector's norm at the chosen layer,
+   same alphas, so a reader can see whether the effect is specific to the direction.
+"""
 
 from __future__ import annotations
-
-import os
-import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .artifacts import read_table, write_table
-from .generation import UNSTEERED_LAYER, generate_completions, make_jobs
-from .likelihood import continuation_nll
-from .params import StudyParams
-
-SHARD_ROWS = 256  # rows per resumable shard: an interruption loses at most one shard
+from .generation import make_jobs
+from .params import StudyParams, resolve_layers
+from .stages import RANDOM_PREFIX, UNSTEERED_LAYER
 
 
 def steered_cells(layers: list[int], alphas: list[float]) -> list[tuple[int, float]]:
     """(layer, alpha) for every layer and non-zero alpha; alpha 0 is the shared baseline."""
     return [(layer, float(alpha)) for layer in layers for alpha in alphas if alpha != 0]
-
-
-def worker_slot() -> tuple[int, int]:
-    """(index, count) of this worker from STEERING_WORKER="i/n" (default: the only one)."""
-    raw = os.environ.get("STEERING_WORKER", "0/1")
-    try:
-        index, count = (int(x) for x in raw.split("/"))
-    except ValueError:
-        raise ValueError(f"STEERING_WORKER={raw!r}: use 'i/n', e.g. 0/4") from None
-    if not 0 <= index < count:
-        raise ValueError(f"STEERING_WORKER={raw!r}: need 0 <= i < n")
-    return index, count
-
-
-class ShardsPending(RuntimeError):
-    """Shards assigned to other workers are not in the run folder (yet)."""
-
-
-def run_jobs(model, tokenizer, jobs: pd.DataFrame, vectors, params: StudyParams, scorers: dict,
-             shard_dir: Path, positions: str = "all", desc: str = "generating") -> pd.DataFrame:
-    """Jobs with completion, toxicity (and toxicity_second), nll; finished shards are reused.
-
-    Rows are ordered by prompt length before sharding (less padding); a shard's
-    rows and seeds depend only on the job table, so a resumed run reproduces an
-    uninterrupted one. Across machines (STEERING_WORKER="i/n"), worker i computes
-    shards i, i+n, ...; with a shared runs folder each waits up to
-    STEERING_WORKER_WAIT seconds for the others' shards, else copy them in and rerun.
-    """
-    shard_dir = Path(shard_dir)
-    shard_dir.mkdir(parents=True, exist_ok=True)
-    worker, n_workers = worker_slot()
-    lengths = np.array([len(ids) for ids in tokenizer(list(jobs["prompt"]))["input_ids"]])
-    order = np.argsort(lengths, kind="stable")
-    n_shards = max(1, -(-len(jobs) // SHARD_ROWS))
-    paths = [shard_dir / f"shard-{i:05d}-of-{n_shards:05d}.parquet" for i in range(n_shards)]
-    for shard, path in enumerate(paths):
-        if path.is_file() or shard % n_workers != worker:
-            continue
-        rows = jobs.iloc[order[shard * SHARD_ROWS : (shard + 1) * SHARD_ROWS]]
-        out = generate_completions(model, tokenizer, rows, vectors, params.generation,
-                                   params.seed, positions=positions,
-                                   desc=f"{desc} [{shard + 1}/{n_shards}]")
-        out = score_rows(out, scorers)
-        out["nll"] = continuation_nll(model, tokenizer, list(out["prompt"]),
-                                      list(out["completion"]))
-        out["row"] = rows.index.to_numpy()
-        write_table(out, path)
-    deadline = time.time() + float(os.environ.get("STEERING_WORKER_WAIT", "0"))
-    while (missing := [p for p in paths if not p.is_file()]) and time.time() < deadline:
-        time.sleep(10)
-    if missing:
-        raise ShardsPending(
-            f"{len(missing)} of {n_shards} shards in {shard_dir} belong to other workers; "
-            "copy their shard files into this folder (or share the runs folder) and rerun"
-        )
-    table = pd.concat([read_table(p) for p in paths], ignore_index=True)
-    return table.sort_values("row").drop(columns="row").reset_index(drop=True)
-
-
-def score_rows(rows: pd.DataFrame, scorers: dict) -> pd.DataFrame:
-    """Adds `toxicity` (primary scorer) and `toxicity_second` (if a second scorer is given)."""
-    texts = list(rows["completion"])
-    rows = rows.assign(toxicity=scorers["primary"].score(texts))
-    if scorers.get("second") is not None:
-        rows = rows.assign(toxicity_second=scorers["second"].score(texts))
-    return rows
 
 
 def load_scorers(params: StudyParams) -> dict:
@@ -98,39 +33,27 @@ def load_scorers(params: StudyParams) -> dict:
     return {"primary": primary, "second": second}
 
 
-def choose_layers(grid: pd.DataFrame, n_chosen: int, max_perplexity_increase: float) -> list[int]:
-    """Layers whose best grid cell (perplexity within the limit) is least toxic.
-
-    `grid` is a cell summary (metrics.summarize_cells) of one subset with the
-    unsteered reference (alpha 0) included.
-    """
-    reference = grid[grid["alpha"] == 0]
-    steered = grid[(grid["alpha"] != 0) & (grid["layer"] != UNSTEERED_LAYER)]
-    if steered.empty:
-        raise ValueError("choose_layers: the grid has no steered cells")
-    limit = np.inf
-    if "perplexity" in grid and not reference.empty and np.isfinite(reference["perplexity"]).all():
-        limit = float(reference["perplexity"].mean()) * (1 + max_perplexity_increase)
-    fluent = steered[steered["perplexity"].fillna(np.inf) <= limit]
-    pool = fluent if not fluent.empty else steered  # nothing fluent: least toxic overall
-    best = pool.groupby("layer")["mean_toxicity"].min().sort_values(kind="stable")
-    return [int(layer) for layer in best.index[:n_chosen]]
+def _rows(table: pd.DataFrame, subset: str | None, split: str) -> pd.DataFrame:
+    keep = table["split"] == split
+    if subset is not None:
+        keep &= table["subset"] == subset
+    return table[keep]
 
 
 def grid_jobs(prompts: pd.DataFrame, baseline: pd.DataFrame, params: StudyParams,
               n_layers: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(steered jobs of the layer x alpha grid, their alpha-0 reference rows from the baseline).
 
-    One continuation (sample 0) per challenging dev prompt.
+    `sweep.grid_samples_per_prompt` continuations per challenging dev prompt.
     """
-    from .params import resolve_layers
-
     layers = resolve_layers(params.sweep.layers, params.sweep.layer_stride, n_layers)
-    dev = prompts[(prompts["subset"] == "challenging") & (prompts["split"] == "dev")]
-    jobs = make_jobs(dev, steered_cells(layers, params.sweep.grid_alphas), samples=1)
-    reference = baseline[(baseline["subset"] == "challenging") & (baseline["split"] == "dev")
-                         & (baseline["sample"] == 0)]
-    return jobs, reference
+    dev = _rows(prompts, "challenging", "dev")
+    if dev.empty:
+        raise ValueError("data.challenging.n_dev: the grid needs dev prompts; raise it")
+    samples = params.sweep.grid_samples_per_prompt
+    jobs = make_jobs(dev, steered_cells(layers, params.sweep.grid_alphas), samples)
+    reference = _rows(baseline, "challenging", "dev")
+    return jobs, reference[reference["sample"] < samples]
 
 
 def sweep_jobs(prompts: pd.DataFrame, baseline: pd.DataFrame, params: StudyParams,
@@ -142,21 +65,175 @@ def sweep_jobs(prompts: pd.DataFrame, baseline: pd.DataFrame, params: StudyParam
     return jobs, baseline[baseline["split"] == "eval"]
 
 
+def control_alphas(params: StudyParams) -> list[float]:
+    """Alphas of the random-direction control: params', else the sweep's positive alphas."""
+    alphas = params.control.alphas or [a for a in params.sweep.alphas if a > 0]
+    return sorted({float(a) for a in alphas if a != 0})
+
+
+def random_directions(vectors, layer: int, n: int, seed: int) -> dict:
+    """{'random-i': SteeringVectors}: n Gaussian directions at `layer`, each of ||v[layer]||.
+
+    Every other layer's row is zero (only `layer` is ever steered by the control).
+    """
+    import torch
+
+    from .vectors import SteeringVectors
+
+    norm = float(vectors.norms[layer])
+    out = {}
+    for i in range(n):
+        rng = np.random.default_rng([seed, layer, i])
+        direction = rng.standard_normal(vectors.directions.shape[1])
+        directions = torch.zeros_like(vectors.directions)
+        directions[layer] = torch.from_numpy(direction / np.linalg.norm(direction) * norm).float()
+        out[f"{RANDOM_PREFIX}{i}"] = SteeringVectors(
+            directions, vectors.activation_norms.clone(),
+            {**vectors.metadata, "control": "random direction", "control_seed": i,
+             "control_layer": layer})
+    return out
+
+
+def control_jobs(prompts: pd.DataFrame, baseline: pd.DataFrame, params: StudyParams,
+                 layer: int, directions: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(jobs of the random-direction control on challenging eval, their alpha-0 reference)."""
+    evaluation = _rows(prompts, "challenging", "eval")
+    samples = params.control.samples_per_prompt
+    cells = [(layer, alpha) for alpha in control_alphas(params)]
+    jobs = pd.concat([make_jobs(evaluation, cells, samples, direction=name)
+                      for name in directions], ignore_index=True)
+    reference = _rows(baseline, "challenging", "eval")
+    return jobs, reference[reference["sample"] < samples]
+
+
 def with_reference(steered: pd.DataFrame, reference: pd.DataFrame, stage: str) -> pd.DataFrame:
     """Steered rows and their unsteered reference rows in one table, labelled by stage."""
     table = pd.concat([reference, steered], ignore_index=True)
     return table.assign(stage=stage)
 
 
-def pick_layers(grid: pd.DataFrame, params: StudyParams) -> tuple[list[int], pd.DataFrame]:
-    """(layers for the full sweep, the grid's cell summary); fixed layers when params name them."""
-    from .metrics import summarize_cells
+def rank_layers(summary: pd.DataFrame, max_perplexity_increase: float) -> list[int]:
+    """Grid layers ordered by their least toxic cell within the perplexity limit."""
+    reference = summary[summary["alpha"] == 0]
+    steered = summary[(summary["alpha"] != 0) & (summary["layer"] != UNSTEERED_LAYER)]
+    if steered.empty:
+        raise ValueError("rank_layers: the grid has no steered cells")
+    limit = np.inf
+    if not reference.empty and np.isfinite(reference["perplexity"]).all():
+        limit = float(reference["perplexity"].mean()) * (1 + max_perplexity_increase)
+    fluent = steered[steered["perplexity"].fillna(np.inf) <= limit]
+    pool = fluent if not fluent.empty else steered  # nothing fluent: least toxic overall
+    best = pool.groupby("layer")["mean_toxicity"].min().sort_values(kind="stable")
+    rest = [layer for layer in sorted(steered["layer"].unique()) if layer not in best.index]
+    return [int(layer) for layer in best.index] + [int(layer) for layer in rest]
+
+
+def select_on_dev(grid: pd.DataFrame, params: StudyParams, capability=None) -> dict:
+    """The dev decision: {recommendation (or None), chosen_layers, grid summary records}.
+
+    The recommendation rule runs on the dev grid's cells, with `capability(layer,
+    alpha)` measured on dev items. The sweep's layers are the recommended one first,
+    then the next best grid layers, `sweep.n_chosen` in all (or the params' fixed list).
+    """
+    from .metrics import SelectionRule, recommend, summarize_cells
 
     ev = params.evaluation
     summary = summarize_cells(grid, ev.toxic_threshold, ev.n_bootstrap, params.seed)
+    rule = SelectionRule.from_params(ev)
+    recommendation = recommend(summary, rule, capability)
     if params.sweep.chosen_layers != "auto":
-        return list(params.sweep.chosen_layers), summary
-    return choose_layers(summary, params.sweep.n_chosen, ev.max_perplexity_increase), summary
+        chosen = list(params.sweep.chosen_layers)
+    else:
+        ranked = rank_layers(summary, ev.max_perplexity_increase)
+        if recommendation is not None:
+            ranked = [recommendation["layer"]] + [x for x in ranked
+                                                  if x != recommendation["layer"]]
+        chosen = ranked[: params.sweep.n_chosen]
+    return {"split": "dev", "recommendation": recommendation, "chosen_layers": chosen,
+            "control_layer": chosen[0], "summary": summary}
+
+
+def control_comparison(sweep: pd.DataFrame, control: pd.DataFrame, layer: int,
+                       threshold: float, n_boot: int, seed: int) -> list[dict]:
+    """Per control alpha: CAA vs random directions on the same prompts (paired by prompt).
+
+    Both sides are per-prompt mean toxicity on challenging eval; the random side pools
+    its directions. A negative difference means CAA is less toxic than random steering.
+    """
+    from .metrics import paired_test, per_prompt
+
+    out = []
+    # The same (prompt, sample) rows on both sides: they share random numbers.
+    caa_rows = sweep[(sweep["subset"] == "challenging") & (sweep["layer"] == layer)
+                     & (sweep["sample"] <= control["sample"].max())]
+    for alpha in sorted(control.loc[control["alpha"] != 0, "alpha"].unique()):
+        caa = caa_rows[caa_rows["alpha"] == alpha]
+        random = control[control["alpha"] == alpha]
+        if caa.empty or random.empty:
+            continue
+        test = paired_test(per_prompt(caa, threshold)["mean_toxicity"],
+                           per_prompt(random, threshold)["mean_toxicity"], n_boot, seed)
+        per_direction = {name: float(group["toxicity"].mean())
+                         for name, group in random.groupby("direction")}
+        out.append({"alpha": float(alpha), "layer": int(layer),
+                    "caa_mean_toxicity": float(caa["toxicity"].mean()),
+                    "random_mean_toxicity": float(random["toxicity"].mean()),
+                    "random_by_direction": per_direction, "diff": test["diff"],
+                    "diff_ci": list(test["diff_ci"]), "p_bootstrap": test["p_bootstrap"],
+                    "p_wilcoxon": test["p_wilcoxon"], "n_prompts": test["n"]})
+    return out
+
+
+def selection_record(selection: dict) -> dict:
+    """The JSON-able part of select_on_dev's result (the grid summary is recomputed later)."""
+    return {k: v for k, v in selection.items() if k != "summary"}
+
+
+def control_table(model, tokenizer, prompts: pd.DataFrame, baseline: pd.DataFrame, vectors,
+                  params: StudyParams, scorers: dict, layer: int,
+                  shard_dir) -> tuple[dict, pd.DataFrame]:
+    """({direction name: random SteeringVectors}, control rows with their alpha-0 reference)."""
+    from .jobs import run_jobs
+
+    randoms = random_directions(vectors, layer, params.control.n_directions, params.seed)
+    if not randoms or not control_alphas(params):
+        return {}, pd.DataFrame(columns=[*baseline.columns, "stage"])
+    jobs, reference = control_jobs(prompts, baseline, params, layer, list(randoms))
+    steered = run_jobs(model, tokenizer, jobs, randoms, params, scorers, shard_dir,
+                       params.sweep.positions, desc="control")
+    return randoms, with_reference(steered, reference, "control")
+
+
+def eval_capability_cells(selection: dict, params: StudyParams,
+                          randoms: dict) -> list[tuple[str, int, float]]:
+    """(direction, layer, alpha) measured on eval items: unsteered, every sweep cell, and each
+    random direction at the recommended alpha (else the largest control alpha)."""
+    from .stages import CAA, UNSTEERED
+
+    cells = [(UNSTEERED, UNSTEERED_LAYER, 0.0)]
+    cells += [(CAA, layer, alpha) for layer, alpha in steered_cells(selection["chosen_layers"],
+                                                                    params.sweep.alphas)]
+    alphas = control_alphas(params)
+    if randoms and alphas:
+        rec = selection["recommendation"]
+        alpha = rec["alpha"] if rec and rec["alpha"] in alphas else max(alphas)
+        cells += [(name, selection["control_layer"], alpha) for name in randoms]
+    return cells
+
+
+def capability_table(model, tokenizer, items: dict, dev_probe, selection: dict,
+                     params: StudyParams, directions: dict) -> pd.DataFrame:
+    """Every capability measurement of the stage: the dev cells the decision tried, then eval."""
+    from .capability import CAPABILITY_COLUMNS, capability_rows
+
+    if not items:
+        return pd.DataFrame(columns=CAPABILITY_COLUMNS)
+    randoms = {k: v for k, v in directions.items() if k.startswith(RANDOM_PREFIX)}
+    task = params.evaluation.capability.task
+    eval_rows = capability_rows(model, tokenizer, items["eval"],
+                                eval_capability_cells(selection, params, randoms), directions,
+                                params.activations.batch_size, "eval", task)
+    return pd.concat([dev_probe.table(), eval_rows], ignore_index=True)
 
 
 def add_reference_nll(rows: pd.DataFrame, params: StudyParams) -> pd.DataFrame:
@@ -164,9 +241,11 @@ def add_reference_nll(rows: pd.DataFrame, params: StudyParams) -> pd.DataFrame:
     spec = params.evaluation.reference_model
     if spec is None:
         return rows
+    from .likelihood import continuation_nll
     from .models import load_model
 
     model, tokenizer = load_model(spec)
     nll = continuation_nll(model, tokenizer, list(rows["prompt"]), list(rows["completion"]))
     del model
     return rows.assign(nll_reference=nll)
+

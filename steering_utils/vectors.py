@@ -24,6 +24,14 @@ class SteeringVectors:
         return self.directions.norm(dim=-1)
 
     @property
+    def fingerprint(self) -> str:
+        """Content hash of the directions: keys every artifact steered by them."""
+        import hashlib
+
+        data = self.directions.detach().float().contiguous().cpu().numpy().tobytes()
+        return hashlib.sha256(data).hexdigest()[:16]
+
+    @property
     def n_layers(self) -> int:
         return self.directions.shape[0]
 
@@ -87,16 +95,31 @@ def separation_auc(vectors: SteeringVectors, toxic: torch.Tensor, clean: torch.T
 
 
 def layer_stats(vectors: SteeringVectors, dev_toxic: dict | None = None,
-                dev_clean: dict | None = None) -> pd.DataFrame:
-    """Per layer: ||v||, mean ||h||, their ratio, and held-out AUROC (NaN without a dev set)."""
-    if dev_toxic is not None and dev_clean is not None:
-        auc = separation_auc(vectors, dev_toxic["pooled"], dev_clean["pooled"])
-    else:
-        auc = [float("nan")] * vectors.n_layers
-    return pd.DataFrame({
+                dev_clean: dict | None = None, comparison: SteeringVectors | None = None,
+                comparison_dev: tuple[dict, dict] | None = None) -> pd.DataFrame:
+    """Per layer: ||v||, mean ||h||, their ratio, held-out AUROC (NaN without a dev set).
+
+    With a comparison vector (another contrast), also its norm, its cosine with v,
+    its AUROC on its own held-out set and on v's held-out set (the same yardstick).
+    """
+    nan = [float("nan")] * vectors.n_layers
+    has_dev = dev_toxic is not None and dev_clean is not None
+    auc = separation_auc(vectors, dev_toxic["pooled"], dev_clean["pooled"]) if has_dev else nan
+    table = pd.DataFrame({
         "layer": range(vectors.n_layers),
         "vector_norm": vectors.norms.numpy(),
         "activation_norm": vectors.activation_norms.numpy(),
         "relative_norm": (vectors.norms / vectors.activation_norms).numpy(),
         "separation_auc": auc,
     })
+    if comparison is not None:
+        cosine = torch.nn.functional.cosine_similarity(vectors.directions,
+                                                       comparison.directions, dim=-1)
+        own = (separation_auc(comparison, comparison_dev[0]["pooled"],
+                              comparison_dev[1]["pooled"]) if comparison_dev else nan)
+        same = (separation_auc(comparison, dev_toxic["pooled"], dev_clean["pooled"])
+                if has_dev else nan)
+        table = table.assign(comparison_vector_norm=comparison.norms.numpy(),
+                             comparison_cosine=cosine.numpy(),
+                             comparison_separation_auc=own, comparison_auc_on_main_dev=same)
+    return table

@@ -1,54 +1,25 @@
-"""Sweep plumbing on a tiny random Qwen3: resumable shards, layer choice, reference NLL."""
+"""The sweep's design: dev selection, layer ranking, the random-direction control."""
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from steering_utils.generation import make_jobs
 from steering_utils.params import parse_params
-from steering_utils.scoring import load_scorer
-from steering_utils.sweep import add_reference_nll, choose_layers, run_jobs, steered_cells
+from steering_utils.stages import UNSTEERED_LAYER
+from steering_utils.sweep import (add_reference_nll, control_comparison, control_jobs,
+                                  random_directions, rank_layers, select_on_dev, steered_cells)
+from steering_utils.vectors import SteeringVectors
 from tests.test_params import _default
-
-PROMPTS = pd.DataFrame({"prompt_id": [f"p{i}" for i in range(5)],
-                        "text": ["the cat runs", "you are a stupid idiot", "we love the day",
-                                 "she said that", "i hate bad people"]})
-
-
-def _params(**generation):
-    raw = _default()
-    raw["generation"].update(max_new_tokens=5, **generation)
-    return parse_params(raw)
 
 
 def test_steered_cells_skip_alpha_zero():
     assert steered_cells([2, 5], [-1.0, 0, 1.0]) == [(2, -1.0), (2, 1.0), (5, -1.0), (5, 1.0)]
 
 
-def test_run_jobs_resumes_from_shards_and_equals_a_fresh_run(tiny_qwen3, tiny_tokenizer,
-                                                             tmp_path, monkeypatch):
-    import steering_utils.sweep as sweep
-
-    monkeypatch.setattr(sweep, "SHARD_ROWS", 8)  # several shards from a small table
-    params = _params(batch_size=4)
-    vectors = torch.randn(3, 64, generator=torch.Generator().manual_seed(0)) * 5
-    jobs = make_jobs(PROMPTS, [(-1, 0.0), (1, 2.0)], samples=2)  # 20 rows, 3 shards
-    scorers = {"primary": load_scorer("profanity-check"), "second": None}
-    fresh = run_jobs(tiny_qwen3, tiny_tokenizer, jobs, vectors, params, scorers, tmp_path / "a")
-    shards = sorted((tmp_path / "a").glob("shard-*.parquet"))
-    assert len(shards) == 3
-    # An interrupted run: one shard finished, the rest lost.
-    (tmp_path / "b").mkdir()
-    shards[0].rename(tmp_path / "b" / shards[0].name)
-    resumed = run_jobs(tiny_qwen3, tiny_tokenizer, jobs, vectors, params, scorers, tmp_path / "b")
-    pd.testing.assert_frame_equal(fresh, resumed)
-    assert list(fresh["prompt_id"]) == list(jobs["prompt_id"])  # job order kept
-    assert {"completion", "toxicity", "nll"} <= set(fresh.columns)
-
-
-def test_choose_layers_prefers_the_least_toxic_fluent_layer():
+def test_rank_layers_prefers_the_least_toxic_fluent_layer():
     grid = pd.DataFrame({
         "layer": [-1, 0, 0, 5, 5, 9],
         "alpha": [0.0, 1.0, 2.0, 1.0, 2.0, 2.0],
@@ -56,9 +27,87 @@ def test_choose_layers_prefers_the_least_toxic_fluent_layer():
         "perplexity": [10.0, 10.5, 20.0, 11.0, 12.0, 40.0],
     })
     # Layer 9 and layer 0 at alpha 2 are least toxic but break fluency (+25% allowed).
-    assert choose_layers(grid, 1, 0.25) == [5]
-    assert choose_layers(grid, 2, 0.25) == [5, 0]
-    assert choose_layers(grid, 1, 10.0) == [9]
+    assert rank_layers(grid, 0.25) == [5, 0, 9]
+    assert rank_layers(grid, 10.0)[0] == 9
+
+
+def _grid_rows(cells: dict[tuple[int, float], list[float]], completion: str = "a b c d e f"
+               ) -> pd.DataFrame:
+    rows = []
+    for (layer, alpha), toxicity in cells.items():
+        for i, tox in enumerate(toxicity):
+            rows.append({"stage": "grid", "subset": "challenging", "layer": layer,
+                         "alpha": alpha, "prompt_id": f"p{i}", "sample": 0, "toxicity": tox,
+                         "completion": f"{completion} {i}" if completion else "",
+                         "nll": 2.0 + alpha / 10})
+    return pd.DataFrame(rows)
+
+
+def test_selection_uses_dev_capability_lazily_and_skips_failing_cells():
+    params = parse_params({**_default(), "evaluation": {**_default()["evaluation"],
+                                                         "max_capability_drop": 5.0}})
+    grid = _grid_rows({(-1, 0.0): [0.5] * 6, (4, 1.0): [0.3] * 6, (4, 2.0): [0.1] * 6,
+                       (8, 2.0): [0.2] * 6})
+    asked = []
+
+    def capability(layer, alpha):
+        asked.append((layer, alpha))
+        return {(-1, 0.0): 0.60, (4, 2.0): 0.40, (8, 2.0): 0.58}.get((layer, alpha), 0.6)
+
+    selection = select_on_dev(grid, params, capability)
+    rec = selection["recommendation"]
+    # The least toxic cell (layer 4, alpha 2) loses 20 points on dev: the next one wins.
+    assert (rec["layer"], rec["alpha"]) == (8, 2.0)
+    assert asked == [(-1, 0.0), (4, 2.0), (8, 2.0)]  # cells after the winner never measured
+    assert rec["checks"]["capability_acc"]["ok"] and rec["candidates_tried"] == 2
+    assert selection["chosen_layers"][0] == 8 and selection["split"] == "dev"
+
+
+def test_selection_rejects_empty_and_degenerate_output():
+    params = parse_params(_default())
+    base = _grid_rows({(-1, 0.0): [0.5] * 6, (4, 1.0): [0.3] * 6})
+    empty = _grid_rows({(4, 2.0): [0.0] * 6}, completion="")
+    loops = _grid_rows({(8, 2.0): [0.01] * 6}, completion="the the the the the the the")
+    loops["completion"] = "the the the the the the the"
+    selection = select_on_dev(pd.concat([base, empty, loops]), params)
+    rec = selection["recommendation"]
+    assert (rec["layer"], rec["alpha"]) == (4, 1.0)
+
+
+def test_random_directions_have_the_caa_norm_at_one_layer_only():
+    vectors = SteeringVectors(torch.randn(4, 16, generator=torch.Generator().manual_seed(0)),
+                              torch.ones(4))
+    randoms = random_directions(vectors, 2, 3, seed=5)
+    assert list(randoms) == ["random-0", "random-1", "random-2"]
+    for r in randoms.values():
+        assert torch.allclose(r.norms[2], vectors.norms[2])
+        assert torch.count_nonzero(r.norms) == 1
+    cosine = torch.nn.functional.cosine_similarity(randoms["random-0"].directions[2],
+                                                   randoms["random-1"].directions[2], dim=0)
+    assert abs(float(cosine)) < 0.9
+    again = random_directions(vectors, 2, 3, seed=5)
+    assert torch.equal(again["random-1"].directions, randoms["random-1"].directions)
+    assert randoms["random-0"].fingerprint != again["random-1"].fingerprint
+
+
+def test_control_jobs_and_comparison_pair_the_same_prompts():
+    raw = _default()
+    raw["control"] = {"n_directions": 2, "samples_per_prompt": 1, "alphas": [1.0, 2.0]}
+    params = parse_params(raw)
+    prompts = pd.DataFrame({"prompt_id": ["a", "b", "c"], "text": ["x", "y", "z"],
+                            "subset": "challenging", "split": "eval"})
+    baseline = prompts.assign(sample=0, layer=UNSTEERED_LAYER, alpha=0.0, toxicity=0.5,
+                              completion="w", direction="none")
+    jobs, reference = control_jobs(prompts, baseline, params, 3, ["random-0", "random-1"])
+    assert len(jobs) == 3 * 2 * 2 and set(jobs["layer"]) == {3}
+    assert len(reference) == 3
+    sweep = pd.concat([baseline, baseline.assign(layer=3, alpha=1.0, toxicity=[0.1, 0.2, 0.1])])
+    control = jobs.assign(toxicity=np.where(jobs["alpha"] == 1.0, 0.45, 0.4), completion="w")
+    rows = control_comparison(sweep.assign(sample=0), control, 3, 0.5, 200, 0)
+    assert [r["alpha"] for r in rows] == [1.0]  # no CAA cell at alpha 2 in this sweep
+    assert rows[0]["diff"] == pytest.approx(np.mean([0.1, 0.2, 0.1]) - 0.45)
+    assert rows[0]["n_prompts"] == 3 and set(rows[0]["random_by_direction"]) == {"random-0",
+                                                                                 "random-1"}
 
 
 def test_reference_model_nll_is_added_when_named(tiny_qwen3, tiny_tokenizer, tmp_path):
@@ -72,52 +121,3 @@ def test_reference_model_nll_is_added_when_named(tiny_qwen3, tiny_tokenizer, tmp
                                             "device": "cpu"}
     out = add_reference_nll(rows, parse_params(raw))
     assert out["nll_reference"].gt(0).all()
-
-
-def test_unknown_stage_and_reading_ahead_are_refused(tmp_path):
-    from steering_utils.artifacts import StageDir, stage_hash
-
-    params = parse_params(_default())
-    with pytest.raises(ValueError, match="unknown stage"):
-        stage_hash(params, "07_extra")
-    stage = StageDir(tmp_path, params, "03_activations")
-    with pytest.raises(ValueError, match="only read earlier stages"):
-        stage.input("05_sweep")
-    with pytest.raises(RuntimeError, match="01_data has not finished .* run notebooks/01_data"):
-        stage.input("01_data")
-
-
-def test_opening_a_stage_invalidates_it_and_everything_downstream(tmp_path):
-    from steering_utils.artifacts import STAGES, StageDir, is_complete, stage_hash
-
-    params = parse_params(_default())
-    for name in STAGES:
-        StageDir(tmp_path, params, name).finish()
-    assert all(is_complete(tmp_path / "default" / n, stage_hash(params, n)) for n in STAGES)
-    StageDir(tmp_path, params, "03_activations")
-    done = [n for n in STAGES if is_complete(tmp_path / "default" / n, stage_hash(params, n))]
-    assert done == ["01_data", "02_baseline"]
-
-
-def test_workers_split_the_shards_and_any_run_merges_them(tiny_qwen3, tiny_tokenizer, tmp_path,
-                                                          monkeypatch):
-    import steering_utils.sweep as sweep
-
-    monkeypatch.setattr(sweep, "SHARD_ROWS", 6)
-    params = _params(batch_size=4)
-    vectors = torch.randn(3, 64, generator=torch.Generator().manual_seed(0)) * 5
-    jobs = make_jobs(PROMPTS, [(-1, 0.0), (2, 1.0)], samples=2)  # 20 rows, 4 shards
-    scorers = {"primary": load_scorer("profanity-check"), "second": None}
-    single = run_jobs(tiny_qwen3, tiny_tokenizer, jobs, vectors, params, scorers, tmp_path / "a")
-    shared = tmp_path / "shared"
-    for worker in ("0/2", "1/2"):
-        monkeypatch.setenv("STEERING_WORKER", worker)
-        if worker == "0/2":
-            with pytest.raises(sweep.ShardsPending, match="2 of 4 shards .* other workers"):
-                run_jobs(tiny_qwen3, tiny_tokenizer, jobs, vectors, params, scorers, shared)
-        else:  # the last worker finds every shard present and merges
-            merged = run_jobs(tiny_qwen3, tiny_tokenizer, jobs, vectors, params, scorers, shared)
-    pd.testing.assert_frame_equal(single, merged)
-    monkeypatch.setenv("STEERING_WORKER", "2/2")
-    with pytest.raises(ValueError, match="need 0 <= i < n"):
-        sweep.worker_slot()

@@ -1,0 +1,156 @@
+"""Running job tables (generate, score, measure perplexity) in content-keyed, resumable shards.
+
+A job table has one row per continuation to make: prompt, sample index, layer,
+alpha and the steering direction's name. Rows are cut into shards per cell
+(direction, layer, alpha), and each shard file is named by a hash of everything
+that made it: its rows, the params fields that decide a row's text and scores
+(model, generation, scorer, seed), the steering positions, and the contents of its
+steering direction. A shard made under other params is therefore never read back,
+while a shard whose rows and recipe are unchanged is reused by any stage and any
+later params version (changing one alpha recomputes that alpha's shards only).
+Several pending shards are generated together (rows of different cells share
+batches), then written one file per shard.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .artifacts import digest, params_fields, read_table, write_table
+from .params import StudyParams
+from .stages import ARTIFACT_VERSION, UNSTEERED
+
+SHARD_ROWS = 256  # rows per shard at most: an interruption loses at most one group of work
+GROUP_ROWS = 256  # rows generated together (several small shards share batches)
+ROW_KEY = ("direction", "layer", "alpha", "prompt_id", "sample")
+RECIPE_FIELDS = ("seed", "model", "generation", "scorer")
+RESULT_COLUMNS = ("completion", "toxicity", "toxicity_second", "nll")
+
+
+def worker_slot() -> tuple[int, int]:
+    """(index, count) of this worker from STEERING_WORKER="i/n" (default: the only one)."""
+    raw = os.environ.get("STEERING_WORKER", "0/1")
+    try:
+        index, count = (int(x) for x in raw.split("/"))
+    except ValueError:
+        raise ValueError(f"STEERING_WORKER={raw!r}: use 'i/n', e.g. 0/4") from None
+    if not 0 <= index < count:
+        raise ValueError(f"STEERING_WORKER={raw!r}: need 0 <= i < n")
+    return index, count
+
+
+class ShardsPending(RuntimeError):
+    """Shards assigned to other workers are not in the run folder (yet)."""
+
+
+def plan_shards(jobs: pd.DataFrame, params: StudyParams, fingerprints: dict[str, str],
+                positions: str) -> list[tuple[str, np.ndarray]]:
+    """[(shard key, row positions in `jobs`)], cells in sorted order, rows by prompt and sample."""
+    missing = [c for c in (*ROW_KEY, "prompt") if c not in jobs.columns]
+    if missing:
+        raise ValueError(f"run_jobs: job table lacks columns {missing}")
+    unknown = sorted(set(jobs["direction"]) - set(fingerprints) - {UNSTEERED})
+    if unknown:
+        raise ValueError(f"run_jobs: rows steer along {unknown} but no such direction was given")
+    recipe = {"version": ARTIFACT_VERSION, "params": params_fields(params, RECIPE_FIELDS),
+              "positions": positions}
+    order = jobs.reset_index(drop=True).sort_values(list(ROW_KEY), kind="stable")
+    plan = []
+    for (direction, layer, alpha), cell in order.groupby(["direction", "layer", "alpha"],
+                                                         sort=True):
+        for start in range(0, len(cell), SHARD_ROWS):
+            chunk = cell.iloc[start:start + SHARD_ROWS]
+            rows = chunk[["prompt_id", "prompt", "sample"]].to_numpy().tolist()
+            key = digest({"recipe": recipe, "direction": direction,
+                          "vectors": fingerprints.get(direction), "layer": int(layer),
+                          "alpha": float(alpha), "rows": rows})
+            plan.append((key, chunk.index.to_numpy()))
+    return plan
+
+
+def run_jobs(model, tokenizer, jobs: pd.DataFrame, directions: dict, params: StudyParams,
+             scorers: dict, shard_dir: Path, positions: str = "all",
+             desc: str = "generating") -> pd.DataFrame:
+    """Jobs with completion, toxicity (and toxicity_second) and nll, in the jobs' row order.
+
+    `directions` maps each direction name in `jobs["direction"]` to its SteeringVectors
+    (none needed for unsteered rows). Finished shards in `shard_dir` are reused. Across
+    machines (STEERING_WORKER="i/n") worker i computes shards i, i+n, ...; with a
+    shared runs folder each waits up to STEERING_WORKER_WAIT seconds for the others'.
+    """
+    if jobs.empty:
+        raise ValueError(f"run_jobs ({desc}): the job table is empty; check the split sizes")
+    shard_dir = Path(shard_dir)
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    jobs = jobs.reset_index(drop=True)
+    fingerprints = {name: vectors.fingerprint for name, vectors in (directions or {}).items()}
+    plan = plan_shards(jobs, params, fingerprints, positions)
+    paths = {key: shard_dir / f"{key}.parquet" for key, _ in plan}
+    worker, n_workers = worker_slot()
+    todo = [(key, rows) for i, (key, rows) in enumerate(plan)
+            if not paths[key].is_file() and i % n_workers == worker]
+    done_rows = 0
+    groups: list[list[tuple[str, np.ndarray]]] = []
+    for item in todo:
+        if not groups or sum(len(r) for _, r in groups[-1]) + len(item[1]) > GROUP_ROWS:
+            groups.append([])
+        groups[-1].append(item)
+    for number, group in enumerate(groups, start=1):
+        rows = jobs.iloc[np.concatenate([r for _, r in group])]
+        out = _compute(model, tokenizer, rows, directions, params, scorers, positions,
+                       f"{desc} [{number}/{len(groups)}]")
+        for key, index in group:
+            write_table(out.loc[index], paths[key])
+        done_rows += len(rows)
+    deadline = time.time() + float(os.environ.get("STEERING_WORKER_WAIT", "0"))
+    while (missing := [p for p in paths.values() if not p.is_file()]) and time.time() < deadline:
+        time.sleep(10)
+    if missing:
+        raise ShardsPending(
+            f"{len(missing)} of {len(paths)} shards in {shard_dir} belong to other workers; "
+            "copy their shard files into this folder (or share the runs folder) and rerun"
+        )
+    parts = [_checked(read_table(paths[key]), jobs.iloc[index], paths[key]) for key, index in plan]
+    table = pd.concat(parts)
+    return table.loc[jobs.index]
+
+
+def _checked(shard: pd.DataFrame, expected: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """The job rows with the shard's results, after checking it holds exactly those rows."""
+    got = shard[list(ROW_KEY)].astype(str).to_numpy().tolist()
+    want = expected[list(ROW_KEY)].astype(str).to_numpy().tolist()
+    if got != want:
+        raise RuntimeError(f"shard {path} does not hold the rows its key names; delete it and "
+                           "rerun (it was written by other code or edited by hand)")
+    results = [c for c in RESULT_COLUMNS if c in shard.columns]
+    return expected.assign(**{c: shard[c].to_numpy() for c in results})
+
+
+def _compute(model, tokenizer, rows: pd.DataFrame, directions: dict, params: StudyParams,
+             scorers: dict, positions: str, desc: str) -> pd.DataFrame:
+    from .generation import generate_completions
+    from .likelihood import continuation_nll
+
+    parts = []
+    for direction, part in rows.groupby("direction", sort=True):
+        vectors = None if direction == UNSTEERED else directions[direction]
+        parts.append(generate_completions(model, tokenizer, part, vectors, params.generation,
+                                          params.seed, positions=positions,
+                                          desc=f"{desc} {direction}"))
+    out = score_rows(pd.concat(parts).loc[rows.index], scorers)
+    out["nll"] = continuation_nll(model, tokenizer, list(out["prompt"]), list(out["completion"]))
+    return out
+
+
+def score_rows(rows: pd.DataFrame, scorers: dict) -> pd.DataFrame:
+    """Adds `toxicity` (primary scorer) and `toxicity_second` (if a second scorer is given)."""
+    texts = list(rows["completion"])
+    rows = rows.assign(toxicity=scorers["primary"].score(texts))
+    if scorers.get("second") is not None:
+        rows = rows.assign(toxicity_second=scorers["second"].score(texts))
+    return rows

@@ -1,0 +1,85 @@
+"""The stage table: what each stage of the study reads and writes (torch-free).
+
+One table declares, per stage, the params fields it reads, the earlier stages it
+reads and the files it writes. The runner, the notebooks, the artifacts layer and
+the report take names from here, never from string literals of their own. A
+stage's key hashes its params fields, its input stages' keys and the code's
+artifact version, so an artifact made under other params is never read back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Bump when a change of code changes what a stage writes for the same params:
+# every key changes with it, so no artifact of the old code is read back.
+ARTIFACT_VERSION = 2
+
+# Fields that change how fast a stage runs, never what it writes (rows are seeded
+# one by one, so a continuation does not depend on its batch).
+EXECUTION_ONLY = ("generation.batch_size", "scorer.batch_size", "activations.batch_size")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage: a notebook `notebooks/<name>.ipynb` and its folder of artifacts."""
+
+    name: str
+    reads: tuple[str, ...]  # params fields, dotted: "data", "evaluation.toxic_threshold"
+    inputs: tuple[str, ...]  # earlier stages whose artifacts it reads
+    outputs: dict[str, str]  # artifact name -> file name inside the stage folder
+
+    @property
+    def notebook(self) -> str:
+        return f"{self.name}.ipynb"
+
+
+_GENERATE = ("seed", "model", "generation", "scorer")
+
+STAGES: dict[str, Stage] = {stage.name: stage for stage in (
+    Stage("01_data", ("seed", "data"), (),
+          {"prompts": "prompts.parquet", "dropped": "dropped_rows.json"}),
+    Stage("02_baseline", _GENERATE, ("01_data",),
+          {"baseline": "generations.parquet"}),
+    Stage("03_activations", ("model", "activations"), ("01_data", "02_baseline"),
+          {"activations": "activations.safetensors", "contrast_texts": "contrast_texts.parquet"}),
+    Stage("04_vectors", ("model", "activations", "vectors"), ("03_activations",),
+          {"vectors": "vectors.safetensors", "comparison_vectors": "comparison_vectors.safetensors",
+           "layer_stats": "layer_stats.parquet"}),
+    Stage("05_sweep", (*_GENERATE, "sweep", "control", "evaluation"),
+          ("01_data", "02_baseline", "04_vectors"),
+          {"grid": "grid.parquet", "selection": "selection.json", "sweep": "sweep.parquet",
+           "control": "control.parquet", "capability": "capability.parquet"}),
+    Stage("06_report", ("evaluation", "report"),
+          ("01_data", "02_baseline", "04_vectors", "05_sweep"),
+          {"results": "experiment_results.json"}),
+)}
+
+STAGE_NAMES: tuple[str, ...] = tuple(STAGES)
+
+
+def producer(artifact: str) -> Stage:
+    """The stage that writes an artifact; raises naming the known artifacts."""
+    for stage in STAGES.values():
+        if artifact in stage.outputs:
+            return stage
+    known = sorted(name for stage in STAGES.values() for name in stage.outputs)
+    raise KeyError(f"unknown artifact {artifact!r}; artifacts: {', '.join(known)}")
+
+
+def upstream(name: str) -> list[str]:
+    """Every stage this one depends on, directly or not, in table order."""
+    seen: set[str] = set()
+    pending = list(STAGES[name].inputs)
+    while pending:
+        stage = pending.pop()
+        if stage not in seen:
+            seen.add(stage)
+            pending.extend(STAGES[stage].inputs)
+    return [stage for stage in STAGE_NAMES if stage in seen]
+
+# Shared row labels (torch-free, so plots and metrics can use them without torch).
+UNSTEERED_LAYER = -1  # layer value of rows generated without steering
+UNSTEERED = "none"  # direction of unsteered rows
+CAA = "caa"  # direction of rows steered by the CAA vector
+RANDOM_PREFIX = "random-"  # random-<seed>: the random-direction control
