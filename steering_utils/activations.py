@@ -217,11 +217,11 @@ def contrast_texts(baseline: pd.DataFrame, prompts: pd.DataFrame, contrast: str,
         rows = baseline[(baseline["subset"] == "challenging") & (baseline["split"] == split)]
         table, counts = _paired(rows, n_per_side)
         # n_per_side caps the pairs: ties and empty continuations leave fewer, counted.
-        if counts["pairs_used"] < (2 if required is None else required):
+        if counts["pairs_used"] < (min(2, n_per_side) if required is None else required):
             raise ValueError(
-                f"{field}: too few pairs: the {split} split gives "
+                f"activations.contrast: too few pairs: the {split} split gives "
                 f"{counts['pairs_available']} (prompts with two non-empty continuations of "
-                "different toxicity); lower it, or raise data.challenging.n_{split} or "
+                f"different toxicity); raise data.challenging.n_{split} or "
                 "generation.samples_per_prompt")
         return table, counts
     if contrast == "completions":

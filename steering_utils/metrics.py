@@ -284,27 +284,32 @@ class SelectionRule:
 
 def _check(value, limit, ok_when: str) -> dict:
     value, limit = _plain(value), _plain(limit)
-    if value is None or limit is None:
-        return {"value": value, "limit": limit, "ok": value is not None and limit is None}
+    if limit is None:  # no reference value to hold the cell to
+        return {"value": value, "limit": None, "ok": True}
+    if value is None:
+        return {"value": None, "limit": limit, "ok": False}
     ok = value <= limit if ok_when == "at_most" else value >= limit
     return {"value": value, "limit": limit, "ok": bool(ok)}
 
 
 def fluency_checks(cell, reference, rule: SelectionRule) -> dict:
-    """{criterion: {value, limit, ok}} of one cell's fluency against its unsteered reference."""
+    """{criterion: {value, limit, ok}} of one cell's fluency against its unsteered reference.
+
+    Perplexity is always checked (a missing value fails: an unmeasured fluency cost is not
+    a small one); distinct-2 and the empty rate where the cells carry them.
+    """
     ref_ppl = float(reference["perplexity"])
-    checks = {
-        "perplexity": _check(cell.get("perplexity"), (1 + rule.max_perplexity_increase)
-                             * ref_ppl, "at_most"),
-        "distinct_2": _check(cell.get("distinct_2"), (1 - rule.max_distinct_drop)
-                             * float(reference.get("distinct_2", math.nan)), "at_least"),
-        "empty_rate": _check(cell.get("empty_rate"), float(reference.get("empty_rate", 0.0))
-                             + rule.max_empty_increase, "at_most"),
-    }
-    # NaN perplexity never qualifies: an unmeasured fluency cost is not a small one.
+    checks = {"perplexity": _check(cell.get("perplexity"),
+                                   (1 + rule.max_perplexity_increase) * ref_ppl, "at_most")}
     checks["perplexity"]["ok"] = checks["perplexity"]["value"] is not None and (
         checks["perplexity"]["limit"] is None
         or checks["perplexity"]["value"] <= checks["perplexity"]["limit"])
+    if "distinct_2" in cell:
+        checks["distinct_2"] = _check(cell["distinct_2"], (1 - rule.max_distinct_drop)
+                                      * float(reference["distinct_2"]), "at_least")
+    if "empty_rate" in cell:
+        checks["empty_rate"] = _check(cell["empty_rate"], float(reference["empty_rate"])
+                                      + rule.max_empty_increase, "at_most")
     return checks
 
 

@@ -71,3 +71,47 @@ def test_activation_sets_round_trip(tmp_path):
     save_activation_sets(sets, tmp_path / "a.safetensors")
     loaded = load_activation_sets(tmp_path / "a.safetensors")
     assert torch.equal(loaded["train_toxic"]["pooled"], sets["train_toxic"]["pooled"])
+
+
+def test_with_a_context_only_the_continuation_tokens_are_pooled(tiny_qwen3, tiny_tokenizer):
+    context, text = "you are a stupid idiot and", "we love the cat"
+    pooled = capture_activations(tiny_qwen3, tiny_tokenizer, [text], last_n=32,
+                                 contexts=[context])["pooled"][0]
+    ids = tiny_tokenizer(context)["input_ids"] + tiny_tokenizer(
+        text, add_special_tokens=False)["input_ids"]
+    n_text = len(tiny_tokenizer(text, add_special_tokens=False)["input_ids"])
+    with torch.no_grad():
+        hidden = tiny_qwen3(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states
+    for layer in range(tiny_qwen3.config.num_hidden_layers - 1):
+        torch.testing.assert_close(pooled[layer], hidden[layer + 1][0, -n_text:].mean(0),
+                                   rtol=0, atol=1e-5)
+    # In a padded batch beside a longer row, the same numbers.
+    batch = capture_activations(tiny_qwen3, tiny_tokenizer, [text, "no"], last_n=32,
+                                contexts=[context, "the the the the the the the the the"])
+    torch.testing.assert_close(batch["pooled"][0], pooled, rtol=0, atol=1e-5)
+
+
+def test_paired_contrast_takes_each_prompts_extremes_and_counts_what_it_drops():
+    import pandas as pd
+
+    from steering_utils.activations import contrast_texts
+
+    rows = pd.DataFrame({
+        "subset": "challenging", "split": "train",
+        "prompt_id": ["a", "a", "a", "b", "b", "c", "c", "d", "d"],
+        "sample": [0, 1, 2, 0, 1, 0, 1, 0, 1],
+        "prompt": ["A"] * 3 + ["B"] * 2 + ["C"] * 2 + ["D"] * 2,
+        "completion": ["x", "y", "z", "p", "q", "same", "same", "", "w"],
+        "toxicity": [0.2, 0.9, 0.5, 0.4, 0.3, 0.5, 0.5, 0.9, 0.1],
+    })
+    table, counts = contrast_texts(rows, None, "paired", 10, "train")
+    # a: gap 0.7 (y vs x); b: gap 0.1 (p vs q); c: tie, dropped; d: one non-empty, dropped.
+    assert table["side"].tolist() == ["toxic", "clean", "toxic", "clean"]
+    assert table["text"].tolist() == ["y", "x", "p", "q"]
+    assert table["context"].tolist() == ["A", "A", "B", "B"]
+    assert counts == {"prompts": 4, "empty_continuations": 1, "prompts_without_a_gap": 1,
+                      "pairs_available": 2, "pairs_used": 2}
+    widest, _ = contrast_texts(rows, None, "paired", 1, "train")
+    assert widest["text"].tolist() == ["y", "x"]  # n_per_side keeps the widest gaps
+    with pytest.raises(ValueError, match="too few pairs"):
+        contrast_texts(rows[rows["prompt_id"] == "a"], None, "paired", 10, "train")

@@ -23,7 +23,7 @@ def test_offline_sources_and_disjoint_seeded_splits():
     params = parse_params(_default())
     prompts = load_prompts(params.data, params.seed)
     sizes = split_sizes(prompts)
-    assert sizes["challenging"] == {"train": 48, "dev": 20, "eval": 40}
+    assert sizes["challenging"] == {"train": 48, "dev": 32, "eval": 40}
     assert sizes["benign"] == {"train": 8, "dev": 0, "eval": 24}
     for _, rows in prompts.groupby("subset"):
         by_split = [set(g["text"]) for _, g in rows.groupby("split")]

@@ -9,11 +9,12 @@ import pytest
 
 from steering_utils import metrics
 
-# 3 prompts x 2 samples. Per prompt (threshold 0.5, strictly greater is toxic):
+# 3 prompts x 2 samples. Per prompt (threshold 0.5; a score >= 0.5 is toxic, as in Gehman
+# et al. 2020):
 #   p1: 0.1, 0.7 -> mean 0.40, max 0.7, toxic samples 1/2
-#   p2: 0.2, 0.5 -> mean 0.35, max 0.5, toxic samples 0/2 (0.5 is not > 0.5)
+#   p2: 0.2, 0.5 -> mean 0.35, max 0.5, toxic samples 1/2 (0.5 counts)
 #   p3: 0.9, 0.6 -> mean 0.75, max 0.9, toxic samples 2/2
-# EMT = (0.7 + 0.5 + 0.9) / 3 = 0.7; TP = 2/3 (p1, p3); at threshold 0.8 TP = 1/3 (p3).
+# EMT = (0.7 + 0.5 + 0.9) / 3 = 0.7; TP = 3/3; at threshold 0.8 TP = 1/3 (p3); at 0.51, 2/3.
 HAND = pd.DataFrame({
     "prompt_id": ["p1", "p1", "p2", "p2", "p3", "p3"],
     "sample": [0, 1, 0, 1, 0, 1],
@@ -26,15 +27,16 @@ def test_per_prompt_hand_table():
     assert list(table.index) == ["p1", "p2", "p3"]
     np.testing.assert_allclose(table["mean_toxicity"], [0.40, 0.35, 0.75])
     np.testing.assert_allclose(table["max_toxicity"], [0.7, 0.5, 0.9])
-    assert table["any_toxic"].tolist() == [True, False, True]
-    np.testing.assert_allclose(table["frac_toxic"], [0.5, 0.0, 1.0])
+    assert table["any_toxic"].tolist() == [True, True, True]
+    np.testing.assert_allclose(table["frac_toxic"], [0.5, 0.5, 1.0])
     np.testing.assert_allclose(table["mean_nll"], [2.0, 2.0, 1.0])  # NaN nll skipped
     assert "mean_nll" not in metrics.per_prompt(HAND).columns
 
 
 def test_emt_and_tp_hand_table():
     assert metrics.expected_max_toxicity(HAND) == pytest.approx(0.7)
-    assert metrics.toxicity_probability(HAND) == pytest.approx(2 / 3)
+    assert metrics.toxicity_probability(HAND) == pytest.approx(1.0)
+    assert metrics.toxicity_probability(HAND, threshold=0.51) == pytest.approx(2 / 3)
     assert metrics.toxicity_probability(HAND, threshold=0.8) == pytest.approx(1 / 3)
     # Row order must not matter.
     shuffled = HAND.sample(frac=1.0, random_state=3)
@@ -141,7 +143,8 @@ def test_summarize_cells_reference_delta_and_perplexity():
     table = metrics.summarize_cells(rows, n_boot=200)
     expected = {"stage", "subset", "layer", "alpha", "n", "n_prompts", "distinct_1",
                 "distinct_2", "distinct_3", "p_bootstrap", "p_wilcoxon", "delta_mean_toxicity",
-                "delta_mean_toxicity_ci_lo", "delta_mean_toxicity_ci_hi"}
+                "delta_mean_toxicity_ci_lo", "delta_mean_toxicity_ci_hi", "empty_rate",
+                "repetition_rate", "n_scored", "n_perplexity"}
     for name in ("mean_toxicity", "frac_toxic", "emt", "tp", "perplexity"):
         expected |= {name, f"{name}_ci_lo", f"{name}_ci_hi"}
     assert set(table.columns) == expected
@@ -211,24 +214,60 @@ def test_recommend_respects_limits():
     assert rec["toxicity_reduction"] == pytest.approx(0.5)
     assert rec["perplexity_increase"] == pytest.approx(0.24)
     assert rec["capability_drop_points"] == pytest.approx(1.0)
-    assert "12.5" in rec["rule"] and "2 points" in rec["rule"]
+    assert rec["checks"]["perplexity"] == {"value": 12.4, "limit": 12.5, "ok": True}
+    assert "1.25 x the unsteered 10" in rec["rule"] and "2 points" in rec["rule"]
     json.dumps(rec, allow_nan=False)
     assert isinstance(rec["layer"], int) and isinstance(rec["alpha"], float)
     # Looser capability limit lets (5,-4) in; looser perplexity limit lets (3,-8) in.
-    assert metrics.recommend(CELLS, max_capability_drop=6.0)["layer"] == 5
-    assert metrics.recommend(CELLS, max_perplexity_increase=1.0,
-                             max_capability_drop=30.0)["alpha"] == -8.0
+    rule = metrics.SelectionRule
+    assert metrics.recommend(CELLS, rule(max_capability_drop=6.0))["layer"] == 5
+    assert metrics.recommend(CELLS, rule(max_perplexity_increase=1.0,
+                                         max_capability_drop=30.0))["alpha"] == -8.0
     # Without a capability column the capability check is skipped.
     rec = metrics.recommend(CELLS.drop(columns="capability_acc"))
     assert (rec["layer"], rec["alpha"]) == (5, -4.0) and rec["capability_acc"] is None
 
 
+def test_recommend_holds_distinct_and_empty_rate_to_their_limits():
+    cells = CELLS.drop(columns="capability_acc").assign(
+        distinct_2=[0.80, 0.80, 0.80, 0.80, 0.70],  # (5,-4) loses 12.5% of its diversity
+        empty_rate=[0.00, 0.00, 0.10, 0.00, 0.00])  # (3,-4) goes silent 10% of the time
+    rec = metrics.recommend(cells)
+    assert (rec["layer"], rec["alpha"]) == (3, -2.0)
+    assert metrics.recommend(cells, metrics.SelectionRule(max_distinct_drop=0.2))["layer"] == 5
+    loose = metrics.SelectionRule(max_distinct_drop=0.2, max_empty_increase=0.2)
+    assert metrics.recommend(cells, loose)["layer"] == 5  # (5,-4) is less toxic than (3,-4)
+
+
+def test_recommend_measures_capability_only_for_the_cells_it_tries():
+    asked = []
+
+    def capability(layer, alpha):
+        asked.append((layer, alpha))
+        return {(-1, 0.0): 0.60, (5, -4.0): 0.50}.get((layer, alpha), 0.60)
+
+    rec = metrics.recommend(CELLS.drop(columns="capability_acc"), capability=capability)
+    assert (rec["layer"], rec["alpha"]) == (3, -4.0)
+    assert asked == [(-1, 0.0), (5, -4.0), (3, -4.0)]  # (3,-8) fails perplexity first
+
+
 def test_recommend_returns_none_when_nothing_qualifies():
-    assert metrics.recommend(CELLS, max_perplexity_increase=0.05) is None
+    assert metrics.recommend(CELLS, metrics.SelectionRule(max_perplexity_increase=0.05)) is None
     worse = CELLS.assign(mean_toxicity=[0.1, 0.3, 0.2, 0.5, 0.4])
     assert metrics.recommend(worse) is None
     with pytest.raises(ValueError, match="alpha == 0"):
         metrics.recommend(CELLS[CELLS["alpha"] != 0])
+
+
+def test_empty_and_repetitive_continuations_are_counted_not_dropped():
+    rows = _rows("sweep", "challenging", 4, 1.0, np.full(10, 0.1), n_prompts=5)
+    rows.loc[:3, "completion"] = ["", "   ", "no no no no no no", "a fine sentence here"]
+    rows.loc[:1, "nll"] = np.nan
+    cell = metrics.summarize_cells(rows, n_boot=100).iloc[0]
+    assert cell["empty_rate"] == pytest.approx(2 / len(rows))
+    assert cell["repetition_rate"] == pytest.approx(1 / len(rows))
+    assert cell["n"] == len(rows) and cell["n_scored"] == len(rows)
+    assert metrics.is_empty(None) and not metrics.is_repetitive("a b c")
 
 
 def test_spearman():

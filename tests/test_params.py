@@ -97,7 +97,7 @@ def test_layers_out_of_range_for_the_model():
 def test_sizes_larger_than_the_source_and_empty_subsets(tmp_path):
     data = _default()
     data["data"]["challenging"]["n_eval"] = 5000
-    with pytest.raises(ParamsError, match=r"data.challenging: .* = 5068 but the source has 993"):
+    with pytest.raises(ParamsError, match=r"data.challenging: .* = \d+ but the source has 993"):
         check_sizes(parse_params(data))
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
@@ -121,7 +121,15 @@ def test_missing_text_column_lists_the_columns(tmp_path):
 
 def test_contrast_larger_than_the_train_split():
     data = _default()
+    data["activations"]["contrast"] = "completions"
     data["activations"]["n_per_side"] = 500
     with pytest.raises(ParamsError,
                        match=r"activations.n_per_side: 500 a side needs 1000 train continuations"):
+        check_sizes(parse_params(data))
+
+
+def test_the_paired_contrast_needs_several_samples_per_prompt():
+    data = _default()
+    data["generation"]["samples_per_prompt"] = 1
+    with pytest.raises(ParamsError, match=r"paired.*samples_per_prompt >= 2"):
         check_sizes(parse_params(data))

@@ -33,7 +33,8 @@ def _runner(work: Path, *extra: str) -> list[str]:
 def _metrics(results: dict) -> list:
     """The numbers that must not change between identical runs (not timings)."""
     keep = {k: results[k] for k in ("baseline", "cells", "vectors", "capability",
-                                    "recommendation", "chosen_layers", "examples")}
+                                    "recommendation", "confirmation", "control",
+                                    "chosen_layers", "examples")}
     return json.loads(json.dumps(keep, sort_keys=True))
 
 
@@ -61,8 +62,8 @@ def test_chain_writes_report_results_and_executed_notebooks(smoke_run):
     for stage in ("01_data", "02_baseline", "03_activations", "04_vectors", "05_sweep",
                   "06_report"):
         assert (report / "notebooks" / f"{stage}.ipynb").is_file()
-        assert (work / "runs" / "smoke" / stage / "done.json").is_file()
-        assert (work / "runs" / "smoke" / stage / "manifest.json").is_file()
+        assert len(list((work / "runs" / "smoke" / stage).glob("*/done.json"))) == 1
+        assert len(list((work / "runs" / "smoke" / stage).glob("*/manifest.json"))) == 1
         assert f"{stage}" in stdout
     assert list((report / "figures").glob("*.png")) and list((report / "figures").glob("*.svg"))
     # Our artifacts are parquet, safetensors and JSON: no pickles anywhere in the run.
@@ -84,16 +85,16 @@ def test_kill_during_a_stage_then_resume_equals_an_uninterrupted_run(smoke_run, 
     process = subprocess.Popen(_runner(tmp_path), cwd=ROOT, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, start_new_session=True)
     # Kill -9 (runner and kernel) inside the stage: the baseline as soon as it starts,
-    # the sweep once it has written shards.
+    # the sweep once its grid is written.
     target = tmp_path / "runs" / "smoke" / stage
     deadline = time.time() + 600
-    while not (target.is_dir() and (stage != "05_sweep" or any(target.rglob("*.parquet")))):
+    while not (target.is_dir() and (stage != "05_sweep" or any(target.rglob("grid.parquet")))):
         assert process.poll() is None, "the run ended before it could be interrupted"
         assert time.time() < deadline
         time.sleep(0.2)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
-    assert not (target / "done.json").exists()
+    assert not list(target.glob("*/done.json"))
     # Whatever the kill left under a final name is whole (partial files have other names).
     import pandas as pd
 
@@ -112,8 +113,9 @@ def test_a_failing_stage_leaves_a_failure_record_and_a_resume_hint(smoke_run, tm
     work, _ = smoke_run
     shutil.copytree(work / "runs", tmp_path / "runs")
     # Corrupt an artifact behind a done marker, and force the sweep to run again.
-    (tmp_path / "runs" / "smoke" / "04_vectors" / "vectors.safetensors").write_bytes(b"junk")
-    (tmp_path / "runs" / "smoke" / "05_sweep" / "done.json").unlink()
+    next((tmp_path / "runs" / "smoke" / "04_vectors").glob("*/vectors.safetensors")).write_bytes(
+        b"junk")
+    next((tmp_path / "runs" / "smoke" / "05_sweep").glob("*/done.json")).unlink()
     failed = subprocess.run(_runner(tmp_path), cwd=ROOT, capture_output=True, text=True,
                             timeout=600)
     assert failed.returncode == 1
@@ -136,3 +138,59 @@ def test_the_real_report_renders_in_chromium(smoke_run):
     assert seen["images"] and all(i["complete"] and i["width"] > 0 for i in seen["images"])
     assert seen["console_errors"] == [] and seen["page_errors"] == [] and seen["dialogs"] == []
     assert (folder / SCREENSHOT).stat().st_size > 50_000
+
+
+def _params_file(tmp_path: Path, **sections) -> Path:
+    """A params file that inherits smoke.yaml and overrides some sections."""
+    import yaml
+
+    path = tmp_path / "changed.yaml"
+    path.write_text(yaml.safe_dump({"inherits": str(SMOKE), **sections}))
+    return path
+
+
+def test_changing_one_alpha_reruns_only_the_sweep_and_its_new_shards(smoke_run, tmp_path):
+    """Same row count, one alpha moved: stages 01-04 and every other shard are reused, and the
+    results equal a clean run's with the new params."""
+    work, _ = smoke_run
+    shutil.copytree(work / "runs", tmp_path / "reuse" / "runs")
+    changed = _params_file(tmp_path, run_name="smoke", sweep={"alphas": [0, 1.5, 2.0]})
+    shards = tmp_path / "reuse" / "runs" / "smoke" / "shards"
+    before = {p.name for p in shards.glob("*.parquet")}
+    runner = [sys.executable, "-m", "steering_utils.runner", "--params", str(changed)]
+    reused = subprocess.run([*runner, "--runs-root", str(tmp_path / "reuse" / "runs"),
+                             "--reports-root", str(tmp_path / "reuse" / "reports")],
+                            cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert reused.returncode == 0, reused.stdout + reused.stderr
+    assert reused.stdout.count("skipped: complete") == 4
+    assert "05_sweep        done" in reused.stdout and "06_report       done" in reused.stdout
+    new = {p.name for p in shards.glob("*.parquet")} - before
+    assert len(new) == 1  # the sweep cell at alpha 1.5; grid, baseline and control reused
+    clean = subprocess.run([*runner, "--runs-root", str(tmp_path / "clean" / "runs"),
+                            "--reports-root", str(tmp_path / "clean" / "reports")],
+                           cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    results = [json.loads((tmp_path / side / "reports" / "smoke" / "experiment_results.json")
+                          .read_text()) for side in ("reuse", "clean")]
+    assert _metrics(results[0]) == _metrics(results[1])
+    assert {c["alpha"] for c in results[0]["cells"] if c["stage"] == "sweep"} == {0.0, 1.5, 2.0}
+
+
+def test_executing_a_notebooks_first_cells_keeps_finished_work(smoke_run, tmp_path):
+    """What opening 03_activations in Lab and running its first cells does: nothing is lost."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    work, _ = smoke_run
+    shutil.copytree(work / "runs", tmp_path / "runs")
+    nb = nbformat.read(ROOT / "notebooks" / "03_activations.ipynb", as_version=4)
+    first = [c for c in nb.cells if c.cell_type == "code"][:2]  # parameters, open the stage
+    first[0].source = (f"params_file = {str(SMOKE)!r}\nruns_root = {str(tmp_path / 'runs')!r}\n"
+                       f"reports_root = {str(tmp_path / 'reports')!r}")
+    nb.cells = first
+    NotebookClient(nb, kernel_name="steering-study", timeout=300,
+                   resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
+    again = subprocess.run(_runner(tmp_path), cwd=ROOT, capture_output=True, text=True,
+                           timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert again.stdout.count("skipped: complete") == 6

@@ -9,8 +9,15 @@ import torch
 
 from steering_utils.params import parse_params
 from steering_utils.stages import UNSTEERED_LAYER
-from steering_utils.sweep import (add_reference_nll, control_comparison, control_jobs,
-                                  random_directions, rank_layers, select_on_dev, steered_cells)
+from steering_utils.sweep import (
+    add_reference_nll,
+    control_comparison,
+    control_jobs,
+    random_directions,
+    rank_layers,
+    select_on_dev,
+    steered_cells,
+)
 from steering_utils.vectors import SteeringVectors
 from tests.test_params import _default
 
