@@ -140,7 +140,11 @@ def select_on_dev(grid: pd.DataFrame, params: StudyParams, capability=None) -> d
     ev = params.evaluation
     summary = summarize_cells(grid, ev.toxic_threshold, ev.n_bootstrap, params.seed)
     rule = SelectionRule.from_params(ev)
-    recommendation = recommend(summary, rule, capability)
+    candidates = summary
+    if params.sweep.chosen_layers != "auto":  # fixed layers: choose alpha among them only
+        fixed = {UNSTEERED_LAYER, *params.sweep.chosen_layers}
+        candidates = summary[summary["layer"].isin(fixed)]
+    recommendation = recommend(candidates, rule, capability)
     if params.sweep.chosen_layers != "auto":
         chosen = list(params.sweep.chosen_layers)
     else:
