@@ -9,6 +9,7 @@ import pytest
 
 from steering_utils.artifacts import StageDir, is_complete, stage_folder, stage_key
 from steering_utils.params import load_params, parse_params
+from steering_utils.preflight import check_sizes
 from steering_utils.stages import STAGE_NAMES, STAGES, producer, upstream
 from tests.test_params import PARAMS, _default
 
@@ -111,7 +112,8 @@ def test_opening_a_stage_keeps_every_finished_stage(tmp_path):
 def test_relative_paths_resolve_against_the_params_file(tmp_path, monkeypatch):
     folder = tmp_path / "study"
     (folder / "data").mkdir(parents=True)
-    (folder / "data" / "prompts.jsonl").write_text('{"text": "a"}\n')
+    (folder / "data" / "prompts.jsonl").write_text("".join(f'{{"text": "p{i}"}}\n'
+                                                           for i in range(30)))
     base = (PARAMS / "default.yaml").read_text()
     (folder / "base.yaml").write_text(base.replace("run_name: default", "run_name: base"))
     (folder / "nested").mkdir()
@@ -124,6 +126,7 @@ def test_relative_paths_resolve_against_the_params_file(tmp_path, monkeypatch):
         monkeypatch.chdir(cwd)
         params = load_params(folder / "nested" / "p.yaml")
         assert params.data.benign.path == expected
+        assert "benign 1/30" in check_sizes(params)  # what make check and the runner read
     # Hub ids stay hub ids; ./ marks a local folder.
     raw = _default()
     assert load_params(PARAMS / "qwen3-8b.yaml").model.path == "Qwen/Qwen3-8B"
