@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .params import StudyParams
+from .params import StudyParams, run_path
 
 # Each stage's hash covers the params sections it reads, plus everything upstream.
 STAGES: dict[str, tuple[str, ...]] = {
@@ -41,7 +41,7 @@ class StageDir:
     """The folder of one stage of one run, and the folders it may read."""
 
     def __init__(self, runs_root: str | Path, params: StudyParams, stage: str):
-        self.run = Path(runs_root) / params.run_name
+        self.run = run_path(runs_root, params.run_name)  # never outside runs_root
         self.name = stage
         self.params = params
         self.path = self.run / stage
