@@ -244,7 +244,8 @@ def _format_error(err: ValidationError, source: str) -> str:
         else:
             given = item.get("input")
             shown = "" if isinstance(given, dict) else f" (got {given!r})"
-            lines.append(f"{field}: {item['msg']}{shown}")
+            message = item["msg"].removeprefix("Value error, ")  # pydantic's wrapper
+            lines.append(f"{field}: {message}{shown}")
     return f"{source}: " + "; ".join(lines)
 
 
