@@ -21,6 +21,7 @@ import shutil
 from pathlib import Path
 
 from .params import STALE_SUFFIX
+from .runlock import pid_alive
 
 RESULTS_FILE = "experiment_results.json"
 FAILED_FILE = "failed_experiment_results.json"
@@ -33,18 +34,6 @@ def _pid_of(path: Path) -> int | None:
         return int(path.name.rsplit("-", 1)[1])
     except (IndexError, ValueError):
         return None
-
-
-def _alive(pid: int | None) -> bool:
-    if pid is None:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _swap(new: Path, target: Path) -> None:
@@ -72,10 +61,10 @@ def recover(report_dir: str | Path) -> None:
     if not parent.is_dir():
         return
     olds = sorted(parent.glob(f".{name}.old-*"), key=lambda p: p.stat().st_mtime)
-    if olds and not report_dir.exists() and not _alive(_pid_of(olds[-1])):
+    if olds and not report_dir.exists() and not pid_alive(_pid_of(olds[-1])):
         os.rename(olds.pop(), report_dir)
     for left in [*olds, *parent.glob(f".{name}.tmp-*")]:
-        if not _alive(_pid_of(left)):
+        if not pid_alive(_pid_of(left)):
             shutil.rmtree(left, ignore_errors=True)
 
 

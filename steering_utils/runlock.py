@@ -38,14 +38,20 @@ def _process_start(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[19]
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int | None) -> bool:
+    """True while a process with this pid runs on this host (a zombie has stopped)."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # exists, owned by someone else
+        pass
+    try:  # an exited process nobody has reaped yet (e.g. no init in a container)
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in "ZX"
+    except (OSError, IndexError):
         return True
-    return True
 
 
 def lock_name() -> str:
@@ -156,7 +162,7 @@ class RunLock:
         pid = holder.get("pid")
         if not isinstance(pid, int):
             return True
-        if not _alive(pid):
+        if not pid_alive(pid):
             return True
         started = holder.get("process_start")
         return started is not None and _process_start(pid) not in (None, started)

@@ -13,6 +13,7 @@ Exit codes: 0 done, 1 failed, 2 bad params, 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import logging
 import shlex
 import sys
 import time
@@ -166,6 +167,9 @@ def _run_stages(params: StudyParams, params_file: Path, run_dir: Path, runs_root
             note = _write_records(out_dir, run_dir, params, stage, err, executed, resume,
                                   interrupted)
             if interrupted:
+                # nbclient leaves a task whose "kernel died" error asyncio would print after
+                # our line at exit; the interrupt is already the whole story.
+                logging.getLogger("asyncio").setLevel(logging.CRITICAL)
                 echo(f"  {stage:<15} INTERRUPTED after {seconds:.1f} s")
                 raise RunStopped(
                     f"interrupted during {stage}: finished stages and generation shards are "

@@ -28,8 +28,9 @@ def report_state(folder: Path) -> str:
     Raises AssertionError on a mix: results, report.html and figures from different runs,
     or a figure listed in figures.json but absent.
     """
-    if not folder.exists():
-        return "missing"
+    parts = ("experiment_results.json", "report.html", "figures")
+    if not any((folder / part).exists() for part in parts):
+        return "missing"  # no report (a failure record alone is not one)
     results = json.loads((folder / "experiment_results.json").read_text())
     fingerprint = results_fingerprint(results)
     html = (folder / "report.html").read_text(encoding="utf-8")
