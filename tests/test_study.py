@@ -120,10 +120,35 @@ def test_a_failing_stage_leaves_a_failure_record_and_a_resume_hint(smoke_run, tm
     assert "05_sweep        FAILED" in failed.stdout and "resume with" in failed.stdout
     record = json.loads((tmp_path / "reports" / "smoke" / "failed_experiment_results.json")
                         .read_text())
+    # The notebook's own error, not papermill's wrapper, on the user's (last) line.
+    line = failed.stderr.strip().splitlines()[-1]
+    assert "PapermillExecutionError" not in failed.stdout + line
+    assert line.startswith(f"05_sweep failed: {record['error']}")
+    assert "resume with: python -m steering_utils.runner" in line
     assert record["failed_stage"] == "05_sweep"
     assert record["completed_stages"] == ["01_data", "02_baseline", "03_activations",
                                           "04_vectors"]
     assert Path(record["executed_notebook"]).is_file()
+
+
+def test_an_os_error_inside_a_stage_is_named_on_the_failure_line(smoke_run, tmp_path,
+                                                               read_only_dir):
+    # Before: "05_sweep FAILED after 9.9 s: PapermillExecutionError", and main() said nothing
+    # more; the cause (read-only, disk full) was only in the JSON and the notebook.
+    work, _ = smoke_run
+    shutil.copytree(work / "runs", tmp_path / "runs")
+    sweep = tmp_path / "runs" / "smoke" / "05_sweep"
+    (sweep / "done.json").unlink()
+    for shards in sweep.glob("*shards"):
+        shutil.rmtree(shards)
+    read_only_dir(sweep)
+    failed = subprocess.run(_runner(tmp_path), cwd=ROOT, capture_output=True, text=True,
+                            timeout=600)
+    assert failed.returncode == 1
+    line = failed.stderr.strip().splitlines()[-1]
+    assert line.startswith("05_sweep failed: PermissionError: [Errno "), line
+    assert str(sweep) in line and "fix that, then resume with: python -m" in line
+    assert "FAILED after" in failed.stdout and "PermissionError: [Errno " in failed.stdout
 
 
 def test_the_real_report_renders_in_chromium(smoke_run):
