@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .params import StudyParams
+from .params import StudyParams, run_path
 from .stages import ARTIFACT_VERSION, EXECUTION_ONLY, STAGE_NAMES, STAGES, producer
 
 DONE_FILE = "done.json"
@@ -111,7 +111,7 @@ class StageDir:
         if stage not in STAGES:
             raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGE_NAMES)}")
         self.runs_root = Path(runs_root)
-        self.run = self.runs_root / params.run_name
+        self.run = run_path(runs_root, params.run_name)  # never outside runs_root
         self.name = stage
         self.spec = STAGES[stage]
         self.params = params

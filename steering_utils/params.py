@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -20,8 +21,8 @@ class ParamsError(ValueError):
 
 
 class _Strict(BaseModel):
-    # Unknown keys are typos until proven otherwise.
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Unknown keys are typos until proven otherwise; NaN and inf are never a setting.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ModelParams(_Strict):
@@ -120,6 +121,9 @@ class SweepParams(_Strict):
     def _nonempty(cls, alphas: list[float]) -> list[float]:
         if not alphas:
             raise ValueError("needs at least one alpha, e.g. [0, 0.5, 1.0]")
+        bad = [a for a in alphas if not math.isfinite(a)]
+        if bad:
+            raise ValueError(f"alphas must be finite numbers, got {bad}; e.g. [0, 0.5, 1.0]")
         if not any(alphas):
             raise ValueError("needs a non-zero alpha (alpha 0 is the shared unsteered baseline)")
         return sorted(set(alphas))
@@ -156,9 +160,16 @@ class ReportParams(_Strict):
     n_examples: int = Field(3, ge=0)
 
 
+# A run name is one folder name under runs/ and reports/: letters, digits, _ . - and no
+# leading dot (".", ".." and hidden names would escape or hide), at most 100 characters.
+RUN_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
+# Suffix of a report moved aside because its params differ (reports/<run>.stale-<hash>/).
+STALE_SUFFIX = ".stale-"
+
+
 class StudyParams(_Strict):
-    run_name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    seed: int = 0
+    run_name: str = Field(description="folder name under runs/ and reports/")
+    seed: int = Field(0, ge=0, lt=2**63)
     hf_hub_offline: bool = Field(False, description="set HF_HUB_OFFLINE=1 for the run")
     model: ModelParams
     data: DataParams
@@ -171,6 +182,12 @@ class StudyParams(_Strict):
     evaluation: EvaluationParams = EvaluationParams()
     report: ReportParams = ReportParams()
 
+    @field_validator("run_name")
+    @classmethod
+    def _one_folder_name(cls, name: str) -> str:
+        check_run_name(name)
+        return name
+
     def section_hash(self, *sections: str) -> str:
         """Short sha256 of the named top-level sections (all when none named)."""
         dumped = self.model_dump(mode="json")
@@ -181,6 +198,35 @@ class StudyParams(_Strict):
     @property
     def params_hash(self) -> str:
         return self.section_hash()
+
+
+def check_run_name(name: str) -> None:
+    """Raise ValueError unless name is a plain folder name that stays inside its root."""
+    import re
+
+    if not re.fullmatch(RUN_NAME_PATTERN, name):
+        raise ValueError(
+            f"{name!r} is not a plain folder name: use 1-100 letters, digits, '_', '.', '-', "
+            "starting with a letter or digit (no '/', no '..', no leading dot), e.g. 'smoke'"
+        )
+    if STALE_SUFFIX in name:
+        raise ValueError(f"{name!r}: '{STALE_SUFFIX}' is reserved for reports moved aside; "
+                         "pick another name")
+
+
+def run_path(root: str | Path, run_name: str) -> Path:
+    """root/run_name, resolved; raises ParamsError if it would land outside root."""
+    try:
+        check_run_name(run_name)
+    except ValueError as err:
+        raise ParamsError(f"run_name: {err}") from None
+    root = Path(root).resolve()
+    path = (root / run_name).resolve()
+    # A symlinked run folder (or a name the OS resolves oddly) must not write elsewhere.
+    if path.parent != root:
+        raise ParamsError(f"run_name: {run_name!r} resolves to {path}, outside {root}; "
+                          f"remove that link or pick another run_name")
+    return path
 
 
 def _deep_merge(base: dict, override: dict) -> dict:
@@ -253,7 +299,8 @@ def _format_error(err: ValidationError, source: str) -> str:
         else:
             given = item.get("input")
             shown = "" if isinstance(given, dict) else f" (got {given!r})"
-            lines.append(f"{field}: {item['msg']}{shown}")
+            message = item["msg"].removeprefix("Value error, ")  # pydantic's wrapper
+            lines.append(f"{field}: {message}{shown}")
     return f"{source}: " + "; ".join(lines)
 
 

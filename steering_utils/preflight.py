@@ -1,9 +1,10 @@
 """Checks before a long run: `python -m steering_utils.preflight --params FILE` (make check).
 
-Verifies, without loading weights, what the run will need: params valid, model
-config and tokenizer reachable, layers in range, scorer loadable, prompts
-available in the numbers asked for, device memory against an estimate, free
-disk. One line per check; exits non-zero on the first real problem.
+Verifies, without loading weights, what the run will need: params valid, runs and
+reports folders writable, model config and tokenizer reachable, layers in range,
+prompts available in the numbers asked for and short enough for the model's context,
+scorer loadable, device memory against an estimate, free disk. One line per check;
+exits non-zero on the first real problem.
 """
 
 from __future__ import annotations
@@ -12,10 +13,18 @@ import argparse
 import os
 import shutil
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from .params import ParamsError, StudyParams, apply_environment, load_params, resolve_layers
+from .params import (
+    ParamsError,
+    StudyParams,
+    apply_environment,
+    load_params,
+    resolve_layers,
+    run_path,
+)
 
 BYTES_PER_PARAM = {"float32": 4, "bfloat16": 2, "float16": 2}
 
@@ -71,6 +80,69 @@ def check_sizes(params: StudyParams) -> str:
         raise ParamsError("data.challenging.n_dev: the layer x alpha grid runs on the dev split; "
                           "give it at least 4 prompts")
     return "prompts used/available: " + ", ".join(counts)
+
+
+def context_length(config) -> int | None:
+    """The model's longest sequence in tokens (max_position_embeddings), None if unnamed."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        if getattr(text, name, None):
+            return int(getattr(text, name))
+    return None
+
+
+def check_context(params: StudyParams) -> str:
+    """The longest prompt of the run plus max_new_tokens fits the model's context."""
+    from .data import load_prompts
+    from .models import load_model_config, load_tokenizer
+
+    limit = context_length(load_model_config(params.model))
+    new = params.generation.max_new_tokens
+    if limit is None:
+        return "the model config names no context length: not checked"
+    if new >= limit:
+        raise ParamsError(f"generation.max_new_tokens: {new} leaves no room for a prompt in "
+                          f"the model's context of {limit} tokens; use at most "
+                          f"{limit // 2}, e.g. 20")
+    prompts = load_prompts(params.data, params.seed)
+    tokenizer = load_tokenizer(params.model)
+    lengths = [len(ids) for ids in tokenizer(list(prompts["text"]))["input_ids"]]
+    longest = max(range(len(lengths)), key=lengths.__getitem__)
+    if lengths[longest] + new > limit:
+        raise ParamsError(
+            f"generation.max_new_tokens: {new} + the longest prompt "
+            f"({prompts['prompt_id'][longest]}, {lengths[longest]} tokens) = "
+            f"{lengths[longest] + new} > the model's context of {limit} tokens "
+            f"(max_position_embeddings); lower max_new_tokens to at most "
+            f"{limit - lengths[longest]} or use shorter prompts")
+    return f"longest prompt {lengths[longest]} + {new} new tokens <= {limit} positions"
+
+
+def _writable(folder: Path) -> None:
+    """Raise OSError unless a file can be created in folder (root ignores mode bits: try it)."""
+    with tempfile.TemporaryFile(dir=folder, prefix=".write-check-"):
+        pass
+
+
+def check_folders(params: StudyParams, runs_root: Path, reports_root: Path) -> str:
+    """The run's folders under runs/ and reports/ stay inside them and can be written."""
+    checked = []
+    for label, root, flag in (("runs", Path(runs_root), "--runs-root"),
+                              ("reports", Path(reports_root), "--reports-root")):
+        folder = run_path(root, params.run_name)
+        where = root
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            _writable(root)
+            if folder.is_dir():
+                where = folder
+                _writable(folder)
+        except OSError as err:
+            raise PermissionError(
+                f"{label} folder {where} is not writable ({err.strerror or err}); make it "
+                f"writable or choose another with {flag}") from None
+        checked.append(str(folder))
+    return " and ".join(checked) + " are writable"
 
 
 def check_capability(params: StudyParams) -> str:
@@ -166,14 +238,18 @@ def validate_run(params: StudyParams) -> None:
     """The cheap checks the runner makes before any stage starts (raises ParamsError)."""
     check_layers(params)
     check_sizes(params)
+    check_context(params)
     check_capability(params)
 
 
-def run_checks(params: StudyParams, runs_root: Path, echo: Callable[[str], None] = print) -> bool:
+def run_checks(params: StudyParams, runs_root: Path, echo: Callable[[str], None] = print,
+               reports_root: Path = Path("reports")) -> bool:
     """Every preflight check, one line each; False at the first failure."""
     checks = [("params", lambda p: f"{p.run_name}: valid (hash {p.params_hash})"),
-              ("layers", check_layers), ("data", check_sizes), ("capability", check_capability),
-              ("tokenizer", check_tokenizer), ("scorer", check_scorer), ("device", check_device),
+              ("folders", lambda p: check_folders(p, runs_root, reports_root)),
+              ("layers", check_layers), ("data", check_sizes), ("context", check_context),
+              ("capability", check_capability), ("tokenizer", check_tokenizer),
+              ("scorer", check_scorer), ("device", check_device),
               ("disk", lambda p: check_disk(p, runs_root))]
     for name, check in checks:
         try:
@@ -188,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", required=True, help="params YAML file")
     parser.add_argument("--runs-root", default="runs", type=Path)
+    parser.add_argument("--reports-root", default="reports", type=Path)
     args = parser.parse_args(argv)
     try:
         params = load_params(args.params)
@@ -195,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"FAIL  params     {err}")
         return 1
     apply_environment(params)
-    return 0 if run_checks(params, args.runs_root) else 1
+    return 0 if run_checks(params, args.runs_root, reports_root=args.reports_root) else 1
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ model output safe.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import math
 from importlib import resources
@@ -20,6 +21,8 @@ SCHEMA_FILE = "experiment_results.schema.json"
 TEMPLATE_FILE = "report.html"
 REPORT_FILE = "report.html"
 FIGURES_DIR = "figures"
+# Lists the figures with the fingerprint of the results they were drawn from.
+FIGURES_INDEX = "figures.json"
 CI_METHOD = "95% percentile bootstrap over prompts"
 _MAX_ERRORS = 12
 
@@ -390,10 +393,23 @@ def _display_width(png: bytes, dpi: int) -> int:
     return round(width * 100 / dpi)
 
 
+def results_fingerprint(results: dict) -> str:
+    """Short sha256 of a results document: report.html and figures.json carry the one they show."""
+    # Round-trip first, so the dict in memory and the JSON file read back hash the same.
+    plain = json.loads(json.dumps(results, default=str))
+    blob = json.dumps(plain, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
 def _figures(results: dict, report_dir: Path) -> list[dict]:
+    from .artifacts import write_json
     from .plots import DPI, make_figures
 
     saved = make_figures(results, report_dir / FIGURES_DIR)
+    write_json({"params_hash": results["manifest"]["params_hash"],
+                "results_fingerprint": results_fingerprint(results),
+                "figures": sorted(p.name for paths in saved.values() for p in paths.values())},
+               report_dir / FIGURES_DIR / FIGURES_INDEX)
     captions = _captions(results)
     figures = []
     for number, (name, paths) in enumerate(saved.items(), start=1):
@@ -506,6 +522,7 @@ def render_report(results: dict, figures: list[dict]) -> str:
     return template.render(
         title=f"Activation steering for toxicity reduction: {model['name']}",
         model=model, scorer=results["scorer"], run_name=results["manifest"]["run_name"],
+        params_hash=results["manifest"]["params_hash"], fingerprint=results_fingerprint(results),
         created=results["manifest"]["created_utc"], summary=_summary(results),
         splits=_splits(results), figures=figures, ci_method=CI_METHOD,
         sweep_tables=[{"subset": s, "rows": _sweep_rows(results, s)}

@@ -1,21 +1,36 @@
 """Run the study: `python -m steering_utils.runner --params params/default.yaml` (make report).
 
 Executes notebooks/01_..06_ in order with papermill, injecting the params file
-and the run folders; keeps executed copies under reports/<run_name>/notebooks/;
-skips a stage whose artifacts are complete for the same params hash; prints a
-line per stage. On failure it writes failed_experiment_results.json and says how
-to resume (finished stages and generation shards are kept).
+and the run folders; skips a stage whose artifacts are complete for the same params
+hash; prints a line per stage. One runner per run folder (`runs/<run>/.lock`).
+Executed notebooks are written to runs/<run_name>/notebooks/ and copied beside the
+report once it is published; the report folder is replaced as a whole, and a report
+from other params is moved aside first. Any failure or Ctrl-C ends with one line
+naming the cause and the resume command, plus failed_/partial_experiment_results.json.
+Exit codes: 0 done, 1 failed, 2 bad params, 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import shlex
 import sys
 import time
 from pathlib import Path
 
-from .artifacts import SHARDS_DIR, is_complete, stage_folder, stage_seconds, write_json
-from .params import ParamsError, StudyParams, load_params
+from .artifacts import SHARDS_DIR, is_complete, stage_folder, stage_key, stage_seconds
+from .params import ParamsError, StudyParams, load_params, run_path
+from .reportdir import (
+    FAILED_FILE,
+    PARTIAL_FILE,
+    attach_notebooks,
+    clear_records,
+    report_params_hash,
+    set_aside_stale,
+    write_record,
+)
+from .runlock import RunLock, RunLocked
 from .stages import STAGES
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -24,6 +39,19 @@ KERNEL_NAME = "steering-study"
 # What the runner injects; every notebook's `parameters` cell declares these
 # (checked by tests/test_notebooks.py).
 NOTEBOOK_PARAMETERS = ("params_file", "runs_root", "reports_root")
+EXECUTED_DIR = "notebooks"  # under runs/<run_name>/
+REPORT_STAGE = "06_report"
+EXIT_FAILED, EXIT_PARAMS, EXIT_INTERRUPTED = 1, 2, 130
+_MAX_CAUSE = 400
+
+
+class RunStopped(Exception):
+    """A run ended early; `line` is the one line for the user (cause and next step)."""
+
+    def __init__(self, line: str, exit_code: int):
+        super().__init__(line)
+        self.line = line
+        self.exit_code = exit_code
 
 
 def _kernel_name() -> str:
@@ -34,41 +62,104 @@ def _kernel_name() -> str:
 
 
 def report_dir(reports_root: Path, params: StudyParams) -> Path:
-    return Path(reports_root) / params.run_name
+    """reports_root/<run_name>, guaranteed inside reports_root."""
+    return run_path(reports_root, params.run_name)
+
+
+def failure_cause(err: BaseException) -> str:
+    """One line with the real error: a notebook's own exception, not papermill's wrapper."""
+    ename, evalue = getattr(err, "ename", None), getattr(err, "evalue", None)
+    if ename:  # PapermillExecutionError: the exception raised inside the failing cell
+        text = f"{ename}: {evalue}" if evalue else ename
+    else:
+        text = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+    line = " ".join(text.split())
+    return line if len(line) <= _MAX_CAUSE else line[: _MAX_CAUSE - 1] + "…"
+
+
+def resume_command(params_file: Path, runs_root: Path, reports_root: Path) -> str:
+    """The command that picks the run up where it stopped (roots only when not the default)."""
+    parts = ["python", "-m", "steering_utils.runner", "--params", str(params_file)]
+    for flag, given, default in (("--runs-root", runs_root, "runs"),
+                                 ("--reports-root", reports_root, "reports")):
+        if Path(given).resolve() != (Path.cwd() / default).resolve():
+            parts += [flag, str(given)]
+    return shlex.join(parts)
+
+
+def _interrupted(err: BaseException) -> bool:
+    return isinstance(err, KeyboardInterrupt) or getattr(err, "ename", None) == "KeyboardInterrupt"
 
 
 def run_study(params_file: str | Path, runs_root: str | Path = "runs",
               reports_root: str | Path = "reports", force: bool = False,
-              echo=print) -> Path:
-    """Run every stage not yet complete; returns the report folder."""
-    import papermill
+              echo=print, wait: bool = False) -> Path:
+    """Run every stage not yet complete; returns the report folder.
 
+    Raises ParamsError before any work on bad params, RunLocked when another runner
+    holds the run, RunStopped (with the user's line) when a stage fails or is interrupted.
+    """
     from .params import apply_environment
-    from .preflight import validate_run
+    from .preflight import check_folders, validate_run
 
     params_file = Path(params_file).resolve()
     params = load_params(params_file)
     apply_environment(params)
-    validate_run(params)  # bad layers, sizes or tasks fail here, before any stage runs
     runs_root, reports_root = Path(runs_root).resolve(), Path(reports_root).resolve()
+    run_dir = run_path(runs_root, params.run_name)
     out_dir = report_dir(reports_root, params)
-    (out_dir / "notebooks").mkdir(parents=True, exist_ok=True)
+    validate_run(params)  # bad layers, sizes, context or tasks fail here, before any stage
+    check_folders(params, runs_root, reports_root)  # a read-only folder fails here, by name
+    with RunLock(run_dir, wait=wait, echo=echo):
+        moved = set_aside_stale(out_dir, params.params_hash)
+        echo(f"run {params.run_name!r} (params hash {params.params_hash}) -> {out_dir}")
+        if moved:
+            echo(f"  the report there was made under other params: moved aside to {moved}")
+        _run_stages(params, params_file, run_dir, runs_root, reports_root, out_dir, force, echo)
+        notebooks = _executed_notebooks(params, run_dir)
+        if report_params_hash(out_dir) == params.params_hash:
+            attach_notebooks(out_dir, notebooks)
+        clear_records(out_dir)
+    echo(f"report: {out_dir / 'report.html'}")
+    return out_dir
+
+
+def _executed(run_dir: Path, params: StudyParams, stage: str) -> Path:
+    # The stage hash in the name: a notebook executed under other params is never shown.
+    return run_dir / EXECUTED_DIR / f"{stage}-{stage_key(params, stage)}.ipynb"
+
+
+def _executed_notebooks(params: StudyParams, run_dir: Path) -> dict[str, Path]:
+    found = {f"{stage}.ipynb": _executed(run_dir, params, stage) for stage in STAGES}
+    return {name: path for name, path in found.items() if path.is_file()}
+
+
+def _run_stages(params: StudyParams, params_file: Path, run_dir: Path, runs_root: Path,
+                reports_root: Path, out_dir: Path, force: bool, echo) -> None:
+    import papermill
+
     kernel = _kernel_name()
-    echo(f"run {params.run_name!r} (params hash {params.params_hash}) -> {out_dir}")
+    resume = resume_command(params_file, runs_root, reports_root)
     if force:  # recompute everything these params need; other params' folders stay
         import shutil
 
-        shutil.rmtree(runs_root / params.run_name / SHARDS_DIR, ignore_errors=True)
+        shutil.rmtree(run_dir / SHARDS_DIR, ignore_errors=True)
         for stage in STAGES:
             shutil.rmtree(stage_folder(runs_root, params, stage), ignore_errors=True)
     for stage in STAGES:
         folder = stage_folder(runs_root, params, stage)
-        if is_complete(folder, folder.name):
+        current = is_complete(folder, folder.name)
+        if stage == REPORT_STAGE:  # no report on disk for these params: make it again
+            current = current and report_params_hash(out_dir) == params.params_hash
+        if current:
             echo(f"  {stage:<15} skipped: complete for these params ({stage_seconds(folder)} s "
                  "when it ran)")
             continue
         started = time.time()
-        executed = out_dir / "notebooks" / f"{stage}.ipynb"
+        executed = _executed(run_dir, params, stage)
+        executed.parent.mkdir(parents=True, exist_ok=True)
+        for old in executed.parent.glob(f"{stage}-*.ipynb"):
+            old.unlink()
         try:
             papermill.execute_notebook(
                 str(NOTEBOOKS / f"{stage}.ipynb"), str(executed),
@@ -77,28 +168,53 @@ def run_study(params_file: str | Path, runs_root: str | Path = "runs",
                 kernel_name=kernel, cwd=str(NOTEBOOKS), progress_bar=False,
                 start_timeout=120,
             )
-        except Exception as err:
-            _write_failure(out_dir, runs_root, params, stage, err, executed, params_file)
-            echo(f"  {stage:<15} FAILED after {time.time() - started:.1f} s: "
-                 f"{type(err).__name__}")
+        except (Exception, KeyboardInterrupt) as err:
+            seconds = time.time() - started
+            interrupted = _interrupted(err)
+            note = _write_records(out_dir, run_dir, params, stage, err, executed, resume,
+                                  interrupted)
+            if interrupted:
+                # nbclient leaves a task whose "kernel died" error asyncio would print after
+                # our line at exit; the interrupt is already the whole story.
+                logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+                echo(f"  {stage:<15} INTERRUPTED after {seconds:.1f} s")
+                raise RunStopped(
+                    f"interrupted during {stage}: finished stages and generation shards are "
+                    f"kept ({out_dir / PARTIAL_FILE}{note}); resume with: {resume}",
+                    EXIT_INTERRUPTED) from err
+            cause = failure_cause(err)
+            echo(f"  {stage:<15} FAILED after {seconds:.1f} s: {cause}")
             echo(f"  the executed notebook, with the failing cell: {executed}")
-            echo(f"  finished stages and generation shards are kept; resume with: "
-                 f"python -m steering_utils.runner --params {params_file}")
-            raise
+            echo(f"  finished stages and generation shards are kept; resume with: {resume}")
+            raise RunStopped(
+                f"{stage} failed: {cause} (failing cell in {executed}; record in "
+                f"{out_dir / FAILED_FILE}{note}); fix that, then resume with: {resume}",
+                EXIT_FAILED) from err
         echo(f"  {stage:<15} done in {time.time() - started:.1f} s")
-    echo(f"report: {out_dir / 'report.html'}")
-    return out_dir
 
 
-def _write_failure(out_dir: Path, runs_root: Path, params: StudyParams, stage: str,
-                   err: Exception, executed: Path, params_file: Path) -> None:
-    done = [s for s in STAGES if is_complete(stage_folder(runs_root, params, s),
-                                             stage_folder(runs_root, params, s).name)]
-    write_json({"run_name": params.run_name, "params_hash": params.params_hash,
-                "failed_stage": stage, "error": f"{type(err).__name__}: {err}"[:4000],
-                "executed_notebook": str(executed), "completed_stages": done,
-                "resume": f"python -m steering_utils.runner --params {params_file}"},
-               out_dir / "failed_experiment_results.json")
+def _write_records(out_dir: Path, run_dir: Path, params: StudyParams, stage: str,
+                   err: BaseException, executed: Path, resume: str, interrupted: bool) -> str:
+    """failed_ (on a failure) and partial_experiment_results.json; '' or why they are missing."""
+    done = {s: stage_key(params, s) for s in STAGES
+            if is_complete(run_dir / s / stage_key(params, s), stage_key(params, s))}
+    partial = {"run_name": params.run_name, "params_hash": params.params_hash,
+               "stopped_stage": stage, "reason": "interrupted" if interrupted else "failed",
+               "completed_stages": done, "executed_notebook": str(executed),
+               "stopped_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+               "resume": resume}
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_record(out_dir, PARTIAL_FILE, partial)
+        if not interrupted:
+            write_record(out_dir, FAILED_FILE, {
+                "run_name": params.run_name, "params_hash": params.params_hash,
+                "failed_stage": stage, "error": failure_cause(err),
+                "executed_notebook": str(executed), "completed_stages": list(done),
+                "resume": resume})
+    except OSError as write_err:
+        return f"; could not write the record there: {failure_cause(write_err)}"
+    return ""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,14 +223,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs-root", default="runs")
     parser.add_argument("--reports-root", default="reports")
     parser.add_argument("--force", action="store_true", help="rerun complete stages too")
+    parser.add_argument("--wait", action="store_true",
+                        help="wait for another runner of the same run to finish instead of "
+                             "stopping")
     args = parser.parse_args(argv)
+    resume = resume_command(Path(args.params).resolve(), Path(args.runs_root),
+                            Path(args.reports_root))
     try:
-        run_study(args.params, args.runs_root, args.reports_root, args.force)
+        run_study(args.params, args.runs_root, args.reports_root, args.force, wait=args.wait)
     except ParamsError as err:
         print(f"params error: {err}", file=sys.stderr)
-        return 2
-    except Exception:
-        return 1
+        return EXIT_PARAMS
+    except RunStopped as err:
+        print(err.line, file=sys.stderr)
+        return err.exit_code
+    except RunLocked as err:
+        print(f"not started: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print(f"interrupted before or between stages; finished stages are kept; resume with: "
+              f"{resume}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as err:  # every other failure still ends with its cause, never silently
+        print(f"run failed: {failure_cause(err)}; fix that, then run again: {resume}",
+              file=sys.stderr)
+        return EXIT_FAILED
     return 0
 
 

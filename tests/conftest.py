@@ -62,3 +62,33 @@ def offline_model():
     from steering_utils.params import ModelParams
 
     return load_model(ModelParams(name="smollm2-135m", source="offline_smollm2", device="cpu"))
+
+
+@pytest.fixture
+def read_only_dir():
+    """read_only_dir(path): make a folder unwritable, even for root (chattr +i); undone after."""
+    import shutil
+    import stat
+    import subprocess
+    import tempfile
+
+    undo = []
+
+    def make(path):
+        path.mkdir(parents=True, exist_ok=True)
+        path.chmod(stat.S_IRUSR | stat.S_IXUSR)
+        undo.append(lambda: path.chmod(0o755))
+        try:
+            with tempfile.TemporaryFile(dir=path):
+                pass
+        except OSError:
+            return path  # mode bits are enough (not root)
+        if shutil.which("chattr") and subprocess.run(["chattr", "+i", str(path)],
+                                                     capture_output=True).returncode == 0:
+            undo.append(lambda: subprocess.run(["chattr", "-i", str(path)], check=True))
+            return path
+        pytest.skip("cannot make a folder read-only here (root without chattr +i)")
+
+    yield make
+    for step in reversed(undo):
+        step()

@@ -98,3 +98,77 @@ def test_missing_file_is_named(tmp_path):
                            "n_train": 0, "n_dev": 0, "n_eval": 1})
     with pytest.raises(ParamsError, match=r"data.benign.path: no file at"):
         read_source(params.data, "benign")
+
+
+# --- issue 15: bad prompt files fail on one line; drops are counted ----------------------
+
+def _one_file(tmp_path, name, text, source, n_eval=1, **extra):
+    path = tmp_path / name
+    path.write_bytes(text.encode("utf-8") if isinstance(text, str) else text)
+    return _data(benign={"source": source, "path": str(path), "n_train": 0, "n_dev": 0,
+                         "n_eval": n_eval, **extra})
+
+
+@pytest.mark.parametrize("value, kind", [(42, "int"), (["a", "b"], "list"), (True, "bool"),
+                                         ({"t": 1}, "dict")])
+def test_non_string_text_names_the_line_and_the_fix(tmp_path, value, kind):
+    lines = [json.dumps({"text": f"fine {i}"}) for i in range(5)]
+    lines.insert(3, json.dumps({"text": value}))
+    params = _one_file(tmp_path, "p.jsonl", "\n".join(lines), "jsonl")
+    # Before: passed validation, then failed in 01_data with an Arrow type error.
+    with pytest.raises(ParamsError) as err:
+        read_source(params.data, "benign")
+    message = str(err.value)
+    assert "\n" not in message
+    assert f"data.benign.path: line 4 of p.jsonl: 'text' is a {kind}" in message
+    assert "quote it as text or remove the row" in message
+
+
+def test_bad_json_line_is_named(tmp_path):
+    params = _one_file(tmp_path, "p.jsonl", '{"text": "ok"}\n{"text": oops}\n', "jsonl")
+    with pytest.raises(ParamsError, match=r"line 2 of p.jsonl is not valid JSON"):
+        read_source(params.data, "benign")
+
+
+@pytest.mark.parametrize("source, body", [
+    ("jsonl", "\n".join(json.dumps({"text": f"prompt {i}"}) for i in range(4))),
+    ("csv", "text\n" + "\n".join(f"prompt {i}" for i in range(4))),
+])
+def test_a_utf8_bom_is_read_as_utf8(tmp_path, source, body):
+    # Before: jsonl with a BOM was an opaque JSON error; csv named its column '\ufefftext'.
+    params = _one_file(tmp_path, f"p.{source}", "\ufeff" + body, source, n_eval=4)
+    table = read_source(params.data, "benign")
+    assert list(table["text"]) == [f"prompt {i}" for i in range(4)]
+
+
+def test_dropped_rows_are_counted_printed_and_explain_a_short_source(tmp_path, capsys):
+    from steering_utils.data import load_prompts_with_drops
+
+    rows = [{"text": "same prompt"}] * 15 + [{"text": f"other {i}"} for i in range(4)]
+    rows += [{"body": "no text field"}, {"text": None}, {"text": "   "}]
+    body = "\n".join(json.dumps(r) for r in rows)
+    params = _one_file(tmp_path, "p.jsonl", body, "jsonl", n_eval=5)
+    prompts, drops = load_prompts_with_drops(params.data, 0)
+    assert drops["benign"] == {"rows": 22, "missing_text": 2, "blank": 1, "duplicates": 14,
+                               "usable": 5}
+    assert len(prompts[prompts.subset == "benign"]) == 5
+    out = capsys.readouterr().out
+    assert ("data.benign: 22 rows, 17 dropped (2 missing text, 1 blank, 14 duplicates), "
+            "5 usable") in out
+    # Before: "only 5 prompts" for a 22-row file, with no word of what was removed.
+    params = _one_file(tmp_path, "p.jsonl", body, "jsonl", n_eval=6)
+    with pytest.raises(ParamsError, match=r"has only 5 prompts \(data.benign: 22 rows, 17 "
+                                          r"dropped .*14 duplicates\), 5 usable\); lower"):
+        load_prompts(params.data, 0)
+
+
+def test_csv_text_stays_text_and_toxicity_must_be_numeric(tmp_path):
+    params = _one_file(tmp_path, "p.csv", "text,tox\nNA,0.1\n1e5,0.2\n,0.3\n", "csv", n_eval=2,
+                       toxicity_column="tox")
+    table = read_source(params.data, "benign")
+    assert list(table["text"]) == ["NA", "1e5"]  # the empty cell is a missing text
+    params = _one_file(tmp_path, "q.csv", "text,tox\na,high\nb,0.2\n", "csv",
+                       toxicity_column="tox")
+    with pytest.raises(ParamsError, match=r"data.benign.toxicity_column: 'tox' in q.csv holds "
+                                          r"non-numbers"):
+        read_source(params.data, "benign")

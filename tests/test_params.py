@@ -61,7 +61,7 @@ def test_real_study_params_are_the_brief():
         (lambda d: d["scorer"].update(name="perspective"), r"scorer.name: Input should be"),
         (lambda d: d["data"]["challenging"].update(n_eval=0), r"data.challenging.n_eval"),
         (lambda d: d["model"].update(source="hub"), r"model.path is required"),
-        (lambda d: d.update(run_name="a b/c"), r"run_name: String should match"),
+        (lambda d: d.update(run_name="a b/c"), r"run_name: .*not a plain folder name"),
     ],
 )
 def test_bad_fields_are_named(edit, message):
@@ -133,3 +133,66 @@ def test_the_paired_contrast_needs_several_samples_per_prompt():
     data["generation"]["samples_per_prompt"] = 1
     with pytest.raises(ParamsError, match=r"paired.*samples_per_prompt >= 2"):
         check_sizes(parse_params(data))
+
+
+# --- issue 15: run names stay inside their folders; finite alphas; seed >= 0 -------------
+
+@pytest.mark.parametrize("name", [".", "..", ".hidden", "../up", "a/b", "/abs", "a\\b",
+                                  "-dash", "", "x" * 101, "run.stale-0123"])
+def test_run_names_that_could_escape_or_collide_are_rejected(name):
+    data = _default()
+    data["run_name"] = name
+    with pytest.raises(ParamsError, match=r"run_name: .*(plain folder name|reserved)"):
+        parse_params(data, "p.yaml")
+
+
+@pytest.mark.parametrize("name", ["smoke", "qwen3-8b", "v1.2_run", "a..b"])
+def test_plain_run_names_pass(name, tmp_path):
+    from steering_utils.params import run_path
+
+    data = _default()
+    data["run_name"] = name
+    assert parse_params(data).run_name == name
+    assert run_path(tmp_path, name) == (tmp_path / name).resolve()
+
+
+def test_run_path_refuses_a_folder_that_resolves_outside_its_root(tmp_path):
+    from steering_utils.artifacts import StageDir
+    from steering_utils.params import run_path
+
+    root, elsewhere = tmp_path / "runs", tmp_path / "elsewhere"
+    root.mkdir()
+    elsewhere.mkdir()
+    (root / "linked").symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(ParamsError, match=r"run_name: 'linked' resolves to .*outside"):
+        run_path(root, "linked")
+    with pytest.raises(ParamsError, match="plain folder name"):
+        run_path(root, "..")
+    # The old trigger: a run named '..' wrote a stage folder beside runs/. Even params built
+    # without validation (model_copy) cannot make StageDir write there.
+    sneaky = parse_params(_default()).model_copy(update={"run_name": ".."})
+    with pytest.raises(ParamsError, match="plain folder name"):
+        StageDir(root, sneaky, "01_data")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere", "runs"]
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d["sweep"].update(alphas=[0, float("nan"), 1.0]), r"sweep.alphas.1: .*finite"),
+    (lambda d: d["sweep"].update(grid_alphas=[0, float("inf")]), r"sweep.grid_alphas.1: .*finite"),
+    (lambda d: d["generation"].update(temperature=float("inf")), r"generation.temperature.*finite"),
+    (lambda d: d.update(seed=-5), r"seed: Input should be greater than or equal to 0"),
+])
+def test_nan_inf_and_negative_seed_are_params_errors(edit, message):
+    data = _default()
+    edit(data)
+    with pytest.raises(ParamsError, match=message):
+        parse_params(data, "p.yaml")
+
+
+def test_yaml_nan_and_inf_spellings_are_rejected(tmp_path):
+    data = _default()
+    text = yaml.safe_dump(data).replace("alphas:\n", "alphas:\n  - .nan\n", 1)
+    path = tmp_path / "p.yaml"
+    path.write_text(text)
+    with pytest.raises(ParamsError, match="finite"):
+        load_params(path)

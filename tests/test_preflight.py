@@ -22,20 +22,22 @@ def _params_file(tmp_path, edit=None):
 @pytest.mark.slow
 def test_preflight_passes_on_the_default_params(tmp_path, capsys):
     assert main(["--params", str(_params_file(tmp_path)), "--runs-root",
-                 str(tmp_path / "runs")]) == 0
+                 str(tmp_path / "runs"), "--reports-root", str(tmp_path / "reports")]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert [line.split()[1] for line in lines] == ["params", "layers", "data", "capability",
-                                                    "tokenizer", "scorer", "device", "disk"]
+    assert [line.split()[1] for line in lines] == ["params", "folders", "layers", "data",
+                                                    "context", "capability", "tokenizer",
+                                                    "scorer", "device", "disk"]
     assert all(line.startswith("ok") for line in lines)
 
 
 def test_preflight_stops_at_the_first_problem(tmp_path, capsys):
     path = _params_file(tmp_path, lambda d: d["sweep"].update(layers=[1, 99]))
-    assert main(["--params", str(path), "--runs-root", str(tmp_path / "runs")]) == 1
+    assert main(["--params", str(path), "--runs-root", str(tmp_path / "runs"),
+                 "--reports-root", str(tmp_path / "reports")]) == 1
     out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith("ok    params")
-    assert out[1].startswith("FAIL  layers") and "[99] out of range" in out[1]
-    assert len(out) == 2
+    assert out[0].startswith("ok    params") and out[1].startswith("ok    folders")
+    assert out[2].startswith("FAIL  layers") and "[99] out of range" in out[2]
+    assert len(out) == 3
 
 
 def test_preflight_reports_a_bad_params_file(tmp_path, capsys):
@@ -63,5 +65,44 @@ def test_run_checks_echoes_each_line(tmp_path):
     lines: list[str] = []
     data = _default()
     data["data"]["challenging"]["n_eval"] = 2000
-    assert not run_checks(parse_params(data), tmp_path, lines.append)
+    assert not run_checks(parse_params(data), tmp_path, lines.append,
+                          reports_root=tmp_path / "reports")
     assert lines[-1].startswith("FAIL  data") and "but the source has 993" in lines[-1]
+
+
+# --- issue 15: context length and writable folders ---------------------------------------
+
+def test_max_new_tokens_beyond_the_models_context_is_refused():
+    from steering_utils.models import load_model_config
+    from steering_utils.params import ParamsError, parse_params
+    from steering_utils.preflight import check_context, context_length, validate_run
+
+    data = _default()
+    limit = context_length(load_model_config(parse_params(data).model))
+    assert limit and limit >= 2048
+    data["generation"]["max_new_tokens"] = limit - 5  # fits alone, not with the prompts
+    # Before: accepted by the runner; only make check's memory estimate caught absurd values.
+    with pytest.raises(ParamsError, match=rf"generation.max_new_tokens: {limit - 5} \+ the "
+                                          rf"longest prompt \((cha|ben)-\d+, \d+ tokens\) = "
+                                          rf"\d+ > the model's context of {limit} tokens"):
+        validate_run(parse_params(data))
+    data["generation"]["max_new_tokens"] = limit
+    with pytest.raises(ParamsError, match="leaves no room for a prompt"):
+        check_context(parse_params(data))
+    data["generation"]["max_new_tokens"] = 20
+    assert "new tokens <=" in check_context(parse_params(data))
+
+
+def test_make_check_fails_on_a_read_only_runs_or_reports_folder(tmp_path, capsys,
+                                                                 read_only_dir):
+    path = _params_file(tmp_path)
+    # Before: `make check` passed a read-only runs folder.
+    for label, folder in (("runs", tmp_path / "ro-runs"), ("reports", tmp_path / "ro-reports")):
+        roots = {"runs": tmp_path / "runs", "reports": tmp_path / "reports", label: folder}
+        read_only_dir(folder)
+        assert main(["--params", str(path), "--runs-root", str(roots["runs"]),
+                     "--reports-root", str(roots["reports"])]) == 1
+        out = capsys.readouterr().out.splitlines()
+        assert out[1].startswith(f"FAIL  folders    PermissionError: {label} folder {folder} is "
+                                 "not writable") and f"--{label}-root" in out[1]
+        assert len(out) == 2

@@ -41,7 +41,7 @@ def _metrics(results: dict) -> list:
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     work = tmp_path_factory.mktemp("smoke")
-    done = subprocess.run(_runner(work), cwd=ROOT, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(_runner(work), cwd=ROOT, capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stdout + done.stderr
     return work, done.stdout
 
@@ -122,10 +122,34 @@ def test_a_failing_stage_leaves_a_failure_record_and_a_resume_hint(smoke_run, tm
     assert "05_sweep        FAILED" in failed.stdout and "resume with" in failed.stdout
     record = json.loads((tmp_path / "reports" / "smoke" / "failed_experiment_results.json")
                         .read_text())
+    # The notebook's own error, not papermill's wrapper, on the user's (last) line.
+    line = failed.stderr.strip().splitlines()[-1]
+    assert "PapermillExecutionError" not in failed.stdout + line
+    assert line.startswith(f"05_sweep failed: {record['error']}")
+    assert "resume with: python -m steering_utils.runner" in line
     assert record["failed_stage"] == "05_sweep"
     assert record["completed_stages"] == ["01_data", "02_baseline", "03_activations",
                                           "04_vectors"]
     assert Path(record["executed_notebook"]).is_file()
+
+
+def test_an_os_error_inside_a_stage_is_named_on_the_failure_line(smoke_run, tmp_path,
+                                                               read_only_dir):
+    # Before: "05_sweep FAILED after 9.9 s: PapermillExecutionError", and main() said nothing
+    # more; the cause (read-only, disk full) was only in the JSON and the notebook.
+    work, _ = smoke_run
+    shutil.copytree(work / "runs", tmp_path / "runs")
+    marker = next((tmp_path / "runs" / "smoke" / "05_sweep").glob("*/done.json"))
+    marker.unlink()
+    sweep = marker.parent  # the stage's keyed folder: its tables cannot be written
+    read_only_dir(sweep)
+    failed = subprocess.run(_runner(tmp_path), cwd=ROOT, capture_output=True, text=True,
+                            timeout=600)
+    assert failed.returncode == 1
+    line = failed.stderr.strip().splitlines()[-1]
+    assert line.startswith("05_sweep failed: PermissionError: [Errno "), line
+    assert str(sweep) in line and "fix that, then resume with: python -m" in line
+    assert "FAILED after" in failed.stdout and "PermissionError: [Errno " in failed.stdout
 
 
 def test_the_real_report_renders_in_chromium(smoke_run):
@@ -194,3 +218,122 @@ def test_executing_a_notebooks_first_cells_keeps_finished_work(smoke_run, tmp_pa
                            timeout=300)
     assert again.returncode == 0, again.stdout + again.stderr
     assert again.stdout.count("skipped: complete") == 6
+
+# --- issue 15: an interrupt during 06_report never leaves a mixed report -----------------
+
+def _wait_for(condition, process, seconds=600):
+    deadline = time.time() + seconds
+    while not condition():
+        assert process.poll() is None, "the run ended before it could be interrupted"
+        assert time.time() < deadline
+        time.sleep(0.05)
+
+
+def _kernels_of(runner_pid: int) -> list[int]:
+    """Pids of the Jupyter kernels a runner started (their own session: killpg misses them)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            environ = (proc / "environ").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        if f"JPY_PARENT_PID={runner_pid}".encode() in environ:
+            found.append(int(proc.name))
+    return found
+
+
+def _wait_gone(pids: list[int], seconds: float = 60) -> None:
+    """Until each process has exited (a kernel exits within ~1 s of its runner's death)."""
+    deadline = time.time() + seconds
+    for pid in pids:
+        while time.time() < deadline:
+            try:
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                break
+            if state in ("Z", "X"):
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError(f"kernel {pid} still running after its runner was stopped")
+
+
+@pytest.mark.parametrize("sig, params, when", [
+    (signal.SIGINT, "same", "figures"), (signal.SIGKILL, "same", "html"),
+    (signal.SIGKILL, "other", "figures"), (signal.SIGINT, "other", "html"),
+])
+def test_interrupting_the_report_stage_leaves_the_old_or_the_new_report_whole(
+        smoke_run, tmp_path, sig, params, when):
+    from test_reportdir import report_state
+
+    from steering_utils.reportdir import recover
+
+    work, _ = smoke_run
+    shutil.copytree(work / "runs", tmp_path / "runs")
+    shutil.copytree(work / "reports", tmp_path / "reports")
+    report = tmp_path / "reports" / "smoke"
+    old = report_state(report)
+    if params == "same":  # only 06_report runs again; the old report is for these params
+        next((tmp_path / "runs" / "smoke" / "06_report").glob("*/done.json")).unlink()
+        extra = []
+    else:  # other report params: only 06_report runs again, the old report is stale
+        other = tmp_path / "other.yaml"
+        other.write_text(f"inherits: {SMOKE}\nreport: {{n_examples: 1}}\n")
+        extra = ["--params", str(other)]
+    command = _runner(tmp_path, *extra)
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    # Interrupt while the new report is drawn beside the old one, or just as its html is
+    # written (the swap follows). Ctrl-C and kill -9 reach the runner's process group; the
+    # kernel, in its own session, stops with the runner.
+    part = "figures/*.png" if when == "figures" else "report.html"
+    _wait_for(lambda: any(tmp_path.glob(f"reports/.smoke.tmp-*/{part}")), process)
+    kernels = _kernels_of(process.pid)
+    assert kernels
+    os.killpg(process.pid, sig)
+    stdout, stderr = process.communicate(timeout=120)
+    _wait_gone(kernels)  # the report stage runs in the kernel: look once it has stopped
+    if sig == signal.SIGINT:
+        assert process.returncode == 130, stdout + stderr
+        last = stderr.strip().splitlines()[-1]  # the user's line comes last
+        assert last.startswith("interrupted during 06_report") and "resume with: python" in last
+        partial = json.loads((report / "partial_experiment_results.json").read_text())
+        assert partial["stopped_stage"] == "06_report"
+        assert list(partial["completed_stages"])[-1] == "05_sweep"
+    recover(report)  # what the next runner does first: undo a kill between two renames
+    now = report_state(report)  # raises on any mix of results, html and figures
+    if params == "same":  # the old report, or the new one if the swap was done: whole
+        assert now != "missing"
+    else:  # the old report is never shown as current: it is aside, whole
+        assert now == "missing"
+        assert report_state(tmp_path / "reports" / f"smoke.stale-{_hash(work)}") == old
+    assert not list(tmp_path.glob("reports/.smoke.*"))
+    # Resume: the new report appears, whole, with this run's notebooks beside it.
+    resumed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    new = report_state(report)
+    assert new != "missing" and new != old  # the new run's report (new timings, at least)
+    assert not (report / "partial_experiment_results.json").exists()
+    assert len(list((report / "notebooks").glob("*.ipynb"))) == 6
+    assert not (tmp_path / "runs" / "smoke" / ".lock").exists()
+
+
+def _hash(work: Path) -> str:
+    results = json.loads((work / "reports" / "smoke" / "experiment_results.json").read_text())
+    return results["manifest"]["params_hash"]
+
+
+def test_two_runners_on_one_run_the_second_stops_naming_the_first(smoke_run, tmp_path):
+    work, _ = smoke_run
+    shutil.copytree(work / "runs", tmp_path / "runs")
+    next((tmp_path / "runs" / "smoke" / "06_report").glob("*/done.json")).unlink()
+    first = subprocess.Popen(_runner(tmp_path), cwd=ROOT, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    lock = tmp_path / "runs" / "smoke" / ".lock"
+    _wait_for(lock.is_file, first)
+    second = subprocess.run(_runner(tmp_path), cwd=ROOT, capture_output=True, text=True,
+                            timeout=300)
+    assert second.returncode == 1
+    assert f"is in use by pid {first.pid} on host" in second.stderr
+    first.communicate(timeout=900)
+    assert first.returncode == 0

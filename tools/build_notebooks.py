@@ -61,9 +61,9 @@ other params never read these prompts back).
     stage_open("01_data"),
     code('''
 from steering_utils.artifacts import write_table
-from steering_utils.data import load_prompts, split_sizes
+from steering_utils.data import load_prompts_with_drops, split_sizes
 
-prompts = load_prompts(params.data, params.seed)
+prompts, dropped = load_prompts_with_drops(params.data, params.seed)  # prints rows dropped
 write_table(prompts, stage.out("prompts"))
 split_sizes(prompts)'''),
     md("""
@@ -78,7 +78,7 @@ plot_prompt_toxicity(prompts)'''),
     code('''
 columns = ["subset", "split", "prompt_id", "text", "prompt_toxicity"]
 prompts.groupby(["subset", "split"]).head(2)[columns]'''),
-    code("stage.finish()"),
+    code('stage.finish(extra={"dropped_rows": dropped})'),
 ]
 
 NB["02_baseline"] = [
@@ -363,7 +363,8 @@ NB["06_report"] = [
 under `reports/<run_name>/figures/`) and writes the self-contained
 `reports/<run_name>/report.html`: summary numbers first, then figures, tables, example
 generations behind a content warning (escaped: model text is untrusted), and the run
-manifest.
+manifest. The report folder is built beside the old one and swapped in as a whole, so a
+reader sees the old report or the new one, never a mix.
 
 **Reads** `01_data` … `05_sweep`. **Writes** `runs/<run_name>/06_report/` and
 `reports/<run_name>/`.
@@ -371,16 +372,13 @@ manifest.
     code(PARAMETERS, tags=["parameters"]),
     stage_open("06_report"),
     code('''
-from pathlib import Path
-
-from steering_utils.report import validate_results, write_report
-from steering_utils.results import build_results, write_results
+from steering_utils.params import run_path
+from steering_utils.reportdir import publish_report
+from steering_utils.results import build_results
 
 results = build_results(stage)
-validate_results(results)
-report_dir = Path(reports_root) / params.run_name
-write_results(results, report_dir)
-report_path = write_report(results, report_dir)
+# Built in a temporary folder, then swapped in whole: never a mix of two runs.
+report_path = publish_report(results, run_path(reports_root, params.run_name))
 print(report_path)'''),
     code('''
 from steering_utils.results import summary_table

@@ -1,0 +1,137 @@
+"""reports/<run>/ is replaced whole; a report from other params is moved aside (issue 15, #3)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+from results_fixture import make_results
+
+from steering_utils import reportdir
+from steering_utils.report import results_fingerprint
+from steering_utils.reportdir import attach_notebooks, publish_report, recover, set_aside_stale
+
+
+def _results(params_hash: str) -> dict:
+    results = make_results()
+    results["manifest"]["params_hash"] = params_hash
+    return results
+
+
+def report_state(folder: Path) -> str:
+    """'missing', or the results fingerprint every part of a whole report agrees on.
+
+    Raises AssertionError on a mix: results, report.html and figures from different runs,
+    or a figure listed in figures.json but absent.
+    """
+    parts = ("experiment_results.json", "report.html", "figures")
+    if not any((folder / part).exists() for part in parts):
+        return "missing"  # no report (a failure record alone is not one)
+    results = json.loads((folder / "experiment_results.json").read_text())
+    fingerprint = results_fingerprint(results)
+    html = (folder / "report.html").read_text(encoding="utf-8")
+    shown = re.search(r'<meta name="results-fingerprint" content="([0-9a-f]+)">', html)
+    index = json.loads((folder / "figures" / "figures.json").read_text())
+    assert shown and shown.group(1) == fingerprint, "report.html shows other results"
+    assert f'<meta name="params-hash" content="{results["manifest"]["params_hash"]}">' in html
+    assert index["results_fingerprint"] == fingerprint, "figures drawn from other results"
+    assert index["params_hash"] == results["manifest"]["params_hash"]
+    drawn = {p.name for p in (folder / "figures").iterdir() if p.suffix in (".png", ".svg")}
+    assert drawn == set(index["figures"]), "figures from two runs side by side"
+    return fingerprint
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory):
+    """Two publishes into one folder: (folder, fingerprint of the second)."""
+    folder = tmp_path_factory.mktemp("reports") / "smoke"
+    publish_report(_results("a" * 16), folder)
+    (folder / "failed_experiment_results.json").write_text("{}")
+    (folder / "partial_experiment_results.json").write_text("{}")
+    second = _results("b" * 16)
+    second["chosen_layers"] = second["chosen_layers"][:1]
+    publish_report(copy.deepcopy(second), folder)
+    return folder, results_fingerprint(second)
+
+
+def test_publish_replaces_the_folder_whole(published):
+    folder, fingerprint = published
+    assert report_state(folder) == fingerprint
+    # Old records go with the old folder; nothing temporary is left beside it.
+    assert not (folder / "failed_experiment_results.json").exists()
+    assert not (folder / "partial_experiment_results.json").exists()
+    assert [p.name for p in folder.parent.iterdir()] == ["smoke"]
+
+
+def test_a_failed_build_leaves_the_old_report_untouched(published, monkeypatch, tmp_path):
+    folder, fingerprint = published
+    import steering_utils.report as report
+
+    def broken(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(report, "make_figures", broken, raising=False)
+    monkeypatch.setattr("steering_utils.plots.make_figures", broken)
+    with pytest.raises(OSError, match="No space left"):
+        publish_report(_results("c" * 16), folder)
+    assert report_state(folder) == fingerprint
+    assert [p.name for p in folder.parent.iterdir()] == ["smoke"]
+
+
+def test_an_interrupt_between_the_two_renames_puts_the_old_report_back(tmp_path, monkeypatch):
+    folder = tmp_path / "smoke"
+    publish_report(_results("a" * 16), folder)
+    before = report_state(folder)
+    real_rename = os.rename
+
+    def rename(src, dst):
+        if ".tmp-" in str(src):  # the second rename: the new folder moving in
+            raise KeyboardInterrupt
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(reportdir.os, "rename", rename)
+    with pytest.raises(KeyboardInterrupt):
+        publish_report(_results("b" * 16), folder)
+    monkeypatch.undo()
+    assert report_state(folder) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["smoke"]
+
+
+def test_recover_after_a_kill_between_the_renames(tmp_path):
+    folder = tmp_path / "smoke"
+    publish_report(_results("a" * 16), folder)
+    before = report_state(folder)
+    # What kill -9 between the renames leaves: the old report aside (its pid dead), the
+    # new one half-built, no reports/smoke.
+    dead = 2**22 + 4321
+    os.rename(folder, tmp_path / f".smoke.old-{dead}")
+    (tmp_path / f".smoke.tmp-{dead}" / "figures").mkdir(parents=True)
+    assert report_state(folder) == "missing"
+    recover(folder)
+    assert report_state(folder) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["smoke"]
+
+
+def test_a_report_from_other_params_is_moved_aside(tmp_path):
+    folder = tmp_path / "smoke"
+    publish_report(_results("a" * 16), folder)
+    assert set_aside_stale(folder, "a" * 16) is None  # same params: it is current
+    aside = set_aside_stale(folder, "b" * 16)
+    assert aside == tmp_path / f"smoke.stale-{'a' * 16}"
+    assert not folder.exists() and report_state(aside) != "missing"
+    assert set_aside_stale(folder, "b" * 16) is None  # nothing left to move
+
+
+def test_attach_notebooks_replaces_the_notebooks_folder(tmp_path):
+    folder = tmp_path / "smoke"
+    (folder / "notebooks").mkdir(parents=True)
+    (folder / "notebooks" / "old.ipynb").write_text("{}")
+    source = tmp_path / "01_data-abc.ipynb"
+    source.write_text('{"cells": []}')
+    attach_notebooks(folder, {"01_data.ipynb": source})
+    assert [p.name for p in (folder / "notebooks").iterdir()] == ["01_data.ipynb"]
+    assert [p.name for p in folder.iterdir()] == ["notebooks"]
