@@ -118,6 +118,7 @@ class SweepParams(_Strict):
 class CapabilityParams(_Strict):
     task: Literal["piqa", "openbookqa", "mmlu_offline", "mmlu_hub", "none"] = "piqa"
     n_items: int = Field(200, ge=1)
+    path: str | None = Field(None, description="mmlu_hub: hub id or local copy (cais/mmlu)")
 
 
 class EvaluationParams(_Strict):
