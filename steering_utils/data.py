@@ -120,7 +120,7 @@ def too_few_prompts(subset: str, spec: SubsetParams, available: int) -> str:
     scaled = {k: v * available // wanted for k, v in sizes.items()}
     scaled["n_eval"] = max(scaled["n_eval"], 1)
     fits = ", ".join(f"{k}: {v}" for k, v in scaled.items())
-    return (f"data.{subset}: n_train + n_dev + n_eval = {wanted} but the source has only "
+    return (f"data.{subset}: n_train + n_dev + n_eval = {wanted} but the source has "
             f"{available} prompts; lower the sizes, e.g. {{{fits}}}")
 
 
