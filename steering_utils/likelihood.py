@@ -3,9 +3,8 @@
 Only the positions that are scored go through the vocabulary-wide log-softmax: the
 model computes logits for the last `keep` positions (`logits_to_keep`), so the pass
 at batch 32 x 512 tokens of a 151,936-token vocabulary holds a few MiB of log-probs
-instead of ~23 GiB (`logprob_spike_gib`). On out-of-memory the batch shrinks and the
-rows not yet scored are retried (accelerate's `find_executable_batch_size`), as the
-generation pass does.
+instead of ~23 GiB (`logprob_spike_gib`). On out-of-memory the batch halves and the
+rows not yet scored are retried, as the generation pass does.
 """
 
 from __future__ import annotations
@@ -56,31 +55,39 @@ def _left_padded(sequences: list[list[int]], pad: int) -> tuple[torch.Tensor, to
 
 def _run_batched(model, sequences: list[list[int]], pad: int, batch_size: int, desc: str,
                  score_batch) -> None:
-    """Calls score_batch(index, ids, mask) over length-sorted batches; shrinks on OOM.
+    """Calls score_batch(index, ids, mask) over length-sorted batches; halves the batch on
+    out-of-memory and retries only the rows not yet scored.
 
-    Rows already scored are kept across retries, so an OOM late in a pass costs one batch.
+    accelerate's `should_reduce_batch_size` tells an OOM (CUDA, MPS, CPU allocator) from
+    other errors. Its `find_executable_batch_size` decorator is not used as is: it runs
+    gc.collect() on every call (~0.5 s with a study's tables in memory, once per shard)
+    and restarts the whole pass after an OOM.
     """
-    from accelerate.utils import find_executable_batch_size
+    from accelerate.utils.memory import clear_device_cache, should_reduce_batch_size
 
     order = np.argsort([len(seq) for seq in sequences], kind="stable")
     done = np.zeros(len(sequences), dtype=bool)
     key = (str(getattr(model.config, "name_or_path", "")), desc)
-    start = min(batch_size, _FITTING_BATCH.get(key, batch_size))
+    batch = min(batch_size, _FITTING_BATCH.get(key, batch_size))
     with torch.inference_mode(), tqdm(total=len(sequences), desc=desc, unit="seq") as bar:
-
-        @find_executable_batch_size(starting_batch_size=start)
-        def run(batch: int) -> None:
-            if batch < start:
-                _FITTING_BATCH[key] = batch  # later passes start where this one fitted
-            todo = order[~done[order]]
-            for first in range(0, len(todo), batch):
-                index = todo[first : first + batch]
-                ids, mask = _left_padded([sequences[i] for i in index], pad)
-                score_batch(index, ids, mask)
-                done[index] = True
-                bar.update(len(index))
-
-        run()
+        while not done.all():
+            out_of_memory = False
+            try:
+                todo = order[~done[order]]
+                for first in range(0, len(todo), batch):
+                    index = todo[first : first + batch]
+                    ids, mask = _left_padded([sequences[i] for i in index], pad)
+                    score_batch(index, ids, mask)
+                    done[index] = True
+                    bar.update(len(index))
+            except Exception as err:  # re-raised unless it is an out-of-memory error
+                if not should_reduce_batch_size(err) or batch == 1:
+                    raise
+                out_of_memory = True
+            if out_of_memory:  # outside `except`: the failed batch's tensors are freed
+                clear_device_cache(garbage_collection=True)
+                batch //= 2
+                _FITTING_BATCH[key] = batch  # later passes start where this one fits
 
 
 def continuation_logprobs(model, tokenizer, contexts: list[str], continuations: list[str],
