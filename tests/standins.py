@@ -116,8 +116,10 @@ def build_tokenizer(vocab_size: int = 2048):
                                   special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     backend.train_from_iterator(corpus, trainer)
+    # Qwen's tokenizer returns no token_type_ids (generate rejects them for a causal LM).
     return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<|endoftext|>",
-                                   eos_token="<|im_end|>", unk_token=None)
+                                   eos_token="<|im_end|>", unk_token=None,
+                                   model_input_names=["input_ids", "attention_mask"])
 
 
 def write_qwen3(folder: Path, tokenizer, sampling_defaults: bool = True, seed: int = 0) -> Path:
