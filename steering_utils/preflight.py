@@ -117,6 +117,7 @@ def check_scorer(params: StudyParams) -> str:
 PROMPT_TOKENS = 128  # an RTP prompt (they are a sentence fragment: ~10-40 tokens)
 CLOZE_OPTION_TOKENS = 64  # one answer option of a PIQA-style task
 _NON_GATED_MLP = {"gpt2", "gpt_neox", "gptj", "opt", "falcon", "bloom", "gpt_bigcode", "phi"}
+_LEARNED_POSITIONS = {"gpt2", "opt", "gpt_bigcode"}
 
 
 def _width(params: StudyParams, device: str) -> int:
@@ -251,6 +252,8 @@ def _approx_params(config) -> int:
     mlp = (3 if gated else 2) * d * inter
     per_layer = attention + mlp + 2 * d  # two norms
     embeddings = config.vocab_size * d
+    if getattr(config, "model_type", "") in _LEARNED_POSITIONS:
+        embeddings += getattr(config, "max_position_embeddings", 0) * d
     tied = getattr(config, "tie_word_embeddings", True)
     return config.num_hidden_layers * per_layer + embeddings * (1 if tied else 2) + d
 
@@ -474,6 +477,7 @@ class _DeepChecks:
         for name in names:
             scorer = load_scorer(name, params.scorer.path if name == params.scorer.name else None,
                                  params.scorer.batch_size)
+            scorer.score(texts[:2])  # warm-up: Keras builds its graph on the first call
             score_s += timed(lambda s=scorer: s.score(texts))[1]
         _, nll_s = timed(lambda: continuation_nll(self.model, self.tokenizer,
                                                   list(done["prompt"]), texts))
