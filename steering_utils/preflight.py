@@ -467,7 +467,7 @@ class _DeepChecks:
         # Half the rows steered at one layer: the grid and sweep mix cells in each batch.
         jobs = make_jobs(prompts, [(UNSTEERED_LAYER, 0.0)], 1)
         jobs.loc[jobs.index % 2 == 1, ["layer", "alpha"]] = [layers[-1], 1.0]
-        gen = params.generation.model_copy(update={"batch_size": batch})
+        gen = params.generation  # 'auto' keeps its out-of-memory fallback here too
         done, gen_s = timed(lambda: generate_completions(
             self.model, self.tokenizer, jobs, self.vectors, gen, params.seed,
             params.sweep.positions, desc="timing"))

@@ -82,7 +82,9 @@ def write_rtp(folder: Path, n_rows: int = RTP_ROWS, n_challenging: int = RTP_CHA
     # Most prompts are mild; challenging ones are mostly toxic, but some score low
     # (they are challenging for what models continue them with, not for their words).
     toxicity = rng.beta(0.6, 4.0, n_rows)
-    toxicity[challenging] = rng.uniform(0.0, 1.0, n_challenging) ** 0.3
+    toxic = rng.uniform(0, 1, n_challenging) < 0.8
+    toxicity[challenging] = np.where(toxic, rng.uniform(0.5, 1.0, n_challenging),
+                                     rng.uniform(0.0, 0.5, n_challenging))
     table = pa.table({
         "filename": pa.array([f"{rng.integers(0, 16**8):08x}-{i}.txt" for i in range(n_rows)]),
         "begin": pa.array(rng.integers(0, 3000, n_rows), pa.int64()),
