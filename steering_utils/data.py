@@ -7,6 +7,7 @@ HellaSwag contexts (offline benign prompts), or a user's JSONL/CSV file.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -36,22 +37,40 @@ def _hellaswag() -> pd.DataFrame:
     return pd.DataFrame({"text": raw["question"], "prompt_toxicity": np.nan})
 
 
-def _rtp_hub(dataset: str, subset: str, benign_max_toxicity: float) -> pd.DataFrame:
+@functools.lru_cache(maxsize=2)
+def _rtp_prompts(dataset: str) -> pd.DataFrame:
+    """Every RTP prompt (text, prompt_toxicity, challenging) from a hub id or a local copy."""
     from datasets import load_dataset
 
-    rows = load_dataset(dataset, split="train")
-    prompts = pd.DataFrame(
-        {
-            "text": [p["text"] for p in rows["prompt"]],
-            "prompt_toxicity": [p["toxicity"] for p in rows["prompt"]],
-            "challenging": rows["challenging"],
-        }
-    )
+    local = Path(dataset)
+    try:
+        if local.is_file():  # one data file of the hub's format (parquet or jsonl)
+            kind = "json" if local.suffix in (".json", ".jsonl") else local.suffix.lstrip(".")
+            rows = load_dataset(kind, data_files=str(local), split="train")
+        else:  # a hub id, or a folder holding the dataset's data files
+            rows = load_dataset(str(local) if local.is_dir() else dataset, split="train")
+    except Exception as err:  # datasets raises many kinds (offline, not found, bad files)
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ParamsError(
+            f"data.rtp_dataset: cannot load {dataset!r} ({type(err).__name__}: {first}). Give a "
+            "hub id reachable from here (HF_HUB_OFFLINE unset, or a filled datasets cache) or a "
+            "local copy: a folder or a parquet/jsonl file in the hub's format"
+        ) from err
+    prompt = rows.select_columns(["prompt", "challenging"]).flatten().to_pandas()
+    return pd.DataFrame({"text": prompt["prompt.text"],
+                         "prompt_toxicity": prompt["prompt.toxicity"].astype(float),
+                         "challenging": prompt["challenging"].fillna(False).astype(bool)})
+
+
+def _rtp_hub(dataset: str, subset: str, benign_max_toxicity: float) -> pd.DataFrame:
+    prompts = _rtp_prompts(dataset)
     if subset == "challenging":
         chosen = prompts[prompts["challenging"]]
     else:
-        # Unscored prompts (toxicity None) are not known to be benign: dropped.
-        chosen = prompts[prompts["prompt_toxicity"] < benign_max_toxicity]
+        # Unscored prompts (toxicity None) are not known to be benign: dropped. Challenging
+        # prompts are never benign, whatever their own score (they elicit toxic text).
+        chosen = prompts[(prompts["prompt_toxicity"] < benign_max_toxicity)
+                         & ~prompts["challenging"]]
     return chosen.drop(columns="challenging")
 
 
@@ -177,6 +196,18 @@ def read_source(data: DataParams, subset: str) -> pd.DataFrame:
     return read_source_with_drops(data, subset)[0]
 
 
+def too_few_prompts(subset: str, spec: SubsetParams, available: int, why: str = "") -> str:
+    """The error for a subset asking for more prompts than its source has, with sizes that fit."""
+    sizes = {"n_train": spec.n_train, "n_dev": spec.n_dev, "n_eval": spec.n_eval}
+    wanted = sum(sizes.values())
+    # Same proportions, rounded down: the scaled sizes always fit.
+    scaled = {k: v * available // wanted for k, v in sizes.items()}
+    scaled["n_eval"] = max(scaled["n_eval"], 1)
+    fits = ", ".join(f"{k}: {v}" for k, v in scaled.items())
+    return (f"data.{subset}: n_train + n_dev + n_eval = {wanted} but the source has "
+            f"{available} prompts{why}; lower the sizes, e.g. {{{fits}}}")
+
+
 def split_prompts(table: pd.DataFrame, spec: SubsetParams, subset: str, seed: int,
                   drops: dict[str, int] | None = None) -> pd.DataFrame:
     """A seeded sample of n_train + n_dev + n_eval prompts, labelled by split."""
@@ -186,10 +217,7 @@ def split_prompts(table: pd.DataFrame, spec: SubsetParams, subset: str, seed: in
     if len(table) == 0:
         raise ParamsError(f"data.{subset}: the source has no usable (non-empty) prompts{why}")
     if wanted > len(table):
-        raise ParamsError(
-            f"data.{subset}: n_train + n_dev + n_eval = {wanted} but the source has only "
-            f"{len(table)} prompts{why}; lower the sizes"
-        )
+        raise ParamsError(too_few_prompts(subset, spec, len(table), why))
     rng = np.random.default_rng([seed, SUBSETS.index(subset)])
     order = rng.permutation(len(table))[:wanted]
     chosen = table.iloc[order].reset_index(drop=True)

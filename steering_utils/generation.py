@@ -10,6 +10,7 @@ and a resumed run reproduces an uninterrupted one. Greedy when temperature is 0.
 from __future__ import annotations
 
 import hashlib
+from contextlib import contextmanager
 
 import numpy as np
 import pandas as pd
@@ -124,6 +125,28 @@ def _batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
 _AUTO_BATCH: dict[tuple[str, int], int] = {}  # (model, length bucket) -> batch that fit
 
 
+def start_batch_size(requested: int | str, on_cuda: bool) -> int:
+    """The batch generation starts at: the requested one, or for 'auto' 256 on CUDA, else 32."""
+    return (256 if on_cuda else 32) if requested == "auto" else int(requested)
+
+
+@contextmanager
+def _only_our_generation_config(model, config):
+    """The model's saved sampling defaults cannot leak into `config` inside the block.
+
+    transformers 4.57 fills every field of a passed GenerationConfig that sits at its
+    global default from the model's generation_config.json: Qwen3's do_sample=True,
+    temperature 0.6, top_k 20 turned our greedy path into sampling from the global RNG.
+    With the model's own config swapped for ours there is nothing to fill from.
+    """
+    saved = model.generation_config
+    model.generation_config = config
+    try:
+        yield
+    finally:
+        model.generation_config = saved
+
+
 def _generate_batch(model, tokenizer, rows: pd.DataFrame, vectors, gen: GenerationParams,
                     seed: int, positions: str) -> list[str]:
     from transformers import GenerationConfig, LogitsProcessorList
@@ -141,7 +164,7 @@ def _generate_batch(model, tokenizer, rows: pd.DataFrame, vectors, gen: Generati
     alphas = rows["alpha"].astype(float).tolist()
     layers = [max(int(layer), 0) for layer in rows["layer"]]
     steered = vectors is not None and any(alphas)
-    with torch.inference_mode():
+    with torch.inference_mode(), _only_our_generation_config(model, config):
         if steered:
             with steer(model, vectors, layers, alphas, positions=positions, batch_size=len(rows)):
                 out = model.generate(**encoded, generation_config=config,
@@ -165,7 +188,7 @@ def generate_completions(model, tokenizer, jobs: pd.DataFrame, vectors, gen: Gen
     completions = np.empty(len(jobs), dtype=object)
     requested = gen.batch_size
     on_cuda = input_device(model).type == "cuda"
-    batch_size = (256 if on_cuda else 32) if requested == "auto" else requested
+    batch_size = start_batch_size(requested, on_cuda)
     with tqdm(total=len(jobs), desc=desc, unit="seq") as bar:
         pending = _batches(lengths, batch_size)
         while pending:

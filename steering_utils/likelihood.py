@@ -1,6 +1,16 @@
-"""Log-likelihood of continuations given contexts: perplexity and multiple choice."""
+"""Log-likelihood of continuations given contexts: perplexity and multiple choice.
+
+Only the positions that are scored go through the vocabulary-wide log-softmax: the
+model computes logits for the last `keep` positions (`logits_to_keep`), so the pass
+at batch 32 x 512 tokens of a 151,936-token vocabulary holds a few MiB of log-probs
+instead of ~23 GiB (`logprob_spike_gib`). On out-of-memory the batch halves and the
+rows not yet scored are retried, as the generation pass does.
+"""
 
 from __future__ import annotations
+
+import functools
+import inspect
 
 import numpy as np
 import torch
@@ -10,6 +20,74 @@ from .activations import position_ids
 from .models import input_device
 
 MAX_TOKENS = 512
+_FITTING_BATCH: dict[tuple[str, str], int] = {}  # (model, pass) -> batch that fit after an OOM
+
+
+def logprob_spike_gib(batch: int, positions: int, vocab: int, logit_bytes: int = 2) -> float:
+    """GiB held at once by a log-softmax over `positions` x vocab logits per row (logits in
+    the model's dtype, their fp32 copy, the fp32 log-probs)."""
+    return batch * positions * vocab * (logit_bytes + 4 + 4) / 2**30
+
+
+@functools.lru_cache(maxsize=32)
+def _takes_logits_to_keep(model_class: type) -> bool:
+    return "logits_to_keep" in inspect.signature(model_class.forward).parameters
+
+
+def _last_logits(model, ids: torch.Tensor, mask: torch.Tensor, keep: int) -> torch.Tensor:
+    """[B, keep, V] logits of the last `keep` positions (left-padded ids and mask)."""
+    device = input_device(model)
+    extra = {"logits_to_keep": keep} if _takes_logits_to_keep(type(model)) else {}
+    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                   position_ids=position_ids(mask).to(device), use_cache=False, **extra).logits
+    return logits[:, -keep:]
+
+
+def _left_padded(sequences: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(seq) for seq in sequences)
+    ids = torch.full((len(sequences), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, width - len(seq):] = torch.tensor(seq)
+        mask[row, width - len(seq):] = 1
+    return ids, mask
+
+
+def _run_batched(model, sequences: list[list[int]], pad: int, batch_size: int, desc: str,
+                 score_batch) -> None:
+    """Calls score_batch(index, ids, mask) over length-sorted batches; halves the batch on
+    out-of-memory and retries only the rows not yet scored.
+
+    accelerate's `should_reduce_batch_size` tells an OOM (CUDA, MPS, CPU allocator) from
+    other errors. Its `find_executable_batch_size` decorator is not used as is: it runs
+    gc.collect() on every call (~0.5 s with a study's tables in memory, once per shard)
+    and restarts the whole pass after an OOM.
+    """
+    from accelerate.utils.memory import clear_device_cache, should_reduce_batch_size
+
+    order = np.argsort([len(seq) for seq in sequences], kind="stable")
+    done = np.zeros(len(sequences), dtype=bool)
+    key = (str(getattr(model.config, "name_or_path", "")), desc)
+    batch = min(batch_size, _FITTING_BATCH.get(key, batch_size))
+    with torch.inference_mode(), tqdm(total=len(sequences), desc=desc, unit="seq") as bar:
+        while not done.all():
+            out_of_memory = False
+            try:
+                todo = order[~done[order]]
+                for first in range(0, len(todo), batch):
+                    index = todo[first : first + batch]
+                    ids, mask = _left_padded([sequences[i] for i in index], pad)
+                    score_batch(index, ids, mask)
+                    done[index] = True
+                    bar.update(len(index))
+            except Exception as err:  # re-raised unless it is an out-of-memory error
+                if not should_reduce_batch_size(err) or batch == 1:
+                    raise
+                out_of_memory = True
+            if out_of_memory:  # outside `except`: the failed batch's tensors are freed
+                clear_device_cache(garbage_collection=True)
+                batch //= 2
+                _FITTING_BATCH[key] = batch  # later passes start where this one fits
 
 
 def continuation_logprobs(model, tokenizer, contexts: list[str], continuations: list[str],
@@ -18,36 +96,48 @@ def continuation_logprobs(model, tokenizer, contexts: list[str], continuations: 
     """(sum of log p(continuation tokens | context), number of continuation tokens) per pair."""
     if len(contexts) != len(continuations):
         raise ValueError("continuation_logprobs: contexts and continuations differ in length")
-    pairs = []
+    sequences, counts = [], []
     for context, continuation in zip(contexts, continuations):
         ctx = tokenizer(context)["input_ids"]
         cont = tokenizer(continuation, add_special_tokens=False)["input_ids"]
         ids = (ctx + cont)[-MAX_TOKENS:]
-        pairs.append((ids, min(len(cont), len(ids) - 1)))
-    sums = np.zeros(len(pairs))
-    counts = np.array([n for _, n in pairs])
-    order = np.argsort([len(ids) for ids, _ in pairs], kind="stable")
-    pad = tokenizer.pad_token_id
-    device = input_device(model)
-    with torch.inference_mode(), tqdm(total=len(pairs), desc=desc, unit="seq") as bar:
-        for start in range(0, len(order), batch_size):
-            index = order[start : start + batch_size]
-            width = max(len(pairs[i][0]) for i in index)
-            ids = torch.full((len(index), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(index), width), dtype=torch.long)
-            for row, i in enumerate(index):  # left padding
-                seq = pairs[i][0]
-                ids[row, width - len(seq):] = torch.tensor(seq)
-                mask[row, width - len(seq):] = 1
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                           position_ids=position_ids(mask).to(device), use_cache=False).logits
-            logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-            token_lp = logprobs.gather(-1, ids[:, 1:, None].to(logprobs.device))[..., 0].cpu()
-            for row, i in enumerate(index):
-                n = counts[i]
-                sums[i] = token_lp[row, width - 1 - n:].sum().item() if n else 0.0
-            bar.update(len(index))
+        sequences.append(ids)
+        counts.append(min(len(cont), len(ids) - 1))
+    counts = np.array(counts, dtype=int)
+    sums = np.zeros(len(sequences))
+    if not sequences:
+        return sums, counts
+
+    def score_batch(index, ids, mask):
+        # Keep the positions that predict each row's continuation (the last n tokens).
+        keep = int(counts[index].max()) + 1
+        logits = _last_logits(model, ids, mask, keep)
+        logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+        targets = ids[:, ids.shape[1] - keep + 1:, None].to(logprobs.device)
+        token_lp = logprobs.gather(-1, targets)[..., 0].cpu()
+        for row, i in enumerate(index):
+            n = counts[i]
+            sums[i] = token_lp[row, token_lp.shape[1] - n:].sum().item() if n else 0.0
+
+    _run_batched(model, sequences, tokenizer.pad_token_id, batch_size, desc, score_batch)
     return sums, counts
+
+
+def next_token_logprobs(model, tokenizer, contexts: list[str], token_ids: list[int],
+                        batch_size: int = 16, desc: str = "next token") -> np.ndarray:
+    """[n_contexts, n_tokens] log p(token | context) of each candidate token, one forward each."""
+    sequences = [tokenizer(context)["input_ids"][-MAX_TOKENS:] for context in contexts]
+    out = np.zeros((len(sequences), len(token_ids)))
+    if not sequences:
+        return out
+    candidates = torch.tensor(token_ids)
+
+    def score_batch(index, ids, mask):
+        logprobs = torch.log_softmax(_last_logits(model, ids, mask, 1)[:, 0].float(), dim=-1)
+        out[index] = logprobs[:, candidates.to(logprobs.device)].cpu().numpy()
+
+    _run_batched(model, sequences, tokenizer.pad_token_id, batch_size, desc, score_batch)
+    return out
 
 
 def continuation_nll(model, tokenizer, contexts: list[str], continuations: list[str],

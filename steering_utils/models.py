@@ -99,10 +99,14 @@ def model_location(spec: ModelParams) -> tuple[str, dict]:
 
 def _not_found(spec: ModelParams, err: Exception) -> ParamsError:
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return ParamsError(
-        f"model.path: cannot load {spec.path!r} ({first}). Check the hub id or folder; "
-        "for a hub model, network access (HF_HUB_OFFLINE unset) or a filled cache is needed"
-    )
+    if spec.source == "hub" and os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
+        fix = ("HF_HUB_OFFLINE=1 is set and the hub cache lacks it: unset it on a machine that "
+               "reaches huggingface.co, fill the cache there (`hf download "
+               f"{spec.path}`), or set model.source: local and model.path: <folder>")
+    else:
+        fix = ("Check the hub id or folder; for a hub model, network access (HF_HUB_OFFLINE "
+               "unset) or a filled cache is needed")
+    return ParamsError(f"model.path: cannot load {spec.path!r} ({first}). {fix}")
 
 
 def load_tokenizer(spec: ModelParams):

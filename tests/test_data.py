@@ -62,7 +62,9 @@ def test_rtp_hub_loader_on_a_local_copy(tmp_path):
     challenging = read_source(params.data, "challenging")
     benign = read_source(params.data, "benign")
     assert len(challenging) == 20  # every third of 60
-    assert (benign["prompt_toxicity"] < 0.25).all() and len(benign) == 18
+    # 18 prompts score < 0.25; the 6 of them flagged challenging are never benign.
+    assert (benign["prompt_toxicity"] < 0.25).all() and len(benign) == 12
+    assert not set(benign["text"]) & set(challenging["text"])
     assert "unscored prompt" not in set(benign["text"])
     prompts = load_prompts(params.data, params.seed)
     assert split_sizes(prompts)["challenging"]["eval"] == 10
@@ -87,7 +89,8 @@ def test_user_jsonl_and_csv_with_named_columns(tmp_path):
 def test_split_asks_for_more_than_available():
     table = pd.DataFrame({"text": ["a", "b", "c"], "prompt_toxicity": [0.1, 0.2, 0.3]})
     spec = parse_params(_default()).data.benign.model_copy(update={"n_train": 2, "n_eval": 2})
-    with pytest.raises(ParamsError, match=r"data.benign: .* = 4 but the source has only 3"):
+    with pytest.raises(ParamsError, match=r"data.benign: .* = 4 but the source has 3 "
+                       r"prompts; lower the sizes, e.g. \{n_train: 1, n_dev: 0, n_eval: 1\}"):
         split_prompts(table, spec, "benign", 0)
     with pytest.raises(ParamsError, match="no usable"):
         split_prompts(table.iloc[:0], spec, "benign", 0)

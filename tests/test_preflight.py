@@ -22,7 +22,8 @@ def _params_file(tmp_path, edit=None):
 @pytest.mark.slow
 def test_preflight_passes_on_the_default_params(tmp_path, capsys):
     assert main(["--params", str(_params_file(tmp_path)), "--runs-root",
-                 str(tmp_path / "runs"), "--reports-root", str(tmp_path / "reports")]) == 0
+                 str(tmp_path / "runs"), "--reports-root", str(tmp_path / "reports"),
+                 "--no-deep"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[1] for line in lines] == ["params", "folders", "layers", "data",
                                                     "context", "capability", "tokenizer",

@@ -302,7 +302,7 @@ from steering_utils.capability import CapabilityProbe, item_splits
 from steering_utils.sweep import select_on_dev, selection_record
 
 cap = params.evaluation.capability
-items = item_splits(cap.task, cap.n_items, params.seed)
+items = item_splits(cap.task, cap.n_items, params.seed, cap.path)
 dev_capability = (CapabilityProbe(model, tokenizer, items["dev"], vectors,
                                   params.activations.batch_size, "dev", cap.task, CAA)
                   if items else None)
