@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from .models import input_device
 from .params import GenerationParams
-from .stages import CAA, UNSTEERED
+from .stages import CAA, UNSTEERED, UNSTEERED_LAYER  # noqa: F401 (re-exported)
 from .steering import steer
 
 JOB_COLUMNS = ("prompt_id", "prompt", "sample", "layer", "alpha")

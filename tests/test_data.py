@@ -160,7 +160,7 @@ def test_dropped_rows_are_counted_printed_and_explain_a_short_source(tmp_path, c
             "5 usable") in out
     # Before: "only 5 prompts" for a 22-row file, with no word of what was removed.
     params = _one_file(tmp_path, "p.jsonl", body, "jsonl", n_eval=6)
-    with pytest.raises(ParamsError, match=r"has only 5 prompts \(data.benign: 22 rows, 17 "
+    with pytest.raises(ParamsError, match=r"has 5 prompts \(data.benign: 22 rows, 17 "
                                           r"dropped .*14 duplicates\), 5 usable\); lower"):
         load_prompts(params.data, 0)
 

@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 QWEN3_8B = dict(vocab_size=151_936, hidden_size=4096, intermediate_size=12_288,
                 num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8,
                 head_dim=128, tie_word_embeddings=False, max_position_embeddings=40_960)
-DEEP_LINES = ["params", "layers", "data", "capability", "tokenizer", "scorer", "device",
-              "disk", "model", "steering", "wall"]
+DEEP_LINES = ["params", "folders", "layers", "data", "context", "capability", "tokenizer",
+              "scorer", "device", "disk", "model", "steering", "wall"]
 
 
 @pytest.fixture(scope="module")
@@ -126,10 +126,10 @@ def test_make_check_light_on_the_standins_passes(standin_file, tmp_path, capsys)
     assert main(["--params", str(standin_file), "--runs-root", str(tmp_path / "runs"),
                  "--no-deep"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert [line.split()[1] for line in lines] == DEEP_LINES[:8]
+    assert [line.split()[1] for line in lines] == DEEP_LINES[:10]
     assert all(line.startswith("ok") for line in lines)
     capability = next(line for line in lines if line.split()[1] == "capability")
-    assert "mmlu_hub: 1000 items, chance 0.25, scored by answer letter" in capability
+    assert "mmlu_hub: 1000 dev + 1000 eval items, chance 0.25, scored by answer letter" in capability
 
 
 @pytest.mark.slow
@@ -151,8 +151,8 @@ def test_make_check_with_the_hub_ids_offline_fails_on_the_first_hub_line(tmp_pat
     assert done.returncode == 1
     lines = done.stdout.splitlines()
     assert lines[0].startswith("ok    params")
-    assert len(lines) == 2 and lines[1].startswith("FAIL  layers")
-    assert "cannot load 'Qwen/Qwen3-8B'" in lines[1] and "HF_HUB_OFFLINE=1 is set" in lines[1]
+    assert len(lines) == 3 and lines[2].startswith("FAIL  layers")
+    assert "cannot load 'Qwen/Qwen3-8B'" in lines[2] and "HF_HUB_OFFLINE=1 is set" in lines[2]
 
 
 def test_deep_mode_is_the_default_only_when_the_weights_are_here(assets):
@@ -327,7 +327,7 @@ def test_mmlu_prompt_is_the_lm_eval_harness_format():
 
 
 def test_mmlu_loads_from_a_local_copy_and_is_scored_by_letter(assets):
-    from steering_utils.capability import capability_table, load_items
+    from steering_utils.capability import capability_rows, item_splits, load_items
 
     items = load_items("mmlu_hub", 12, 0, str(assets["mmlu"]))
     assert len(items) == 12 and (items["format"] == "letters").all()
@@ -339,11 +339,11 @@ def test_mmlu_loads_from_a_local_copy_and_is_scored_by_letter(assets):
     from steering_utils.models import load_model
 
     model, tokenizer = load_model(params.model)
-    table = capability_table(model, tokenizer, None, params.model_copy(update={
-        "evaluation": params.evaluation.model_copy(update={"capability": params.evaluation
-                                                   .capability.model_copy(
-                                                       update={"n_items": 8})})}), [0])
-    assert (table["chance"] == 0.25).all() and len(table) == 8 * (1 + 7)  # 7 non-zero alphas
+    splits = item_splits("mmlu_hub", 8, 0, str(assets["mmlu"]))
+    assert not set(splits["dev"]["question"]) & set(splits["eval"]["question"])
+    table = capability_rows(model, tokenizer, splits["eval"], [("none", -1, 0.0)], {}, 4,
+                            "eval", "mmlu_hub")
+    assert (table["chance"] == 0.25).all() and len(table) == 8
 
 
 @pytest.mark.slow
@@ -419,7 +419,7 @@ def test_saved_sampling_defaults_do_not_change_our_generation(assets, tmp_path, 
 def test_job_counts_equal_the_job_tables_the_study_builds():
     from steering_utils.generation import UNSTEERED_LAYER, make_jobs
     from steering_utils.preflight import job_counts
-    from steering_utils.sweep import grid_jobs, sweep_jobs
+    from steering_utils.sweep import control_jobs, grid_jobs, sweep_jobs
 
     params = load_params(ROOT / "params" / "qwen3-8b.yaml")
     rows = []
@@ -433,10 +433,14 @@ def test_job_counts_equal_the_job_tables_the_study_builds():
     baseline = make_jobs(prompts, [(UNSTEERED_LAYER, 0.0)], params.generation.samples_per_prompt)
     counts = job_counts(params, 36)
     assert counts["baseline"] == len(baseline) == 46_250
-    assert counts["grid"] == len(grid_jobs(prompts, baseline, params, 36)[0]) == 37_800
+    assert counts["grid"] == len(grid_jobs(prompts, baseline, params, 36)[0]) == 27_000
     assert counts["sweep"] == len(sweep_jobs(prompts, baseline, params, [10, 20])[0]) == 420_000
-    assert counts["generated"] == 504_050
-    assert counts["capability"] == 1000 * (1 + 2 * 7)
+    randoms = [f"random-{i}" for i in range(params.control.n_directions)]
+    assert counts["control"] == len(control_jobs(prompts, baseline, params, 10, randoms)[0])
+    assert counts["control"] == 700 * 3 * 5
+    assert counts["generated"] == 46_250 + 27_000 + 420_000 + 10_500
+    # dev: reference + about 2 tried cells; eval: reference, 2 x 7 cells, 3 random directions
+    assert counts["capability"] == 1000 * (3 + 1 + 2 * 7 + 3)
     assert counts["activations"] == 4 * params.activations.n_per_side
 
 
@@ -448,9 +452,9 @@ def test_wall_time_projection_adds_each_pass():
     seconds, detail = project_wall_time(params, counts, {"generate": 0.01, "score": 0.001,
                                                          "perplexity": 0.002,
                                                          "capability": 0.05})
-    expected = 504_050 * (0.01 + 0.001 + 0.002) + 15_000 * 0.05 + 4_000 * 0.002
+    expected = 503_750 * (0.01 + 0.001 + 0.002) + 21_000 * 0.05 + 1_200 * 0.002
     assert seconds == pytest.approx(expected)
-    assert detail.startswith("generation 1 h 24 min, scoring 8 min")
+    assert detail.startswith("generation 1 h 23 min, scoring 8 min")
     assert format_duration(59) == "59 s" and format_duration(7260) == "2 h 01 min"
 
 
