@@ -129,7 +129,8 @@ def test_make_check_light_on_the_standins_passes(standin_file, tmp_path, capsys)
     assert [line.split()[1] for line in lines] == DEEP_LINES[:10]
     assert all(line.startswith("ok") for line in lines)
     capability = next(line for line in lines if line.split()[1] == "capability")
-    assert "mmlu_hub: 1000 dev + 1000 eval items, chance 0.25, scored by answer letter" in capability
+    assert "mmlu_hub: 1000 dev + 1000 eval items, chance 0.25, scored by answer letter" \
+        in capability
 
 
 @pytest.mark.slow
