@@ -128,8 +128,9 @@ def test_a_failing_stage_leaves_a_failure_record_and_a_resume_hint(smoke_run, tm
     assert line.startswith(f"05_sweep failed: {record['error']}")
     assert "resume with: python -m steering_utils.runner" in line
     assert record["failed_stage"] == "05_sweep"
+    # 06_report stays complete: its key is unchanged, and 05 reproduces the same outputs.
     assert record["completed_stages"] == ["01_data", "02_baseline", "03_activations",
-                                          "04_vectors"]
+                                          "04_vectors", "06_report"]
     assert Path(record["executed_notebook"]).is_file()
 
 
@@ -207,6 +208,7 @@ def test_executing_a_notebooks_first_cells_keeps_finished_work(smoke_run, tmp_pa
 
     work, _ = smoke_run
     shutil.copytree(work / "runs", tmp_path / "runs")
+    shutil.copytree(work / "reports", tmp_path / "reports")
     nb = nbformat.read(ROOT / "notebooks" / "03_activations.ipynb", as_version=4)
     first = [c for c in nb.cells if c.cell_type == "code"][:2]  # parameters, open the stage
     first[0].source = (f"params_file = {str(SMOKE)!r}\nruns_root = {str(tmp_path / 'runs')!r}\n"
