@@ -289,7 +289,17 @@ def test_interrupting_the_report_stage_leaves_the_old_or_the_new_report_whole(
     # written (the swap follows). Ctrl-C and kill -9 reach the runner's process group; the
     # kernel, in its own session, stops with the runner.
     part = "figures/*.png" if when == "figures" else "report.html"
-    _wait_for(lambda: any(tmp_path.glob(f"reports/.smoke.tmp-*/{part}")), process)
+    started = time.time()
+
+    def reached() -> bool:
+        if any(tmp_path.glob(f"reports/.smoke.tmp-*/{part}")):
+            return True
+        # The html is written and swapped in within milliseconds: a poll can miss the
+        # temporary folder, so the swapped-in html (the runner still finishing) counts too.
+        html = report / "report.html"
+        return when == "html" and html.is_file() and html.stat().st_mtime > started
+
+    _wait_for(reached, process)
     kernels = _kernels_of(process.pid)
     assert kernels
     os.killpg(process.pid, sig)
@@ -306,8 +316,8 @@ def test_interrupting_the_report_stage_leaves_the_old_or_the_new_report_whole(
     now = report_state(report)  # raises on any mix of results, html and figures
     if params == "same":  # the old report, or the new one if the swap was done: whole
         assert now != "missing"
-    else:  # the old report is never shown as current: it is aside, whole
-        assert now == "missing"
+    else:  # the old report is never shown as current: it is aside, whole; the new one may be in
+        assert now != old
         assert report_state(tmp_path / "reports" / f"smoke.stale-{_hash(work)}") == old
     assert not list(tmp_path.glob("reports/.smoke.*"))
     # Resume: the new report appears, whole, with this run's notebooks beside it.
