@@ -55,7 +55,7 @@ lab: setup
 		$$([ "$$(id -u)" = 0 ] && echo --allow-root) $(LAB_ARGS)
 
 lint: setup
-	$(BIN)/ruff check steering_utils tests benchmarks
+	$(BIN)/ruff check steering_utils tests benchmarks notebooks
 
 benchmark: setup
 	$(BIN)/python benchmarks/run_benchmarks.py

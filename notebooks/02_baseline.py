@@ -1,0 +1,78 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python (steering study)
+#     language: python
+#     name: steering-study
+# ---
+
+# %% [markdown]
+# # 02 · Baseline: unsteered continuations, scored
+#
+# **What this stage does.** The unsteered model continues every prompt of every split
+# `generation.samples_per_prompt` times (k; temperature 0.7, top-p 0.9, 20 new tokens in
+# the real study). Each continuation is scored for toxicity (the continuation alone, as in
+# Gehman et al. 2020) and its perplexity is measured under the same unsteered model.
+#
+# Sampling is seeded per (prompt, sample): each row has its own random stream, so these
+# baseline rows are exactly the alpha = 0 cell of every later sweep (common random
+# numbers make the paired comparisons tight), and a resumed run reproduces an
+# uninterrupted one. Work is written in shards named by a hash of their rows and of every
+# params field that shapes them; an interrupted run resumes from them, and a shard made
+# under other params is never read back.
+#
+# **Reads** `01_data` prompts. **Writes** `generations.parquet`.
+
+# %% tags=["parameters"]
+params_file = "../params/default.yaml"
+runs_root = "../runs"
+reports_root = "../reports"
+
+# %%
+from steering_utils.artifacts import open_stage
+
+stage = open_stage(params_file, runs_root, "02_baseline")
+params = stage.params
+print(f"run {params.run_name}, stage hash {stage.hash} -> {stage.path}")
+
+# %%
+from steering_utils.artifacts import read_table, write_table
+from steering_utils.generation import make_jobs
+from steering_utils.jobs import run_jobs
+from steering_utils.models import load_model
+from steering_utils.stages import UNSTEERED_LAYER
+from steering_utils.sweep import load_scorers
+
+prompts = read_table(stage.input("prompts"))
+model, tokenizer = load_model(params.model)
+scorers = load_scorers(params)
+print(model.config.name_or_path, model.dtype, model.device)
+
+# %%
+jobs = make_jobs(prompts, [(UNSTEERED_LAYER, 0.0)], params.generation.samples_per_prompt)
+baseline = run_jobs(model, tokenizer, jobs, {}, params, scorers, stage.shards, desc="baseline")
+write_table(baseline, stage.out("baseline"))
+
+# %% [markdown]
+# Per subset and split: mean toxicity, the share of toxic continuations (≥ 0.5), and the
+# Gehman metrics, Expected Maximum Toxicity over k samples and Toxicity Probability (at
+# least one of k samples toxic), with 95% bootstrap intervals over prompts.
+
+# %%
+from steering_utils.metrics import summarize_cells
+
+summary = summarize_cells(baseline.assign(stage=baseline["split"]),
+                          params.evaluation.toxic_threshold, params.evaluation.n_bootstrap,
+                          params.seed)
+summary[["stage", "subset", "n_prompts", "n", "mean_toxicity", "frac_toxic", "emt", "tp",
+         "perplexity", "empty_rate", "repetition_rate"]].rename(columns={"stage": "split"})
+
+# %% [markdown]
+# Examples (content warning: continuations of toxic prompts are often toxic).
+
+# %%
+baseline.sort_values("toxicity", ascending=False).groupby("subset").head(3)[
+    ["subset", "prompt", "completion", "toxicity"]]
+
+# %%
+stage.finish()

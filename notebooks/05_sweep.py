@@ -1,0 +1,144 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python (steering study)
+#     language: python
+#     name: steering-study
+# ---
+
+# %% [markdown]
+# # 05 · Sweep: decide on dev, confirm on eval, control with random directions
+#
+# **What this stage does.**
+#
+# 1. **Grid (dev split).** Every grid layer (`sweep.layers`, `sweep.layer_stride`) × every
+#    `sweep.grid_alphas` value on the challenging *dev* prompts.
+# 2. **Decision (dev split).** The recommendation rule picks the layer *and* α on the dev
+#    grid: the least toxic cell whose perplexity, distinct-2 and empty-continuation rate
+#    stay within `evaluation.*` limits of the unsteered model, and whose accuracy on the
+#    *dev* capability items drops by at most `evaluation.max_capability_drop` points.
+#    Eval prompts and eval items are not looked at.
+# 3. **Sweep (eval split).** At the chosen layer(s), every `sweep.alphas` value on the
+#    challenging and benign *eval* prompts with k samples each: toxicity, perplexity under
+#    the unsteered model (and under `evaluation.reference_model` when one is named),
+#    distinct-n, empty and repetition rates. The dev-chosen cell is *confirmed* here.
+# 4. **Control (eval split).** Random directions with the CAA vector's norm at the chosen
+#    layer, at the same α (`control.*`): is the effect specific to the toxicity direction,
+#    or does any push of that size lower the scorer's toxicity?
+# 5. **Capability (eval items).** Multiple-choice accuracy under every eval cell and the
+#    control at the chosen α.
+#
+# The alpha = 0 cells are the baseline rows of stage 02 (same seeds). Generation runs in
+# content-keyed shards shared across stages: a param change recomputes only the shards it
+# touches. **Reads** `01_data`, `02_baseline`, `04_vectors`. **Writes** `grid`, `selection`,
+# `sweep`, `control`, `capability`.
+
+# %% tags=["parameters"]
+params_file = "../params/default.yaml"
+runs_root = "../runs"
+reports_root = "../reports"
+
+# %%
+from steering_utils.artifacts import open_stage
+
+stage = open_stage(params_file, runs_root, "05_sweep")
+params = stage.params
+print(f"run {params.run_name}, stage hash {stage.hash} -> {stage.path}")
+
+# %%
+from steering_utils.artifacts import read_table, write_json, write_table
+from steering_utils.jobs import run_jobs
+from steering_utils.models import load_model
+from steering_utils.stages import CAA
+from steering_utils.sweep import load_scorers
+from steering_utils.vectors import SteeringVectors
+
+prompts = read_table(stage.input("prompts"))
+baseline = read_table(stage.input("baseline"))
+vectors = SteeringVectors.load(stage.input("vectors"))
+model, tokenizer = load_model(params.model)
+scorers = load_scorers(params)
+positions = params.sweep.positions
+
+# %% [markdown]
+# ### 1 · Layer × alpha grid on the dev split
+
+# %%
+from steering_utils.sweep import grid_jobs, with_reference
+
+jobs, grid_reference = grid_jobs(prompts, baseline, params, vectors.n_layers)
+steered = run_jobs(model, tokenizer, jobs, {CAA: vectors}, params, scorers, stage.shards,
+                   positions, desc="grid")
+grid = with_reference(steered, grid_reference, "grid")
+write_table(grid, stage.out("grid"))
+
+# %% [markdown]
+# ### 2 · The decision, on dev only
+
+# %%
+from steering_utils.capability import CapabilityProbe, item_splits
+from steering_utils.sweep import select_on_dev, selection_record
+
+cap = params.evaluation.capability
+items = item_splits(cap.task, cap.n_items, params.seed, cap.path)
+dev_capability = (CapabilityProbe(model, tokenizer, items["dev"], vectors,
+                                  params.activations.batch_size, "dev", cap.task, CAA)
+                  if items else None)
+selection = select_on_dev(grid, params, dev_capability)
+write_json(selection_record(selection), stage.out("selection"))
+chosen = selection["chosen_layers"]
+print("recommended on dev:", selection["recommendation"] and
+      {k: selection["recommendation"][k] for k in ("layer", "alpha", "mean_toxicity")})
+print("sweep layers:", chosen)
+
+# %%
+from steering_utils.plots import plot_grid_heatmap
+
+plot_grid_heatmap(selection["summary"], chosen)
+
+# %% [markdown]
+# ### 3 · Alpha sweep at the chosen layer(s), eval split
+
+# %%
+from steering_utils.sweep import add_reference_nll, sweep_jobs
+
+jobs, sweep_reference = sweep_jobs(prompts, baseline, params, chosen)
+steered = run_jobs(model, tokenizer, jobs, {CAA: vectors}, params, scorers, stage.shards,
+                   positions, desc="sweep")
+sweep = with_reference(steered, sweep_reference, "sweep")
+sweep = add_reference_nll(sweep, params)  # only when evaluation.reference_model is set
+write_table(sweep, stage.out("sweep"))
+
+# %%
+from steering_utils.metrics import summarize_cells
+
+cells = summarize_cells(sweep, params.evaluation.toxic_threshold, params.evaluation.n_bootstrap,
+                        params.seed)
+cells[["subset", "layer", "alpha", "n_prompts", "mean_toxicity", "delta_mean_toxicity",
+       "p_bootstrap", "emt", "tp", "perplexity", "distinct_2", "empty_rate"]].round(3)
+
+# %% [markdown]
+# ### 4 · Control: random directions of the same norm
+
+# %%
+from steering_utils.sweep import control_table
+
+randoms, control = control_table(model, tokenizer, prompts, baseline, vectors, params, scorers,
+                                 selection["control_layer"], stage.shards)
+write_table(control, stage.out("control"))
+control.groupby(["direction", "alpha"])["toxicity"].mean().unstack("alpha").round(3)
+
+# %% [markdown]
+# ### 5 · Capability under steering, eval items
+
+# %%
+from steering_utils.sweep import capability_table
+
+capability = capability_table(model, tokenizer, items, dev_capability, selection, params,
+                              {CAA: vectors, **randoms})
+write_table(capability, stage.out("capability"))
+capability.groupby(["split", "direction", "layer", "alpha"])["correct"].mean().rename(
+    "accuracy").to_frame()
+
+# %%
+stage.finish()

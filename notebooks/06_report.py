@@ -1,0 +1,52 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python (steering study)
+#     language: python
+#     name: steering-study
+# ---
+
+# %% [markdown]
+# # 06 · Report
+#
+# **What this stage does.** It gathers every earlier stage's artifacts into
+# `reports/<run_name>/experiment_results.json` (validated against
+# `steering_utils/schemas/experiment_results.schema.json`), draws the figures (PNG and SVG
+# under `reports/<run_name>/figures/`) and writes the self-contained
+# `reports/<run_name>/report.html`: summary numbers first, then figures, tables, example
+# generations behind a content warning (escaped: model text is untrusted), and the run
+# manifest. The report folder is built beside the old one and swapped in as a whole, so a
+# reader sees the old report or the new one, never a mix.
+#
+# **Reads** `01_data` … `05_sweep`. **Writes** `runs/<run_name>/06_report/` and
+# `reports/<run_name>/`.
+
+# %% tags=["parameters"]
+params_file = "../params/default.yaml"
+runs_root = "../runs"
+reports_root = "../reports"
+
+# %%
+from steering_utils.artifacts import open_stage
+
+stage = open_stage(params_file, runs_root, "06_report")
+params = stage.params
+print(f"run {params.run_name}, stage hash {stage.hash} -> {stage.path}")
+
+# %%
+from steering_utils.params import run_path
+from steering_utils.reportdir import publish_report
+from steering_utils.results import build_results
+
+results = build_results(stage)
+# Built in a temporary folder, then swapped in whole: never a mix of two runs.
+report_path = publish_report(results, run_path(reports_root, params.run_name))
+print(report_path)
+
+# %%
+from steering_utils.results import summary_table
+
+summary_table(results)
+
+# %%
+stage.finish()
