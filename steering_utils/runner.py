@@ -1,7 +1,8 @@
 """Run the study: `python -m steering_utils.runner --params params/default.yaml` (make report).
 
-Executes notebooks/01_..06_ in order with papermill, injecting the params file
-and the run folders; skips a stage whose artifacts are complete for the same params
+Executes notebooks/01_..06_ in order with papermill (each stage's notebook as the newer
+side of its jupytext pair holds it, `notebooks.read_stage_notebook`), injecting the params
+file and the run folders; skips a stage whose artifacts are complete for the same params
 hash; prints a line per stage. One runner per run folder (`runs/<run>/.lock`).
 Executed notebooks are written to runs/<run_name>/notebooks/ and copied beside the
 report once it is published; the report folder is replaced as a whole, and a report
@@ -20,6 +21,7 @@ import time
 from pathlib import Path
 
 from .artifacts import SHARDS_DIR, is_complete, stage_folder, stage_key, stage_seconds
+from .notebooks import KERNEL_NAME, NOTEBOOKS, read_stage_notebook
 from .params import ParamsError, StudyParams, load_params, run_path
 from .reportdir import (
     FAILED_FILE,
@@ -33,12 +35,6 @@ from .reportdir import (
 from .runlock import RunLock, RunLocked
 from .stages import STAGES
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-NOTEBOOKS = PROJECT_ROOT / "notebooks"
-KERNEL_NAME = "steering-study"
-# What the runner injects; every notebook's `parameters` cell declares these
-# (checked by tests/test_notebooks.py).
-NOTEBOOK_PARAMETERS = ("params_file", "runs_root", "reports_root")
 EXECUTED_DIR = "notebooks"  # under runs/<run_name>/
 REPORT_STAGE = "06_report"
 EXIT_FAILED, EXIT_PARAMS, EXIT_INTERRUPTED = 1, 2, 130
@@ -162,7 +158,7 @@ def _run_stages(params: StudyParams, params_file: Path, run_dir: Path, runs_root
             old.unlink()
         try:
             papermill.execute_notebook(
-                str(NOTEBOOKS / f"{stage}.ipynb"), str(executed),
+                read_stage_notebook(stage), str(executed),
                 parameters={"params_file": str(params_file), "runs_root": str(runs_root),
                             "reports_root": str(reports_root)},
                 kernel_name=kernel, cwd=str(NOTEBOOKS), progress_bar=False,

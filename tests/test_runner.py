@@ -45,7 +45,8 @@ def fake_chain(monkeypatch, tmp_path):
     played: list[str] = []
 
     def execute_notebook(source, output, parameters, **kwargs):
-        stage = Path(source).stem
+        stage = Path(output).stem.rsplit("-", 1)[0]  # runs/<run>/notebooks/<stage>-<key>
+        assert [c for c in source.cells if "parameters" in c.metadata.get("tags", [])]
         played.append(stage)
         Path(output).write_text('{"cells": [], "metadata": {}}')
         if stage in plan:

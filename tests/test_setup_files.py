@@ -1,16 +1,11 @@
-"""Set-up files agree with each other; notebooks are committed clean and declare their params."""
+"""Set-up files agree with each other (the notebooks: tests/test_notebooks.py)."""
 
 from __future__ import annotations
 
-import json
 import tomllib
 from pathlib import Path
 
-import papermill
 import yaml
-
-from steering_utils.artifacts import STAGES
-from steering_utils.runner import NOTEBOOK_PARAMETERS, NOTEBOOKS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,28 +30,3 @@ def test_ci_runs_the_readme_test_command():
     assert "make test" in (ROOT / ".ci" / "run").read_text()
     readme = (ROOT / "README.md").read_text()
     assert "make test" in readme and "make report" in readme
-
-
-def test_one_notebook_per_stage_committed_without_outputs():
-    names = sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb"))
-    assert names == list(STAGES)
-    for path in NOTEBOOKS.glob("*.ipynb"):
-        nb = json.loads(path.read_text())
-        assert nb["metadata"]["kernelspec"]["name"], path
-        for cell in nb["cells"]:
-            if cell["cell_type"] == "code":
-                assert cell["outputs"] == [] and cell["execution_count"] is None, path.name
-
-
-def test_every_notebook_declares_what_the_runner_injects():
-    for path in NOTEBOOKS.glob("*.ipynb"):
-        declared = papermill.inspect_notebook(str(path))
-        assert set(NOTEBOOK_PARAMETERS) <= set(declared), path.name
-        assert set(declared) <= set(NOTEBOOK_PARAMETERS), f"{path.name}: undeclared injection"
-
-
-def test_notebooks_hold_no_function_definitions():
-    for path in NOTEBOOKS.glob("*.ipynb"):
-        for cell in json.loads(path.read_text())["cells"]:
-            source = "".join(cell["source"])
-            assert "def " not in source and "class " not in source, path.name

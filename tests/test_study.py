@@ -201,25 +201,52 @@ def test_changing_one_alpha_reruns_only_the_sweep_and_its_new_shards(smoke_run, 
     assert {c["alpha"] for c in results[0]["cells"] if c["stage"] == "sweep"} == {0.0, 1.5, 2.0}
 
 
-def test_executing_a_notebooks_first_cells_keeps_finished_work(smoke_run, tmp_path):
-    """What opening 03_activations in Lab and running its first cells does: nothing is lost."""
+def test_a_lab_session_keeps_finished_work_and_the_runner_reuses_what_it_finished(smoke_run,
+                                                                                 tmp_path):
+    """What a researcher does in Lab, cell by cell through a kernel (nbclient):
+
+    1. opens 03_activations and runs its first cells: nothing finished is lost;
+    2. opens 06_report, sets another params file in the parameters cell and runs every
+       cell: `make report` with that params file then reuses all the session finished.
+    """
     import nbformat
     from nbclient import NotebookClient
+
+    from steering_utils.notebooks import KERNEL_NAME, NOTEBOOKS, PARAMETERS, read_stage_notebook
 
     work, _ = smoke_run
     shutil.copytree(work / "runs", tmp_path / "runs")
     shutil.copytree(work / "reports", tmp_path / "reports")
-    nb = nbformat.read(ROOT / "notebooks" / "03_activations.ipynb", as_version=4)
-    first = [c for c in nb.cells if c.cell_type == "code"][:2]  # parameters, open the stage
-    first[0].source = (f"params_file = {str(SMOKE)!r}\nruns_root = {str(tmp_path / 'runs')!r}\n"
-                       f"reports_root = {str(tmp_path / 'reports')!r}")
-    nb.cells = first
-    NotebookClient(nb, kernel_name="steering-study", timeout=300,
-                   resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
+
+    def lab_session(stage: str, params_file: Path, n_code_cells: int | None = None):
+        nb = read_stage_notebook(stage)
+        parameters = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+        values = (params_file, tmp_path / "runs", tmp_path / "reports")
+        parameters.source = "\n".join(f"{name} = {str(value)!r}"
+                                       for name, value in zip(PARAMETERS, values))
+        code = [c for c in nb.cells if c.cell_type == "code"][:n_code_cells]
+        client = NotebookClient(nbformat.v4.new_notebook(cells=code), kernel_name=KERNEL_NAME,
+                                timeout=600, resources={"metadata": {"path": str(NOTEBOOKS)}})
+        with client.setup_kernel():
+            for index, cell in enumerate(client.nb.cells):  # Shift-Enter, one cell at a time
+                client.execute_cell(cell, index)
+
+    lab_session("03_activations", SMOKE, n_code_cells=2)  # parameters, open the stage
     again = subprocess.run(_runner(tmp_path), cwd=ROOT, capture_output=True, text=True,
                            timeout=300)
     assert again.returncode == 0, again.stdout + again.stderr
     assert again.stdout.count("skipped: complete") == 6
+
+    other = _params_file(tmp_path, report={"n_examples": 1})  # a new 06_report key only
+    lab_session("06_report", other)
+    results = json.loads((tmp_path / "reports" / "smoke" / "experiment_results.json")
+                         .read_text())
+    assert len({e["prompt_id"] for e in results["examples"]}) == 1  # the session's params
+    reused = subprocess.run(_runner(tmp_path, "--params", str(other)), cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert reused.returncode == 0, reused.stdout + reused.stderr
+    assert reused.stdout.count("skipped: complete") == 6, reused.stdout
+
 
 # --- issue 15: an interrupt during 06_report never leaves a mixed report -----------------
 
