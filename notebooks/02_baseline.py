@@ -40,12 +40,12 @@ from steering_utils.artifacts import read_table, write_table
 from steering_utils.generation import make_jobs
 from steering_utils.jobs import run_jobs
 from steering_utils.models import load_model
+from steering_utils.scoring import load_scorers
 from steering_utils.stages import UNSTEERED_LAYER
-from steering_utils.sweep import load_scorers
 
 prompts = read_table(stage.input("prompts"))
 model, tokenizer = load_model(params.model)
-scorers = load_scorers(params)
+scorers = load_scorers(params.scorer)
 print(model.config.name_or_path, model.dtype, model.device)
 
 # %%

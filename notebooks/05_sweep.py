@@ -49,15 +49,15 @@ print(f"run {params.run_name}, stage hash {stage.hash} -> {stage.path}")
 from steering_utils.artifacts import read_table, write_json, write_table
 from steering_utils.jobs import run_jobs
 from steering_utils.models import load_model
+from steering_utils.scoring import load_scorers
 from steering_utils.stages import CAA
-from steering_utils.sweep import load_scorers
 from steering_utils.vectors import SteeringVectors
 
 prompts = read_table(stage.input("prompts"))
 baseline = read_table(stage.input("baseline"))
 vectors = SteeringVectors.load(stage.input("vectors"))
 model, tokenizer = load_model(params.model)
-scorers = load_scorers(params)
+scorers = load_scorers(params.scorer)
 positions = params.sweep.positions
 
 # %% [markdown]

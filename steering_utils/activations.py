@@ -7,6 +7,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from .artifacts import atomic_path
 from .models import decoder_layers, input_device
 
 MAX_TOKENS = 256  # longer texts keep their last tokens (left truncation)
@@ -152,9 +153,8 @@ def save_activation_sets(sets: dict[str, dict[str, torch.Tensor]], path) -> None
     path = Path(path)
     flat = {f"{name}.{key}": t.contiguous() for name, tensors in sets.items()
             for key, t in tensors.items()}
-    partial = path.with_name(path.name + ".partial")
-    save_file(flat, str(partial))
-    partial.replace(path)
+    with atomic_path(path) as partial:
+        save_file(flat, str(partial))
 
 
 def load_activation_sets(path) -> dict[str, dict[str, torch.Tensor]]:

@@ -14,7 +14,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -203,18 +206,33 @@ def stage_seconds(folder: Path) -> float | None:
     return None if record is None else record.get("seconds")
 
 
-def _atomic(path: Path, write) -> Path:
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary sibling of `path` to write (a file or a new folder), renamed onto `path`
+    when the block ends without error: a reader finds all of it or none of it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    write(partial)
-    os.replace(partial, path)
-    return path
+    _remove(partial)
+    try:
+        yield partial
+        os.replace(partial, path)
+    finally:
+        _remove(partial)  # left only when the block failed
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def write_table(table: pd.DataFrame, path: Path) -> Path:
     """Parquet, written atomically."""
-    return _atomic(path, lambda p: table.to_parquet(p, index=False))
+    with atomic_path(path) as partial:
+        table.to_parquet(partial, index=False)
+    return Path(path)
 
 
 def read_table(path: Path) -> pd.DataFrame:
@@ -224,7 +242,9 @@ def read_table(path: Path) -> pd.DataFrame:
 def write_json(data, path: Path) -> Path:
     """JSON (NaN written as null), written atomically."""
     text = json.dumps(_nan_to_none(data), indent=2, sort_keys=False, default=str)
-    return _atomic(path, lambda p: p.write_text(text + "\n"))
+    with atomic_path(path) as partial:
+        partial.write_text(text + "\n")
+    return Path(path)
 
 
 def read_json(path: Path):

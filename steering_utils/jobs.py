@@ -135,6 +135,7 @@ def _compute(model, tokenizer, rows: pd.DataFrame, directions: dict, params: Stu
              scorers: dict, positions: str, desc: str) -> pd.DataFrame:
     from .generation import generate_completions
     from .likelihood import continuation_nll
+    from .scoring import score_rows
 
     parts = []
     for direction, part in rows.groupby("direction", sort=True):
@@ -146,11 +147,3 @@ def _compute(model, tokenizer, rows: pd.DataFrame, directions: dict, params: Stu
     out["nll"] = continuation_nll(model, tokenizer, list(out["prompt"]), list(out["completion"]))
     return out
 
-
-def score_rows(rows: pd.DataFrame, scorers: dict) -> pd.DataFrame:
-    """Adds `toxicity` (primary scorer) and `toxicity_second` (if a second scorer is given)."""
-    texts = list(rows["completion"])
-    rows = rows.assign(toxicity=scorers["primary"].score(texts))
-    if scorers.get("second") is not None:
-        rows = rows.assign(toxicity_second=scorers["second"].score(texts))
-    return rows

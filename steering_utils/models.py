@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import functools
 import os
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .artifacts import atomic_path
 from .assets import wheel_folder
 from .params import ModelParams, ParamsError
 
@@ -80,11 +80,9 @@ def _cached_smollm2() -> Path:
     config.name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct (GGUF Q4_1, dequantised)"
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(gguf.state_dict())
-    partial = target.with_name(target.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    model.save_pretrained(partial, safe_serialization=True)
-    tokenizer.save_pretrained(partial)
-    partial.replace(target)
+    with atomic_path(target) as partial:
+        model.save_pretrained(partial, safe_serialization=True)
+        tokenizer.save_pretrained(partial)
     return target
 
 

@@ -17,6 +17,8 @@ import math
 from importlib import resources
 from pathlib import Path
 
+from .artifacts import atomic_path, write_json
+
 SCHEMA_FILE = "experiment_results.schema.json"
 TEMPLATE_FILE = "report.html"
 REPORT_FILE = "report.html"
@@ -402,7 +404,6 @@ def results_fingerprint(results: dict) -> str:
 
 
 def _figures(results: dict, report_dir: Path) -> list[dict]:
-    from .artifacts import write_json
     from .plots import DPI, make_figures
 
     saved = make_figures(results, report_dir / FIGURES_DIR)
@@ -538,8 +539,6 @@ def write_report(results: dict, report_dir: str | Path) -> Path:
     report_dir = Path(report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
     html = render_report(results, _figures(results, report_dir))
-    path = report_dir / REPORT_FILE
-    tmp = path.with_suffix(".html.tmp")
-    tmp.write_text(html, encoding="utf-8")
-    tmp.replace(path)  # a reader never sees half a report
-    return path
+    with atomic_path(report_dir / REPORT_FILE) as partial:  # never half a report
+        partial.write_text(html, encoding="utf-8")
+    return report_dir / REPORT_FILE

@@ -24,6 +24,9 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+import pandas as pd
+
+from .params import ScorerParams
 
 SCORER_NAMES = ("unbiased-toxic-roberta", "jigsaw-bilstm", "profanity-check")
 
@@ -63,6 +66,22 @@ def load_scorer(name: str, path: str | None = None, batch_size: int = 64,
     if name == "profanity-check":
         return ProfanityScorer()
     raise ValueError(f"scorer.name: {name!r} is not a scorer; choose one of {SCORER_NAMES}")
+
+
+def load_scorers(spec: ScorerParams) -> dict:
+    """{'primary': Scorer, 'second': Scorer | None} from a params `scorer` section."""
+    primary = load_scorer(spec.name, spec.path, spec.batch_size)
+    second = load_scorer(spec.second, None, spec.batch_size) if spec.second else None
+    return {"primary": primary, "second": second}
+
+
+def score_rows(rows: pd.DataFrame, scorers: dict) -> pd.DataFrame:
+    """The rows with `toxicity` (primary scorer) and `toxicity_second` (if a second is given)."""
+    texts = list(rows["completion"])
+    rows = rows.assign(toxicity=scorers["primary"].score(texts))
+    if scorers.get("second") is not None:
+        rows = rows.assign(toxicity_second=scorers["second"].score(texts))
+    return rows
 
 
 class RobertaScorer:

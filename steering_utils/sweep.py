@@ -23,16 +23,6 @@ def steered_cells(layers: list[int], alphas: list[float]) -> list[tuple[int, flo
     return [(layer, float(alpha)) for layer in layers for alpha in alphas if alpha != 0]
 
 
-def load_scorers(params: StudyParams) -> dict:
-    """{'primary': Scorer, 'second': Scorer | None} from params.scorer."""
-    from .scoring import load_scorer
-
-    spec = params.scorer
-    primary = load_scorer(spec.name, spec.path, spec.batch_size)
-    second = load_scorer(spec.second, None, spec.batch_size) if spec.second else None
-    return {"primary": primary, "second": second}
-
-
 def _rows(table: pd.DataFrame, subset: str | None, split: str) -> pd.DataFrame:
     keep = table["split"] == split
     if subset is not None:

@@ -43,15 +43,15 @@ class SteeringVectors:
         """Write directions, norms and JSON metadata to one safetensors file (atomic)."""
         from safetensors.torch import save_file
 
-        path = Path(path)
-        partial = path.with_name(path.name + ".partial")
-        save_file(
-            {"directions": self.directions.contiguous(), "norms": self.norms.contiguous(),
-             "activation_norms": self.activation_norms.contiguous()},
-            str(partial), metadata={"json": json.dumps(self.metadata, sort_keys=True)},
-        )
-        partial.replace(path)
-        return path
+        from .artifacts import atomic_path
+
+        with atomic_path(path) as partial:
+            save_file(
+                {"directions": self.directions.contiguous(), "norms": self.norms.contiguous(),
+                 "activation_norms": self.activation_norms.contiguous()},
+                str(partial), metadata={"json": json.dumps(self.metadata, sort_keys=True)},
+            )
+        return Path(path)
 
     @classmethod
     def load(cls, path: str | Path) -> SteeringVectors:

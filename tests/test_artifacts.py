@@ -131,3 +131,22 @@ def test_relative_paths_resolve_against_the_params_file(tmp_path, monkeypatch):
     raw = _default()
     assert load_params(PARAMS / "qwen3-8b.yaml").model.path == "Qwen/Qwen3-8B"
     assert raw["model"].get("path") is None
+
+
+def test_atomic_path_puts_the_whole_file_or_folder_in_place_or_nothing(tmp_path):
+    from steering_utils.artifacts import atomic_path
+
+    target = tmp_path / "sub" / "table.parquet"
+    with pytest.raises(RuntimeError, match="interrupted"):
+        with atomic_path(target) as partial:
+            partial.write_text("half")
+            raise RuntimeError("interrupted")
+    assert not target.exists() and list(target.parent.iterdir()) == []  # no partial left
+    with atomic_path(target) as partial:
+        partial.write_text("whole")
+    assert target.read_text() == "whole" and list(target.parent.iterdir()) == [target]
+    folder = tmp_path / "model"
+    with atomic_path(folder) as partial:
+        partial.mkdir()
+        (partial / "weights").write_text("w")
+    assert (folder / "weights").read_text() == "w" and not list(tmp_path.glob(".model*"))
