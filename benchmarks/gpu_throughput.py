@@ -7,9 +7,10 @@ import time
 import torch
 
 from steering_utils.data import load_prompts
-from steering_utils.generation import UNSTEERED_LAYER, generate_completions, make_jobs
+from steering_utils.generation import generate_completions, make_jobs
 from steering_utils.models import load_model
 from steering_utils.params import ModelParams, load_params
+from steering_utils.stages import UNSTEERED_LAYER
 
 
 def main() -> None:

@@ -63,7 +63,8 @@ def _setup():
 
 def bench_overhead(params, model, tokenizer, prompts, vectors) -> dict:
     """Same 64 rows, batch 32: unsteered vs steered (per-row hook at one layer)."""
-    from steering_utils.generation import UNSTEERED_LAYER, generate_completions, make_jobs
+    from steering_utils.generation import generate_completions, make_jobs
+    from steering_utils.stages import UNSTEERED_LAYER
 
     rows = prompts[prompts.split == "eval"].head(64)
     plain_jobs = make_jobs(rows, [(UNSTEERED_LAYER, 0.0)], 1)

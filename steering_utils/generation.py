@@ -17,9 +17,9 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .models import input_device
+from .models import input_device, run_with_backoff
 from .params import GenerationParams
-from .stages import CAA, UNSTEERED, UNSTEERED_LAYER  # noqa: F401 (re-exported)
+from .stages import CAA, UNSTEERED
 from .steering import steer
 
 JOB_COLUMNS = ("prompt_id", "prompt", "sample", "layer", "alpha")
@@ -116,13 +116,7 @@ def make_jobs(prompts: pd.DataFrame, cells: list[tuple[int, float]], samples: in
     return jobs.reset_index(drop=True)
 
 
-def _batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
-    # Bucket by prompt length so batches carry little padding.
-    order = np.argsort(lengths, kind="stable")
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-
-
-_AUTO_BATCH: dict[tuple[str, int], int] = {}  # (model, length bucket) -> batch that fit
+_LENGTH_BUCKET = 64  # prompt tokens: `auto` remembers the batch that fitted per bucket
 
 
 def start_batch_size(requested: int | str, on_cuda: bool) -> int:
@@ -186,29 +180,28 @@ def generate_completions(model, tokenizer, jobs: pd.DataFrame, vectors, gen: Gen
         return jobs.assign(completion=pd.Series(dtype=str))
     lengths = np.array([len(ids) for ids in tokenizer(list(jobs["prompt"]))["input_ids"]])
     completions = np.empty(len(jobs), dtype=object)
+    done = np.zeros(len(jobs), dtype=bool)
     requested = gen.batch_size
-    on_cuda = input_device(model).type == "cuda"
-    batch_size = start_batch_size(requested, on_cuda)
+    batch_size = start_batch_size(requested, input_device(model).type == "cuda")
     with tqdm(total=len(jobs), desc=desc, unit="seq") as bar:
-        pending = _batches(lengths, batch_size)
-        while pending:
-            index = pending.pop(0)
-            key = (model.config.name_or_path, int(lengths[index].max()) // 64)
-            if requested == "auto" and _AUTO_BATCH.get(key, len(index)) < len(index):
-                cap = _AUTO_BATCH[key]
-                pending = [index[i : i + cap] for i in range(0, len(index), cap)] + pending
-                continue
-            try:
-                texts = _generate_batch(model, tokenizer, jobs.iloc[index], vectors, gen,
-                                        seed, positions)
-            except torch.cuda.OutOfMemoryError:
-                if requested != "auto" or len(index) == 1:
-                    raise
-                torch.cuda.empty_cache()
-                half = len(index) // 2
-                _AUTO_BATCH[key] = half
-                pending = [index[:half], index[half:]] + pending
-                continue
-            completions[index] = texts
-            bar.update(len(index))
+        # Rows by prompt length, so batches carry little padding; `auto` backs off per
+        # length bucket of 64 tokens (short prompts keep their larger batch).
+        order = np.argsort(lengths, kind="stable")
+        for bucket in np.unique(lengths // _LENGTH_BUCKET):
+            rows = order[lengths[order] // _LENGTH_BUCKET == bucket]
+
+            def run(batch: int, rows=rows) -> None:
+                todo = rows[~done[rows]]
+                for first in range(0, len(todo), batch):
+                    index = todo[first : first + batch]
+                    completions[index] = _generate_batch(model, tokenizer, jobs.iloc[index],
+                                                         vectors, gen, seed, positions)
+                    done[index] = True
+                    bar.update(len(index))
+
+            if requested == "auto":
+                key = (model.config.name_or_path, "generate", int(bucket))
+                run_with_backoff(run, batch_size, key)
+            else:
+                run(batch_size)
     return jobs.assign(completion=completions.astype(str))

@@ -17,10 +17,9 @@ import torch
 from tqdm.auto import tqdm
 
 from .activations import position_ids
-from .models import input_device
+from .models import input_device, run_with_backoff
 
 MAX_TOKENS = 512
-_FITTING_BATCH: dict[tuple[str, str], int] = {}  # (model, pass) -> batch that fit after an OOM
 
 
 def logprob_spike_gib(batch: int, positions: int, vocab: int, logit_bytes: int = 2) -> float:
@@ -55,39 +54,23 @@ def _left_padded(sequences: list[list[int]], pad: int) -> tuple[torch.Tensor, to
 
 def _run_batched(model, sequences: list[list[int]], pad: int, batch_size: int, desc: str,
                  score_batch) -> None:
-    """Calls score_batch(index, ids, mask) over length-sorted batches; halves the batch on
-    out-of-memory and retries only the rows not yet scored.
-
-    accelerate's `should_reduce_batch_size` tells an OOM (CUDA, MPS, CPU allocator) from
-    other errors. Its `find_executable_batch_size` decorator is not used as is: it runs
-    gc.collect() on every call (~0.5 s with a study's tables in memory, once per shard)
-    and restarts the whole pass after an OOM.
-    """
-    from accelerate.utils.memory import clear_device_cache, should_reduce_batch_size
-
+    """Calls score_batch(index, ids, mask) over length-sorted batches; on out-of-memory the
+    batch halves and only the rows not yet scored are retried (`models.run_with_backoff`)."""
     order = np.argsort([len(seq) for seq in sequences], kind="stable")
     done = np.zeros(len(sequences), dtype=bool)
+
+    def run(batch: int) -> None:
+        todo = order[~done[order]]
+        for first in range(0, len(todo), batch):
+            index = todo[first : first + batch]
+            ids, mask = _left_padded([sequences[i] for i in index], pad)
+            score_batch(index, ids, mask)
+            done[index] = True
+            bar.update(len(index))
+
     key = (str(getattr(model.config, "name_or_path", "")), desc)
-    batch = min(batch_size, _FITTING_BATCH.get(key, batch_size))
     with torch.inference_mode(), tqdm(total=len(sequences), desc=desc, unit="seq") as bar:
-        while not done.all():
-            out_of_memory = False
-            try:
-                todo = order[~done[order]]
-                for first in range(0, len(todo), batch):
-                    index = todo[first : first + batch]
-                    ids, mask = _left_padded([sequences[i] for i in index], pad)
-                    score_batch(index, ids, mask)
-                    done[index] = True
-                    bar.update(len(index))
-            except Exception as err:  # re-raised unless it is an out-of-memory error
-                if not should_reduce_batch_size(err) or batch == 1:
-                    raise
-                out_of_memory = True
-            if out_of_memory:  # outside `except`: the failed batch's tensors are freed
-                clear_device_cache(garbage_collection=True)
-                batch //= 2
-                _FITTING_BATCH[key] = batch  # later passes start where this one fits
+        run_with_backoff(run, batch_size, key)
 
 
 def continuation_logprobs(model, tokenizer, contexts: list[str], continuations: list[str],

@@ -489,7 +489,8 @@ class _DeepChecks:
         import pandas as pd
         import torch
 
-        from .generation import UNSTEERED_LAYER, generate_completions, make_jobs
+        from .generation import generate_completions, make_jobs
+        from .stages import UNSTEERED_LAYER
         from .steering import steer
 
         layers = self._layers()
@@ -536,10 +537,11 @@ class _DeepChecks:
 
         from .capability import choose_answers, load_items
         from .data import read_source
-        from .generation import UNSTEERED_LAYER, generate_completions, make_jobs, start_batch_size
+        from .generation import generate_completions, make_jobs, start_batch_size
         from .likelihood import continuation_nll
         from .models import input_device, num_decoder_layers
         from .scoring import load_scorer
+        from .stages import UNSTEERED_LAYER
 
         def timed(fn):
             if input_device(self.model).type == "cuda":

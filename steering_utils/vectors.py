@@ -80,18 +80,17 @@ def compute_caa_vectors(toxic: dict[str, torch.Tensor], clean: dict[str, torch.T
 
 
 def separation_auc(vectors: SteeringVectors, toxic: torch.Tensor, clean: torch.Tensor) -> list:
-    """Per layer, AUROC of the projection onto v separating held-out toxic from clean texts."""
-    from scipy.stats import rankdata
+    """Per layer, AUROC of the projection onto v separating held-out toxic from clean texts
+    (NaN when a side is empty)."""
+    from sklearn.metrics import roc_auc_score
 
+    if len(toxic) == 0 or len(clean) == 0:
+        return [float("nan")] * vectors.n_layers
     unit = vectors.directions / vectors.norms[:, None].clamp(min=1e-12)
-    toxic_proj = torch.einsum("nld,ld->nl", toxic, unit).numpy()
-    clean_proj = torch.einsum("nld,ld->nl", clean, unit).numpy()
-    aucs = []
-    for layer in range(unit.shape[0]):
-        ranks = rankdata(np.concatenate([toxic_proj[:, layer], clean_proj[:, layer]]))
-        n1, n0 = len(toxic_proj), len(clean_proj)
-        aucs.append(float((ranks[:n1].sum() - n1 * (n1 + 1) / 2) / (n1 * n0)))
-    return aucs
+    projections = torch.einsum("nld,ld->nl", torch.cat([toxic, clean]), unit).numpy()
+    labels = np.r_[np.ones(len(toxic)), np.zeros(len(clean))]
+    return [float(roc_auc_score(labels, projections[:, layer]))
+            for layer in range(vectors.n_layers)]
 
 
 def layer_stats(vectors: SteeringVectors, dev_toxic: dict | None = None,

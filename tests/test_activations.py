@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -64,6 +66,19 @@ def test_caa_vector_is_the_mean_difference_and_round_trips(tmp_path):
     torch.testing.assert_close(unit.norms, torch.ones(3))
     auc = separation_auc(vectors, toxic["pooled"], clean["pooled"])
     assert all(0.5 < a <= 1.0 for a in auc)
+
+
+def test_separation_auc_is_the_share_of_toxic_clean_pairs_ranked_right():
+    """Projections 3, 1 (toxic) vs 2, 0, 2 (clean): 4 of 6 pairs ordered right; a tie counts
+    half (1 vs 1 below), and the sign of v matters (layer 1 points the other way)."""
+    directions = torch.tensor([[1.0, 0.0], [-2.0, 0.0]])
+    vectors = SteeringVectors(directions, torch.ones(2))
+    toxic = torch.tensor([[3.0, 9.0], [1.0, 9.0]])[:, None, :].expand(2, 2, 2)
+    clean = torch.tensor([[2.0, 0.0], [0.0, 0.0], [2.0, 0.0]])[:, None, :].expand(3, 2, 2)
+    assert separation_auc(vectors, toxic, clean) == pytest.approx([4 / 6, 2 / 6])
+    tied = separation_auc(vectors, toxic[1:], torch.tensor([[1.0, 0.0]])[:, None].expand(1, 2, 2))
+    assert tied == pytest.approx([0.5, 0.5])
+    assert all(math.isnan(a) for a in separation_auc(vectors, toxic[:0], clean))
 
 
 def test_activation_sets_round_trip(tmp_path):

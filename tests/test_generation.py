@@ -94,3 +94,29 @@ def test_top_k_shortcut_equals_the_full_sort(monkeypatch):
         full = sampler(torch.zeros(64, 3, dtype=torch.long), logits).argmax(-1)
         monkeypatch.undo()
         assert torch.equal(fast, full)
+
+
+def test_auto_batch_halves_on_out_of_memory_and_remembers_what_fitted(tiny_qwen3,
+                                                                      tiny_tokenizer):
+    from test_real_run import _OomAbove
+
+    from steering_utils import models
+
+    jobs = make_jobs(PROMPTS, CELLS, samples=2)
+    expected = _run(tiny_qwen3, tiny_tokenizer, jobs, batch_size=2)
+    tiny_qwen3.config.name_or_path = "oom-generate"
+    watcher = _OomAbove(3)
+    hook = tiny_qwen3.register_forward_pre_hook(watcher, with_kwargs=True)
+    try:
+        backed_off = _run(tiny_qwen3, tiny_tokenizer, jobs, batch_size="auto")
+        assert max(watcher.seen) == 32 and set(models._FITTING_BATCH.values()) == {2}
+        watcher.seen.clear()
+        _run(tiny_qwen3, tiny_tokenizer, jobs, batch_size="auto")
+        assert max(watcher.seen) == 2  # the next pass starts at the batch that fitted
+        with pytest.raises(torch.cuda.OutOfMemoryError):  # a fixed batch is the user's
+            _run(tiny_qwen3, tiny_tokenizer, jobs, batch_size=8)
+    finally:
+        hook.remove()
+        tiny_qwen3.config.name_or_path = ""
+        models._FITTING_BATCH.clear()
+    assert list(backed_off["completion"]) == list(expected["completion"])

@@ -259,7 +259,7 @@ class _OomAbove:
 
 
 def test_likelihood_passes_halve_the_batch_on_out_of_memory(tiny_qwen3, tiny_tokenizer):
-    from steering_utils import likelihood
+    from steering_utils import likelihood, models
 
     contexts = [f"the {w} said that you are" for w in ("cat", "dog", "man", "day", "kind") * 3]
     continuations = [" a very bad idiot", " good", " not kind at all and", " runs"] * 3 + [
@@ -271,7 +271,7 @@ def test_likelihood_passes_halve_the_batch_on_out_of_memory(tiny_qwen3, tiny_tok
     try:
         sums, again = likelihood.continuation_logprobs(tiny_qwen3, tiny_tokenizer, contexts,
                                                        continuations, batch_size=16)
-        assert likelihood._FITTING_BATCH[("oom-test", "log-likelihood")] == 2
+        assert models._FITTING_BATCH[("oom-test", "log-likelihood")] == 2
         watcher = _OomAbove(3)
         hook.remove()
         hook = tiny_qwen3.register_forward_pre_hook(watcher, with_kwargs=True)
@@ -283,7 +283,7 @@ def test_likelihood_passes_halve_the_batch_on_out_of_memory(tiny_qwen3, tiny_tok
     finally:
         hook.remove()
         tiny_qwen3.config.name_or_path = ""
-        likelihood._FITTING_BATCH.clear()
+        models._FITTING_BATCH.clear()
     np.testing.assert_allclose(sums, expected, rtol=1e-5, atol=1e-5)
     assert (again == counts).all()
     np.testing.assert_allclose(letters, likelihood.next_token_logprobs(
@@ -418,8 +418,9 @@ def test_saved_sampling_defaults_do_not_change_our_generation(assets, tmp_path, 
 
 
 def test_job_counts_equal_the_job_tables_the_study_builds():
-    from steering_utils.generation import UNSTEERED_LAYER, make_jobs
+    from steering_utils.generation import make_jobs
     from steering_utils.preflight import job_counts
+    from steering_utils.stages import UNSTEERED_LAYER
     from steering_utils.sweep import control_jobs, grid_jobs, sweep_jobs
 
     params = load_params(ROOT / "params" / "qwen3-8b.yaml")
