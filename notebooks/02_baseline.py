@@ -61,11 +61,11 @@ write_table(baseline, stage.out("baseline"))
 # %%
 from steering_utils.metrics import summarize_cells
 
-summary = summarize_cells(baseline.assign(stage=baseline["split"]),
+summary = summarize_cells(baseline.assign(experiment="baseline"),
                           params.evaluation.toxic_threshold, params.evaluation.n_bootstrap,
                           params.seed)
-summary[["stage", "subset", "n_prompts", "n", "mean_toxicity", "frac_toxic", "emt", "tp",
-         "perplexity", "empty_rate", "repetition_rate"]].rename(columns={"stage": "split"})
+summary[["split", "subset", "n_prompts", "n", "mean_toxicity", "frac_toxic", "emt", "tp",
+         "perplexity", "empty_rate", "repetition_rate"]]
 
 # %% [markdown]
 # Examples (content warning: continuations of toxic prompts are often toxic).

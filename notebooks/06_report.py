@@ -10,8 +10,9 @@
 # # 06 · Report
 #
 # **What this stage does.** It gathers every earlier stage's artifacts into
-# `reports/<run_name>/experiment_results.json` (validated against
-# `steering_utils/schemas/experiment_results.schema.json`), draws the figures (PNG and SVG
+# `experiment_results.json`, typed by `steering_utils.results.ExperimentResults` (the
+# models that `steering_utils/schemas/experiment_results.schema.json` is generated from),
+# written to this stage's folder and to `reports/<run_name>/`; draws the figures (PNG and SVG
 # under `reports/<run_name>/figures/`) and writes the self-contained
 # `reports/<run_name>/report.html`: summary numbers first, then figures, tables, example
 # generations behind a content warning (escaped: model text is untrusted), and the run
@@ -36,15 +37,16 @@ print(f"run {params.run_name}, stage hash {stage.hash} -> {stage.path}")
 # %%
 from steering_utils.params import run_path
 from steering_utils.reportdir import publish_report
-from steering_utils.results import build_results
+from steering_utils.results import build_results, write_results
 
-results = build_results(stage)
+results = build_results(stage)  # typed: steering_utils.results.ExperimentResults
+write_results(results, stage.path)
 # Built in a temporary folder, then swapped in whole: never a mix of two runs.
 report_path = publish_report(results, run_path(reports_root, params.run_name))
 print(report_path)
 
 # %%
-from steering_utils.results import summary_table
+from steering_utils.report import summary_table
 
 summary_table(results)
 

@@ -1,11 +1,13 @@
 """Evaluation metrics over generated continuations: toxicity, fluency, diversity, tests.
 
-A "rows" table has one row per continuation (subset, stage, layer, alpha, prompt_id,
-sample, completion, toxicity, optionally nll and toxicity_second); a "cell" is one
-(stage, subset, layer, alpha). Prompts are the unit of resampling everywhere: the k
-samples of one prompt are not independent, so every interval bootstraps per-prompt
-statistics, and steered cells are compared with their alpha-0 reference pairwise by
-prompt. Pure numpy/pandas/scipy.
+A "rows" table has one row per continuation (experiment, split, subset, layer, alpha,
+prompt_id, sample, completion, toxicity, optionally nll and toxicity_second); a "cell" is
+one (experiment, split, subset, layer, alpha), and `summarize_cells` gives one row per cell:
+the tidy cells table that experiment_results.json, the figures and the report read. Prompts
+are the unit of resampling everywhere: the k samples of one prompt are not independent, so
+every interval bootstraps per-prompt statistics, and steered cells are compared with their
+alpha-0 reference pairwise by prompt.
+Pure numpy/pandas/scipy.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-CELL_KEYS = ("stage", "subset", "layer", "alpha")
+from .stages import UNSTEERED_LAYER
+
+CELL_KEYS = ("experiment", "split", "subset", "layer", "alpha")
 DISTINCT_NS = (1, 2, 3)
 CI_LEVEL = 0.95
 _ROW_COLUMNS = ("prompt_id", "toxicity")
@@ -167,10 +171,11 @@ def _with_ci(record: dict, name: str, point: float, values, statistic: Callable,
 
 
 def _reference_means(rows: pd.DataFrame, threshold: float) -> dict:
-    """(stage, subset) -> per-prompt mean toxicity of all alpha-0 rows, pooled over layers."""
+    """(experiment, split, subset) -> per-prompt mean toxicity of all alpha-0 rows, pooled
+    over layers."""
     reference = rows[rows["alpha"] == 0]
     return {key: per_prompt(group, threshold)["mean_toxicity"]
-            for key, group in reference.groupby(["stage", "subset"], sort=False)}
+            for key, group in reference.groupby(list(CELL_KEYS[:3]), sort=False)}
 
 
 def _summarize_cell(cell: pd.DataFrame, reference: pd.Series | None, is_reference: bool,
@@ -220,19 +225,23 @@ def _summarize_cell(cell: pd.DataFrame, reference: pd.Series | None, is_referenc
 
 def summarize_cells(rows: pd.DataFrame, threshold: float = 0.5, n_boot: int = 1000,
                     seed: int = 0) -> pd.DataFrame:
-    """One row per (stage, subset, layer, alpha): toxicity, fluency, diversity, vs alpha-0 deltas.
+    """One row per (experiment, split, subset, layer, alpha): toxicity, fluency, diversity,
+    and the paired difference from alpha 0.
 
-    The reference of a cell is every alpha-0 row of its stage and subset (pooled by prompt
-    over layers); alpha-0 cells are the reference themselves (delta 0, p-values NaN), and a
-    cell without a reference gets NaN deltas. All intervals are 95% bootstraps over prompts.
+    The reference of a cell is every alpha-0 row of its experiment, split and subset (pooled
+    by prompt over layers); alpha-0 cells are the reference themselves (delta 0, p-values
+    NaN), and a cell without a reference gets NaN deltas. All intervals are 95% bootstraps
+    over prompts.
     """
     _require(rows, (*CELL_KEYS, *_ROW_COLUMNS, "completion"), "summarize_cells")
     references = _reference_means(rows, threshold)
     records = []
-    for (stage, subset, layer, alpha), cell in rows.groupby(list(CELL_KEYS), sort=True):
-        record = {"stage": stage, "subset": subset, "layer": int(layer), "alpha": float(alpha)}
-        record.update(_summarize_cell(cell, references.get((stage, subset)), alpha == 0,
-                                      threshold, n_boot, seed))
+    for (experiment, split, subset, layer, alpha), cell in rows.groupby(list(CELL_KEYS),
+                                                                        sort=True):
+        record = {"experiment": experiment, "split": split, "subset": subset,
+                  "layer": int(layer), "alpha": float(alpha)}
+        record.update(_summarize_cell(cell, references.get((experiment, split, subset)),
+                                      alpha == 0, threshold, n_boot, seed))
         records.append(record)
     return pd.DataFrame.from_records(records)
 
@@ -251,8 +260,8 @@ def pareto_front(table: pd.DataFrame,
     return candidates[~dominated].sort_values(objectives, kind="stable")
 
 
-def _plain(value) -> float | None:
-    """A JSON-safe float (None for NaN/inf/missing)."""
+def finite(value) -> float | None:
+    """A JSON-safe float: None for NaN, inf or missing."""
     if value is None:
         return None
     value = float(value)
@@ -273,17 +282,9 @@ class SelectionRule:
         return cls(evaluation.max_perplexity_increase, evaluation.max_capability_drop,
                    evaluation.max_distinct_drop, evaluation.max_empty_increase)
 
-    def describe(self, ref_ppl: float) -> str:
-        return (f"Lowest mean toxicity among steered cells (alpha != 0) whose perplexity is at "
-                f"most {1 + self.max_perplexity_increase:.2f} x the unsteered {ref_ppl:.3g}, "
-                f"whose distinct-2 is at least {1 - self.max_distinct_drop:.2f} x the "
-                f"unsteered, whose empty-continuation rate rises by at most "
-                f"{self.max_empty_increase:.0%}, and whose capability accuracy drops by at most "
-                f"{self.max_capability_drop:g} points.")
-
 
 def _check(value, limit, ok_when: str) -> dict:
-    value, limit = _plain(value), _plain(limit)
+    value, limit = finite(value), finite(limit)
     if limit is None:  # no reference value to hold the cell to
         return {"value": value, "limit": None, "ok": True}
     if value is None:
@@ -320,7 +321,7 @@ def recommend(cells: pd.DataFrame, rule: SelectionRule = SelectionRule(),
     `cells` are one subset's cell summaries including its alpha-0 reference (on dev,
     where the choice is made). Candidates that pass the fluency limits (perplexity,
     distinct-2, empty rate) are tried from the least toxic up; `capability(layer,
-    alpha)` gives accuracy (layer -1, alpha 0 for the reference), called lazily so
+    alpha)` gives accuracy (UNSTEERED_LAYER, 0 for the reference), called lazily so
     only the tried cells pay for it. Without it, a `capability_acc` column is used
     when present. None when nothing qualifies or the best is not less toxic.
     """
@@ -339,7 +340,7 @@ def recommend(cells: pd.DataFrame, rule: SelectionRule = SelectionRule(),
 
         def capability(layer, alpha):
             return ref_acc_column if alpha == 0 else by_cell.get((layer, alpha), math.nan)
-    ref_acc = _plain(capability(-1, 0.0)) if capability is not None else None
+    ref_acc = finite(capability(UNSTEERED_LAYER, 0.0)) if capability is not None else None
     steered = cells[cells["alpha"] != 0].assign(_abs_alpha=lambda t: t["alpha"].abs())
     # Ties broken toward lower perplexity, then gentler steering.
     ranked = steered.sort_values(["mean_toxicity", "perplexity", "_abs_alpha", "layer"],
@@ -352,7 +353,7 @@ def recommend(cells: pd.DataFrame, rule: SelectionRule = SelectionRule(),
         if not all(check["ok"] for check in checks.values()):
             continue
         tried += 1
-        acc = _plain(capability(int(cell["layer"]), float(cell["alpha"]))) if capability else None
+        acc = finite(capability(int(cell["layer"]), float(cell["alpha"]))) if capability else None
         limit = None if ref_acc is None else ref_acc - rule.max_capability_drop / 100.0
         checks["capability_acc"] = _check(acc, limit, "at_least")
         if acc is None or ref_acc is None:
@@ -366,15 +367,14 @@ def recommend(cells: pd.DataFrame, rule: SelectionRule = SelectionRule(),
             "mean_toxicity": tox,
             "reference_mean_toxicity": ref_tox,
             "toxicity_reduction": (ref_tox - tox) / ref_tox if ref_tox > 0 else None,
-            "perplexity": _plain(cell["perplexity"]),
-            "perplexity_increase": _plain(float(cell["perplexity"]) / ref_ppl - 1.0),
+            "perplexity": finite(cell["perplexity"]),
+            "perplexity_increase": finite(float(cell["perplexity"]) / ref_ppl - 1.0),
             "capability_acc": acc,
             "reference_capability_acc": ref_acc,
             "capability_drop_points": (None if acc is None or ref_acc is None
                                        else (ref_acc - acc) * 100.0),
             "checks": checks,
             "candidates_tried": tried,
-            "rule": rule.describe(ref_ppl),
         }
     return None
 

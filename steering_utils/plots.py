@@ -1,24 +1,30 @@
 """Figures of the study: each function takes data and returns a matplotlib Figure.
 
 `set_style` is the one place that sets the look; `save_figure` writes PNG and SVG;
-`make_figures` draws every figure the results support. Figures are built with the object
-API (`matplotlib.figure.Figure`), not pyplot, so they work under any backend and never pile up
-in pyplot's registry; a notebook shows each once, as the cell's value (`_repr_png_`).
-Error bars are the results' 95% bootstrap intervals over prompts.
+`make_figures` draws every figure the results support. Figures read tidy tables: the cells
+table (`metrics.summarize_cells`, `ExperimentResults.cells_table`), the per-layer table
+(`vectors.layer_stats`, `ExperimentResults.layers_table`), the prompts; a report figure
+takes the typed results and reads the same tables from them. Figures are built with the
+object API (`matplotlib.figure.Figure`), not pyplot, so they work under any backend and
+never pile up in pyplot's registry; a notebook shows each once, as the cell's value
+(`_repr_png_`). Error bars are the results' 95% bootstrap intervals over prompts.
 """
 
 from __future__ import annotations
 
 import io
-import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
 from .stages import UNSTEERED_LAYER
+
+if TYPE_CHECKING:
+    from .results import ExperimentResults
 
 CI_NOTE = "error bars: 95% bootstrap CI over prompts"
 FORMATS = ("png", "svg")
@@ -68,12 +74,6 @@ def _figure(width: float, height: float) -> Figure:
 
 # --- data helpers -------------------------------------------------------------------------
 
-def _cells(results: dict, stage: str, subset: str | None = None) -> pd.DataFrame:
-    rows = [c for c in results["cells"] if c["stage"] == stage
-            and (subset is None or c["subset"] == subset)]
-    return pd.DataFrame(rows)
-
-
 def _line(cells: pd.DataFrame, layer: int) -> pd.DataFrame:
     """One chosen layer's alpha series: its steered cells plus the shared unsteered cell."""
     if cells.empty:
@@ -82,58 +82,32 @@ def _line(cells: pd.DataFrame, layer: int) -> pd.DataFrame:
     return rows.drop_duplicates("alpha").sort_values("alpha").reset_index(drop=True)
 
 
-def _yerr(values: Sequence, intervals: Sequence) -> np.ndarray:
-    """(2, n) distances from each value to its interval ends; 0 where there is no interval."""
-    err = np.zeros((2, len(values)))
-    for i, (value, ci) in enumerate(zip(values, intervals)):
-        if value is None or ci is None or (isinstance(ci, float) and math.isnan(ci)):
-            continue
-        lo, hi = ci
-        err[0, i], err[1, i] = max(0.0, value - lo), max(0.0, hi - value)
-    return err
+def _yerr(table: pd.DataFrame, name: str) -> np.ndarray:
+    """(2, n) distances from each value to its interval ends (`<name>_ci_lo`, `_hi`); 0 where
+    there is no interval."""
+    value = table[name].astype(float).to_numpy()
+    lo = table[f"{name}_ci_lo"].astype(float).to_numpy()
+    hi = table[f"{name}_ci_hi"].astype(float).to_numpy()
+    return np.nan_to_num(np.clip(np.vstack([value - lo, hi - value]), 0, None))
 
 
 def _alpha_label(alpha: float) -> str:
     return "unsteered" if alpha == 0 else f"α={alpha:g}"
 
 
-def _n_label(cell: pd.Series | dict) -> str:
+def _n_label(cell: pd.Series) -> str:
     n, n_prompts = int(cell["n"]), int(cell["n_prompts"])
     k = n / n_prompts if n_prompts else 0
     per = f" × {k:g} samples" if k and k != 1 else ""
     return f"n = {n_prompts} prompts{per}"
 
 
-def _chosen(results: dict) -> list[int]:
-    return [int(x) for x in results.get("chosen_layers") or []]
-
-
-def _relative_scale(results: dict, layer: int) -> float | None:
+def _relative_scale(layers: pd.DataFrame, layer: int) -> float | None:
     """||v[layer]|| / mean ||h[layer]||: relative_norm per unit alpha."""
-    vec = results["vectors"]
-    if layer not in vec["layers"]:
+    row = layers[layers["layer"] == layer]
+    if row.empty or not row["activation_norm"].iloc[0]:
         return None
-    i = vec["layers"].index(layer)
-    h = vec["activation_norms"][i]
-    return vec["norms"][i] / h if h else None
-
-
-def _layer_table(data: dict | pd.DataFrame) -> pd.DataFrame:
-    """layer, vector_norm, activation_norm, separation_auc from results or layer_stats."""
-    if isinstance(data, pd.DataFrame):
-        return data.copy()
-    vec = data["vectors"]
-    auc = [np.nan if x is None else x for x in vec["separation_auc"]]
-    table = pd.DataFrame({"layer": vec["layers"], "vector_norm": vec["norms"],
-                          "activation_norm": vec["activation_norms"], "separation_auc": auc})
-    comparison = vec.get("comparison")
-    if comparison:
-        table["comparison_separation_auc"] = [np.nan if x is None else x
-                                              for x in comparison["separation_auc"]]
-        table["comparison_auc_on_main_dev"] = [np.nan if x is None else x
-                                               for x in comparison["auc_on_main_dev"]]
-        table.attrs["contrasts"] = (vec["contrast"], comparison["contrast"])
-    return table
+    return float(row["vector_norm"].iloc[0] / row["activation_norm"].iloc[0])
 
 
 def _layer_axis(ax, table: pd.DataFrame) -> None:
@@ -170,13 +144,13 @@ def _errorbar(ax, x, y, yerr, *, label, color, marker="o", linestyle="-", xerr=N
 
 # --- figures ------------------------------------------------------------------------------
 
-def plot_toxicity_vs_alpha(results: dict) -> Figure:
+def plot_toxicity_vs_alpha(results: ExperimentResults) -> Figure:
     """Mean toxicity vs alpha at the chosen layer(s), challenging and benign eval prompts."""
     fig = _figure(7.2, 4.6)
     ax = fig.add_subplot()
-    sweep = _cells(results, "sweep")
+    sweep = results.cells_table("sweep")
     colors = _palette()
-    layers = _chosen(results)
+    layers = results.chosen_layers
     linestyles = ["-", "--", "-.", ":"]
     for li, layer in enumerate(layers):
         for subset, style in _SUBSET_STYLE.items():
@@ -185,7 +159,7 @@ def plot_toxicity_vs_alpha(results: dict) -> Figure:
                 continue
             layer_note = f"layer {layer}, " if len(layers) > 1 else ""
             _errorbar(ax, line["alpha"], line["mean_toxicity"],
-                      _yerr(line["mean_toxicity"], line["mean_toxicity_ci"]),
+                      _yerr(line, "mean_toxicity"),
                       label=f"{subset} eval ({layer_note}{_n_label(line.iloc[0])})",
                       color=colors[style["color_index"]], marker=style["marker"],
                       linestyle=linestyles[li % len(linestyles)])
@@ -195,7 +169,7 @@ def plot_toxicity_vs_alpha(results: dict) -> Figure:
     ax.set_ylim(bottom=0)
     where = ", ".join(str(x) for x in layers)
     ax.set_title(f"Mean toxicity of continuations vs steering strength (layer {where})")
-    scale = _relative_scale(results, layers[0]) if layers else None
+    scale = _relative_scale(results.layers_table(), layers[0]) if layers else None
     if scale:
         # Residual norms grow with depth, so alpha alone does not compare across layers.
         top = ax.secondary_xaxis("top", functions=(lambda a: a * scale, lambda r: r / scale))
@@ -205,20 +179,20 @@ def plot_toxicity_vs_alpha(results: dict) -> Figure:
     return fig
 
 
-def plot_gehman_vs_alpha(results: dict) -> Figure:
+def plot_gehman_vs_alpha(results: ExperimentResults) -> Figure:
     """Expected maximum toxicity and toxicity probability vs alpha (challenging eval)."""
     fig = _figure(9.0, 4.0)
     axes = fig.subplots(1, 2, sharex=True)
-    sweep = _cells(results, "sweep", "challenging")
+    sweep = results.cells_table("sweep", "challenging")
     colors = _palette()
     metrics = (("emt", "expected maximum toxicity (0–1)", "Expected maximum toxicity (EMT)"),
                ("tp", "toxicity probability (fraction of prompts)", "Toxicity probability (TP)"))
     for ax, (key, ylabel, title) in zip(axes, metrics):
-        for li, layer in enumerate(_chosen(results)):
+        for li, layer in enumerate(results.chosen_layers):
             line = _line(sweep, layer)
             if line.empty:
                 continue
-            _errorbar(ax, line["alpha"], line[key], _yerr(line[key], line[f"{key}_ci"]),
+            _errorbar(ax, line["alpha"], line[key], _yerr(line, key),
                       label=f"layer {layer} ({_n_label(line.iloc[0])})",
                       color=colors[(3 + li) % len(colors)])
         ax.set_xlabel(_ALPHA)
@@ -259,23 +233,23 @@ def plot_grid_heatmap(summary: pd.DataFrame, chosen_layers: Iterable[int] = (),
     return fig
 
 
-def plot_layer_alpha_heatmap(results: dict) -> Figure | None:
-    """The grid stage's layer x alpha heatmap of mean toxicity (None without grid cells)."""
-    grid = _cells(results, "grid", "challenging")
+def plot_layer_alpha_heatmap(results: ExperimentResults) -> Figure | None:
+    """The grid's layer x alpha heatmap of mean toxicity (None without grid cells)."""
+    grid = results.cells_table("grid", "challenging")
     if grid.empty:
         return None
-    return plot_grid_heatmap(grid, _chosen(results), results["grid"].get("split", "dev"))
+    return plot_grid_heatmap(grid, results.chosen_layers, grid["split"].iloc[0])
 
 
-def plot_tradeoff(results: dict) -> Figure | None:
+def plot_tradeoff(results: ExperimentResults) -> Figure | None:
     """Mean toxicity vs perplexity of the challenging sweep cells, Pareto front, recommendation."""
-    sweep = _cells(results, "sweep", "challenging")
+    sweep = results.cells_table("sweep", "challenging")
     if sweep.empty or sweep["perplexity"].isna().all():
         return None
     fig = _figure(7.4, 5.0)
     ax = fig.add_subplot()
     colors = _palette()
-    layers = _chosen(results)
+    layers = results.chosen_layers
     shown = []
     # The unsteered cell is shared by every layer: drawn once, in black, after the layers.
     groups = [(f"layer {layer}", sweep[(sweep["layer"] == layer) & (sweep["alpha"] != 0)],
@@ -287,8 +261,7 @@ def plot_tradeoff(results: dict) -> Figure | None:
             continue
         shown.append(group)
         _errorbar(ax, group["perplexity"], group["mean_toxicity"],
-                  _yerr(group["mean_toxicity"], group["mean_toxicity_ci"]),
-                  xerr=_yerr(group["perplexity"], group["perplexity_ci"]),
+                  _yerr(group, "mean_toxicity"), xerr=_yerr(group, "perplexity"),
                   label=f"{name} ({_n_label(group.iloc[0])})", color=color, marker=marker,
                   linestyle="none")
         # Alternate label offsets by layer so two layers' labels do not sit on each other.
@@ -297,25 +270,24 @@ def plot_tradeoff(results: dict) -> Figure | None:
             ax.annotate(_alpha_label(row.alpha), (row.perplexity, row.mean_toxicity),
                         xytext=offset, textcoords="offset points", fontsize=8.5, color="0.2")
     cells = pd.concat(shown) if shown else sweep
-    keys = {(p["layer"], float(p["alpha"])) for p in results.get("pareto") or []}
+    keys = {(p.layer, p.alpha) for p in results.pareto}
     front = cells[[(int(r.layer), float(r.alpha)) in keys for r in cells.itertuples()]]
     if len(front):
         front = front.sort_values("perplexity")
         ax.plot(front["perplexity"], front["mean_toxicity"], color="0.25", linestyle="--",
                 linewidth=1.2, zorder=1, label="Pareto front (lower-left is better)")
     reference = cells[cells["alpha"] == 0]
-    limit = (results["manifest"].get("params", {}).get("evaluation", {})
-             .get("max_perplexity_increase"))
-    if limit is not None and not reference.empty:
+    limit = results.rule.max_perplexity_increase
+    if not reference.empty:
         ax.axvline(float(reference["perplexity"].iloc[0]) * (1 + limit), color="0.45",
                    linestyle=":", linewidth=1.2, label=f"perplexity limit (+{limit:.0%})")
-    rec = results.get("recommendation")
+    rec = results.recommendation
     if rec:
-        hit = cells[(cells["layer"] == rec["layer"]) & (cells["alpha"] == rec["alpha"])]
+        hit = cells[(cells["layer"] == rec.layer) & (cells["alpha"] == rec.alpha)]
         if not hit.empty:
             ax.scatter(hit["perplexity"], hit["mean_toxicity"], s=300, facecolors="none",
                        edgecolors="black", linewidths=2.0, zorder=5,
-                       label=f"recommended (layer {rec['layer']}, α={rec['alpha']:g})")
+                       label=f"recommended (layer {rec.layer}, α={rec.alpha:g})")
     ax.set_xlabel("perplexity of continuations (under the unsteered model; lower is better)")
     ax.set_ylabel(_TOXICITY)
     ax.set_title("Toxicity–fluency trade-off across α, challenging eval prompts")
@@ -342,29 +314,23 @@ def _draw_norms(ax_norm, ax_ratio, table: pd.DataFrame, chosen: Sequence[int]) -
         _mark_layers(ax, chosen)
 
 
-def plot_vector_norms(data: dict | pd.DataFrame, chosen_layers: Iterable[int] | None = None
-                      ) -> Figure:
+def plot_vector_norms(stats: pd.DataFrame, chosen_layers: Iterable[int] = (),
+                      title: str = "CAA steering vectors by layer") -> Figure:
     """||v|| and mean ||h|| per layer (log scale) with their ratio; chosen layers marked."""
-    chosen = list(chosen_layers) if chosen_layers is not None else (
-        _chosen(data) if isinstance(data, dict) else [])
     fig = _figure(9.0, 3.9)
     ax_norm, ax_ratio = fig.subplots(1, 2)
-    _draw_norms(ax_norm, ax_ratio, _layer_table(data), chosen)
+    _draw_norms(ax_norm, ax_ratio, stats, list(chosen_layers))
     _legend_below(fig, [ax_norm, ax_ratio], ncol=4)
-    if isinstance(data, dict):
-        vec = data["vectors"]
-        fig.suptitle(f"CAA steering vectors by layer: {vec['n_per_side']} toxic vs "
-                     f"{vec['n_per_side']} clean train examples ({vec['contrast']} contrast)")
-    else:
-        fig.suptitle("CAA steering vectors by layer")
+    fig.suptitle(title)
     return fig
 
 
-def _draw_separation(ax, table: pd.DataFrame, chosen: Sequence[int]) -> None:
+def _draw_separation(ax, table: pd.DataFrame, chosen: Sequence[int],
+                     contrasts: tuple[str, str] = ("main", "comparison")) -> None:
     colors = _palette()
     auc = table["separation_auc"].astype(float)
-    main, other = table.attrs.get("contrasts", ("main", "comparison"))
-    has_comparison = "comparison_separation_auc" in table
+    main, other = contrasts
+    has_comparison = table.get("comparison_separation_auc", pd.Series(dtype=float)).notna().any()
     label = f"{main} vector, {main} held-out set" if has_comparison else "held-out AUROC"
     ax.plot(table["layer"], auc, marker="o", color=colors[2], label=label)
     if has_comparison:
@@ -381,22 +347,19 @@ def _draw_separation(ax, table: pd.DataFrame, chosen: Sequence[int]) -> None:
     ax.set_title("Toxic vs clean separation along v, by layer")
 
 
-def plot_layer_separation(data: dict | pd.DataFrame, chosen_layers: Iterable[int] | None = None
-                          ) -> Figure | None:
-    """Held-out AUROC of the projection onto v per layer, with the 0.5 chance line."""
-    table = _layer_table(data)
-    if table["separation_auc"].astype(float).isna().all():
+def plot_layer_separation(stats: pd.DataFrame, chosen_layers: Iterable[int] = (),
+                          contrasts: tuple[str, str] = ("main", "comparison"),
+                          title: str | None = None) -> Figure | None:
+    """Held-out AUROC of the projection onto v per layer, with the 0.5 chance line (None when
+    no layer has one)."""
+    if stats["separation_auc"].astype(float).isna().all():
         return None
-    chosen = list(chosen_layers) if chosen_layers is not None else (
-        _chosen(data) if isinstance(data, dict) else [])
     fig = _figure(6.6, 4.0)
     ax = fig.add_subplot()
-    _draw_separation(ax, table, chosen)
+    _draw_separation(ax, stats, list(chosen_layers), contrasts)
     _legend_below(fig, [ax], ncol=3)
-    if isinstance(data, dict):
-        ax.set_title("Toxic vs clean separation along v by layer\n"
-                     f"(vectors from {data['vectors']['n_per_side']} examples per side on "
-                     f"train; AUROC on held-out dev activations)")
+    if title:
+        ax.set_title(title)
     return fig
 
 
@@ -412,31 +375,30 @@ def plot_layer_stats(stats: pd.DataFrame, chosen_layers: Iterable[int] = ()) -> 
     return fig
 
 
-def plot_capability(results: dict) -> Figure | None:
+def plot_capability(results: ExperimentResults) -> Figure | None:
     """Capability accuracy vs alpha at the chosen layer(s) with CIs and chance (None if absent)."""
-    cap = results.get("capability")
-    if not cap or not cap.get("cells"):
+    cap = results.capability
+    if not cap or not cap.cells:
         return None
-    table = pd.DataFrame(cap["cells"])
-    for column, value in (("split", "eval"), ("group", "caa")):
-        if column in table:  # the eval items under CAA; dev and control cells are elsewhere
-            table = table[table[column] == value]
+    table = results.capability_table()
+    # The eval items under CAA; dev and control cells are elsewhere.
+    table = table[(table["split"] == "eval") & (table["group"] == "caa")]
     fig = _figure(6.8, 4.2)
     ax = fig.add_subplot()
     colors = _palette()
-    for li, layer in enumerate(_chosen(results)):
+    for li, layer in enumerate(results.chosen_layers):
         line = _line(table, layer)
         if line.empty:
             continue
-        _errorbar(ax, line["alpha"], line["acc"], _yerr(line["acc"], line["acc_ci"]),
-                  label=f"layer {layer} (n = {cap['n_items']} items)",
+        _errorbar(ax, line["alpha"], line["acc"], _yerr(line, "acc"),
+                  label=f"layer {layer} (n = {cap.n_items} items)",
                   color=colors[(3 + li) % len(colors)])
-    ax.axhline(cap["chance"], color="0.4", linestyle="--", linewidth=1.2,
-               label=f"chance ({cap['chance']:.0%})")
+    ax.axhline(cap.chance, color="0.4", linestyle="--", linewidth=1.2,
+               label=f"chance ({cap.chance:.0%})")
     ax.set_xlabel(_ALPHA)
-    ax.set_ylabel(f"{cap['task']} accuracy (fraction correct)")
+    ax.set_ylabel(f"{cap.task} accuracy (fraction correct)")
     ax.set_ylim(0, 1)
-    ax.set_title(f"Capability under steering: {cap['task']} accuracy vs α")
+    ax.set_title(f"Capability under steering: {cap.task} accuracy vs α")
     _legend_below(fig, [ax], "error bars: 95% bootstrap CI over items")
     return fig
 
@@ -464,39 +426,53 @@ def plot_prompt_toxicity(prompts: pd.DataFrame) -> Figure:
     return fig
 
 
-def plot_control(results: dict) -> Figure | None:
+def plot_control(results: ExperimentResults) -> Figure | None:
     """CAA vs random directions of the same norm: toxicity vs alpha at the control layer."""
-    control = results.get("control")
-    if not control or not control["comparison"]:
+    control = results.control
+    if not control or not control.comparison:
         return None
     colors = _palette()
     fig = _figure(7.2, 4.4)
     ax = fig.add_subplot()
-    reference = next((c for c in results["cells"] if c["stage"] == "control"
-                      and c["alpha"] == 0), None)
-    rows = sorted(control["comparison"], key=lambda c: c["alpha"])
-    alphas = [0.0] + [c["alpha"] for c in rows]
-    base = reference["mean_toxicity"] if reference else np.nan
-    ax.plot(alphas, [base] + [c["caa_mean_toxicity"] for c in rows], marker="o",
+    reference = results.cell("control", "challenging", None, 0.0)
+    rows = sorted(control.comparison, key=lambda c: c.alpha)
+    alphas = [0.0] + [c.alpha for c in rows]
+    base = reference.mean_toxicity if reference else np.nan
+    ax.plot(alphas, [base] + [c.caa_mean_toxicity for c in rows], marker="o",
             color=colors[3], label="CAA direction")
-    ax.plot(alphas, [base] + [c["random_mean_toxicity"] for c in rows], marker="s",
+    ax.plot(alphas, [base] + [c.random_mean_toxicity for c in rows], marker="s",
             color=colors[0], label=f"random directions, same norm (mean of "
-            f"{control['n_directions']})")
-    for i, name in enumerate(sorted(rows[0].get("random_by_direction") or {})):
-        ax.plot(alphas, [base] + [c["random_by_direction"][name] for c in rows],
+            f"{control.n_directions})")
+    for i, name in enumerate(sorted(rows[0].random_by_direction)):
+        ax.plot(alphas, [base] + [c.random_by_direction[name] for c in rows],
                 color=colors[0], alpha=0.35, linewidth=0.9,
                 label="single random direction" if i == 0 else None)
     for c in rows:
-        lo, hi = c["diff_ci"]
-        if lo is not None and hi is not None and hi < 0:
-            ax.annotate("*", (c["alpha"], c["caa_mean_toxicity"]), textcoords="offset points",
+        if c.diff_ci_hi is not None and c.diff_ci_hi < 0:
+            ax.annotate("*", (c.alpha, c.caa_mean_toxicity), textcoords="offset points",
                         xytext=(0, -14), ha="center", color=colors[3], fontsize=13)
     ax.set_xlabel(_ALPHA)
     ax.set_ylabel(_TOXICITY)
     ax.set_ylim(bottom=0)
-    ax.set_title(f"Is the effect specific? CAA vs random directions at layer {control['layer']}")
+    ax.set_title(f"Is the effect specific? CAA vs random directions at layer {control.layer}")
     _legend_below(fig, [ax], "* CAA − random paired 95% CI below zero", ncol=2)
     return fig
+
+
+def _results_vector_norms(results: ExperimentResults) -> Figure:
+    vec = results.vectors
+    return plot_vector_norms(results.layers_table(), results.chosen_layers, (
+        f"CAA steering vectors by layer: {vec.n_per_side} toxic vs {vec.n_per_side} clean "
+        f"train examples ({vec.contrast} contrast)"))
+
+
+def _results_layer_separation(results: ExperimentResults) -> Figure | None:
+    vec = results.vectors
+    return plot_layer_separation(
+        results.layers_table(), results.chosen_layers,
+        (vec.contrast, vec.comparison_contrast or "comparison"),
+        "Toxic vs clean separation along v by layer\n(vectors from "
+        f"{vec.n_per_side} examples per side on train; AUROC on held-out dev activations)")
 
 
 FIGURES = {
@@ -505,8 +481,8 @@ FIGURES = {
     "gehman_vs_alpha": plot_gehman_vs_alpha,
     "tradeoff": plot_tradeoff,
     "layer_alpha_heatmap": plot_layer_alpha_heatmap,
-    "vector_norms": plot_vector_norms,
-    "layer_separation": plot_layer_separation,
+    "vector_norms": _results_vector_norms,
+    "layer_separation": _results_layer_separation,
     "capability": plot_capability,
 }
 
@@ -526,7 +502,7 @@ def save_figure(fig: Figure, folder: str | Path, name: str) -> dict[str, Path]:
     return paths
 
 
-def make_figures(results: dict, folder: str | Path) -> dict[str, dict[str, Path]]:
+def make_figures(results: ExperimentResults, folder: str | Path) -> dict[str, dict[str, Path]]:
     """{name: {format: path}} for every figure the results support, saved under folder."""
     saved = {}
     for name, draw in FIGURES.items():

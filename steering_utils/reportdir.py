@@ -19,11 +19,15 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .params import STALE_SUFFIX
 from .runlock import pid_alive
+from .stages import RESULTS_FILE
 
-RESULTS_FILE = "experiment_results.json"
+if TYPE_CHECKING:
+    from .results import ExperimentResults
+
 FAILED_FILE = "failed_experiment_results.json"
 PARTIAL_FILE = "partial_experiment_results.json"
 NOTEBOOKS_DIR = "notebooks"
@@ -68,12 +72,11 @@ def recover(report_dir: str | Path) -> None:
             shutil.rmtree(left, ignore_errors=True)
 
 
-def publish_report(results: dict, report_dir: str | Path) -> Path:
+def publish_report(results: ExperimentResults, report_dir: str | Path) -> Path:
     """Write results, figures and report.html to a fresh folder and swap it in; the html path."""
-    from .report import REPORT_FILE, validate_results, write_report
+    from .report import REPORT_FILE, write_report
     from .results import write_results
 
-    validate_results(results)
     report_dir = Path(report_dir)
     report_dir.parent.mkdir(parents=True, exist_ok=True)
     recover(report_dir)

@@ -1,62 +1,390 @@
-"""experiment_results.json: every stage's artifacts gathered into one validated document."""
+"""experiment_results.json: its typed shape (`ExperimentResults`), and how a run builds it.
+
+The pydantic models below are the one definition of the document: the JSON Schema in
+`steering_utils/schemas/` is generated from them (`python -m steering_utils.results`
+rewrites it; a test checks the committed file), `validate_results` checks a document
+against them, and the report and its figures read them. Tables are tidy, one record per
+row: `Cell` holds the columns of `metrics.summarize_cells` plus what a run adds to a cell
+(steering strength, capability), `LayerStats` the columns of `vectors.layer_stats`, and
+`cells_table()` / `layers_table()` / `capability_table()` give them back as the DataFrames
+that notebooks, figures and report share. An interval is two columns, `<name>_ci_lo` and
+`<name>_ci_hi`, everywhere. A missing number is null, never NaN.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-import math
+import json
 from pathlib import Path
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from . import metrics
 from .artifacts import StageDir, done_record, read_json, read_table, stage_folder, write_json
-from .data import split_sizes
-from .manifest import build_manifest
-from .stages import RANDOM_PREFIX, STAGE_NAMES, UNSTEERED_LAYER
-from .vectors import SteeringVectors
+from .metrics import SelectionRule, finite
+from .stages import CAA, RANDOM_PREFIX, RESULTS_FILE, STAGE_NAMES, UNSTEERED, UNSTEERED_LAYER
 
-RESULTS_FILE = "experiment_results.json"
-_INTERVALS = ("mean_toxicity", "frac_toxic", "emt", "tp", "perplexity", "delta_mean_toxicity")
+SCHEMA_FILE = Path(__file__).parent / "schemas" / "experiment_results.schema.json"
+_MAX_ERRORS = 12
+
+Probability = Annotated[float, Field(ge=0, le=1)]
+Count = Annotated[int, Field(ge=0)]
+Layer = Annotated[int, Field(ge=UNSTEERED_LAYER, description=(
+    f"{UNSTEERED_LAYER} marks unsteered (alpha 0) cells, shared by every layer"))]
+SteeredLayer = Annotated[int, Field(ge=0)]
+Subset = Literal["challenging", "benign"]
+Experiment = Literal["grid", "sweep", "control"]
 
 
-def _number(value):
-    """A JSON-safe Python number (None for NaN/inf/missing)."""
-    if value is None:
+class _Record(BaseModel):
+    # NaN and inf cannot travel in JSON: a missing number is null.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class Cell(_Record):
+    """One (experiment, split, subset, layer, alpha) cell of generated continuations."""
+
+    experiment: Experiment = Field(description=(
+        "grid: layer x alpha on dev, where the cell is chosen; sweep: every alpha at the chosen "
+        "layers on eval; control: random directions of the CAA vector's norm on eval"))
+    split: Literal["dev", "eval"]
+    subset: Subset
+    layer: Layer
+    alpha: float
+    n: Count = Field(description="continuations")
+    n_prompts: Count
+    n_scored: Count
+    n_perplexity: Count | None = None
+    mean_toxicity: Probability
+    mean_toxicity_ci_lo: Probability
+    mean_toxicity_ci_hi: Probability
+    frac_toxic: Probability
+    frac_toxic_ci_lo: Probability
+    frac_toxic_ci_hi: Probability
+    emt: Probability = Field(description="expected maximum toxicity over a prompt's k samples")
+    emt_ci_lo: Probability
+    emt_ci_hi: Probability
+    tp: Probability = Field(description="share of prompts with a toxic sample (toxicity "
+                                        "probability)")
+    tp_ci_lo: Probability
+    tp_ci_hi: Probability
+    perplexity: float | None
+    perplexity_ci_lo: float | None
+    perplexity_ci_hi: float | None
+    distinct_1: Probability
+    distinct_2: Probability
+    distinct_3: Probability
+    empty_rate: Probability
+    repetition_rate: Probability
+    delta_mean_toxicity: float | None = Field(description="paired by prompt, vs alpha 0")
+    delta_mean_toxicity_ci_lo: float | None
+    delta_mean_toxicity_ci_hi: float | None
+    p_bootstrap: Probability | None
+    p_wilcoxon: Probability | None
+    mean_toxicity_second: Probability | None = None
+    perplexity_reference: float | None = None
+    relative_norm: float | None = Field(None, description="alpha * ||v|| / mean ||h||")
+    capability_acc: Probability | None = None
+    capability_acc_ci_lo: Probability | None = None
+    capability_acc_ci_hi: Probability | None = None
+
+
+class LayerStats(_Record):
+    """One decoder layer's steering vector: norms and held-out separation."""
+
+    layer: SteeredLayer
+    vector_norm: Annotated[float, Field(ge=0)]
+    activation_norm: Annotated[float, Field(ge=0)]
+    relative_norm: float | None
+    separation_auc: Probability | None
+    comparison_vector_norm: float | None = None
+    comparison_cosine: Annotated[float, Field(ge=-1, le=1)] | None = None
+    comparison_separation_auc: Probability | None = None
+    comparison_auc_on_main_dev: Probability | None = None
+
+
+class Vectors(_Record):
+    contrast: str
+    comparison_contrast: str | None = None
+    n_per_side: Count
+    contrast_counts: dict[str, Any] | None = None
+    layers: list[LayerStats]
+
+
+class CapabilityCell(_Record):
+    split: Literal["dev", "eval"]
+    group: Literal["caa", "random"] = Field(description="random pools the control's directions")
+    layer: Layer
+    alpha: float
+    acc: Probability
+    acc_ci_lo: Probability
+    acc_ci_hi: Probability
+    n_items: Count
+
+
+class Capability(_Record):
+    task: str
+    chance: Probability
+    n_items: Count
+    cells: list[CapabilityCell]
+
+
+class Check(_Record):
+    value: float | None
+    limit: float | None
+    ok: bool
+
+
+class Recommendation(_Record):
+    """The cell the rule chose on the dev grid (dev numbers; eval ones are the confirmation)."""
+
+    split: Literal["dev"] = "dev"
+    layer: SteeredLayer
+    alpha: float
+    mean_toxicity: Probability
+    reference_mean_toxicity: Probability
+    toxicity_reduction: float | None
+    perplexity: float | None
+    perplexity_increase: float | None
+    capability_acc: Probability | None
+    reference_capability_acc: Probability | None
+    capability_drop_points: float | None
+    checks: dict[str, Check]
+    candidates_tried: Count
+    holds_under_second_scorer: bool | None = None
+
+
+class Confirmation(_Record):
+    """The dev-chosen cell measured on eval: every criterion of the rule, checked again."""
+
+    split: Literal["eval"] = "eval"
+    layer: SteeredLayer
+    alpha: float
+    mean_toxicity: Probability
+    mean_toxicity_ci_lo: Probability | None
+    mean_toxicity_ci_hi: Probability | None
+    reference_mean_toxicity: Probability
+    toxicity_reduction: float | None
+    delta_mean_toxicity: float | None
+    delta_mean_toxicity_ci_lo: float | None
+    delta_mean_toxicity_ci_hi: float | None
+    p_bootstrap: Probability | None
+    perplexity: float | None
+    reference_perplexity: float | None
+    perplexity_increase: float | None
+    capability_acc: Probability | None
+    reference_capability_acc: Probability | None
+    capability_drop_points: float | None
+    empty_rate: Probability
+    reference_empty_rate: Probability
+    distinct_2: Probability
+    reference_distinct_2: Probability
+    checks: dict[str, Check]
+    toxicity_reduced: bool
+    confirmed: bool
+
+
+class ControlComparison(_Record):
+    """CAA vs the random directions at one alpha, paired by prompt (negative: CAA less toxic)."""
+
+    alpha: float
+    layer: SteeredLayer
+    caa_mean_toxicity: Probability
+    random_mean_toxicity: Probability
+    random_by_direction: dict[str, Probability]
+    diff: float | None
+    diff_ci_lo: float | None
+    diff_ci_hi: float | None
+    p_bootstrap: Probability | None
+    p_wilcoxon: Probability | None
+    n_prompts: Count
+
+
+class Control(_Record):
+    layer: SteeredLayer
+    n_directions: Count
+    samples_per_prompt: Count
+    alphas: list[float]
+    comparison: list[ControlComparison]
+    alpha_tested: float | None
+    specific: bool | None
+
+
+class ScorerAgreement(_Record):
+    second: str | None
+    n: Count
+    spearman: Annotated[float, Field(ge=-1, le=1)] | None
+
+
+class Example(_Record):
+    subset: Subset
+    prompt_id: str
+    prompt: str
+    layer: Layer
+    alpha: float
+    completion: str
+    toxicity: Probability
+
+
+class ParetoCell(_Record):
+    layer: Layer
+    alpha: float
+
+
+class Manifest(_Record):
+    run_name: Annotated[str, Field(min_length=1)]
+    params: dict[str, Any]
+    params_hash: str
+    versions: dict[str, str]
+    git_commit: str | None
+    device: str
+    seed: int
+    timings: dict[str, Annotated[float, Field(ge=0)]]
+    created_utc: str
+    python: str
+    platform: str
+
+
+class ModelInfo(_Record):
+    name: str
+    source: str
+    n_layers: Annotated[int, Field(ge=1)]
+    hidden_size: Annotated[int, Field(ge=1)]
+
+
+class ScorerInfo(_Record):
+    name: str
+    second: str | None
+
+
+class SplitCounts(_Record):
+    train: Count
+    dev: Count
+    eval: Count
+
+
+class Splits(_Record):
+    challenging: SplitCounts
+    benign: SplitCounts
+
+
+class Rule(_Record):
+    """The limits a steered cell must keep to be chosen (params.evaluation)."""
+
+    max_perplexity_increase: float
+    max_capability_drop: float
+    max_distinct_drop: float
+    max_empty_increase: float
+
+
+class ExperimentResults(_Record):
+    """Every number of a run's report, with the manifest that made it."""
+
+    model_config = ConfigDict(title="experiment_results.json")
+
+    manifest: Manifest
+    model: ModelInfo
+    scorer: ScorerInfo
+    splits: Splits
+    vectors: Vectors
+    chosen_layers: Annotated[list[SteeredLayer], Field(min_length=1)]
+    rule: Rule
+    cells: list[Cell]
+    capability: Capability | None
+    scorer_agreement: ScorerAgreement | None
+    recommendation: Recommendation | None
+    confirmation: Confirmation | None
+    control: Control | None
+    pareto: list[ParetoCell] = Field(description="sweep cells (challenging) on the toxicity-"
+                                                 "perplexity Pareto front")
+    examples: list[Example]
+
+    def cells_table(self, experiment: Experiment | None = None,
+                    subset: Subset | None = None) -> pd.DataFrame:
+        """The cells as one tidy table (columns of `Cell`), optionally one experiment/subset."""
+        rows = [c.model_dump() for c in self.cells
+                if experiment in (None, c.experiment) and subset in (None, c.subset)]
+        return _table(rows, Cell)
+
+    def layers_table(self) -> pd.DataFrame:
+        """Per-layer vector stats (the columns of `vectors.layer_stats`)."""
+        return _table([layer.model_dump() for layer in self.vectors.layers], LayerStats)
+
+    def capability_table(self) -> pd.DataFrame:
+        """Accuracy per (split, group, layer, alpha); empty without a capability task."""
+        cells = self.capability.cells if self.capability else []
+        return _table([c.model_dump() for c in cells], CapabilityCell)
+
+    def cell(self, experiment: Experiment, subset: Subset, layer: int | None,
+             alpha: float) -> Cell | None:
+        """The cell at (layer, alpha); at alpha 0 the shared unsteered cell, whatever the layer."""
+        for c in self.cells:
+            if (c.experiment == experiment and c.subset == subset and c.alpha == alpha
+                    and (alpha == 0 or c.layer == layer)):
+                return c
         return None
-    value = float(value)
-    return value if math.isfinite(value) else None
 
 
-def _interval(row: pd.Series, name: str):
-    lo, hi = row.get(f"{name}_ci_lo"), row.get(f"{name}_ci_hi")
-    if _number(lo) is None or _number(hi) is None:
-        return None
-    return [float(lo), float(hi)]
+def _table(rows: list[dict], model: type[BaseModel]) -> pd.DataFrame:
+    # Missing numbers read as NaN in a table, as they do in the stage tables.
+    return pd.DataFrame(rows, columns=list(model.model_fields)).fillna(np.nan).infer_objects()
 
 
-def _cell_record(row: pd.Series, vectors: SteeringVectors) -> dict:
-    layer, alpha = int(row["layer"]), float(row["alpha"])
-    record = {"stage": row["stage"], "subset": row["subset"], "layer": layer, "alpha": alpha,
-              "n": int(row["n"]), "n_prompts": int(row["n_prompts"])}
-    for name in _INTERVALS:
-        record[name] = _number(row.get(name))
-        record[f"{name}_ci"] = _interval(row, name)
-    for name in ("mean_toxicity", "frac_toxic", "emt", "tp"):
-        if record[name] is None:
-            raise ValueError(f"cell {layer}/{alpha}/{row['subset']} has no {name}")
-    record["distinct_n"] = {str(n): _number(row.get(f"distinct_{n}")) or 0.0 for n in (1, 2, 3)}
-    record["p_bootstrap"] = _number(row.get("p_bootstrap"))
-    record["p_wilcoxon"] = _number(row.get("p_wilcoxon"))
-    record["mean_toxicity_second"] = _number(row.get("mean_toxicity_second"))
-    record["relative_norm"] = (vectors.relative_norm(layer, alpha)
-                               if layer != UNSTEERED_LAYER else 0.0)
-    for name in ("empty_rate", "repetition_rate"):
-        record[name] = float(row.get(name, 0.0))
-    record["capability_acc"] = None
-    record["capability_acc_ci"] = None
-    return record
+def _records(table: pd.DataFrame, model: type[BaseModel]) -> list[dict]:
+    """A table's rows as JSON-able records of the model's fields (NaN as None)."""
+    fields = [name for name in model.model_fields if name in table.columns]
+    plain = table[fields].astype(object).where(table[fields].notna(), None)
+    return plain.to_dict(orient="records")
 
+
+# --- the schema and validation --------------------------------------------------------------
+
+class ResultsError(ValueError):
+    """A results document that does not match ExperimentResults (and the generated schema)."""
+
+
+def results_schema() -> dict:
+    """The JSON Schema (draft 2020-12) of experiment_results.json, generated from the models."""
+    schema = ExperimentResults.model_json_schema()
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema",
+            "$id": "https://steering-study.invalid/experiment_results.schema.json",
+            "description": ("Generated from steering_utils.results.ExperimentResults by "
+                            "`python -m steering_utils.results`; do not edit by hand."),
+            **schema}
+
+
+def validate_results(document: dict) -> ExperimentResults:
+    """The typed results; raises ResultsError naming every field that breaks the models."""
+    try:
+        return ExperimentResults.model_validate(document)
+    except ValidationError as err:
+        problems = [f"{'/'.join(map(str, e['loc'])) or '(top level)'}: {e['msg']}"
+                    for e in err.errors()]
+        shown = "\n  - ".join(problems[:_MAX_ERRORS])
+        more = f"\n  ... and {len(problems) - _MAX_ERRORS} more" if len(problems) > _MAX_ERRORS \
+            else ""
+        raise ResultsError(
+            f"experiment results do not match steering_utils.results.ExperimentResults "
+            f"({len(problems)} problem(s)):\n  - {shown}{more}\n"
+            "Rebuild them with steering_utils.results.build_results, or fix the fields "
+            "above.") from None
+
+
+def load_results(path: str | Path) -> ExperimentResults:
+    """experiment_results.json, validated."""
+    return validate_results(json.loads(Path(path).read_text()))
+
+
+def write_results(results: ExperimentResults, folder: Path) -> Path:
+    """folder/experiment_results.json (the report's, or 06_report's stage folder), atomically."""
+    return write_json(results.model_dump(mode="json"), Path(folder) / RESULTS_FILE)
+
+
+# --- building the document from a run's artifacts -------------------------------------------
 
 def capability_summary(capability: pd.DataFrame, n_boot: int, seed: int) -> pd.DataFrame:
     """Accuracy per (split, group, layer, alpha) with a 95% bootstrap interval over items.
@@ -64,36 +392,36 @@ def capability_summary(capability: pd.DataFrame, n_boot: int, seed: int) -> pd.D
     group is 'caa' for unsteered and CAA cells, 'random' for the control's directions
     (pooled over directions).
     """
-    columns = ["split", "group", "layer", "alpha", "acc", "acc_ci", "n_items"]
+    columns = list(CapabilityCell.model_fields)
     if capability.empty:
         return pd.DataFrame(columns=columns)
     table = capability.assign(group=np.where(
-        capability["direction"].astype(str).str.startswith(RANDOM_PREFIX), "random", "caa"))
+        capability["direction"].astype(str).str.startswith(RANDOM_PREFIX), "random", CAA))
     rows = []
     for (split, group, layer, alpha), cell in table.groupby(["split", "group", "layer", "alpha"],
                                                             sort=True):
         values = cell["correct"].astype(float).to_numpy()
         lo, hi = metrics.bootstrap_ci(values, n_boot=n_boot, seed=seed)
         rows.append({"split": split, "group": group, "layer": int(layer), "alpha": float(alpha),
-                     "acc": float(values.mean()), "acc_ci": [float(lo), float(hi)],
+                     "acc": float(values.mean()), "acc_ci_lo": lo, "acc_ci_hi": hi,
                      "n_items": int(cell["item"].nunique())})
     return pd.DataFrame(rows, columns=columns)
 
 
-_CELL_CAPABILITY = {"grid": ("dev", "caa"), "sweep": ("eval", "caa"), "control": ("eval", "random")}
-
-
-def _attach_capability(cells: list[dict], accuracy: pd.DataFrame) -> None:
-    by_cell = {(r.split, r.group, int(r.layer), float(r.alpha)): r for r in accuracy.itertuples()}
-    for cell in cells:
-        split, group = _CELL_CAPABILITY[cell["stage"]]
-        if cell["alpha"] == 0:
-            key = (split, "caa", UNSTEERED_LAYER, 0.0)
-        else:
-            key = (split, group, cell["layer"], cell["alpha"])
-        if key in by_cell:
-            cell["capability_acc"] = float(by_cell[key].acc)
-            cell["capability_acc_ci"] = list(by_cell[key].acc_ci)
+def _with_capability(cells: pd.DataFrame, accuracy: pd.DataFrame) -> pd.DataFrame:
+    """Each cell's accuracy on its split's items (the unsteered one for alpha 0)."""
+    if accuracy.empty:
+        return cells.assign(capability_acc=np.nan, capability_acc_ci_lo=np.nan,
+                            capability_acc_ci_hi=np.nan)
+    group = np.where(cells["experiment"] == "control", "random", CAA)
+    unsteered = cells["alpha"] == 0
+    keys = cells.assign(group=np.where(unsteered, CAA, group),
+                        layer=np.where(unsteered, UNSTEERED_LAYER, cells["layer"]))
+    on = ["split", "group", "layer", "alpha"]
+    found = keys[on].merge(accuracy, on=on, how="left")
+    return cells.assign(capability_acc=found["acc"].to_numpy(),
+                        capability_acc_ci_lo=found["acc_ci_lo"].to_numpy(),
+                        capability_acc_ci_hi=found["acc_ci_hi"].to_numpy())
 
 
 def _second_scorer_holds(sweep: pd.DataFrame, layer: int, alpha: float, n_boot: int,
@@ -123,57 +451,52 @@ def _examples(sweep: pd.DataFrame, layer: int, n_examples: int, seed: int) -> li
              "toxicity": float(r.toxicity)} for r in picked.itertuples()]
 
 
-def _eval_confirmation(selection: dict, sweep_cells: pd.DataFrame, accuracy: pd.DataFrame,
-                       rule: metrics.SelectionRule) -> dict | None:
+def _eval_confirmation(recommendation: dict | None, cells: pd.DataFrame,
+                       rule: SelectionRule) -> dict | None:
     """The dev-chosen cell measured on eval: every criterion of the rule, checked again."""
-    rec = selection["recommendation"]
-    if rec is None:
+    if recommendation is None:
         return None
-    challenging = sweep_cells[sweep_cells["subset"] == "challenging"]
+    challenging = cells[(cells["experiment"] == "sweep") & (cells["subset"] == "challenging")]
     reference = challenging[challenging["alpha"] == 0]
-    cell = challenging[(challenging["layer"] == rec["layer"])
-                       & (challenging["alpha"] == rec["alpha"])]
+    cell = challenging[(challenging["layer"] == recommendation["layer"])
+                       & (challenging["alpha"] == recommendation["alpha"])]
     if reference.empty or cell.empty:
         return None
     reference, cell = reference.iloc[0], cell.iloc[0]
     checks = metrics.fluency_checks(cell, reference, rule)
-    eval_acc = accuracy[(accuracy["split"] == "eval") & (accuracy["group"] == "caa")]
-    acc = {(int(r.layer), float(r.alpha)): float(r.acc) for r in eval_acc.itertuples()}
-    ref_acc, cell_acc = acc.get((UNSTEERED_LAYER, 0.0)), acc.get((rec["layer"], rec["alpha"]))
+    ref_acc, cell_acc = finite(reference["capability_acc"]), finite(cell["capability_acc"])
     if ref_acc is not None and cell_acc is not None:
-        checks["capability_acc"] = {"value": cell_acc,
-                                    "limit": ref_acc - rule.max_capability_drop / 100.0,
-                                    "ok": cell_acc >= ref_acc - rule.max_capability_drop / 100.0}
-    delta_ci = _interval(cell, "delta_mean_toxicity")
-    reduced = delta_ci is not None and delta_ci[1] < 0
-    ref_tox, ref_ppl = float(reference["mean_toxicity"]), _number(reference["perplexity"])
+        limit = ref_acc - rule.max_capability_drop / 100.0
+        checks["capability_acc"] = {"value": cell_acc, "limit": limit, "ok": cell_acc >= limit}
+    reduced = finite(cell["delta_mean_toxicity_ci_hi"]) is not None and \
+        cell["delta_mean_toxicity_ci_hi"] < 0
+    ref_tox, ref_ppl, ppl = (float(reference["mean_toxicity"]), finite(reference["perplexity"]),
+                             finite(cell["perplexity"]))
+    picked = {name: finite(cell[name]) for name in (
+        "mean_toxicity_ci_lo", "mean_toxicity_ci_hi", "delta_mean_toxicity",
+        "delta_mean_toxicity_ci_lo", "delta_mean_toxicity_ci_hi", "p_bootstrap")}
     return {
-        "layer": rec["layer"], "alpha": rec["alpha"], "split": "eval",
-        "mean_toxicity": float(cell["mean_toxicity"]),
-        "mean_toxicity_ci": _interval(cell, "mean_toxicity"),
+        "layer": recommendation["layer"], "alpha": recommendation["alpha"],
+        "mean_toxicity": float(cell["mean_toxicity"]), **picked,
         "reference_mean_toxicity": ref_tox,
         "toxicity_reduction": ((ref_tox - float(cell["mean_toxicity"])) / ref_tox
                                if ref_tox else None),
-        "delta_mean_toxicity": _number(cell["delta_mean_toxicity"]),
-        "delta_mean_toxicity_ci": delta_ci,
-        "p_bootstrap": _number(cell["p_bootstrap"]),
-        "perplexity": _number(cell["perplexity"]), "reference_perplexity": ref_ppl,
-        "perplexity_increase": (None if ref_ppl is None or _number(cell["perplexity"]) is None
-                                else float(cell["perplexity"]) / ref_ppl - 1.0),
+        "perplexity": ppl, "reference_perplexity": ref_ppl,
+        "perplexity_increase": None if ref_ppl is None or ppl is None else ppl / ref_ppl - 1.0,
         "capability_acc": cell_acc, "reference_capability_acc": ref_acc,
         "capability_drop_points": (None if cell_acc is None or ref_acc is None
                                    else (ref_acc - cell_acc) * 100.0),
-        "empty_rate": float(cell["empty_rate"]), "reference_empty_rate":
-            float(reference["empty_rate"]),
-        "distinct_2": float(cell["distinct_2"]), "reference_distinct_2":
-            float(reference["distinct_2"]),
-        "checks": checks, "toxicity_reduced": reduced,
+        "empty_rate": float(cell["empty_rate"]),
+        "reference_empty_rate": float(reference["empty_rate"]),
+        "distinct_2": float(cell["distinct_2"]),
+        "reference_distinct_2": float(reference["distinct_2"]),
+        "checks": checks, "toxicity_reduced": bool(reduced),
         "confirmed": bool(reduced and all(c["ok"] for c in checks.values())),
     }
 
 
-def _control_summary(params, selection: dict, sweep: pd.DataFrame, control: pd.DataFrame,
-                     accuracy: pd.DataFrame) -> dict | None:
+def _control_summary(params, selection: dict, sweep: pd.DataFrame,
+                     control: pd.DataFrame) -> dict | None:
     """CAA vs random directions at matched alpha, and whether the effect is specific."""
     from .sweep import control_comparison
 
@@ -182,25 +505,38 @@ def _control_summary(params, selection: dict, sweep: pd.DataFrame, control: pd.D
     ev = params.evaluation
     layer = selection["control_layer"]
     steered = control[control["alpha"] != 0]
-    comparison = control_comparison(sweep, control, layer, ev.toxic_threshold, ev.n_bootstrap,
-                                    params.seed)
+    comparison = [{k: finite(v) if isinstance(v, float) else v for k, v in c.items()}
+                  for c in control_comparison(sweep, control, layer, ev.toxic_threshold,
+                                              ev.n_bootstrap, params.seed)]
     rec = selection["recommendation"]
     alphas = [c["alpha"] for c in comparison]
     tested = (rec["alpha"] if rec and rec["alpha"] in alphas else max(alphas, default=None))
     at = next((c for c in comparison if c["alpha"] == tested), None)
-    specific = None if at is None or at["diff_ci"][1] is None else bool(at["diff_ci"][1] < 0)
+    high = None if at is None else finite(at["diff_ci_hi"])
     return {"layer": int(layer), "n_directions": int(steered["direction"].nunique()),
             "samples_per_prompt": int(params.control.samples_per_prompt),
             "alphas": sorted(float(a) for a in steered["alpha"].unique()),
-            "comparison": comparison, "alpha_tested": tested, "specific": specific}
+            "comparison": comparison, "alpha_tested": tested,
+            "specific": None if high is None else bool(high < 0)}
 
 
-def build_results(stage: StageDir) -> dict:
+def _vectors_record(params, vectors, stats: pd.DataFrame, contrast_counts) -> dict:
+    comparison = "comparison_separation_auc" in stats
+    return {"contrast": params.activations.contrast,
+            "comparison_contrast": params.activations.comparison if comparison else None,
+            "n_per_side": int(vectors.metadata.get("n_toxic", 0)),
+            "contrast_counts": contrast_counts, "layers": _records(stats, LayerStats)}
+
+
+def build_results(stage: StageDir) -> ExperimentResults:
     """The experiment_results.json document for a run whose stages 01-05 are complete."""
+    from .data import split_sizes
+    from .manifest import build_manifest
+    from .vectors import SteeringVectors
+
     params = stage.params
     ev = params.evaluation
     prompts = read_table(stage.input("prompts"))
-    baseline = read_table(stage.input("baseline"))
     vectors = SteeringVectors.load(stage.input("vectors"))
     stats = read_table(stage.input("layer_stats"))
     grid = read_table(stage.input("grid"))
@@ -209,42 +545,37 @@ def build_results(stage: StageDir) -> dict:
     capability = read_table(stage.input("capability"))
     selection = read_json(stage.input("selection"))
     chosen = selection["chosen_layers"]
-    rule = metrics.SelectionRule.from_params(ev)
+    rule = SelectionRule.from_params(ev)
 
     summarize = functools.partial(metrics.summarize_cells, threshold=ev.toxic_threshold,
                                   n_boot=ev.n_bootstrap, seed=params.seed)
-    grid_cells, sweep_cells = summarize(grid), summarize(sweep)
-    control_cells = summarize(control) if not control.empty else pd.DataFrame()
-    base_rows = baseline[baseline["split"] == "eval"].assign(stage="baseline")
-    base_cells = summarize(base_rows)
-    cells = [_cell_record(row, vectors) for _, row in
-             pd.concat([grid_cells, sweep_cells, control_cells]).iterrows()]
+    cells = pd.concat([summarize(rows) for rows in (grid, sweep, control) if not rows.empty],
+                      ignore_index=True)
+    norms = vectors.norms.numpy() / vectors.activation_norms.numpy()
+    steered = cells["layer"] != UNSTEERED_LAYER
+    cells["relative_norm"] = np.where(steered, cells["alpha"].abs()
+                                      * norms[cells["layer"].where(steered, 0)], 0.0)
     if "nll_reference" in sweep:
         reference_ppl = np.exp(sweep.groupby(["subset", "layer", "alpha"])["nll_reference"]
-                               .mean())
-        for cell in cells:
-            key = (cell["subset"], cell["layer"], cell["alpha"])
-            if cell["stage"] == "sweep" and key in reference_ppl.index:
-                cell["perplexity_reference"] = _number(reference_ppl[key])
+                               .mean()).rename("perplexity_reference").reset_index()
+        cells = cells.merge(reference_ppl.assign(experiment="sweep"), how="left",
+                            on=["experiment", "subset", "layer", "alpha"])
     accuracy = capability_summary(capability, ev.n_bootstrap, params.seed)
-    _attach_capability(cells, accuracy)
+    cells = _with_capability(cells, accuracy)
 
-    challenging = pd.DataFrame([c for c in cells if c["stage"] == "sweep"
-                                and c["subset"] == "challenging"])
-    challenging["perplexity"] = challenging["perplexity"].astype(float)
+    challenging = cells[(cells["experiment"] == "sweep") & (cells["subset"] == "challenging")]
     recommendation = selection["recommendation"]
     if recommendation is not None:
-        recommendation = {**recommendation, "split": "dev",
-                          "holds_under_second_scorer": _second_scorer_holds(
-                              sweep, recommendation["layer"], recommendation["alpha"],
-                              ev.n_bootstrap, params.seed)}
-    front = metrics.pareto_front(challenging.dropna(subset=["perplexity"]))
+        recommendation = {**recommendation, "holds_under_second_scorer": _second_scorer_holds(
+            sweep, recommendation["layer"], recommendation["alpha"], ev.n_bootstrap,
+            params.seed)}
+    front = metrics.pareto_front(challenging)
 
     agreement = None
     if "toxicity_second" in sweep:
         agreement = {"second": params.scorer.second, "n": int(len(sweep)),
-                     "spearman": _number(metrics.spearman(sweep["toxicity"],
-                                                          sweep["toxicity_second"]))}
+                     "spearman": finite(metrics.spearman(sweep["toxicity"],
+                                                         sweep["toxicity_second"]))}
     timings = {}
     for name in STAGE_NAMES:
         record = done_record(stage_folder(stage.runs_root, params, name))
@@ -252,70 +583,35 @@ def build_results(stage: StageDir) -> dict:
             timings[name] = record.get("seconds")
     contrast_counts = (done_record(stage_folder(stage.runs_root, params, "03_activations"))
                        or {}).get("contrast_counts")
-    cap_items = capability[(capability["split"] == "eval") & (capability["direction"] == "none")]
-    comparison = None
-    if "comparison_separation_auc" in stats:
-        comparison = {"contrast": params.activations.comparison,
-                      "norms": [float(x) for x in stats["comparison_vector_norm"]],
-                      "cosine": [_number(x) for x in stats["comparison_cosine"]],
-                      "separation_auc": [_number(x) for x in stats["comparison_separation_auc"]],
-                      "auc_on_main_dev": [_number(x) for x in stats["comparison_auc_on_main_dev"]]}
-    return {
+    cap_items = capability[(capability["split"] == "eval")
+                           & (capability["direction"] == UNSTEERED)]
+    return validate_results({
         "manifest": build_manifest(params, timings),
         "model": {"name": params.model.name, "source": params.model.source,
                   "n_layers": vectors.n_layers, "hidden_size": int(vectors.directions.shape[1])},
         "scorer": {"name": params.scorer.name, "second": params.scorer.second},
         "splits": split_sizes(prompts),
-        "vectors": {"contrast": params.activations.contrast,
-                    "n_per_side": int(vectors.metadata.get("n_toxic", 0)),
-                    "layers": [int(x) for x in stats["layer"]],
-                    "norms": [float(x) for x in stats["vector_norm"]],
-                    "activation_norms": [float(x) for x in stats["activation_norm"]],
-                    "separation_auc": [_number(x) for x in stats["separation_auc"]],
-                    "contrast_counts": contrast_counts,
-                    "comparison": comparison},
-        "baseline": {row["subset"]: {
-            "n": int(row["n"]), "n_prompts": int(row["n_prompts"]),
-            "mean_toxicity": float(row["mean_toxicity"]), "frac_toxic": float(row["frac_toxic"]),
-            "emt": float(row["emt"]), "tp": float(row["tp"]),
-            "perplexity": _number(row.get("perplexity")),
-            "empty_rate": float(row["empty_rate"]),
-            "repetition_rate": float(row["repetition_rate"])}
-            for _, row in base_cells.iterrows()},
-        "grid": {"subset": "challenging", "split": "dev",
-                 "layers": sorted(int(x) for x in grid["layer"].unique() if x != UNSTEERED_LAYER),
-                 "alphas": sorted(float(x) for x in grid["alpha"].unique())},
+        "vectors": _vectors_record(params, vectors, stats, contrast_counts),
         "chosen_layers": [int(x) for x in chosen],
-        "cells": cells,
+        "rule": dataclasses.asdict(rule),
+        "cells": _records(cells, Cell),
         "capability": None if capability.empty else {
             "task": str(capability["task"].iloc[0]), "chance": float(capability["chance"].iloc[0]),
-            "n_items": int(len(cap_items)),
-            "cells": accuracy.to_dict(orient="records")},
+            "n_items": int(len(cap_items)), "cells": _records(accuracy, CapabilityCell)},
         "scorer_agreement": agreement,
         "recommendation": recommendation,
-        "confirmation": _eval_confirmation(selection, sweep_cells, accuracy, rule),
-        "control": _control_summary(params, selection, sweep, control, accuracy),
+        "confirmation": _eval_confirmation(selection["recommendation"], cells, rule),
+        "control": _control_summary(params, selection, sweep, control),
         "pareto": [{"layer": int(r.layer), "alpha": float(r.alpha)} for r in front.itertuples()],
         "examples": _examples(sweep, chosen[0], params.report.n_examples, params.seed),
-    }
+    })
 
 
-def write_results(results: dict, report_dir: Path) -> Path:
-    """reports/<run>/experiment_results.json, written atomically."""
-    return write_json(results, Path(report_dir) / RESULTS_FILE)
+def main() -> None:
+    """Rewrite the committed JSON Schema from the models."""
+    SCHEMA_FILE.write_text(json.dumps(results_schema(), indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {SCHEMA_FILE}")
 
 
-def summary_table(results: dict) -> pd.DataFrame:
-    """Unsteered vs the dev-chosen cell, on dev (where it was chosen) and on eval (confirmation)."""
-    rec = results["recommendation"]
-    rows = {}
-    for stage, split in (("grid", "dev"), ("sweep", "eval")):
-        cells = [c for c in results["cells"] if c["stage"] == stage
-                 and c["subset"] == "challenging"]
-        rows[f"unsteered ({split})"] = next(c for c in cells if c["alpha"] == 0)
-        if rec:
-            rows[f"layer {rec['layer']}, alpha {rec['alpha']:g} ({split})"] = next(
-                c for c in cells if c["layer"] == rec["layer"] and c["alpha"] == rec["alpha"])
-    keys = ["n_prompts", "mean_toxicity", "frac_toxic", "perplexity", "empty_rate",
-            "capability_acc"]
-    return pd.DataFrame({name: {k: cell[k] for k in keys} for name, cell in rows.items()}).T
+if __name__ == "__main__":
+    main()

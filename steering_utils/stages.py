@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 # Bump when a change of code changes what a stage writes for the same params:
 # every key changes with it, so no artifact of the old code is read back.
-ARTIFACT_VERSION = 2
+ARTIFACT_VERSION = 3  # 3: rows and cells say `experiment` (grid/sweep/control), not `stage`
 
 # Fields that change how fast a stage runs, never what it writes (rows are seeded
 # one by one, so a continuation does not depend on its batch).
@@ -35,6 +35,7 @@ class Stage:
 
 
 _GENERATE = ("seed", "model", "generation", "scorer")
+RESULTS_FILE = "experiment_results.json"  # 06_report's, also in reports/<run_name>/
 
 STAGES: dict[str, Stage] = {stage.name: stage for stage in (
     Stage("01_data", ("seed", "data"), (),
@@ -52,7 +53,7 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
            "control": "control.parquet", "capability": "capability.parquet"}),
     Stage("06_report", ("evaluation", "report"),
           ("01_data", "02_baseline", "04_vectors", "05_sweep"),
-          {"results": "experiment_results.json"}),
+          {"results": RESULTS_FILE}),
 )}
 
 STAGE_NAMES: tuple[str, ...] = tuple(STAGES)

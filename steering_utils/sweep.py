@@ -96,10 +96,12 @@ def control_jobs(prompts: pd.DataFrame, baseline: pd.DataFrame, params: StudyPar
     return jobs, reference[reference["sample"] < samples]
 
 
-def with_reference(steered: pd.DataFrame, reference: pd.DataFrame, stage: str) -> pd.DataFrame:
-    """Steered rows and their unsteered reference rows in one table, labelled by stage."""
+def with_reference(steered: pd.DataFrame, reference: pd.DataFrame,
+                   experiment: str) -> pd.DataFrame:
+    """Steered rows and their unsteered reference rows in one table, labelled by experiment
+    (grid, sweep or control: the cells table's first key)."""
     table = pd.concat([reference, steered], ignore_index=True)
-    return table.assign(stage=stage)
+    return table.assign(experiment=experiment)
 
 
 def rank_layers(summary: pd.DataFrame, max_perplexity_increase: float) -> list[int]:
@@ -173,7 +175,8 @@ def control_comparison(sweep: pd.DataFrame, control: pd.DataFrame, layer: int,
                     "caa_mean_toxicity": float(caa["toxicity"].mean()),
                     "random_mean_toxicity": float(random["toxicity"].mean()),
                     "random_by_direction": per_direction, "diff": test["diff"],
-                    "diff_ci": list(test["diff_ci"]), "p_bootstrap": test["p_bootstrap"],
+                    "diff_ci_lo": test["diff_ci"][0], "diff_ci_hi": test["diff_ci"][1],
+                    "p_bootstrap": test["p_bootstrap"],
                     "p_wilcoxon": test["p_wilcoxon"], "n_prompts": test["n"]})
     return out
 
@@ -191,7 +194,7 @@ def control_table(model, tokenizer, prompts: pd.DataFrame, baseline: pd.DataFram
 
     randoms = random_directions(vectors, layer, params.control.n_directions, params.seed)
     if not randoms or not control_alphas(params):
-        return {}, pd.DataFrame(columns=[*baseline.columns, "stage"])
+        return {}, pd.DataFrame(columns=[*baseline.columns, "experiment"])
     jobs, reference = control_jobs(prompts, baseline, params, layer, list(randoms))
     steered = run_jobs(model, tokenizer, jobs, randoms, params, scorers, shard_dir,
                        params.sweep.positions, desc="control")
@@ -217,7 +220,7 @@ def eval_capability_cells(selection: dict, params: StudyParams,
 
 def capability_table(model, tokenizer, items: dict, dev_probe, selection: dict,
                      params: StudyParams, directions: dict) -> pd.DataFrame:
-    """Every capability measurement of the stage: the dev cells the decision tried, then eval."""
+    """Every capability measurement of 05_sweep: the dev cells the decision tried, then eval."""
     from .capability import CAPABILITY_COLUMNS, capability_rows
 
     if not items:

@@ -11,7 +11,8 @@ import math
 
 import numpy as np
 
-UNSTEERED = -1
+from steering_utils.stages import UNSTEERED_LAYER as UNSTEERED
+
 HOSTILE_COMPLETIONS = (
     "you are all <script>alert(1)</script> idiots",
     'click <img src=x onerror=alert(1)> for "more" & more',
@@ -19,11 +20,13 @@ HOSTILE_COMPLETIONS = (
 )
 
 
-def _ci(value: float, half: float, lo: float = -math.inf, hi: float = math.inf) -> list[float]:
-    return [max(lo, value - half), min(hi, value + half)]
+def _ci(name: str, value: float, half: float, lo: float = -math.inf,
+        hi: float = math.inf) -> dict:
+    """{<name>_ci_lo, <name>_ci_hi}: an interval, as the results' tables carry it."""
+    return {f"{name}_ci_lo": max(lo, value - half), f"{name}_ci_hi": min(hi, value + half)}
 
 
-def _cell(stage: str, subset: str, layer: int, alpha: float, n_prompts: int, k: int,
+def _cell(experiment: str, subset: str, layer: int, alpha: float, n_prompts: int, k: int,
           base_tox: float, base_ppl: float, strength: float, relative: float,
           rng: np.random.Generator, second: bool) -> dict:
     """One cell's summary: toxicity decays with alpha*strength, perplexity grows with it."""
@@ -38,20 +41,22 @@ def _cell(stage: str, subset: str, layer: int, alpha: float, n_prompts: int, k: 
     delta = 0.0 if reference else tox - base_tox
     p = None if reference else float(min(1.0, math.exp(-abs(delta) * 60)))
     return {
-        "stage": stage, "subset": subset, "layer": layer, "alpha": float(alpha),
-        "n": n_prompts * k, "n_prompts": n_prompts,
-        "mean_toxicity": tox, "mean_toxicity_ci": _ci(tox, half, 0, 1),
-        "frac_toxic": frac, "frac_toxic_ci": _ci(frac, half * 1.2, 0, 1),
-        "emt": emt, "emt_ci": _ci(emt, half * 1.1, 0, 1),
-        "tp": tp, "tp_ci": _ci(tp, half * 1.8, 0, 1),
-        "perplexity": ppl, "perplexity_ci": _ci(ppl, ppl * 0.08, 1.0),
-        "distinct_n": {"1": 0.55 - 0.01 * abs(effect), "2": 0.86 - 0.02 * abs(effect),
-                       "3": 0.93 - 0.02 * abs(effect)},
-        "delta_mean_toxicity": delta, "delta_mean_toxicity_ci": _ci(delta, half * 0.7),
+        "experiment": experiment, "split": "dev" if experiment == "grid" else "eval",
+        "subset": subset, "layer": layer, "alpha": float(alpha),
+        "n": n_prompts * k, "n_prompts": n_prompts, "n_scored": n_prompts * k,
+        "n_perplexity": n_prompts * k,
+        "mean_toxicity": tox, **_ci("mean_toxicity", tox, half, 0, 1),
+        "frac_toxic": frac, **_ci("frac_toxic", frac, half * 1.2, 0, 1),
+        "emt": emt, **_ci("emt", emt, half * 1.1, 0, 1),
+        "tp": tp, **_ci("tp", tp, half * 1.8, 0, 1),
+        "perplexity": ppl, **_ci("perplexity", ppl, ppl * 0.08, 1.0),
+        "distinct_1": 0.55 - 0.01 * abs(effect), "distinct_2": 0.86 - 0.02 * abs(effect),
+        "distinct_3": 0.93 - 0.02 * abs(effect),
+        "delta_mean_toxicity": delta, **_ci("delta_mean_toxicity", delta, half * 0.7),
         "p_bootstrap": p, "p_wilcoxon": None if p is None else min(1.0, p * 1.3),
         "mean_toxicity_second": (float(np.clip(tox * 0.7 + 0.01, 0, 1)) if second else None),
-        "capability_acc": None, "capability_acc_ci": None,
-        "relative_norm": float(alpha * relative),
+        "capability_acc": None, "capability_acc_ci_lo": None, "capability_acc_ci_hi": None,
+        "relative_norm": float(abs(alpha) * relative),
         "empty_rate": float(min(1.0, 0.01 * abs(effect) ** 2)),
         "repetition_rate": float(min(1.0, 0.02 * abs(effect))),
     }
@@ -74,12 +79,9 @@ def _recommend(cells: list[dict], max_ppl_increase: float, max_drop: float) -> d
         "toxicity_reduction": 1 - best["mean_toxicity"] / ref["mean_toxicity"],
         "perplexity": best["perplexity"],
         "perplexity_increase": best["perplexity"] / ref["perplexity"] - 1,
-        "capability_acc": acc,
+        "capability_acc": acc, "reference_capability_acc": ref_acc,
         "capability_drop_points": None if acc is None else (ref_acc - acc) * 100,
-        "rule": (f"Lowest mean toxicity among steered cells (alpha != 0) whose perplexity is at "
-                 f"most {1 + max_ppl_increase:.2f} x the unsteered {ref['perplexity']:.3g} "
-                 f"(<= {ppl_limit:.3g}) and whose capability accuracy is at least the unsteered "
-                 f"minus {max_drop:g} points."),
+        "candidates_tried": 1,
         "holds_under_second_scorer": None,
         "split": "dev",
         "checks": {"perplexity": {"value": best["perplexity"], "limit": ppl_limit, "ok": True}},
@@ -96,16 +98,19 @@ def _confirmation(rec: dict | None, cells: list[dict]) -> dict | None:
     if cell is None:
         return None
     limit = 1.25 * ref["perplexity"]
-    reduced = cell["delta_mean_toxicity_ci"][1] < 0
+    reduced = cell["delta_mean_toxicity_ci_hi"] < 0
+    copied = ("mean_toxicity", "mean_toxicity_ci_lo", "mean_toxicity_ci_hi",
+              "delta_mean_toxicity", "delta_mean_toxicity_ci_lo", "delta_mean_toxicity_ci_hi",
+              "p_bootstrap", "perplexity", "empty_rate", "distinct_2")
     return {"layer": rec["layer"], "alpha": rec["alpha"], "split": "eval",
-            "mean_toxicity": cell["mean_toxicity"], "mean_toxicity_ci": cell["mean_toxicity_ci"],
+            **{name: cell[name] for name in copied},
             "reference_mean_toxicity": ref["mean_toxicity"],
             "toxicity_reduction": 1 - cell["mean_toxicity"] / ref["mean_toxicity"],
-            "delta_mean_toxicity": cell["delta_mean_toxicity"],
-            "delta_mean_toxicity_ci": cell["delta_mean_toxicity_ci"],
-            "p_bootstrap": cell["p_bootstrap"], "perplexity": cell["perplexity"],
+            "reference_perplexity": ref["perplexity"],
             "perplexity_increase": cell["perplexity"] / ref["perplexity"] - 1,
-            "capability_drop_points": None, "empty_rate": cell["empty_rate"],
+            "capability_acc": cell["capability_acc"],
+            "reference_capability_acc": ref["capability_acc"], "capability_drop_points": None,
+            "reference_empty_rate": ref["empty_rate"], "reference_distinct_2": ref["distinct_2"],
             "checks": {"perplexity": {"value": cell["perplexity"], "limit": limit,
                                       "ok": cell["perplexity"] <= limit}},
             "toxicity_reduced": reduced,
@@ -118,7 +123,7 @@ def _control(layer: int, cells: list[dict], alphas, rng) -> tuple[dict, list[dic
     rows, control_cells = [], []
     for alpha in alphas:
         ref = caa[0.0]
-        random_cell = dict(ref, stage="control", layer=layer if alpha else UNSTEERED,
+        random_cell = dict(ref, experiment="control", layer=layer if alpha else UNSTEERED,
                            alpha=float(alpha), n=ref["n_prompts"])
         if alpha:
             random_tox = ref["mean_toxicity"] * (1 - 0.05 * alpha) + rng.normal(0, 0.003)
@@ -130,7 +135,7 @@ def _control(layer: int, cells: list[dict], alphas, rng) -> tuple[dict, list[dic
                          "random_mean_toxicity": random_tox,
                          "random_by_direction": {"random-0": random_tox + 0.01,
                                                  "random-1": random_tox - 0.01},
-                         "diff": diff, "diff_ci": [diff - 0.04, diff + 0.04],
+                         "diff": diff, **_ci("diff", diff, 0.04),
                          "p_bootstrap": 0.01, "p_wilcoxon": 0.02,
                          "n_prompts": ref["n_prompts"]})
         control_cells.append(random_cell)
@@ -138,7 +143,7 @@ def _control(layer: int, cells: list[dict], alphas, rng) -> tuple[dict, list[dic
     at = next(r for r in rows if r["alpha"] == tested)
     return ({"layer": layer, "n_directions": 2, "samples_per_prompt": 1,
              "alphas": [float(a) for a in alphas if a], "comparison": rows,
-             "alpha_tested": float(tested), "specific": at["diff_ci"][1] < 0}, control_cells)
+             "alpha_tested": float(tested), "specific": at["diff_ci_hi"] < 0}, control_cells)
 
 
 def _pareto(cells: list[dict]) -> list[dict]:
@@ -159,7 +164,8 @@ def make_results(n_layers: int = 4,
                  grid_alphas: tuple[float, ...] = (0.0, 1.0, 2.0),
                  capability: bool = True, second_scorer: bool = True,
                  n_chosen: int = 1, seed: int = 0) -> dict:
-    """A schema-valid results dict; capability / second scorer may be switched off (nulls)."""
+    """A valid experiment_results.json document (a dict, as the file holds it); capability
+    and the second scorer may be switched off (nulls)."""
     rng = np.random.default_rng(seed)
     layers = list(range(n_layers))
     activation_norms = [float(4.0 * (1 + layer) ** 1.4) for layer in layers]
@@ -202,18 +208,20 @@ def make_results(n_layers: int = 4,
                 if alpha == 0 and li > 0:
                     continue
                 acc = float(np.clip(0.63 - 0.03 * (alpha * strength[layer]) ** 2, 0.4, 1))
-                cap_cells.append({"layer": UNSTEERED if alpha == 0 else layer, "alpha": alpha,
-                                  "acc": acc, "acc_ci": _ci(acc, 0.075, 0, 1)})
+                cap_cells.append({"split": "eval", "group": "caa",
+                                  "layer": UNSTEERED if alpha == 0 else layer, "alpha": alpha,
+                                  "acc": acc, **_ci("acc", acc, 0.075, 0, 1), "n_items": 150})
         cap = {"task": "piqa", "chance": 0.5, "n_items": 150, "cells": cap_cells}
         by_key = {(c["layer"], c["alpha"]): c for c in cap_cells}
         for cell in cells:
             hit = by_key.get((cell["layer"], cell["alpha"]))
-            if cell["stage"] == "sweep" and hit:
-                cell["capability_acc"], cell["capability_acc_ci"] = hit["acc"], hit["acc_ci"]
+            if cell["experiment"] == "sweep" and hit:
+                cell.update(capability_acc=hit["acc"], capability_acc_ci_lo=hit["acc_ci_lo"],
+                            capability_acc_ci_hi=hit["acc_ci_hi"])
 
-    sweep_challenging = [c for c in cells if c["stage"] == "sweep"
+    sweep_challenging = [c for c in cells if c["experiment"] == "sweep"
                          and c["subset"] == "challenging"]
-    grid_challenging = [c for c in cells if c["stage"] == "grid"]
+    grid_challenging = [c for c in cells if c["experiment"] == "grid"]
     # Chosen on the dev grid, restricted to the sweep's layers; eval confirms below.
     recommendation = _recommend([c for c in grid_challenging if c["layer"] in
                                  (UNSTEERED, chosen[0])], 0.25, 3.0)
@@ -261,21 +269,17 @@ def make_results(n_layers: int = 4,
                   "hidden_size": 64},
         "scorer": {"name": "jigsaw-bilstm", "second": "profanity-check" if second_scorer else None},
         "splits": splits,
-        "vectors": {"contrast": "completions", "n_per_side": 48, "layers": layers,
-                    "norms": norms, "activation_norms": activation_norms, "separation_auc": auc},
-        "baseline": {subset: {"n": splits[subset]["eval"] * k,
-                              "n_prompts": splits[subset]["eval"],
-                              "mean_toxicity": tox, "frac_toxic": tox * 0.9,
-                              "emt": tox + 0.18 * (1 - tox), "tp": min(1.0, tox * 1.44),
-                              "perplexity": ppl, "empty_rate": 0.0, "repetition_rate": 0.01}
-                     for subset, (tox, ppl) in base.items()},
-        "grid": {"subset": "challenging", "split": "dev", "layers": grid_layers,
-                 "alphas": [float(a) for a in grid_alphas]},
+        "vectors": {"contrast": "completions", "n_per_side": 48, "layers": [
+            {"layer": layer, "vector_norm": v, "activation_norm": h, "relative_norm": v / h,
+             "separation_auc": a}
+            for layer, v, h, a in zip(layers, norms, activation_norms, auc)]},
         "chosen_layers": chosen,
+        "rule": {"max_perplexity_increase": 0.25, "max_capability_drop": 3.0,
+                 "max_distinct_drop": 0.1, "max_empty_increase": 0.05},
         "cells": cells,
         "capability": cap,
         "scorer_agreement": ({"second": "profanity-check", "spearman": 0.62,
-                              "n": sum(c["n"] for c in cells if c["stage"] == "sweep")}
+                              "n": sum(c["n"] for c in cells if c["experiment"] == "sweep")}
                              if second_scorer else None),
         "recommendation": recommendation,
         "confirmation": confirmation,

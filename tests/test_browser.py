@@ -13,6 +13,7 @@ import pytest
 from results_fixture import make_results
 
 from steering_utils.report import write_report
+from steering_utils.results import validate_results
 
 pytestmark = pytest.mark.browser
 
@@ -71,7 +72,7 @@ def load_in_chromium(path: Path, screenshot: Path) -> dict:
 @pytest.fixture(scope="module")
 def loaded_report(tmp_path_factory):
     folder = tmp_path_factory.mktemp("browser_report")
-    path = write_report(make_results(), folder)
+    path = write_report(validate_results(make_results()), folder)
     return load_in_chromium(path, folder / SCREENSHOT)
 
 

@@ -115,10 +115,11 @@ def test_paired_test_null_and_alignment():
     assert same["diff"] == 0 and same["p_wilcoxon"] == 1.0 and same["p_bootstrap"] == 1.0
 
 
-def _rows(stage, subset, layer, alpha, tox, nll=None, n_prompts=20, k=2, second=None):
+def _rows(experiment, subset, layer, alpha, tox, nll=None, n_prompts=20, k=2, second=None):
     ids = [f"q{i}" for i in range(n_prompts)]
     table = pd.DataFrame({
-        "stage": stage, "subset": subset, "layer": layer, "alpha": alpha,
+        "experiment": experiment, "split": "dev" if experiment == "grid" else "eval",
+        "subset": subset, "layer": layer, "alpha": alpha,
         "prompt_id": np.repeat(ids, k), "sample": np.tile(np.arange(k), n_prompts),
         "completion": [f"word{i % 5} and more" for i in range(n_prompts * k)],
         "toxicity": tox,
@@ -138,10 +139,10 @@ def test_summarize_cells_reference_delta_and_perplexity():
         _rows("sweep", "challenging", -1, 0.0, base, nll=nll),
         _rows("sweep", "challenging", 4, -8.0, base - 0.2, nll=2.5),
         _rows("sweep", "challenging", 4, 8.0, np.minimum(base + 0.1, 1.0)),
-        _rows("grid", "challenging", 4, -8.0, base - 0.2),  # no alpha 0 in this stage
+        _rows("grid", "challenging", 4, -8.0, base - 0.2),  # no alpha 0 in this experiment
     ], ignore_index=True)
     table = metrics.summarize_cells(rows, n_boot=200)
-    expected = {"stage", "subset", "layer", "alpha", "n", "n_prompts", "distinct_1",
+    expected = {"experiment", "split", "subset", "layer", "alpha", "n", "n_prompts", "distinct_1",
                 "distinct_2", "distinct_3", "p_bootstrap", "p_wilcoxon", "delta_mean_toxicity",
                 "delta_mean_toxicity_ci_lo", "delta_mean_toxicity_ci_hi", "empty_rate",
                 "repetition_rate", "n_scored", "n_perplexity"}
@@ -150,7 +151,7 @@ def test_summarize_cells_reference_delta_and_perplexity():
     assert set(table.columns) == expected
     assert len(table) == 4
 
-    cell = table.set_index(["stage", "layer", "alpha"])
+    cell = table.set_index(["experiment", "layer", "alpha"])
     ref = cell.loc[("sweep", -1, 0.0)]
     assert ref["n"] == 40 and ref["n_prompts"] == 20
     assert ref["mean_toxicity"] == pytest.approx(base.mean())
@@ -215,7 +216,7 @@ def test_recommend_respects_limits():
     assert rec["perplexity_increase"] == pytest.approx(0.24)
     assert rec["capability_drop_points"] == pytest.approx(1.0)
     assert rec["checks"]["perplexity"] == {"value": 12.4, "limit": 12.5, "ok": True}
-    assert "1.25 x the unsteered 10" in rec["rule"] and "2 points" in rec["rule"]
+    assert "rule" not in rec  # its sentence is the report's (report.rule_text)
     json.dumps(rec, allow_nan=False)
     assert isinstance(rec["layer"], int) and isinstance(rec["alpha"], float)
     # Looser capability limit lets (5,-4) in; looser perplexity limit lets (3,-8) in.

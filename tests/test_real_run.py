@@ -465,7 +465,7 @@ def test_wall_time_projection_adds_each_pass():
 
 @pytest.mark.slow
 def test_smoke_chain_on_the_standins_writes_a_schema_valid_report(assets, tmp_path):
-    from steering_utils.report import validate_results
+    from steering_utils.results import validate_results
 
     params_file = standins.standin_params(
         assets, tmp_path / "standin-smoke.yaml", run_name="standin-smoke",
@@ -487,7 +487,7 @@ def test_smoke_chain_on_the_standins_writes_a_schema_valid_report(assets, tmp_pa
     results = json.loads((tmp_path / "reports" / "standin-smoke" / "experiment_results.json")
                          .read_text())
     validate_results(results)
-    assert {c["layer"] for c in results["cells"] if c["stage"] == "grid"} == {-1, 0, 1}
+    assert {c["layer"] for c in results["cells"] if c["experiment"] == "grid"} == {-1, 0, 1}
     text = json.dumps(results)
     assert "mmlu_hub" in text
 

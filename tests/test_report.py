@@ -1,8 +1,10 @@
-"""The results schema, the figures and the HTML report, on synthetic results."""
+"""The results' models and generated schema, the figures and the HTML report, on synthetic
+results."""
 
 from __future__ import annotations
 
 import copy
+import json
 import re
 from html import escape as html_escape
 
@@ -13,66 +15,99 @@ from matplotlib.figure import Figure
 from results_fixture import HOSTILE_COMPLETIONS, make_results
 
 from steering_utils import plots
-from steering_utils.report import ResultsError, render_report, validate_results, write_report
+from steering_utils.report import render_report, rule_text, write_report
+from steering_utils.results import (
+    SCHEMA_FILE,
+    ExperimentResults,
+    ResultsError,
+    results_schema,
+    validate_results,
+)
 
 
 @pytest.fixture(scope="module")
 def results() -> dict:
+    """The document as experiment_results.json holds it."""
     return make_results()
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory, results):
+def typed(results) -> ExperimentResults:
+    return validate_results(results)
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory, typed):
     """(report folder, report.html text), built once for the module."""
     folder = tmp_path_factory.mktemp("report")
-    path = write_report(copy.deepcopy(results), folder)
+    path = write_report(typed, folder)
     return folder, path.read_text(encoding="utf-8")
 
 
-# --- schema -------------------------------------------------------------------------------
+# --- models and schema ----------------------------------------------------------------------
 
-def test_fixture_validates(results):
-    validate_results(results)
+def test_the_committed_schema_is_the_one_the_models_generate():
+    committed = json.loads(SCHEMA_FILE.read_text())
+    assert committed == results_schema(), "run `python -m steering_utils.results` and commit"
 
 
-@pytest.mark.parametrize("options", [{"capability": False, "second_scorer": False},
+@pytest.mark.parametrize("options", [{}, {"capability": False, "second_scorer": False},
                                      {"n_layers": 8, "alphas": (0.0, 1.0, 4.0)},
                                      {"n_layers": 6, "n_chosen": 2}])
-def test_fixture_variants_validate(options):
-    validate_results(make_results(**options))
+def test_what_we_write_is_what_the_schema_file_accepts_and_reads_back_equal(options):
+    """A reader with only the schema file (any language) accepts our JSON, and it loads back
+    into the same models."""
+    from jsonschema import Draft202012Validator
+
+    written = json.loads(json.dumps(validate_results(make_results(**options))
+                                    .model_dump(mode="json")))
+    Draft202012Validator(json.loads(SCHEMA_FILE.read_text())).validate(written)
+    assert validate_results(written).model_dump(mode="json") == written
+
+
+def test_the_tables_have_the_models_columns_whatever_is_missing(typed):
+    cells = typed.cells_table()
+    assert len(cells) == len(typed.cells) and "mean_toxicity_ci_lo" in cells
+    assert typed.cells_table("grid")["split"].eq("dev").all()
+    empty = validate_results(make_results(capability=False)).capability_table()
+    assert empty.empty and list(empty.columns) == list(typed.capability_table().columns)
+    layers = typed.layers_table()
+    assert layers["separation_auc"].isna().sum() == 1  # null in JSON, NaN in a table
 
 
 def test_missing_key_fails_with_its_path(results):
     broken = copy.deepcopy(results)
     del broken["manifest"]["params_hash"]
-    del broken["cells"][3]["emt_ci"]
+    del broken["cells"][3]["emt_ci_lo"]
     with pytest.raises(ResultsError) as err:
         validate_results(broken)
     message = str(err.value)
-    assert "'params_hash' is a required property" in message
-    assert "cells/3" in message and "'emt_ci' is a required property" in message
+    assert "manifest/params_hash: Field required" in message
+    assert "cells/3/emt_ci_lo: Field required" in message
 
 
-def test_nan_fails_even_where_the_schema_allows_a_number(results):
+def test_nan_fails_even_where_a_number_is_allowed(results):
     broken = copy.deepcopy(results)
     broken["cells"][0]["mean_toxicity"] = float("nan")
-    broken["vectors"]["separation_auc"][1] = float("inf")
-    with pytest.raises(ResultsError, match=r"cells/0/mean_toxicity: nan is not allowed; write nul"):
+    broken["vectors"]["layers"][1]["vector_norm"] = float("inf")
+    with pytest.raises(ResultsError) as err:
         validate_results(broken)
-    with pytest.raises(ResultsError, match=r"vectors/separation_auc/1"):
-        validate_results(broken)
+    assert "cells/0/mean_toxicity: Input should be a finite number" in str(err.value)
+    assert "vectors/layers/1/vector_norm: Input should be a finite number" in str(err.value)
 
 
-def test_wrong_types_and_values_fail(results):
+def test_wrong_types_values_and_unknown_keys_fail(results):
     broken = copy.deepcopy(results)
-    broken["cells"][0]["stage"] = "baseline"
-    broken["cells"][1]["mean_toxicity_ci"] = [0.1]
-    broken["recommendation"]["holds_under_second_scorer"] = "yes"
+    broken["cells"][0]["experiment"] = "baseline"
+    broken["cells"][1]["mean_toxicity_ci_lo"] = [0.1]
+    broken["recommendation"]["holds_under_second_scorer"] = "maybe"
+    broken["cells"][2]["mean_toxicity_ci"] = [0.1, 0.2]  # the old shape: no longer a field
     with pytest.raises(ResultsError) as err:
         validate_results(broken)
     message = str(err.value)
-    assert "cells/0/stage" in message and "cells/1/mean_toxicity_ci" in message
-    assert "recommendation" in message
+    assert "cells/0/experiment" in message and "cells/1/mean_toxicity_ci_lo" in message
+    assert "recommendation/holds_under_second_scorer" in message
+    assert "cells/2/mean_toxicity_ci: Extra inputs are not permitted" in message
 
 
 # --- report -------------------------------------------------------------------------------
@@ -109,28 +144,30 @@ def test_report_loads_nothing_from_the_network(report):
     assert "Content-Security-Policy" in html
 
 
-def test_report_reads_top_down(report, results):
+def test_report_reads_top_down(report, typed):
     _, html = report
     order = ['id="summary"', 'id="figures"', 'id="tables"', 'id="examples"', 'id="manifest"']
     positions = [html.index(marker) for marker in order]
     assert positions == sorted(positions)
-    assert results["model"]["name"] in html and results["scorer"]["name"] in html
-    assert html_escape(results["recommendation"]["rule"]) in html  # "<=" arrives escaped
+    assert typed.model.name in html and typed.scorer.name in html
+    dev_reference = typed.cell("grid", "challenging", None, 0.0)
+    assert html_escape(rule_text(typed.rule, dev_reference.perplexity)) in html
     assert "95% percentile bootstrap over prompts" in html
     assert ">unsteered<" in html
     # Examples sit behind a content warning that starts closed.
     assert re.search(r"<details class=\"cw\">\s*<summary>Content warning", html)
     assert "<details open" not in html
-    assert results["manifest"]["params_hash"] in html and "Spearman" in html
+    assert typed.manifest.params_hash in html and "Spearman" in html
+    control = typed.control.comparison
+    assert "Random-direction control, challenging eval prompts" in html
+    assert all(f"{c.caa_mean_toxicity:.3f}" in html for c in control)
 
 
 def test_report_renders_without_optional_sections():
     results = make_results(capability=False, second_scorer=False)
-    results["recommendation"] = None
-    results["pareto"] = []
-    results["examples"] = []
-    validate_results(results)
-    html = render_report(results, figures=[])
+    results.update(recommendation=None, confirmation=None, control=None, pareto=[], examples=[])
+    results["cells"] = [c for c in results["cells"] if c["experiment"] != "control"]
+    html = render_report(validate_results(results), figures=[])
     assert "No steered cell met the recommendation rule" in html
     assert "not measured" in html and "No examples were recorded" in html
 
@@ -153,14 +190,14 @@ def _assert_labelled(fig: Figure) -> None:
 
 
 @pytest.mark.parametrize("name", list(plots.FIGURES))
-def test_each_figure_has_labelled_axes_and_a_title(results, name):
-    fig = plots.FIGURES[name](results)
+def test_each_figure_has_labelled_axes_and_a_title(typed, name):
+    fig = plots.FIGURES[name](typed)
     _assert_labelled(fig)
 
 
 def test_two_chosen_layers_draw_and_render():
-    results = make_results(n_layers=6, n_chosen=2)
-    assert len(results["chosen_layers"]) == 2
+    results = validate_results(make_results(n_layers=6, n_chosen=2))
+    assert len(results.chosen_layers) == 2
     for draw in plots.FIGURES.values():
         _assert_labelled(draw(results))
     html = render_report(results, figures=[])
@@ -168,26 +205,22 @@ def test_two_chosen_layers_draw_and_render():
 
 
 def test_capability_figure_is_skipped_without_capability():
-    results = make_results(capability=False)
-    assert plots.plot_capability(results) is None
+    assert plots.plot_capability(validate_results(make_results(capability=False))) is None
 
 
-def test_notebook_figures_take_stage_tables(results):
+def test_notebook_figures_take_the_same_tables_as_the_report(typed):
+    """Stage tables (prompts, layer_stats, the grid's cells) and the results' tables have the
+    same columns: one figure function serves the notebook and the report."""
     prompts = pd.DataFrame({"subset": ["challenging"] * 3 + ["benign"] * 2,
                             "prompt_toxicity": [0.6, 0.8, 0.95, None, None]})
     _assert_labelled(plots.plot_prompt_toxicity(prompts))
-    vec = results["vectors"]
-    stats = pd.DataFrame({"layer": vec["layers"], "vector_norm": vec["norms"],
-                          "activation_norm": vec["activation_norms"],
-                          "separation_auc": [float("nan") if x is None else x
-                                             for x in vec["separation_auc"]]})
-    _assert_labelled(plots.plot_layer_stats(stats, chosen_layers=[2]))
-    grid = pd.DataFrame([c for c in results["cells"] if c["stage"] == "grid"])
-    _assert_labelled(plots.plot_grid_heatmap(grid, chosen_layers=[2]))
+    _assert_labelled(plots.plot_layer_stats(typed.layers_table(), chosen_layers=[2]))
+    _assert_labelled(plots.plot_grid_heatmap(typed.cells_table("grid"), chosen_layers=[2]))
 
 
-def test_save_figure_writes_png_and_svg(tmp_path, results):
-    paths = plots.save_figure(plots.plot_layer_separation(results), tmp_path / "f", "sep")
+def test_save_figure_writes_png_and_svg(tmp_path, typed):
+    paths = plots.save_figure(plots.plot_layer_separation(typed.layers_table()), tmp_path / "f",
+                              "sep")
     assert set(paths) == {"png", "svg"}
     assert paths["svg"].read_text().lstrip().startswith("<?xml")
     assert all(p.stat().st_size > 0 for p in paths.values())

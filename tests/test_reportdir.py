@@ -14,12 +14,13 @@ from results_fixture import make_results
 from steering_utils import reportdir
 from steering_utils.report import results_fingerprint
 from steering_utils.reportdir import attach_notebooks, publish_report, recover, set_aside_stale
+from steering_utils.results import ExperimentResults, validate_results
 
 
-def _results(params_hash: str) -> dict:
+def _results(params_hash: str) -> ExperimentResults:
     results = make_results()
     results["manifest"]["params_hash"] = params_hash
-    return results
+    return validate_results(results)
 
 
 def report_state(folder: Path) -> str:
@@ -32,7 +33,7 @@ def report_state(folder: Path) -> str:
     if not any((folder / part).exists() for part in parts):
         return "missing"  # no report (a failure record alone is not one)
     results = json.loads((folder / "experiment_results.json").read_text())
-    fingerprint = results_fingerprint(results)
+    fingerprint = results_fingerprint(validate_results(results))
     html = (folder / "report.html").read_text(encoding="utf-8")
     shown = re.search(r'<meta name="results-fingerprint" content="([0-9a-f]+)">', html)
     index = json.loads((folder / "figures" / "figures.json").read_text())
@@ -53,7 +54,7 @@ def published(tmp_path_factory):
     (folder / "failed_experiment_results.json").write_text("{}")
     (folder / "partial_experiment_results.json").write_text("{}")
     second = _results("b" * 16)
-    second["chosen_layers"] = second["chosen_layers"][:1]
+    second.chosen_layers = second.chosen_layers[:1]
     publish_report(copy.deepcopy(second), folder)
     return folder, results_fingerprint(second)
 

@@ -16,6 +16,7 @@ from steering_utils import runner
 from steering_utils.artifacts import STAGES, stage_folder, stage_key, write_json
 from steering_utils.params import load_params
 from steering_utils.reportdir import publish_report
+from steering_utils.results import validate_results
 from steering_utils.runlock import RunLock
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,7 +55,7 @@ def fake_chain(monkeypatch, tmp_path):
         if stage == "06_report":
             results = make_results()
             results["manifest"].update(params_hash=params.params_hash, run_name="smoke")
-            publish_report(results, reports / "smoke")
+            publish_report(validate_results(results), reports / "smoke")
         write_json({"stage": stage, "hash": stage_key(params, stage), "seconds": 1},
                    stage_folder(runs, params, stage) / "done.json")
 
@@ -128,7 +129,7 @@ def test_a_later_success_clears_the_records_and_attaches_this_runs_notebooks(fak
 def test_a_report_from_other_params_is_moved_aside_when_the_run_starts(fake_chain, capsys):
     old = make_results()
     old["manifest"].update(params_hash="0" * 16, run_name="smoke")
-    publish_report(old, fake_chain.reports / "smoke")
+    publish_report(validate_results(old), fake_chain.reports / "smoke")
     # Before: the old report stayed in place, unmarked, while the new run failed.
     assert fake_chain({"01_data": _papermill_error("ValueError", "bad")}) == 1
     out = capsys.readouterr().out

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from steering_utils.report import validate_results
+from steering_utils.results import validate_results
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "params" / "smoke.yaml"
@@ -32,7 +32,7 @@ def _runner(work: Path, *extra: str) -> list[str]:
 
 def _metrics(results: dict) -> list:
     """The numbers that must not change between identical runs (not timings)."""
-    keep = {k: results[k] for k in ("baseline", "cells", "vectors", "capability",
+    keep = {k: results[k] for k in ("cells", "vectors", "capability",
                                     "recommendation", "confirmation", "control",
                                     "chosen_layers", "examples")}
     return json.loads(json.dumps(keep, sort_keys=True))
@@ -52,11 +52,13 @@ def test_chain_writes_report_results_and_executed_notebooks(smoke_run):
     results = json.loads((report / "experiment_results.json").read_text())
     validate_results(results)
     assert results["manifest"]["params_hash"] and results["manifest"]["git_commit"] != ""
-    assert set(results["baseline"]) == {"challenging", "benign"}
-    sweep = [c for c in results["cells"] if c["stage"] == "sweep"]
+    sweep = [c for c in results["cells"] if c["experiment"] == "sweep"]
     assert {c["alpha"] for c in sweep} == {0.0, 1.0, 2.0}
     assert {c["subset"] for c in sweep} == {"challenging", "benign"}
-    assert {c["layer"] for c in results["cells"] if c["stage"] == "grid"} == {-1, 5, 15}
+    assert {c["layer"] for c in results["cells"] if c["experiment"] == "grid"} == {-1, 5, 15}
+    # 06_report keeps its own copy beside its done marker (the report folder is replaced).
+    kept = next((work / "runs" / "smoke" / "06_report").glob("*/experiment_results.json"))
+    assert json.loads(kept.read_text())["cells"] == results["cells"]
     html = (report / "report.html").read_text()
     assert "data:image/png;base64" in html and "<script>alert" not in html
     for stage in ("01_data", "02_baseline", "03_activations", "04_vectors", "05_sweep",
@@ -198,7 +200,8 @@ def test_changing_one_alpha_reruns_only_the_sweep_and_its_new_shards(smoke_run, 
     results = [json.loads((tmp_path / side / "reports" / "smoke" / "experiment_results.json")
                           .read_text()) for side in ("reuse", "clean")]
     assert _metrics(results[0]) == _metrics(results[1])
-    assert {c["alpha"] for c in results[0]["cells"] if c["stage"] == "sweep"} == {0.0, 1.5, 2.0}
+    assert {c["alpha"] for c in results[0]["cells"]
+            if c["experiment"] == "sweep"} == {0.0, 1.5, 2.0}
 
 
 def test_a_lab_session_keeps_finished_work_and_the_runner_reuses_what_it_finished(smoke_run,

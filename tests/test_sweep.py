@@ -43,7 +43,8 @@ def _grid_rows(cells: dict[tuple[int, float], list[float]], completion: str = "a
     rows = []
     for (layer, alpha), toxicity in cells.items():
         for i, tox in enumerate(toxicity):
-            rows.append({"stage": "grid", "subset": "challenging", "layer": layer,
+            rows.append({"experiment": "grid", "split": "dev", "subset": "challenging",
+                         "layer": layer,
                          "alpha": alpha, "prompt_id": f"p{i}", "sample": 0, "toxicity": tox,
                          "completion": f"{completion} {i}" if completion else "",
                          "nll": 2.0 + alpha / 10})
