@@ -32,7 +32,7 @@ from steering_utils.artifacts import open_stage
 
 stage = open_stage(params_file, runs_root, "01_data")
 params = stage.params
-print(f"run {params.run_name}, stage hash {stage.hash} -> {stage.path}")
+stage
 
 # %%
 from steering_utils.artifacts import write_table

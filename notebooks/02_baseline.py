@@ -33,7 +33,7 @@ from steering_utils.artifacts import open_stage
 
 stage = open_stage(params_file, runs_root, "02_baseline")
 params = stage.params
-print(f"run {params.run_name}, stage hash {stage.hash} -> {stage.path}")
+stage
 
 # %%
 from steering_utils.artifacts import read_table, write_table

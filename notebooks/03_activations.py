@@ -39,7 +39,7 @@ from steering_utils.artifacts import open_stage
 
 stage = open_stage(params_file, runs_root, "03_activations")
 params = stage.params
-print(f"run {params.run_name}, stage hash {stage.hash} -> {stage.path}")
+stage
 
 # %%
 import pandas as pd

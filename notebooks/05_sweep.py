@@ -43,7 +43,7 @@ from steering_utils.artifacts import open_stage
 
 stage = open_stage(params_file, runs_root, "05_sweep")
 params = stage.params
-print(f"run {params.run_name}, stage hash {stage.hash} -> {stage.path}")
+stage
 
 # %%
 from steering_utils.artifacts import read_table, write_json, write_table

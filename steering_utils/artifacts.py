@@ -125,6 +125,9 @@ class StageDir:
         # finished work of later stages stays valid until their inputs change.
         self.path.mkdir(parents=True, exist_ok=True)
 
+    def __repr__(self) -> str:  # what a notebook shows after opening its stage
+        return f"run {self.params.run_name}, {self.name} key {self.hash} -> {self.path}"
+
     @property
     def complete(self) -> bool:
         return is_complete(self.path, self.hash)

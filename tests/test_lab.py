@@ -1,4 +1,5 @@
-"""`make lab`'s server: JupyterLab starts headless with the project's kernel, answers, stops."""
+"""`make lab`'s server: JupyterLab starts headless with the project's kernel and jupytext's
+pairing, answers, stops."""
 
 from __future__ import annotations
 
@@ -52,6 +53,14 @@ def test_jupyterlab_serves_the_notebooks_with_the_project_kernel(tmp_path):
         with urllib.request.urlopen(f"{base}/api/contents?token={token}", timeout=10) as r:
             names = {item["name"] for item in json.load(r)["content"]}
         assert {"01_data.ipynb", "05_sweep.ipynb", "06_report.ipynb"} <= names
+        # jupytext's contents manager is on: Lab opens a py:percent source as its notebook
+        # (and saves both sides of the pair).
+        url = f"{base}/api/contents/05_sweep.py?token={token}&type=notebook&content=1"
+        with urllib.request.urlopen(url, timeout=30) as r:
+            opened = json.load(r)
+        assert opened["type"] == "notebook"
+        cells = opened["content"]["cells"]
+        assert any("parameters" in c["metadata"].get("tags", []) for c in cells)
         with urllib.request.urlopen(f"{base}/api/kernelspecs?token={token}", timeout=10) as r:
             kernels = json.load(r)["kernelspecs"]
         assert "steering-study" in kernels, "run `make setup` (it registers the kernel)"

@@ -10,19 +10,25 @@ from steering_utils.capability import choose_answers
 from steering_utils.likelihood import continuation_logprobs, continuation_nll
 
 
+def _logprob(model, tokenizer, context: str, continuation: str) -> tuple[float, int]:
+    """(sum of log p(continuation | context), its token count): one unbatched forward pass."""
+    ids = tokenizer(context + continuation, return_tensors="pt")["input_ids"]
+    n_ctx = len(tokenizer(context)["input_ids"])
+    with torch.no_grad():
+        logprobs = torch.log_softmax(model(ids).logits[0, :-1], -1)
+    picked = logprobs[torch.arange(n_ctx - 1, ids.shape[1] - 1), ids[0, n_ctx:]]
+    return picked.sum().item(), ids.shape[1] - n_ctx
+
+
 def test_logprobs_match_a_hand_computation_and_ignore_padding(tiny_qwen3, tiny_tokenizer):
     contexts = ["the cat", "you are a very stupid idiot and"]
     continuations = [" runs at night", " bad"]
     sums, counts = continuation_logprobs(tiny_qwen3, tiny_tokenizer, contexts, continuations,
                                          batch_size=2)
     for i, (ctx, cont) in enumerate(zip(contexts, continuations)):
-        ids = tiny_tokenizer(ctx + cont, return_tensors="pt")["input_ids"]
-        n_ctx = len(tiny_tokenizer(ctx)["input_ids"])
-        with torch.no_grad():
-            logprobs = torch.log_softmax(tiny_qwen3(ids).logits[0, :-1], -1)
-        expected = logprobs[torch.arange(n_ctx - 1, ids.shape[1] - 1), ids[0, n_ctx:]].sum()
-        assert counts[i] == ids.shape[1] - n_ctx
-        assert abs(sums[i] - expected.item()) < 1e-4
+        expected, n = _logprob(tiny_qwen3, tiny_tokenizer, ctx, cont)
+        assert counts[i] == n
+        assert abs(sums[i] - expected) < 1e-4
     nll = continuation_nll(tiny_qwen3, tiny_tokenizer, contexts + ["the"], continuations + [""])
     np.testing.assert_allclose(nll[:2], -sums / counts, rtol=1e-6)
     assert np.isnan(nll[2])
@@ -41,5 +47,11 @@ def test_multiple_choice_picks_the_option_made_far_likelier(tiny_qwen3, tiny_tok
     finally:
         hook.remove()
     assert picks.tolist() == [1, 0]
-    # Without the bias the random model is not forced to the same answers.
-    assert choose_answers(tiny_qwen3, tiny_tokenizer, items).shape == (2,)
+    # Without the bias each pick is the option likeliest per character, computed here one
+    # option at a time (no batching, no padding).
+    expected = []
+    for question, options in zip(items["question"], items["options"]):
+        per_char = [_logprob(tiny_qwen3, tiny_tokenizer, f"Question: {question}\nAnswer:",
+                             f" {option}")[0] / len(f" {option}") for option in options]
+        expected.append(int(np.argmax(per_char)))
+    assert choose_answers(tiny_qwen3, tiny_tokenizer, items, batch_size=3).tolist() == expected

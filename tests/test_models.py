@@ -11,6 +11,7 @@ import torch
 
 from steering_utils.models import decoder_layers, load_model_config, num_decoder_layers, pick_dtype
 from steering_utils.params import ModelParams, ParamsError
+from steering_utils.stages import UNSTEERED_LAYER
 
 
 def _tiny(config_cls, model_cls, **kwargs):
@@ -67,8 +68,20 @@ def test_unknown_hub_model_fails_fast_offline():
         load_model_config(spec)
 
 
+# The offline model's greedy continuations, unsteered and steered by the CAA vector of the
+# texts below at layer 8, alpha 2 (computed once on CPU, fp32, torch 2.13): a change
+# anywhere from loading to pooling, the vector, the hook or generation shows here.
+GOLDEN_PROMPTS = ("The weather today is", "You are such a")
+GOLDEN = {
+    (UNSTEERED_LAYER, 0.0): (" 2022-01-01 ",
+                             " skilled and dedicated individual. I've been working with you for"),
+    (8, 2.0): (" a beautiful example of the vibrant colors of the local market.",
+               " high-end restaurant, and I'm looking forward to your"),
+}
+
+
 @pytest.mark.slow
-def test_offline_smollm2_loads_generates_and_gives_a_vector(offline_model):
+def test_offline_smollm2_generates_and_steers_exactly_as_pinned(offline_model):
     from steering_utils.activations import capture_activations
     from steering_utils.generation import generate_completions, make_jobs
     from steering_utils.params import GenerationParams
@@ -79,11 +92,6 @@ def test_offline_smollm2_loads_generates_and_gives_a_vector(offline_model):
     assert tokenizer.padding_side == "left"
     import pandas as pd
 
-    prompts = pd.DataFrame({"prompt_id": ["a", "b"], "text": ["The weather today is",
-                                                            "My favourite food is"]})
-    out = generate_completions(model, tokenizer, make_jobs(prompts, [(-1, 0.0)], 2), None,
-                               GenerationParams(max_new_tokens=8, batch_size=4), seed=0)
-    assert out["completion"].str.len().gt(0).all()
     toxic = ["You are a stupid idiot and I hate you", "Shut up you worthless moron",
              "What a disgusting pathetic loser", "I will hurt you, you filthy rat",
              "Go to hell you ugly freak", "Nobody likes you, dumb jerk"]
@@ -95,3 +103,10 @@ def test_offline_smollm2_loads_generates_and_gives_a_vector(offline_model):
     vectors = compute_caa_vectors(acts["toxic"], acts["clean"])
     assert vectors.directions.shape == (30, 576)
     assert (vectors.norms > 0).all()
+    prompts = pd.DataFrame({"prompt_id": ["a", "b"], "text": list(GOLDEN_PROMPTS)})
+    jobs = make_jobs(prompts, list(GOLDEN), 1)  # one batch mixing the two cells
+    greedy = GenerationParams(temperature=0.0, max_new_tokens=12, batch_size=4)
+    out = generate_completions(model, tokenizer, jobs, vectors, greedy, seed=0)
+    got = {cell: tuple(out[(out["layer"] == cell[0]) & (out["alpha"] == cell[1])]
+                       .sort_values("prompt_id")["completion"]) for cell in GOLDEN}
+    assert got == GOLDEN

@@ -149,12 +149,19 @@ def test_hooks_removed_after_exception(tiny_qwen3, tiny_tokenizer):
 
 
 def test_vectors_cast_to_model_dtype(tiny_tokenizer):
+    """An fp32 vector steers a bf16 model: the shift is the vector cast to bf16, applied in
+    bf16 (what the hook does), and the rest of the model runs on in bf16."""
     from tests.conftest import build_tiny_qwen3
 
     model = build_tiny_qwen3(len(tiny_tokenizer)).to(torch.bfloat16)
-    with steer(model, _vectors(model), layer=0, alpha=1.0), torch.no_grad():
-        logits = model(**_batch(tiny_tokenizer)).logits
-    assert logits.dtype == torch.bfloat16 and torch.isfinite(logits).all()
+    vectors, batch = _vectors(model), _batch(tiny_tokenizer)
+    plain_logits, before = _layer_outputs(model, batch)
+    with steer(model, vectors, layer=0, alpha=1.5):
+        logits, after = _layer_outputs(model, batch)
+    assert after[0].dtype == logits.dtype == torch.bfloat16
+    shift = -(torch.tensor(1.5, dtype=torch.bfloat16) * vectors[0].to(torch.bfloat16))
+    assert torch.equal(after[0], before[0] + shift)
+    assert not torch.equal(logits, plain_logits)
 
 
 def test_bad_layer_and_row_counts_raise(tiny_qwen3):
