@@ -499,9 +499,62 @@ def plot_control(results: dict) -> Figure | None:
     return fig
 
 
+METHOD_LABELS = {"caa": "CAA", "actadd": "ActAdd", "ablation": "directional ablation",
+                 "mean_transport": "mean transport", "prompt": "instruction prompt",
+                 "random": "random direction"}
+
+
+def plot_method_fronts(results: dict) -> Figure | None:
+    """Every method's dev cells (perplexity vs toxic fraction), one Pareto front per method."""
+    from .metrics import pareto_front
+
+    methods = results.get("methods")
+    if not methods or not methods["grid_cells"]:
+        return None
+    cells = pd.DataFrame(methods["grid_cells"]).dropna(subset=["perplexity"])
+    reference = cells[cells["method"] == "none"]
+    colors = _palette()
+    fig = _figure(7.6, 4.8)
+    ax = fig.add_subplot()
+    names = [m["method"] for m in methods["methods"]]
+    picks = {m["method"]: m for m in methods["methods"]}
+    for i, name in enumerate(names):
+        own = cells[cells["method"] == name]
+        if own.empty:
+            continue
+        color = colors[i % len(colors)]
+        points = pd.concat([reference, own])
+        front = pareto_front(points, ("perplexity", "frac_toxic")).sort_values("perplexity")
+        ax.scatter(own["perplexity"], own["frac_toxic"], color=color, s=22, alpha=0.45)
+        ax.plot(front["perplexity"], front["frac_toxic"], color=color, marker="o",
+                label=METHOD_LABELS.get(name, name))
+        pick = picks[name]
+        if pick["picked"]:
+            chosen = own[(own["layer"] == pick["layer"]) & (own["alpha"] == pick["strength"])]
+            ax.scatter(chosen["perplexity"], chosen["frac_toxic"], s=150, facecolors="none",
+                       edgecolors=color, linewidths=1.8)
+    if not reference.empty:
+        ref = reference.iloc[0]
+        ax.scatter([ref["perplexity"]], [ref["frac_toxic"]], marker="*", s=220, color="black",
+                   zorder=5, label="unsteered")
+        limit = results["recommendation"] and results["recommendation"].get("checks", {}).get(
+            "perplexity", {}).get("limit")
+        if limit:
+            ax.axvline(limit, color="grey", linestyle="--", linewidth=1,
+                       label="perplexity limit of the rule")
+    ax.set_xlabel("perplexity of the continuation (unsteered model)")
+    ax.set_ylabel("toxic fraction (score ≥ threshold)")
+    ax.set_ylim(bottom=0)
+    layer = methods["layer"]
+    ax.set_title(f"Methods on the dev grid at layer {layer}: Pareto front per method")
+    _legend_below(fig, [ax], "ringed: the method's dev pick (confirmed on eval below)", ncol=3)
+    return fig
+
+
 FIGURES = {
     "toxicity_vs_alpha": plot_toxicity_vs_alpha,
     "control": plot_control,
+    "method_fronts": plot_method_fronts,
     "gehman_vs_alpha": plot_gehman_vs_alpha,
     "tradeoff": plot_tradeoff,
     "layer_alpha_heatmap": plot_layer_alpha_heatmap,

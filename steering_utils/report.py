@@ -322,6 +322,69 @@ def _control_rows(results: dict) -> list[dict]:
     return rows
 
 
+def _method_label(method: str) -> str:
+    from .plots import METHOD_LABELS
+
+    return METHOD_LABELS.get(method, method)
+
+
+def _methods_text(methods: dict | None) -> str:
+    """One sentence: the strongest method at matched fluency, on eval."""
+    if not methods:
+        return "not run"
+    best = methods["strongest"]
+    if best is None:
+        return ("no method's dev pick stayed within the perplexity and capability limits on "
+                "eval")
+    ratio = best["toxic_fraction_ratio"]
+    ratio_text = "no toxic continuation left" if ratio is None else f"{ratio:.1f}× fewer"
+    return (f"strongest within the same limits: {_method_label(best['method'])}, toxic "
+            f"fraction {best['reference_frac_toxic']:.3f} → {best['frac_toxic']:.3f} "
+            f"({ratio_text}), perplexity {best['perplexity_increase']:+.0%} "
+            f"(challenging eval, layer {methods['layer']})")
+
+
+def _method_rows(results: dict) -> list[dict]:
+    """Per method: its dev pick and the pick's eval numbers with CIs, vs unsteered."""
+    methods = results.get("methods")
+    if not methods:
+        return []
+    rows = []
+    reference = methods["reference"]
+    entries = ([{"method": "none", "picked": True, "layer": None, "strength": 0.0,
+                 "eval": reference, "capability": None, "toxic_fraction_ratio": None,
+                 "within_limits_on_eval": None}] if reference else []) + methods["methods"]
+    best = (methods["strongest"] or {}).get("method")
+    for m in entries:
+        ev, cap = m["eval"] or {}, m["capability"] or {}
+        layer = m["layer"]
+        rows.append({
+            "method": "unsteered" if m["method"] == "none" else _method_label(m["method"]),
+            "is_ref": m["method"] == "none", "is_best": m["method"] == best,
+            "cell": ("–" if not m["picked"] else "" if m["method"] == "none" else
+                     f"{'all layers' if layer == -2 else 'no edit' if layer == -1 else layer}"
+                     f", s = {m['strength']:g}"),
+            "picked": m["picked"],
+            "mean_toxicity": _value(ev.get("mean_toxicity"), ev.get("mean_toxicity_ci")),
+            "frac_toxic": _value(ev.get("frac_toxic"), ev.get("frac_toxic_ci")),
+            "emt": _value(ev.get("emt"), ev.get("emt_ci")),
+            "tp": _value(ev.get("tp"), ev.get("tp_ci")),
+            "perplexity": _value(ev.get("perplexity"), ev.get("perplexity_ci"), 2),
+            "distinct_2": _num(ev.get("distinct_2")), "empty_rate": _num(ev.get("empty_rate")),
+            "delta": {"v": _signed(ev.get("delta_mean_toxicity")),
+                      "ci": _interval(ev.get("delta_mean_toxicity_ci"))},
+            "p": _pvalue(ev.get("p_bootstrap")),
+            "capability": _value(cap.get("acc"), cap.get("acc_ci")),
+            "capability_drop": ({"v": _signed(cap["drop_points"], 1),
+                                 "ci": _interval(cap["drop_ci_points"], 1)} if cap else
+                                {"v": "–", "ci": ""}),
+            "ratio": ("–" if m["toxic_fraction_ratio"] is None
+                      else f"{m['toxic_fraction_ratio']:.1f}×"),
+            "within": m["within_limits_on_eval"],
+        })
+    return rows
+
+
 def _splits(results: dict) -> list[dict]:
     return [{"subset": subset, **counts, "total": sum(counts.values())}
             for subset, counts in results["splits"].items()]
@@ -372,6 +435,12 @@ def _captions(results: dict) -> dict[str, tuple[str, str]]:
             "split, per layer; 0.5 is chance. The paired contrast holds the prompt fixed and "
             "pools only continuation tokens; the comparison contrast (across prompts) is "
             "shown on its own held-out set and on the paired one, the same yardstick."),
+        "method_fronts": (
+            "Methods compared on the dev grid",
+            "Toxic fraction vs perplexity of every method's strength grid on the challenging "
+            "dev prompts at the chosen layer (one continuation per prompt); lines: each "
+            "method's Pareto front through the unsteered point (star); rings: the cell the "
+            "recommendation rule picked on dev, whose eval numbers are in the methods table."),
         "control": (
             "Random-direction control",
             "Mean toxicity on challenging eval prompts vs α for the CAA vector and for "
@@ -529,6 +598,8 @@ def render_report(results: dict, figures: list[dict]) -> str:
                       for s in ("challenging", "benign") if _sweep_cells(results, s)],
         grid=_grid_table(results), examples=_examples(results), manifest=_manifest(results),
         control=results.get("control") or {}, control_rows=_control_rows(results),
+        methods=results.get("methods") or {}, method_rows=_method_rows(results),
+        methods_text=_methods_text(results.get("methods")),
     )
 
 

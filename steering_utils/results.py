@@ -195,6 +195,18 @@ def _control_summary(params, selection: dict, sweep: pd.DataFrame, control: pd.D
             "comparison": comparison, "alpha_tested": tested, "specific": specific}
 
 
+def _methods_summary(stage: StageDir) -> dict | None:
+    """The method comparison (see `comparison.comparison_results`), or None when not run."""
+    from .comparison import comparison_results
+
+    record = read_json(stage.input("methods_selection"))
+    if not record.get("picks"):
+        return None
+    return comparison_results(stage.params, read_table(stage.input("methods_grid")),
+                              read_table(stage.input("methods_eval")),
+                              read_table(stage.input("methods_capability")), record)
+
+
 def build_results(stage: StageDir) -> dict:
     """The experiment_results.json document for a run whose stages 01-05 are complete."""
     params = stage.params
@@ -295,6 +307,7 @@ def build_results(stage: StageDir) -> dict:
         "recommendation": recommendation,
         "confirmation": _eval_confirmation(selection, sweep_cells, accuracy, rule),
         "control": _control_summary(params, selection, sweep, control, accuracy),
+        "methods": _methods_summary(stage),
         "pareto": [{"layer": int(r.layer), "alpha": float(r.alpha)} for r in front.itertuples()],
         "examples": _examples(sweep, chosen[0], params.report.n_examples, params.seed),
     }
@@ -319,3 +332,23 @@ def summary_table(results: dict) -> pd.DataFrame:
     keys = ["n_prompts", "mean_toxicity", "frac_toxic", "perplexity", "empty_rate",
             "capability_acc"]
     return pd.DataFrame({name: {k: cell[k] for k in keys} for name, cell in rows.items()}).T
+
+
+def methods_table(results: dict) -> pd.DataFrame:
+    """Each method's dev pick and its eval numbers (challenging eval), unsteered first."""
+    methods = results.get("methods")
+    if not methods:
+        return pd.DataFrame()
+    rows = {}
+    if methods["reference"]:
+        rows["unsteered"] = {"cell": "", **{k: methods["reference"][k] for k in
+                                            ("frac_toxic", "mean_toxicity", "perplexity")}}
+    for m in methods["methods"]:
+        ev = m["eval"] or {}
+        rows[m["method"]] = {
+            "cell": f"layer {m['layer']}, s = {m['strength']:g}" if m["picked"] else "none",
+            "frac_toxic": ev.get("frac_toxic"), "mean_toxicity": ev.get("mean_toxicity"),
+            "perplexity": ev.get("perplexity"), "fewer_toxic_x": m["toxic_fraction_ratio"],
+            "capability_drop_points": (m["capability"] or {}).get("drop_points"),
+            "within_limits_on_eval": m["within_limits_on_eval"]}
+    return pd.DataFrame(rows).T

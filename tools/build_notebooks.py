@@ -207,8 +207,12 @@ the projection onto v_ℓ separating toxic from non-toxic texts (0.5 = chance). 
 comparison contrast's vector is tested the same way, on its own held-out set and on
 the main one, with its cosine to the main vector.
 
+It also keeps the per-unit token statistics of the train contrast (mean and standard
+deviation of every residual unit over the pooled tokens, each side), which the mean
+transport method of the comparison in 05 maps between.
+
 **Reads** `03_activations`. **Writes** `vectors.safetensors`,
-`comparison_vectors.safetensors`, `layer_stats.parquet`.
+`comparison_vectors.safetensors`, `layer_stats.parquet`, `token_statistics.safetensors`.
 """),
     code(PARAMETERS, tags=["parameters"]),
     stage_open("04_vectors"),
@@ -236,6 +240,11 @@ stats = layer_stats(vectors, sets.get("dev_toxic"), sets.get("dev_clean"), compa
                     comparison_dev)
 write_table(stats, stage.out("layer_stats"))
 stats.round(3)'''),
+    code('''
+from steering_utils.activations import save_activation_sets
+from steering_utils.interventions import token_statistics
+
+save_activation_sets({"train": token_statistics(sets)}, stage.out("token_statistics"))'''),
     code('''
 from steering_utils.plots import plot_layer_stats
 
@@ -265,11 +274,17 @@ NB["05_sweep"] = [
    or does any push of that size lower the scorer's toxicity?
 5. **Capability (eval items).** Multiple-choice accuracy under every eval cell and the
    control at the chosen α.
+6. **Methods compared (dev decides, eval confirms).** At the chosen layer, every method of
+   `sweep.methods` (ActAdd, directional ablation, mean transport, an instruction prompt, a
+   random direction; settings under `methods.*`) runs its strength grid on the dev
+   prompts; the same rule picks each method's cell on dev, and each pick is generated on
+   the challenging eval prompts with k samples against the same unsteered rows.
 
 The alpha = 0 cells are the baseline rows of stage 02 (same seeds). Generation runs in
 content-keyed shards shared across stages: a param change recomputes only the shards it
 touches. **Reads** `01_data`, `02_baseline`, `04_vectors`. **Writes** `grid`, `selection`,
-`sweep`, `control`, `capability`.
+`sweep`, `control`, `capability`, `methods_grid`, `methods_selection`, `methods_eval`,
+`methods_capability`.
 """),
     code(PARAMETERS, tags=["parameters"]),
     stage_open("05_sweep"),
@@ -350,6 +365,50 @@ capability = capability_table(model, tokenizer, items, dev_capability, selection
 write_table(capability, stage.out("capability"))
 capability.groupby(["split", "direction", "layer", "alpha"])["correct"].mean().rename(
     "accuracy").to_frame()'''),
+    md("### 6 · Methods compared at the chosen layer: dev grid, dev decision"),
+    code('''
+import pandas as pd
+
+from steering_utils import comparison as cmp
+from steering_utils.activations import load_activation_sets
+
+methods_layer = selection["control_layer"]
+statistics = load_activation_sets(stage.input("token_statistics"))["train"]
+interventions = cmp.build_interventions(params, vectors, statistics,
+                                        cmp.actadd_activations(model, tokenizer, params), randoms)
+jobs, reused = cmp.grid_jobs(prompts, baseline, grid, params, methods_layer, interventions)
+steered = (run_jobs(model, tokenizer, jobs, interventions, params, scorers, stage.shards,
+                    positions, desc="methods grid") if len(jobs) else jobs)
+methods_grid = pd.concat([reused, steered], ignore_index=True).assign(stage="methods_grid")
+write_table(methods_grid, stage.out("methods_grid"))
+method_grid_cells = cmp.method_cells(methods_grid, params)
+# Probes share CAA's measured cells (the unsteered accuracy is measured once).
+probes = ({m: dev_capability.sibling(m, iv) for m, iv in interventions.items()}
+          if dev_capability else {})
+picks = cmp.select_methods(method_grid_cells, params, probes)
+write_json(cmp.picks_record(picks, methods_layer), stage.out("methods_selection"))
+{m: p and (p["layer"], p["alpha"], round(p["mean_toxicity"], 3)) for m, p in picks.items()}'''),
+    md("### 7 · Each method's dev pick on the eval split"),
+    code('''
+from steering_utils.capability import CAPABILITY_COLUMNS, capability_rows
+
+jobs, methods_reused = cmp.eval_jobs(prompts, baseline, sweep, params, picks, interventions)
+steered = (run_jobs(model, tokenizer, jobs, interventions, params, scorers, stage.shards,
+                    positions, desc="methods eval") if len(jobs) else jobs)
+methods_eval = pd.concat([methods_reused, steered], ignore_index=True).assign(
+    stage="methods_eval")
+write_table(methods_eval, stage.out("methods_eval"))
+methods_capability = (capability_rows(model, tokenizer, items["eval"],
+                                      cmp.capability_cells(picks), interventions,
+                                      params.activations.batch_size, "eval", cap.task)
+                      if items else pd.DataFrame(columns=CAPABILITY_COLUMNS))
+methods_dev = (dev_capability.table(tuple(m for m in interventions if m != CAA))
+               if dev_capability else None)
+write_table(pd.concat([methods_dev, methods_capability], ignore_index=True),
+            stage.out("methods_capability"))
+cmp.method_cells(methods_eval, params)[["method", "layer", "alpha", "mean_toxicity",
+                                       "frac_toxic", "perplexity", "distinct_2",
+                                       "empty_rate"]].round(3)'''),
     code("stage.finish()"),
 ]
 
@@ -384,6 +443,10 @@ print(report_path)'''),
 from steering_utils.results import summary_table
 
 summary_table(results)'''),
+    code('''
+from steering_utils.results import methods_table
+
+methods_table(results)'''),
     code("stage.finish()"),
 ]
 
