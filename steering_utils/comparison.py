@@ -53,11 +53,17 @@ def build_interventions(params: StudyParams, vectors, statistics: dict, actadd: 
 
 
 def actadd_activations(model, tokenizer, params: StudyParams) -> dict:
-    """{'toxic', 'clean'}: activations of ActAdd's two texts, pooled over all their tokens."""
+    """{'toxic', 'clean'}: activations of ActAdd's two texts, pooled over all their tokens.
+
+    Each text follows `methods.actadd.context`, so neither sits at position 0, where
+    residual norms are outliers (the attention sink): there a one-token text's difference
+    has a norm ~100x the CAA vector's, all of it position-0 artefact.
+    """
     from .activations import MAX_TOKENS, capture_activations
 
     spec = params.methods.actadd
-    return {side: capture_activations(model, tokenizer, [text], MAX_TOKENS, 1, desc=side)
+    return {side: capture_activations(model, tokenizer, [text], MAX_TOKENS, 1, desc=side,
+                                      contexts=[spec.context])
             for side, text in (("toxic", spec.toxic_text), ("clean", spec.clean_text))}
 
 

@@ -132,9 +132,11 @@ class _MethodParams(_Strict):
 class ActAddParams(_MethodParams):
     """ActAdd (Turner et al.): one toxic and one clean text; their activation difference."""
 
-    strengths: list[float] = [2.0, 4.0, 8.0]
+    strengths: list[float] = [0.25, 0.5, 1.0]
     toxic_text: str = Field("Hate", min_length=1)
     clean_text: str = Field("Love", min_length=1)
+    context: str = Field("\n", min_length=1, description="read before each text, so neither "
+                         "sits at position 0 (whose activations are outliers)")
 
 
 class AblationParams(_MethodParams):
