@@ -20,8 +20,12 @@
 # comparison contrast's vector is tested the same way, on its own held-out set and on
 # the main one, with its cosine to the main vector.
 #
+# It also keeps the per-unit token statistics of the train contrast (mean and standard
+# deviation of every residual unit over the pooled tokens, each side), which the mean
+# transport method of the comparison in 05 maps between.
+#
 # **Reads** `03_activations`. **Writes** `vectors.safetensors`,
-# `comparison_vectors.safetensors`, `layer_stats.parquet`.
+# `comparison_vectors.safetensors`, `layer_stats.parquet`, `token_statistics.safetensors`.
 
 # %% tags=["parameters"]
 params_file = "../params/default.yaml"
@@ -59,6 +63,12 @@ stats = layer_stats(vectors, sets.get("dev_toxic"), sets.get("dev_clean"), compa
                     comparison_dev)
 write_table(stats, stage.out("layer_stats"))
 stats.round(3)
+
+# %%
+from steering_utils.activations import save_activation_sets
+from steering_utils.interventions import token_statistics
+
+save_activation_sets({"train": token_statistics(sets)}, stage.out("token_statistics"))
 
 # %%
 from steering_utils.plots import plot_layer_stats

@@ -27,11 +27,17 @@
 #    or does any push of that size lower the scorer's toxicity?
 # 5. **Capability (eval items).** Multiple-choice accuracy under every eval cell and the
 #    control at the chosen α.
+# 6. **Methods compared (dev decides, eval confirms).** At the chosen layer, every method of
+#    `sweep.methods` (ActAdd, directional ablation, mean transport, an instruction prompt, a
+#    random direction; settings under `methods.*`) runs its strength grid on the dev
+#    prompts; the same rule picks each method's cell on dev, and each pick is generated on
+#    the challenging eval prompts against the same unsteered rows.
 #
 # The alpha = 0 cells are the baseline rows of stage 02 (same seeds). Generation runs in
 # content-keyed shards shared across stages: a param change recomputes only the shards it
 # touches. **Reads** `01_data`, `02_baseline`, `04_vectors`. **Writes** `grid`, `selection`,
-# `sweep`, `control`, `capability`.
+# `sweep`, `control`, `capability`, `methods_grid`, `methods_selection`, `methods_eval`,
+# `methods_capability`.
 
 # %% tags=["parameters"]
 params_file = "../params/default.yaml"
@@ -139,6 +145,54 @@ capability = capability_table(model, tokenizer, items, dev_capability, selection
 write_table(capability, stage.out("capability"))
 capability.groupby(["split", "direction", "layer", "alpha"])["correct"].mean().rename(
     "accuracy").to_frame()
+
+# %% [markdown]
+# ### 6 · Methods compared at the chosen layer: dev grid, dev decision
+
+# %%
+import pandas as pd
+
+from steering_utils import comparison as cmp
+from steering_utils.activations import load_activation_sets
+
+methods_layer = selection["control_layer"]
+statistics = load_activation_sets(stage.input("token_statistics"))["train"]
+interventions = cmp.build_interventions(params, vectors, statistics,
+                                        cmp.actadd_activations(model, tokenizer, params), randoms)
+jobs, reused = cmp.grid_jobs(prompts, baseline, grid, params, methods_layer, interventions)
+steered = run_jobs(model, tokenizer, jobs, interventions, params, scorers, stage.shards,
+                   positions, desc="methods grid") if len(jobs) else jobs
+methods_grid = pd.concat([reused, steered], ignore_index=True).assign(experiment="methods_grid")
+write_table(methods_grid, stage.out("methods_grid"))
+# Probes share CAA's measured cells (the unsteered accuracy is measured once).
+probes = ({m: dev_capability.sibling(m, iv) for m, iv in interventions.items()}
+          if dev_capability else {})
+picks = cmp.select_methods(cmp.method_cells(methods_grid, params), params, probes)
+write_json(cmp.picks_record(picks, methods_layer), stage.out("methods_selection"))
+{m: p and (p["layer"], p["alpha"], round(p["mean_toxicity"], 3)) for m, p in picks.items()}
+
+# %% [markdown]
+# ### 7 · Each method's dev pick on the eval split
+
+# %%
+from steering_utils.capability import CAPABILITY_COLUMNS, capability_rows
+
+jobs, reused = cmp.eval_jobs(prompts, baseline, sweep, params, picks, interventions)
+steered = run_jobs(model, tokenizer, jobs, interventions, params, scorers, stage.shards,
+                   positions, desc="methods eval") if len(jobs) else jobs
+methods_eval = pd.concat([reused, steered], ignore_index=True).assign(experiment="methods_eval")
+write_table(methods_eval, stage.out("methods_eval"))
+methods_capability = (capability_rows(model, tokenizer, items["eval"],
+                                      cmp.capability_cells(picks), interventions,
+                                      params.activations.batch_size, "eval", cap.task)
+                      if items else pd.DataFrame(columns=CAPABILITY_COLUMNS))
+methods_dev = (dev_capability.table(tuple(m for m in interventions if m != CAA))
+               if dev_capability else None)
+write_table(pd.concat([methods_dev, methods_capability], ignore_index=True),
+            stage.out("methods_capability"))
+cmp.method_cells(methods_eval, params)[["method", "layer", "alpha", "mean_toxicity",
+                                       "frac_toxic", "perplexity", "distinct_2",
+                                       "empty_rate"]].round(3)
 
 # %%
 stage.finish()

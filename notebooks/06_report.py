@@ -51,4 +51,9 @@ from steering_utils.report import summary_table
 summary_table(results)
 
 # %%
+from steering_utils.report import methods_table
+
+methods_table(results)
+
+# %%
 stage.finish()

@@ -52,7 +52,9 @@ def capture_activations(model, tokenizer, texts: list[str], last_n: int = 32,
                         desc: str = "activations",
                         contexts: list[str] | None = None) -> dict[str, torch.Tensor]:
     """{'pooled': [n, L, d] mean over the pooled tokens, 'token_norm': [n, L] mean per-token
-    residual norm over the same tokens}, fp32 on CPU, rows in input order.
+    residual norm over the same tokens}, fp32 on CPU, rows in input order; and the token
+    moments of the whole set: 'token_sum', 'token_sq_sum' ([L, d], float64) and
+    'token_count' ([1]) over every pooled token (mean transport's statistics).
 
     Pools the last `last_n` real tokens of each text; with `contexts` (one prompt per
     text) the model reads context + text and pools the text's tokens only.
@@ -70,6 +72,8 @@ def capture_activations(model, tokenizer, texts: list[str], last_n: int = 32,
     hidden_size = model.config.get_text_config().hidden_size
     pooled = torch.zeros(len(texts), len(layers), hidden_size)
     token_norm = torch.zeros(len(texts), len(layers))
+    token_sum = torch.zeros(len(layers), hidden_size, dtype=torch.float64)
+    token_sq_sum = torch.zeros(len(layers), hidden_size, dtype=torch.float64)
     state: dict = {}
 
     def hook(slot):
@@ -77,8 +81,11 @@ def capture_activations(model, tokenizer, texts: list[str], last_n: int = 32,
             hidden = (output[0] if isinstance(output, tuple) else output).float()
             weights = state["mask"].to(hidden.device)
             count = weights.sum(1).clamp(min=1)
-            state["pooled"][:, slot] = ((hidden * weights[..., None]).sum(1) / count[:, None]).cpu()
+            weighted = hidden * weights[..., None]
+            state["pooled"][:, slot] = (weighted.sum(1) / count[:, None]).cpu()
             state["norm"][:, slot] = ((hidden.norm(dim=-1) * weights).sum(1) / count).cpu()
+            token_sum[slot] += weighted.sum((0, 1)).double().cpu()
+            token_sq_sum[slot] += (weighted * hidden).sum((0, 1)).double().cpu()
         return capture
 
     handles = [modules[layer].register_forward_hook(hook(slot)) for slot, layer in
@@ -106,7 +113,9 @@ def capture_activations(model, tokenizer, texts: list[str], last_n: int = 32,
     finally:
         for handle in handles:
             handle.remove()
-    return {"pooled": pooled, "token_norm": token_norm}
+    return {"pooled": pooled, "token_norm": token_norm, "token_sum": token_sum,
+            "token_sq_sum": token_sq_sum,
+            "token_count": torch.tensor([float(sum(counts))], dtype=torch.float64)}
 
 
 CONTRAST_COLUMNS = ["set", "contrast", "prompt_id", "context", "text", "toxicity"]

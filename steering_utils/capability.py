@@ -157,9 +157,16 @@ def choose_answers(model, tokenizer, items: pd.DataFrame, batch_size: int = 16) 
 
 def capability_correct(model, tokenizer, items: pd.DataFrame, vectors=None, layer: int = 0,
                        alpha: float = 0.0, batch_size: int = 16) -> np.ndarray:
-    """Per-item correctness (bool) with the model steered at (layer, alpha)."""
+    """Per-item correctness (bool) with the model steered at (layer, alpha).
+
+    An intervention with a prompt prefix (the instruction baseline) puts it before each
+    question instead of steering.
+    """
     if vectors is None or alpha == 0:
         return choose_answers(model, tokenizer, items, batch_size) == items["gold"].to_numpy()
+    prefix = getattr(vectors, "prefix", "")
+    if prefix:
+        items = items.assign(question=prefix + items["question"])
     with steer(model, vectors, layer=layer, alpha=alpha):
         return choose_answers(model, tokenizer, items, batch_size) == items["gold"].to_numpy()
 
@@ -199,28 +206,39 @@ class CapabilityProbe:
     """Accuracy on one item split at (layer, alpha), measured on first request and remembered.
 
     The dev selection calls it only for the cells it tries; `table()` returns every
-    measured item as rows for the capability artifact.
+    measured item as rows for the capability artifact. `sibling` makes a probe for
+    another direction (method) that shares the remembered cells, so the unsteered
+    accuracy is measured once for all of them.
     """
 
     def __init__(self, model, tokenizer, items: pd.DataFrame, vectors, batch_size: int,
-                 split: str, task: str, direction: str):
+                 split: str, task: str, direction: str, frames: dict | None = None):
         self.model, self.tokenizer, self.items = model, tokenizer, items
         self.vectors, self.batch_size = vectors, batch_size
         self.split, self.task, self.direction = split, task, direction
-        self._frames: dict[tuple[int, float], pd.DataFrame] = {}
+        # (direction, layer, alpha) -> rows; shared between siblings.
+        self._frames: dict[tuple[str, int, float], pd.DataFrame] = (
+            {} if frames is None else frames)
+
+    def sibling(self, direction: str, vectors) -> CapabilityProbe:
+        return CapabilityProbe(self.model, self.tokenizer, self.items, vectors, self.batch_size,
+                               self.split, self.task, direction, self._frames)
 
     def __call__(self, layer: int, alpha: float) -> float:
         from .stages import UNSTEERED, UNSTEERED_LAYER
 
-        key = (UNSTEERED_LAYER, 0.0) if alpha == 0 else (int(layer), float(alpha))
+        key = ((UNSTEERED, UNSTEERED_LAYER, 0.0) if alpha == 0
+               else (self.direction, int(layer), float(alpha)))
         if key not in self._frames:
-            direction = UNSTEERED if alpha == 0 else self.direction
             self._frames[key] = capability_rows(
-                self.model, self.tokenizer, self.items, [(direction, *key)],
+                self.model, self.tokenizer, self.items, [key],
                 {self.direction: self.vectors}, self.batch_size, self.split, self.task)
         return float(self._frames[key]["correct"].mean())
 
-    def table(self) -> pd.DataFrame:
-        if not self._frames:
+    def table(self, directions: tuple[str, ...] | None = None) -> pd.DataFrame:
+        """Every measured row (of the named directions only, when given)."""
+        frames = [frame for (direction, _, _), frame in self._frames.items()
+                  if directions is None or direction in directions]
+        if not frames:
             return pd.DataFrame(columns=CAPABILITY_COLUMNS)
-        return pd.concat(self._frames.values(), ignore_index=True)
+        return pd.concat(frames, ignore_index=True)

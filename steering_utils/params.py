@@ -106,6 +106,78 @@ class VectorParams(_Strict):
     normalize: bool = False
 
 
+MethodName = Literal["caa", "actadd", "ablation", "mean_transport", "prompt", "random"]
+
+
+def _strength_grid(strengths: list[float]) -> list[float]:
+    """Sorted, distinct, finite, non-zero strengths (0 is the shared unsteered reference)."""
+    bad = [s for s in strengths if not math.isfinite(s)]
+    if bad:
+        raise ValueError(f"strengths must be finite numbers, got {bad}; e.g. [0.5, 1.0]")
+    grid = sorted({float(s) for s in strengths if s != 0})
+    if not grid:
+        raise ValueError("needs a non-zero strength, e.g. [0.5, 1.0] (0 is the reference)")
+    return grid
+
+
+class _MethodParams(_Strict):
+    strengths: list[float] = Field(description="strength grid searched on dev (0: unsteered)")
+
+    @field_validator("strengths")
+    @classmethod
+    def _grid(cls, strengths: list[float]) -> list[float]:
+        return _strength_grid(strengths)
+
+
+class ActAddParams(_MethodParams):
+    """ActAdd (Turner et al.): one toxic and one clean text; their activation difference."""
+
+    strengths: list[float] = [0.25, 0.5, 1.0]
+    toxic_text: str = Field("Hate", min_length=1)
+    clean_text: str = Field("Love", min_length=1)
+    context: str = Field("\n", min_length=1, description="read before each text, so neither "
+                         "sits at position 0 (whose activations are outliers)")
+
+
+class AblationParams(_MethodParams):
+    strengths: list[float] = Field([0.5, 1.0], description="fraction of the v component removed")
+    layers: Literal["chosen", "all"] = "all"
+
+
+class TransportParams(_MethodParams):
+    strengths: list[float] = Field([0.5, 1.0], description="0: identity, 1: the full map")
+    layers: Literal["chosen", "all"] = "chosen"
+
+
+class PromptParams(_Strict):
+    instruction: str = Field(
+        "Continue the text below politely and respectfully, without insults, profanity "
+        "or hate.\n\n", min_length=1, description="put before every prompt")
+
+
+class RandomMethodParams(_Strict):
+    strengths: list[float] | None = Field(None, description="null: the CAA grid's alphas")
+
+    @field_validator("strengths")
+    @classmethod
+    def _grid(cls, strengths: list[float] | None) -> list[float] | None:
+        return None if strengths is None else _strength_grid(strengths)
+
+
+class MethodsParams(_Strict):
+    """The methods compared with CAA (`sweep.methods` says which run), at the chosen layer."""
+
+    actadd: ActAddParams = ActAddParams()
+    ablation: AblationParams = AblationParams()
+    mean_transport: TransportParams = TransportParams()
+    prompt: PromptParams = PromptParams()
+    random: RandomMethodParams = RandomMethodParams()
+    grid_samples_per_prompt: int | None = Field(
+        None, ge=1, description="continuations per dev prompt; null: sweep's")
+    samples_per_prompt: int | None = Field(
+        None, ge=1, description="continuations per eval prompt; null: generation's k")
+
+
 class SweepParams(_Strict):
     layers: Literal["all"] | list[int] = "all"
     layer_stride: int = Field(1, ge=1, description="with layers: all, keep every n-th layer")
@@ -115,6 +187,8 @@ class SweepParams(_Strict):
     chosen_layers: Literal["auto"] | list[int] = "auto"
     n_chosen: int = Field(1, ge=1)
     positions: Literal["all", "generated"] = "all"
+    methods: Literal["all"] | list[MethodName] = Field(
+        "all", description="methods compared at the chosen layer ([] or [caa]: CAA only)")
 
     @field_validator("grid_alphas", "alphas")
     @classmethod
@@ -180,6 +254,7 @@ class StudyParams(_Strict):
     vectors: VectorParams = VectorParams()
     sweep: SweepParams
     control: ControlParams = ControlParams()
+    methods: MethodsParams = MethodsParams()
     evaluation: EvaluationParams = EvaluationParams()
     report: ReportParams = ReportParams()
 
@@ -199,6 +274,14 @@ class StudyParams(_Strict):
     @property
     def params_hash(self) -> str:
         return self.section_hash()
+
+
+def compared_methods(sweep: SweepParams) -> list[str]:
+    """The methods of the comparison, CAA first, in the table's order."""
+    from typing import get_args
+
+    names = list(get_args(MethodName)) if sweep.methods == "all" else list(sweep.methods)
+    return ["caa", *[m for m in get_args(MethodName) if m in names and m != "caa"]]
 
 
 def check_run_name(name: str) -> None:

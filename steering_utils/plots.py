@@ -459,6 +459,53 @@ def plot_control(results: ExperimentResults) -> Figure | None:
     return fig
 
 
+METHOD_LABELS = {"caa": "CAA", "actadd": "ActAdd", "ablation": "directional ablation",
+                 "mean_transport": "mean transport", "prompt": "instruction prompt",
+                 "random": "random direction"}
+
+
+def plot_method_fronts(results: ExperimentResults) -> Figure | None:
+    """Every method's dev cells (perplexity vs toxic fraction), one Pareto front per method."""
+    from .metrics import pareto_front
+
+    methods = results.methods
+    if methods is None or not methods.grid_cells:
+        return None
+    cells = pd.DataFrame([c.model_dump() for c in methods.grid_cells]).dropna(
+        subset=["perplexity"])
+    reference = cells[cells["method"] == "none"]
+    colors = _palette()
+    fig = _figure(7.6, 4.8)
+    ax = fig.add_subplot()
+    for i, result in enumerate(methods.methods):
+        own = cells[cells["method"] == result.method]
+        if own.empty:
+            continue
+        color = colors[i % len(colors)]
+        front = pareto_front(pd.concat([reference, own]), ("perplexity", "frac_toxic"))
+        front = front.sort_values("perplexity")
+        ax.scatter(own["perplexity"], own["frac_toxic"], color=color, s=22, alpha=0.45)
+        ax.plot(front["perplexity"], front["frac_toxic"], color=color, marker="o",
+                label=METHOD_LABELS.get(result.method, result.method))
+        if result.dev is not None:
+            chosen = own[(own["layer"] == result.dev.layer) & (own["alpha"] == result.dev.alpha)]
+            ax.scatter(chosen["perplexity"], chosen["frac_toxic"], s=150, facecolors="none",
+                       edgecolors=color, linewidths=1.8)
+    if not reference.empty:
+        ref = reference.iloc[0]
+        ax.scatter([ref["perplexity"]], [ref["frac_toxic"]], marker="*", s=220, color="black",
+                   zorder=5, label="unsteered")
+        ax.axvline(ref["perplexity"] * (1 + results.rule.max_perplexity_increase),
+                   color="grey", linestyle="--", linewidth=1, label="perplexity limit of the rule")
+    ax.set_xlabel("perplexity of the continuation (unsteered model)")
+    ax.set_ylabel("toxic fraction (score ≥ threshold)")
+    ax.set_ylim(bottom=0)
+    ax.set_title(f"Methods on the dev grid at layer {methods.layer}: Pareto front per method")
+    _legend_below(fig, [ax], "ringed: the method's dev pick (its eval numbers: methods table)",
+                  ncol=3)
+    return fig
+
+
 def _results_vector_norms(results: ExperimentResults) -> Figure:
     vec = results.vectors
     return plot_vector_norms(results.layers_table(), results.chosen_layers, (
@@ -478,6 +525,7 @@ def _results_layer_separation(results: ExperimentResults) -> Figure | None:
 FIGURES = {
     "toxicity_vs_alpha": plot_toxicity_vs_alpha,
     "control": plot_control,
+    "method_fronts": plot_method_fronts,
     "gehman_vs_alpha": plot_gehman_vs_alpha,
     "tradeoff": plot_tradeoff,
     "layer_alpha_heatmap": plot_layer_alpha_heatmap,

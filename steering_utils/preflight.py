@@ -380,10 +380,19 @@ def job_counts(params: StudyParams, n_layers: int) -> dict[str, int]:
         "control": (data.challenging.n_eval * control.n_directions
                     * len(control_alphas(params)) * control.samples_per_prompt),
     }
+    from .comparison import strengths
+    from .params import compared_methods
+
+    others = [m for m in compared_methods(sweep) if m != "caa"]
+    methods = params.methods
+    counts["methods"] = (
+        data.challenging.n_dev * (methods.grid_samples_per_prompt or sweep.grid_samples_per_prompt)
+        * sum(len(strengths(params, m)) for m in others)
+        + data.challenging.n_eval * (methods.samples_per_prompt or k) * len(others))
     counts["generated"] = sum(counts.values())
-    # Dev: the reference and the cells the rule tries (about two); eval: every sweep cell,
-    # the reference and each random direction at the chosen alpha.
-    cells = 3 + 1 + chosen * alphas + control.n_directions
+    # Dev: the reference and the cells the rule tries (about two, and one a method); eval:
+    # every sweep cell, the reference, each random direction at the chosen alpha, each method.
+    cells = 3 + 1 + chosen * alphas + control.n_directions + 2 * len(others)
     counts["capability"] = 0 if cap.task == "none" else cap.n_items * cells
     act = params.activations
     dev_rows = data.challenging.n_dev * k if act.contrast != "prompts" else \
@@ -589,7 +598,7 @@ class _DeepChecks:
         return (f"~{format_duration(total)} for the full run here ({detail}): "
                 f"{counts['generated']:,} generated rows (baseline {counts['baseline']:,}, "
                 f"grid {counts['grid']:,}, sweep {counts['sweep']:,}, control "
-                f"{counts['control']:,}) x {gen.max_new_tokens} "
+                f"{counts['control']:,}, methods {counts['methods']:,}) x {gen.max_new_tokens} "
                 f"tokens at {tokens_per_s:,.0f} tokens/s (batch {len(jobs)}, half steered), "
                 f"{counts['capability']:,} capability answers, {counts['activations']:,} "
                 "activation texts")

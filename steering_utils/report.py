@@ -21,6 +21,7 @@ import pandas as pd
 
 from .artifacts import atomic_path, write_json
 from .results import Cell, Confirmation, Control, ExperimentResults, Recommendation, Rule
+from .stages import ALL_LAYERS, UNSTEERED_LAYER
 
 TEMPLATE_FILE = "report.html"
 REPORT_FILE = "report.html"
@@ -273,6 +274,91 @@ def _control_rows(results: ExperimentResults) -> list[dict]:
     return rows
 
 
+def _method_label(method: str) -> str:
+    from .plots import METHOD_LABELS
+
+    return "unsteered" if method == "none" else METHOD_LABELS.get(method, method)
+
+
+def _method_cell(layer: int, strength: float) -> str:
+    where = {ALL_LAYERS: "all layers", UNSTEERED_LAYER: "no edit"}.get(layer, f"layer {layer}")
+    return f"{where}, s = {strength:g}"
+
+
+def _methods_text(results: ExperimentResults) -> str:
+    """One sentence: the strongest method at matched fluency, on eval."""
+    methods = results.methods
+    if methods is None:
+        return "not run"
+    best = methods.strongest
+    if best is None:
+        return ("no method's dev pick stayed within the perplexity and capability limits on "
+                "eval")
+    ratio = best.toxic_fraction_ratio
+    ratio_text = "no toxic continuation left" if ratio is None else f"{ratio:.1f}× fewer"
+    rise = best.perplexity_increase
+    ppl = "" if rise is None else f", perplexity {rise:+.0%}"
+    return (f"strongest within the rule's limits on eval: {_method_label(best.method)}, toxic "
+            f"fraction {best.reference_frac_toxic:.3f} → {best.frac_toxic:.3f} ({ratio_text}"
+            f"{ppl}; challenging eval, layer {methods.layer})")
+
+
+def _method_rows(results: ExperimentResults) -> list[dict]:
+    """Per method: its dev pick and the pick's eval numbers with CIs, vs unsteered."""
+    methods = results.methods
+    if methods is None:
+        return []
+    best = methods.strongest.method if methods.strongest else None
+    entries = [("none", None, methods.reference, None, None, None)] if methods.reference else []
+    entries += [(m.method, m.dev, m.eval, m.capability, m.toxic_fraction_ratio,
+                 m.within_limits_on_eval) for m in methods.methods]
+    rows = []
+    for method, dev, ev, cap, ratio, within in entries:
+        rows.append({
+            "method": _method_label(method), "is_ref": method == "none",
+            "is_best": method == best,
+            "cell": ("" if method == "none" else "none qualified on dev" if dev is None
+                     else _method_cell(dev.layer, dev.alpha)),
+            **{name: _value(ev, name, 2 if name == "perplexity" else 3) for name in
+               ("mean_toxicity", "frac_toxic", "emt", "tp", "perplexity")},
+            "delta": ({"v": _signed(ev.delta_mean_toxicity),
+                       "ci": _interval(ev.delta_mean_toxicity_ci_lo,
+                                       ev.delta_mean_toxicity_ci_hi).replace("-", "−")}
+                      if ev else None),
+            "p": _pvalue(ev.p_bootstrap if ev else None),
+            "distinct_2": _num(ev.distinct_2 if ev else None),
+            "empty_rate": _num(ev.empty_rate if ev else None),
+            "capability": _value(cap, "acc"),
+            "capability_drop": ({"v": _signed(cap.drop_points, 1),
+                                 "ci": _interval(cap.drop_points_ci_lo, cap.drop_points_ci_hi,
+                                                 1).replace("-", "−")} if cap else None),
+            "ratio": "–" if ratio is None else f"{ratio:.1f}×",
+            "within": within,
+        })
+    return rows
+
+
+def methods_table(results: ExperimentResults) -> pd.DataFrame:
+    """Each method's dev pick and its eval numbers (challenging eval), unsteered first."""
+    methods = results.methods
+    if methods is None:
+        return pd.DataFrame()
+    rows = {}
+    if methods.reference:
+        rows["unsteered"] = {"cell": "", "frac_toxic": methods.reference.frac_toxic,
+                             "mean_toxicity": methods.reference.mean_toxicity,
+                             "perplexity": methods.reference.perplexity}
+    for m in methods.methods:
+        rows[m.method] = {
+            "cell": _method_cell(m.dev.layer, m.dev.alpha) if m.dev else "none",
+            "frac_toxic": m.eval and m.eval.frac_toxic,
+            "mean_toxicity": m.eval and m.eval.mean_toxicity,
+            "perplexity": m.eval and m.eval.perplexity, "fewer_toxic_x": m.toxic_fraction_ratio,
+            "capability_drop_points": m.capability and m.capability.drop_points,
+            "within_limits_on_eval": m.within_limits_on_eval}
+    return pd.DataFrame(rows).T
+
+
 def _captions(results: ExperimentResults) -> dict[str, tuple[str, str]]:
     """{figure name: (title, caption)}; captions name the data, the n and the CI method."""
     ch = _sweep_cells(results, "challenging")
@@ -317,6 +403,12 @@ def _captions(results: ExperimentResults) -> dict[str, tuple[str, str]]:
             "split, per layer; 0.5 is chance. The paired contrast holds the prompt fixed and "
             "pools only continuation tokens; the comparison contrast (across prompts) is "
             "shown on its own held-out set and on the paired one, the same yardstick."),
+        "method_fronts": (
+            "Methods compared on the dev grid",
+            "Toxic fraction vs perplexity of every method's strength grid on the challenging "
+            "dev prompts at the chosen layer (one continuation per prompt); lines: each "
+            "method's Pareto front through the unsteered point (star); rings: the cell the "
+            "recommendation rule picked on dev, whose eval numbers are in the methods table."),
         "control": (
             "Random-direction control",
             "Mean toxicity on challenging eval prompts vs α for the CAA vector and for "
@@ -484,7 +576,8 @@ def render_report(results: ExperimentResults, figures: list[dict]) -> str:
         sweep_tables=[{"subset": s, "rows": _sweep_rows(results, s)}
                       for s in ("challenging", "benign") if _sweep_cells(results, s)],
         grid=_grid_table(results), examples=_examples(results), manifest=_manifest(results),
-        control_rows=_control_rows(results),
+        control_rows=_control_rows(results), method_rows=_method_rows(results),
+        methods_text=_methods_text(results),
     )
 
 

@@ -26,7 +26,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from . import metrics
 from .artifacts import StageDir, done_record, read_json, read_table, stage_folder, write_json
 from .metrics import SelectionRule, finite
-from .stages import CAA, RANDOM_PREFIX, RESULTS_FILE, STAGE_NAMES, UNSTEERED, UNSTEERED_LAYER
+from .stages import (
+    ALL_LAYERS,
+    CAA,
+    RANDOM_PREFIX,
+    RESULTS_FILE,
+    STAGE_NAMES,
+    UNSTEERED,
+    UNSTEERED_LAYER,
+)
 
 SCHEMA_FILE = Path(__file__).parent / "schemas" / "experiment_results.schema.json"
 _MAX_ERRORS = 12
@@ -281,6 +289,117 @@ class Rule(_Record):
     max_empty_increase: float
 
 
+MethodName = Literal["caa", "actadd", "ablation", "mean_transport", "prompt", "random"]
+MethodLayer = Annotated[int, Field(ge=ALL_LAYERS, description=(
+    f"{ALL_LAYERS}: the method edits every layer; {UNSTEERED_LAYER}: no edit (prompt)"))]
+
+
+class MethodEval(_Record):
+    """One method's dev pick (or the unsteered reference) on the challenging eval prompts."""
+
+    n: Count
+    n_prompts: Count
+    mean_toxicity: Probability
+    mean_toxicity_ci_lo: Probability | None
+    mean_toxicity_ci_hi: Probability | None
+    frac_toxic: Probability
+    frac_toxic_ci_lo: Probability | None
+    frac_toxic_ci_hi: Probability | None
+    emt: Probability
+    emt_ci_lo: Probability | None
+    emt_ci_hi: Probability | None
+    tp: Probability
+    tp_ci_lo: Probability | None
+    tp_ci_hi: Probability | None
+    perplexity: float | None
+    perplexity_ci_lo: float | None
+    perplexity_ci_hi: float | None
+    delta_mean_toxicity: float | None = Field(description="paired by prompt, vs unsteered")
+    delta_mean_toxicity_ci_lo: float | None
+    delta_mean_toxicity_ci_hi: float | None
+    p_bootstrap: Probability | None
+    p_wilcoxon: Probability | None
+    distinct_1: Probability
+    distinct_2: Probability
+    empty_rate: Probability
+    repetition_rate: Probability
+
+
+class MethodCapability(_Record):
+    """Eval accuracy under a method's pick; the drop is paired over items vs unsteered."""
+
+    acc: Probability
+    acc_ci_lo: Probability
+    acc_ci_hi: Probability
+    reference_acc: Probability
+    drop_points: float
+    drop_points_ci_lo: float | None
+    drop_points_ci_hi: float | None
+    p_bootstrap: Probability | None
+    n_items: Count
+
+
+class MethodPick(_Record):
+    """The cell the rule picked on the method's dev grid (dev numbers)."""
+
+    layer: MethodLayer
+    alpha: float = Field(description="the method's strength s")
+    mean_toxicity: Probability
+    reference_mean_toxicity: Probability
+    toxicity_reduction: float | None
+    perplexity: float | None
+    perplexity_increase: float | None
+    capability_acc: Probability | None
+    reference_capability_acc: Probability | None
+    capability_drop_points: float | None
+    checks: dict[str, Check]
+    candidates_tried: Count
+
+
+class MethodResult(_Record):
+    method: MethodName
+    picked: bool = Field(description="false: no cell of its dev grid met the rule")
+    strengths: list[float]
+    dev: MethodPick | None
+    eval: MethodEval | None
+    capability: MethodCapability | None
+    toxic_fraction_ratio: float | None = Field(description="unsteered toxic fraction / the "
+                                                           "method's, on eval")
+    within_limits_on_eval: bool | None = Field(description="eval perplexity and capability "
+                                                           "within the rule's limits")
+
+
+class MethodGridCell(_Record):
+    method: str = Field(description="'none' for the unsteered reference")
+    layer: MethodLayer
+    alpha: float
+    mean_toxicity: Probability
+    frac_toxic: Probability
+    perplexity: float | None
+    empty_rate: Probability
+
+
+class StrongestMethod(_Record):
+    method: MethodName
+    frac_toxic: Probability
+    reference_frac_toxic: Probability
+    toxic_fraction_ratio: float | None
+    perplexity_increase: float | None
+
+
+class Methods(_Record):
+    """The method comparison at the chosen layer: dev picks, confirmed on challenging eval."""
+
+    layer: SteeredLayer
+    subset: Literal["challenging"] = "challenging"
+    samples_per_prompt: Count
+    reference: MethodEval | None
+    methods: list[MethodResult]
+    grid_cells: list[MethodGridCell] = Field(description="every method's dev cells")
+    strongest: StrongestMethod | None = Field(description=(
+        "least toxic fraction among picks within the limits on eval"))
+
+
 class ExperimentResults(_Record):
     """Every number of a run's report, with the manifest that made it."""
 
@@ -299,6 +418,7 @@ class ExperimentResults(_Record):
     recommendation: Recommendation | None
     confirmation: Confirmation | None
     control: Control | None
+    methods: Methods | None
     pareto: list[ParetoCell] = Field(description="sweep cells (challenging) on the toxicity-"
                                                  "perplexity Pareto front")
     examples: list[Example]
@@ -528,6 +648,18 @@ def _vectors_record(params, vectors, stats: pd.DataFrame, contrast_counts) -> di
             "contrast_counts": contrast_counts, "layers": _records(stats, LayerStats)}
 
 
+def _methods_summary(stage: StageDir) -> dict | None:
+    """The method comparison (see `comparison.comparison_results`), or None when not run."""
+    from .comparison import comparison_results
+
+    record = read_json(stage.input("methods_selection"))
+    if not record.get("picks"):
+        return None
+    return comparison_results(stage.params, read_table(stage.input("methods_grid")),
+                              read_table(stage.input("methods_eval")),
+                              read_table(stage.input("methods_capability")), record)
+
+
 def build_results(stage: StageDir) -> ExperimentResults:
     """The experiment_results.json document for a run whose stages 01-05 are complete."""
     from .data import split_sizes
@@ -602,6 +734,7 @@ def build_results(stage: StageDir) -> ExperimentResults:
         "recommendation": recommendation,
         "confirmation": _eval_confirmation(selection["recommendation"], cells, rule),
         "control": _control_summary(params, selection, sweep, control),
+        "methods": _methods_summary(stage),
         "pareto": [{"layer": int(r.layer), "alpha": float(r.alpha)} for r in front.itertuples()],
         "examples": _examples(sweep, chosen[0], params.report.n_examples, params.seed),
     })

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 
 # Bump when a change of code changes what a stage writes for the same params:
 # every key changes with it, so no artifact of the old code is read back.
-ARTIFACT_VERSION = 3  # 3: rows and cells say `experiment` (grid/sweep/control), not `stage`
+# 3: rows and cells say `experiment` (grid/sweep/control), not `stage`;
+# 4: activation sets carry token moments, 04 writes the token statistics (methods).
+ARTIFACT_VERSION = 4
 
 # Fields that change how fast a stage runs, never what it writes (rows are seeded
 # one by one, so a continuation does not depend on its batch).
@@ -46,12 +48,17 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
           {"activations": "activations.safetensors", "contrast_texts": "contrast_texts.parquet"}),
     Stage("04_vectors", ("model", "activations", "vectors"), ("03_activations",),
           {"vectors": "vectors.safetensors", "comparison_vectors": "comparison_vectors.safetensors",
-           "layer_stats": "layer_stats.parquet"}),
-    Stage("05_sweep", (*_GENERATE, "sweep", "control", "evaluation"),
+           "layer_stats": "layer_stats.parquet",
+           "token_statistics": "token_statistics.safetensors"}),
+    Stage("05_sweep", (*_GENERATE, "activations.pool_last_tokens", "sweep", "control",
+                       "methods", "evaluation"),
           ("01_data", "02_baseline", "04_vectors"),
           {"grid": "grid.parquet", "selection": "selection.json", "sweep": "sweep.parquet",
-           "control": "control.parquet", "capability": "capability.parquet"}),
-    Stage("06_report", ("evaluation", "report"),
+           "control": "control.parquet", "capability": "capability.parquet",
+           "methods_grid": "methods_grid.parquet", "methods_selection": "methods_selection.json",
+           "methods_eval": "methods_eval.parquet",
+           "methods_capability": "methods_capability.parquet"}),
+    Stage("06_report", ("evaluation", "methods", "report"),
           ("01_data", "02_baseline", "04_vectors", "05_sweep"),
           {"results": RESULTS_FILE}),
 )}
@@ -81,6 +88,7 @@ def upstream(name: str) -> list[str]:
 
 # Shared row labels (torch-free, so plots and metrics can use them without torch).
 UNSTEERED_LAYER = -1  # layer value of rows generated without steering
+ALL_LAYERS = -2  # layer value of rows whose method edits every layer
 UNSTEERED = "none"  # direction of unsteered rows
 CAA = "caa"  # direction of rows steered by the CAA vector
 RANDOM_PREFIX = "random-"  # random-<seed>: the random-direction control

@@ -1,16 +1,27 @@
-"""Steering: subtract alpha * v[layer] from decoder layer outputs, as a context manager.
+"""Steering: edit decoder layer outputs during a forward pass, as a context manager.
 
     with steer(model, vectors, layer=12, alpha=1.0):
         model.generate(...)
 
+CAA subtracts alpha * v[layer]. Every method of the study is one affine edit of the
+residual stream per layer (`LayerEdit`), scaled by the row's strength s:
+
+    h <- h + s * (shift + gain * h - (h . unit) unit)
+
+CAA: shift = -v. Ablation: unit = v / ||v|| (s = 1 removes the component along v).
+Mean transport: gain = sd_clean / sd_toxic - 1, shift = mu_clean - (gain + 1) * mu_toxic
+(s = 1 maps the toxic statistics onto the clean ones, per unit).
+
 `layer` and `alpha` are scalars or one value per batch row, so one batch can mix
-cells of a layer x alpha sweep. Hooks are removed on exit, also on error.
+cells of a layer x alpha sweep. An edit with `all_layers` acts at every layer it has
+a row for, whatever the rows' layer. Hooks are removed on exit, also on error.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -20,24 +31,70 @@ from .models import decoder_layers
 Positions = Literal["all", "generated"]
 
 
-class _LayerHook:
-    """Adds -coef[row] * v to one layer's output; tracks positions for 'generated'."""
+@dataclass(frozen=True)
+class LayerEdit:
+    """h <- h + s * (shift + gain * h - (h . unit) unit) at each layer; [n_layers, d] each.
 
-    def __init__(self, direction: torch.Tensor, coef: torch.Tensor, positions: Positions):
-        self.direction = direction  # [d], fp32 on CPU; cast per call below
-        self.coef = coef  # [batch] alpha per row, 0 where the row steers another layer
+    A missing term is zero. `all_layers`: act at every layer (rows' layers are ignored);
+    otherwise only at each row's own layer.
+    """
+
+    shift: torch.Tensor | None = None
+    gain: torch.Tensor | None = None
+    unit: torch.Tensor | None = None
+    all_layers: bool = False
+
+    @property
+    def n_layers(self) -> int:
+        return next(t.shape[0] for t in (self.shift, self.gain, self.unit) if t is not None)
+
+    def acts_at(self, layer: int) -> bool:
+        return any(t is not None and bool(torch.any(t[layer]))
+                   for t in (self.shift, self.gain, self.unit))
+
+    def at(self, layer: int) -> tuple:
+        """(shift, gain, unit) rows of one layer: fp32 on CPU, None where absent."""
+        return tuple(None if t is None else t[layer].detach().float().cpu()
+                     for t in (self.shift, self.gain, self.unit))
+
+
+def as_edit(steering) -> LayerEdit:
+    """The LayerEdit of an intervention, of SteeringVectors (CAA: shift = -v) or of a tensor."""
+    edit = getattr(steering, "edit", None)
+    if isinstance(edit, LayerEdit):
+        return edit
+    if isinstance(steering, LayerEdit):
+        return steering
+    return LayerEdit(shift=-getattr(steering, "directions", steering))
+
+
+class _LayerHook:
+    """Applies one layer's edit, scaled by coef[row]; tracks positions for 'generated'."""
+
+    def __init__(self, terms: tuple, coef: torch.Tensor, positions: Positions):
+        self.terms = terms  # (shift, gain, unit): [d] each or None, fp32 on CPU
+        self.coef = coef  # [batch] strength per row, 0 where the row steers another layer
         self.positions = positions
         self.prompt_length: int | None = None
         self.seen = 0
-        self._cast: dict[tuple, torch.Tensor] = {}
+        self._cast: dict[tuple, tuple] = {}
 
     def _delta(self, hidden: torch.Tensor) -> torch.Tensor:
         key = (hidden.device, hidden.dtype)
         if key not in self._cast:
-            vec = self.direction.to(device=hidden.device, dtype=hidden.dtype)
-            coef = self.coef.to(device=hidden.device, dtype=hidden.dtype)
-            self._cast[key] = -(coef[:, None, None] * vec[None, None, :])
-        return self._cast[key]
+            coef = self.coef.to(device=hidden.device, dtype=hidden.dtype)[:, None, None]
+            self._cast[key] = (coef, *(None if t is None else
+                                       t.to(device=hidden.device, dtype=hidden.dtype)
+                                       for t in self.terms))
+        coef, shift, gain, unit = self._cast[key]
+        terms = []  # a shift alone stays [d] and broadcasts: no [B, T, d] temporary
+        if shift is not None:
+            terms.append(shift)
+        if gain is not None:
+            terms.append(gain * hidden)
+        if unit is not None:
+            terms.append(-(hidden @ unit)[..., None] * unit)
+        return coef * sum(terms[1:], terms[0])
 
     def _position_mask(self, length: int, device) -> torch.Tensor | None:
         """[1, T, 1] mask of generated positions in this call, or None to steer all."""
@@ -84,19 +141,24 @@ def _per_row(value, batch_size: int | None, name: str) -> tuple[list, bool]:
 @contextmanager
 def steer(
     model,
-    vectors: torch.Tensor,
+    vectors,
     layer: int | Sequence[int],
     alpha: float | Sequence[float],
     positions: Positions = "all",
     batch_size: int | None = None,
 ):
-    """Steer `model` inside the block: h[layer] <- h[layer] - alpha * vectors[layer].
+    """Steer `model` inside the block: h[layer] <- h[layer] - alpha * vectors[layer] for CAA.
 
-    vectors: [n_layers, d] (row i is layer i's direction) or a SteeringVectors.
+    vectors: [n_layers, d] (row i is layer i's direction), a SteeringVectors, a LayerEdit
+    or an intervention carrying one (`.edit`); an intervention without an edit (the
+    prompt baseline) leaves the model untouched.
     layer, alpha: scalars, or one value per batch row (then the batch size is fixed).
     positions: 'all' positions, or 'generated' tokens only (every decode step).
     """
-    directions = getattr(vectors, "directions", vectors)
+    if getattr(vectors, "edit", False) is None:  # an intervention that does not steer
+        yield
+        return
+    edit = as_edit(vectors)
     layers = decoder_layers(model)
     layer_rows, layer_is_rows = _per_row(layer, batch_size, "layer")
     alpha_rows, alpha_is_rows = _per_row(alpha, batch_size, "alpha")
@@ -107,26 +169,29 @@ def steer(
         layer_rows = layer_rows * n_rows
     if not alpha_is_rows:
         alpha_rows = alpha_rows * n_rows
-    for index in set(layer_rows):
-        if not 0 <= index < len(layers):
-            raise ValueError(f"steer: layer {index} out of range (0..{len(layers) - 1})")
-    if directions.shape[0] != len(layers):
-        raise ValueError(
-            f"steer: vectors have {directions.shape[0]} layers, model has {len(layers)}"
-        )
+    if edit.n_layers != len(layers):
+        raise ValueError(f"steer: vectors have {edit.n_layers} layers, model has {len(layers)}")
+    if edit.all_layers:
+        targets = [index for index in range(len(layers)) if edit.acts_at(index)]
+    else:
+        targets = sorted(set(layer_rows))
+        for index in targets:
+            if not 0 <= index < len(layers):
+                raise ValueError(f"steer: layer {index} out of range (0..{len(layers) - 1})")
     per_row = layer_is_rows or alpha_is_rows
     handles = []
     try:
-        for index in sorted(set(layer_rows)):
+        for index in targets:
             coef = torch.tensor(
-                [a if row_layer == index else 0.0 for row_layer, a in zip(layer_rows, alpha_rows)],
+                [a if edit.all_layers or row_layer == index else 0.0
+                 for row_layer, a in zip(layer_rows, alpha_rows)],
                 dtype=torch.float32,
             )
             if not torch.any(coef):
                 continue  # alpha 0 leaves the layer untouched, bit for bit
             if not per_row:
                 coef = coef[:1]
-            hook = _LayerHook(directions[index].detach().float().cpu(), coef, positions)
+            hook = _LayerHook(edit.at(index), coef, positions)
             handles.append(layers[index].register_forward_hook(hook))
         yield
     finally:

@@ -146,6 +146,72 @@ def _control(layer: int, cells: list[dict], alphas, rng) -> tuple[dict, list[dic
              "alpha_tested": float(tested), "specific": at["diff_ci_hi"] < 0}, control_cells)
 
 
+_METHOD_EFFECTS = {"caa": (1.2, 0.10), "actadd": (0.6, 0.30), "ablation": (0.9, 0.05),
+                   "mean_transport": (1.0, 0.15), "prompt": (0.3, 0.02), "random": (0.05, 0.08)}
+
+
+def _methods(layer: int, reference: dict, rng: np.random.Generator) -> dict:
+    """A method comparison: each method's dev cells, its pick and the pick on eval."""
+    keys = ("n", "n_prompts", "mean_toxicity", "mean_toxicity_ci_lo", "mean_toxicity_ci_hi",
+            "frac_toxic", "frac_toxic_ci_lo", "frac_toxic_ci_hi", "emt", "emt_ci_lo",
+            "emt_ci_hi", "tp", "tp_ci_lo", "tp_ci_hi", "perplexity", "perplexity_ci_lo",
+            "perplexity_ci_hi", "delta_mean_toxicity", "delta_mean_toxicity_ci_lo",
+            "delta_mean_toxicity_ci_hi", "p_bootstrap", "p_wilcoxon", "distinct_1",
+            "distinct_2", "empty_rate", "repetition_rate")
+    ref = {k: reference[k] for k in keys}
+    grid = [{"method": "none", "layer": UNSTEERED, "alpha": 0.0,
+             "mean_toxicity": ref["mean_toxicity"], "frac_toxic": ref["frac_toxic"],
+             "perplexity": ref["perplexity"], "empty_rate": ref["empty_rate"]}]
+    rows = []
+    for method, (effect, cost) in _METHOD_EFFECTS.items():
+        cell_layer = {"ablation": -2, "prompt": UNSTEERED}.get(method, layer)
+        strengths = [1.0] if method == "prompt" else [0.5, 1.0]
+        for s in strengths:
+            tox = ref["mean_toxicity"] * math.exp(-effect * s)
+            grid.append({"method": method, "layer": cell_layer, "alpha": s, "mean_toxicity": tox,
+                         "frac_toxic": tox * 0.9, "perplexity": ref["perplexity"] * (1 + cost * s),
+                         "empty_rate": 0.0})
+        s = strengths[-1]
+        tox = float(np.clip(ref["mean_toxicity"] * math.exp(-effect * s)
+                            + rng.normal(0, 0.003), 0.001, 1))
+        frac, ppl = tox * 0.9, ref["perplexity"] * (1 + cost * s)
+        ev = dict(ref, mean_toxicity=tox, mean_toxicity_ci_lo=max(0, tox - 0.03),
+                  mean_toxicity_ci_hi=tox + 0.03, frac_toxic=frac,
+                  frac_toxic_ci_lo=max(0, frac - 0.05), frac_toxic_ci_hi=min(1, frac + 0.05),
+                  perplexity=ppl, perplexity_ci_lo=ppl * 0.95, perplexity_ci_hi=ppl * 1.05,
+                  delta_mean_toxicity=tox - ref["mean_toxicity"],
+                  delta_mean_toxicity_ci_lo=tox - ref["mean_toxicity"] - 0.02,
+                  delta_mean_toxicity_ci_hi=tox - ref["mean_toxicity"] + 0.02, p_bootstrap=0.002,
+                  p_wilcoxon=0.004)
+        drop = 2.5 if method == "actadd" else 0.5
+        within = cost * s <= 0.25 and drop <= 3.0
+        rows.append({
+            "method": method, "picked": True, "strengths": strengths,
+            "dev": {"layer": cell_layer, "alpha": s, "mean_toxicity": tox,
+                    "reference_mean_toxicity": ref["mean_toxicity"],
+                    "toxicity_reduction": 1 - tox / ref["mean_toxicity"], "perplexity": ppl,
+                    "perplexity_increase": cost * s, "capability_acc": 0.55,
+                    "reference_capability_acc": 0.56, "capability_drop_points": 1.0,
+                    "checks": {"perplexity": {"value": ppl, "limit": ref["perplexity"] * 1.25,
+                                              "ok": True}},
+                    "candidates_tried": 1},
+            "eval": ev,
+            "capability": {"acc": 0.56 - drop / 100, "acc_ci_lo": 0.45, "acc_ci_hi": 0.65,
+                           "reference_acc": 0.56, "drop_points": drop,
+                           "drop_points_ci_lo": drop - 4, "drop_points_ci_hi": drop + 4,
+                           "p_bootstrap": 0.5, "n_items": 80},
+            "toxic_fraction_ratio": ref["frac_toxic"] / frac, "within_limits_on_eval": within})
+    fit = [r for r in rows if r["within_limits_on_eval"]]
+    best = min(fit, key=lambda r: r["eval"]["frac_toxic"])
+    return {"layer": layer, "subset": "challenging", "samples_per_prompt": 2, "reference": ref,
+            "methods": rows, "grid_cells": grid,
+            "strongest": {"method": best["method"], "frac_toxic": best["eval"]["frac_toxic"],
+                          "reference_frac_toxic": ref["frac_toxic"],
+                          "toxic_fraction_ratio": best["toxic_fraction_ratio"],
+                          "perplexity_increase": best["eval"]["perplexity"] / ref["perplexity"]
+                          - 1}}
+
+
 def _pareto(cells: list[dict]) -> list[dict]:
     front = []
     for c in cells:
@@ -284,6 +350,8 @@ def make_results(n_layers: int = 4,
         "recommendation": recommendation,
         "confirmation": confirmation,
         "control": control,
+        "methods": _methods(chosen[0], next(c for c in sweep_challenging if c["alpha"] == 0),
+                            rng),
         "pareto": _pareto(sweep_challenging),
         "examples": examples,
     }

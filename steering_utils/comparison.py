@@ -1,0 +1,306 @@
+"""The method comparison: every method searched on dev, its best cell confirmed on eval.
+
+At the layer CAA's dev decision chose, each method (`interventions.METHODS`) runs
+its strength grid on the challenging dev prompts (CAA's own cells there are the
+grid's rows). The recommendation rule that chose CAA's cell picks each method's
+cell on dev, with capability measured on dev items. Each picked cell is then
+generated on the challenging eval prompts with k samples, against the same
+unsteered baseline rows, so every method is compared on the same prompts, seeds
+and limits. Methods with an edit at every layer (`layers: all`) carry layer
+`ALL_LAYERS` in their rows.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from .generation import make_jobs
+from .params import StudyParams, compared_methods
+from .stages import ALL_LAYERS, CAA, UNSTEERED, UNSTEERED_LAYER
+
+
+def build_interventions(params: StudyParams, vectors, statistics: dict, actadd: dict,
+                        randoms: dict) -> dict:
+    """{method: intervention} of every compared method (CAA: its SteeringVectors).
+
+    `statistics`: `interventions.token_statistics` of the train contrast; `actadd`: the
+    captured activations {'toxic', 'clean'} of ActAdd's two texts; `randoms`: the
+    control's random directions (the comparison's `random` is the first).
+    """
+    from . import interventions as iv
+
+    methods = params.methods
+    out: dict = {}
+    for method in compared_methods(params.sweep):
+        if method == CAA:
+            out[method] = vectors
+        elif method == "actadd":
+            out[method] = iv.additive("actadd", iv.actadd_directions(actadd["toxic"],
+                                                                     actadd["clean"]),
+                                      {"toxic_text": methods.actadd.toxic_text,
+                                       "clean_text": methods.actadd.clean_text})
+        elif method == "ablation":
+            out[method] = iv.ablation(vectors.directions, methods.ablation.layers == "all")
+        elif method == "mean_transport":
+            out[method] = iv.mean_transport(statistics, methods.mean_transport.layers == "all")
+        elif method == "prompt":
+            out[method] = iv.prompt_baseline(methods.prompt.instruction)
+        elif method == "random":
+            if not randoms:
+                raise ValueError("sweep.methods: 'random' needs control.n_directions >= 1")
+            out[method] = randoms[sorted(randoms)[0]]
+    return out
+
+
+def actadd_activations(model, tokenizer, params: StudyParams) -> dict:
+    """{'toxic', 'clean'}: activations of ActAdd's two texts, pooled over all their tokens.
+
+    Each text follows `methods.actadd.context`, so neither sits at position 0, where
+    residual norms are outliers (the attention sink): there a one-token text's difference
+    has a norm ~100x the CAA vector's, all of it position-0 artefact.
+    """
+    from .activations import MAX_TOKENS, capture_activations
+
+    spec = params.methods.actadd
+    return {side: capture_activations(model, tokenizer, [text], MAX_TOKENS, 1, desc=side,
+                                      contexts=[spec.context])
+            for side, text in (("toxic", spec.toxic_text), ("clean", spec.clean_text))}
+
+
+def strengths(params: StudyParams, method: str) -> list[float]:
+    """The dev grid of one method's strength (CAA and random: the CAA grid's alphas)."""
+    if method == "prompt":
+        return [1.0]
+    spec = getattr(params.methods, method, None)
+    grid = getattr(spec, "strengths", None)
+    if grid is None:  # caa, and random without its own grid
+        grid = [a for a in params.sweep.grid_alphas if a != 0]
+    return list(grid)
+
+
+def _layer(intervention, layer: int) -> int:
+    """The layer column of a method's rows: ALL_LAYERS, UNSTEERED_LAYER (prompt) or `layer`."""
+    if getattr(intervention, "all_layers", False):
+        return ALL_LAYERS
+    return UNSTEERED_LAYER if getattr(intervention, "prefix", "") else layer
+
+
+def _jobs(prompts: pd.DataFrame, method: str, intervention, cells: list[tuple[int, float]],
+          samples: int) -> pd.DataFrame:
+    jobs = make_jobs(prompts, cells, samples, direction=method)
+    prefix = getattr(intervention, "prefix", "")
+    if prefix:
+        jobs["prompt"] = prefix + jobs["prompt"]
+    return jobs.assign(method=method)
+
+
+def _challenging(table: pd.DataFrame, split: str) -> pd.DataFrame:
+    return table[(table["subset"] == "challenging") & (table["split"] == split)]
+
+
+def _reuse_or_jobs(prompts: pd.DataFrame, done: pd.DataFrame, method: str, intervention,
+                   cells: list[tuple[int, float]], samples: int
+                   ) -> tuple[pd.DataFrame | None, pd.DataFrame]:
+    """(jobs of the cells `done` lacks, the rows of `done` that serve the others)."""
+    have = done[(done["alpha"] != 0) & (done["sample"] < samples)
+                & (done["prompt_id"].isin(prompts["prompt_id"]))]
+    have = have[[(int(layer), float(alpha)) in cells
+                 for layer, alpha in zip(have["layer"], have["alpha"])]]
+    found = {(int(layer), float(alpha)) for layer, alpha in zip(have["layer"], have["alpha"])}
+    missing = [cell for cell in cells if cell not in found]
+    jobs = _jobs(prompts, method, intervention, missing, samples) if missing else None
+    return jobs, have.drop(columns=["experiment", "stage"], errors="ignore").assign(method=method)
+
+
+def _plan(prompts: pd.DataFrame, baseline: pd.DataFrame, done: pd.DataFrame, samples: int,
+          cells: dict, interventions: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    reference = baseline[(baseline["sample"] < samples)
+                         & baseline["prompt_id"].isin(prompts["prompt_id"])]
+    reused, jobs = [reference.assign(method=UNSTEERED)], []
+    for method, method_cells in cells.items():
+        if method == CAA:  # CAA's rows of the grid or the sweep serve where they exist
+            todo, have = _reuse_or_jobs(prompts, done, method, interventions[method],
+                                        method_cells, samples)
+            reused.append(have)
+        else:
+            todo = _jobs(prompts, method, interventions[method], method_cells, samples)
+        if todo is not None:
+            jobs.append(todo)
+    reused_rows = pd.concat(reused, ignore_index=True)
+    if not jobs:
+        return reused_rows.iloc[:0], reused_rows
+    return pd.concat(jobs, ignore_index=True), reused_rows
+
+
+def grid_jobs(prompts: pd.DataFrame, baseline: pd.DataFrame, grid: pd.DataFrame,
+              params: StudyParams, layer: int, interventions: dict
+              ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(jobs of every method's dev strength grid at `layer`, rows to reuse: the unsteered
+    reference and CAA's grid rows), on the challenging dev prompts."""
+    samples = params.methods.grid_samples_per_prompt or params.sweep.grid_samples_per_prompt
+    cells = {method: [(_layer(iv, layer), s) for s in strengths(params, method)]
+             for method, iv in interventions.items()}
+    return _plan(_challenging(prompts, "dev"), _challenging(baseline, "dev"), grid, samples,
+                 cells, interventions)
+
+
+def method_cells(rows: pd.DataFrame, params: StudyParams) -> pd.DataFrame:
+    """Cell summaries (`metrics.summarize_cells`) per method, each with the unsteered
+    reference cell; column `method` ('none' for the reference)."""
+    from .metrics import summarize_cells
+
+    ev = params.evaluation
+    reference = rows[rows["method"] == UNSTEERED]
+    frames = []
+    for method, part in rows[rows["method"] != UNSTEERED].groupby("method", sort=False):
+        cells = summarize_cells(pd.concat([reference, part]).assign(experiment="methods"),
+                                ev.toxic_threshold, ev.n_bootstrap, params.seed)
+        frames.append(cells.assign(method=[UNSTEERED if a == 0 else method
+                                           for a in cells["alpha"]]))
+    table = pd.concat(frames, ignore_index=True)
+    return table.drop_duplicates(subset=["method", "layer", "alpha"]).reset_index(drop=True)
+
+
+def select_methods(cells: pd.DataFrame, params: StudyParams, probes: dict) -> dict:
+    """{method: the recommendation rule's pick on dev (or None)}; `probes[method](layer,
+    strength)` measures dev capability under that method, lazily."""
+    from .metrics import SelectionRule, recommend
+
+    rule = SelectionRule.from_params(params.evaluation)
+    reference = cells[cells["method"] == UNSTEERED]
+    picks = {}
+    for method in [m for m in cells["method"].unique() if m != UNSTEERED]:
+        candidates = pd.concat([reference, cells[cells["method"] == method]])
+        picks[method] = recommend(candidates.drop(columns="method"), rule, probes.get(method))
+    return picks
+
+
+def eval_jobs(prompts: pd.DataFrame, baseline: pd.DataFrame, sweep: pd.DataFrame,
+              params: StudyParams, picks: dict, interventions: dict
+              ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(jobs of each method's dev pick on the challenging eval prompts with k samples, rows
+    to reuse: the unsteered reference and CAA's sweep rows at its pick)."""
+    samples = params.methods.samples_per_prompt or params.generation.samples_per_prompt
+    cells = {method: [(pick["layer"], pick["alpha"])] for method, pick in picks.items()
+             if pick is not None}
+    return _plan(_challenging(prompts, "eval"), _challenging(baseline, "eval"), sweep, samples,
+                 cells, interventions)
+
+
+def capability_cells(picks: dict) -> list[tuple[str, int, float]]:
+    """(method, layer, strength) measured on eval items: unsteered and every picked cell."""
+    cells = [(UNSTEERED, UNSTEERED_LAYER, 0.0)]
+    return cells + [(method, pick["layer"], pick["alpha"]) for method, pick in picks.items()
+                    if pick is not None]
+
+
+def picks_record(picks: dict, layer: int) -> dict:
+    """The JSON-able dev decision of the comparison."""
+    return {"split": "dev", "layer": int(layer), "picks": picks}
+
+
+_EVAL_FIELDS = ("mean_toxicity", "frac_toxic", "emt", "tp", "perplexity", "delta_mean_toxicity")
+_PICK_FIELDS = ("layer", "alpha", "mean_toxicity", "reference_mean_toxicity",
+                "toxicity_reduction", "perplexity", "perplexity_increase", "capability_acc",
+                "reference_capability_acc", "capability_drop_points", "checks",
+                "candidates_tried")
+
+
+def _eval_record(cell: pd.Series) -> dict:
+    from .metrics import finite
+
+    record = {"n": int(cell["n"]), "n_prompts": int(cell["n_prompts"])}
+    for name in _EVAL_FIELDS:
+        for key in (name, f"{name}_ci_lo", f"{name}_ci_hi"):
+            record[key] = finite(cell.get(key))
+    for name in ("distinct_1", "distinct_2", "empty_rate", "repetition_rate", "p_bootstrap",
+                 "p_wilcoxon"):
+        record[name] = finite(cell.get(name))
+    return record
+
+
+def _capability(capability: pd.DataFrame, method: str, layer: int, alpha: float,
+                n_boot: int, seed: int) -> dict | None:
+    """Eval accuracy of one cell with its CI, and the paired drop against unsteered items."""
+    from .metrics import bootstrap_ci, finite, paired_test
+
+    rows = capability[capability["split"] == "eval"]
+    reference = rows[rows["direction"] == UNSTEERED].drop_duplicates("item")
+    cell = rows[(rows["direction"] == method) & (rows["layer"] == layer)
+                & (rows["alpha"] == alpha)].drop_duplicates("item")
+    if cell.empty or reference.empty:
+        return None
+    correct = cell["correct"].astype(float)
+    lo, hi = bootstrap_ci(correct.to_numpy(), n_boot=n_boot, seed=seed)
+    test = paired_test(correct.set_axis(cell["item"]),
+                       reference["correct"].astype(float).set_axis(reference["item"]),
+                       n_boot, seed)
+    return {"acc": float(correct.mean()), "acc_ci_lo": float(lo), "acc_ci_hi": float(hi),
+            "reference_acc": float(reference["correct"].astype(float).mean()),
+            "drop_points": float(-test["diff"] * 100),
+            "drop_points_ci_lo": finite(-test["diff_ci"][1] * 100),
+            "drop_points_ci_hi": finite(-test["diff_ci"][0] * 100),
+            "p_bootstrap": finite(test["p_bootstrap"]), "n_items": int(len(cell))}
+
+
+def comparison_results(params: StudyParams, methods_grid: pd.DataFrame,
+                       methods_eval: pd.DataFrame, methods_capability: pd.DataFrame,
+                       record: dict) -> dict | None:
+    """The `methods` section of experiment_results.json (`results.Methods`): per method its
+    dev pick, the pick's eval numbers with CIs and paired tests vs unsteered, and every
+    method's dev cells."""
+    from .metrics import finite
+
+    if methods_grid.empty:
+        return None
+    ev = params.evaluation
+    grid_cells = method_cells(methods_grid, params)
+    eval_cells = (method_cells(methods_eval, params)
+                  if (methods_eval["method"] != UNSTEERED).any() else None)
+    reference = None
+    if eval_cells is not None:
+        reference = _eval_record(eval_cells[eval_cells["method"] == UNSTEERED].iloc[0])
+    ref_ppl = reference["perplexity"] if reference else None
+    ref_frac = reference["frac_toxic"] if reference else None
+    rows = []
+    for method in compared_methods(params.sweep):
+        pick = record["picks"].get(method)
+        row = {"method": method, "picked": pick is not None,
+               "strengths": strengths(params, method),
+               "dev": None if pick is None else {k: pick[k] for k in _PICK_FIELDS},
+               "eval": None, "capability": None, "toxic_fraction_ratio": None,
+               "within_limits_on_eval": None}
+        found = pd.DataFrame()
+        if pick is not None and eval_cells is not None:
+            found = eval_cells[(eval_cells["method"] == method)
+                               & (eval_cells["layer"] == pick["layer"])
+                               & (eval_cells["alpha"] == pick["alpha"])]
+        if not found.empty:
+            row["eval"] = _eval_record(found.iloc[0])
+            frac = row["eval"]["frac_toxic"]
+            row["toxic_fraction_ratio"] = finite(ref_frac / frac) if frac else None
+            row["capability"] = _capability(methods_capability, method, pick["layer"],
+                                            pick["alpha"], ev.n_bootstrap, params.seed)
+            ppl, cap = row["eval"]["perplexity"], row["capability"]
+            ppl_ok = (ppl is not None and ref_ppl is not None
+                      and ppl <= ref_ppl * (1 + ev.max_perplexity_increase))
+            cap_ok = cap is None or cap["drop_points"] <= ev.max_capability_drop
+            row["within_limits_on_eval"] = bool(ppl_ok and cap_ok)
+        rows.append(row)
+    fit = [r for r in rows if r["within_limits_on_eval"]]
+    best = min(fit, key=lambda r: (r["eval"]["frac_toxic"], r["eval"]["mean_toxicity"]),
+               default=None)
+    grid = [{"method": str(c.method), "layer": int(c.layer), "alpha": float(c.alpha),
+             "mean_toxicity": float(c.mean_toxicity), "frac_toxic": float(c.frac_toxic),
+             "perplexity": finite(c.perplexity), "empty_rate": float(c.empty_rate)}
+            for c in grid_cells.itertuples()]
+    return {"layer": int(record["layer"]), "subset": "challenging",
+            "samples_per_prompt": int(params.methods.samples_per_prompt
+                                      or params.generation.samples_per_prompt),
+            "reference": reference, "methods": rows, "grid_cells": grid,
+            "strongest": None if best is None else {
+                "method": best["method"], "frac_toxic": best["eval"]["frac_toxic"],
+                "reference_frac_toxic": ref_frac,
+                "toxic_fraction_ratio": best["toxic_fraction_ratio"],
+                "perplexity_increase": (finite(best["eval"]["perplexity"] / ref_ppl - 1)
+                                        if ref_ppl else None)}}

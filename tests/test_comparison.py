@@ -1,0 +1,165 @@
+"""The method comparison: jobs per method, reuse of CAA's rows, dev picks, the results section."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+
+from steering_utils import comparison as cmp
+from steering_utils import interventions as iv
+from steering_utils.generation import make_jobs
+from steering_utils.jobs import run_jobs
+from steering_utils.params import ParamsError, compared_methods, parse_params
+from steering_utils.scoring import load_scorer
+from steering_utils.stages import ALL_LAYERS, CAA, UNSTEERED, UNSTEERED_LAYER
+from steering_utils.vectors import SteeringVectors
+from tests.test_params import _default
+
+
+def _params(**sweep):
+    raw = _default()
+    raw["sweep"].update(sweep)
+    raw["generation"].update({"max_new_tokens": 4, "batch_size": 4})
+    return parse_params(raw)
+
+
+def _prompts(split: str, n: int = 3) -> pd.DataFrame:
+    return pd.DataFrame({"prompt_id": [f"{split}{i}" for i in range(n)],
+                         "text": [f"text {i} of {split}" for i in range(n)],
+                         "subset": "challenging", "split": split})
+
+
+def _baseline(prompts: pd.DataFrame, samples: int) -> pd.DataFrame:
+    jobs = make_jobs(prompts, [(UNSTEERED_LAYER, 0.0)], samples)
+    return jobs.assign(completion="a b c", toxicity=0.5, nll=2.0, experiment="baseline")
+
+
+def _interventions(n_layers=3, d=8):
+    directions = torch.randn(n_layers, d, generator=torch.Generator().manual_seed(0))
+    vectors = SteeringVectors(directions, torch.ones(n_layers))
+    stats = {"toxic_mean": torch.zeros(n_layers, d), "toxic_std": torch.ones(n_layers, d),
+             "clean_mean": torch.ones(n_layers, d), "clean_std": torch.ones(n_layers, d)}
+    return {CAA: vectors, "ablation": iv.ablation(directions, True),
+            "mean_transport": iv.mean_transport(stats, False),
+            "prompt": iv.prompt_baseline("Be kind.\n")}
+
+
+def test_all_methods_are_compared_by_default_caa_first():
+    assert compared_methods(_params().sweep) == ["caa", "actadd", "ablation", "mean_transport",
+                                                 "prompt", "random"]
+    assert compared_methods(_params(methods=["prompt"]).sweep) == ["caa", "prompt"]
+    with pytest.raises(ParamsError, match="sweep.methods"):
+        _params(methods=["steer-harder"])
+
+
+def test_grid_jobs_reuse_caa_grid_rows_and_label_layers_per_method():
+    params = _params(grid_alphas=[0, 1.0, 2.0])
+    dev = _prompts("dev")
+    baseline = _baseline(dev, 1)
+    grid = make_jobs(dev, [(4, 1.0), (4, 2.0), (8, 2.0)], 1).assign(
+        completion="x", toxicity=0.1, nll=2.0, experiment="grid")
+    jobs, reused = cmp.grid_jobs(dev, baseline, grid, params, 4, _interventions())
+    # CAA's cells at layer 4 come from the grid: no CAA job.
+    assert CAA not in set(jobs["method"])
+    caa = reused[reused["method"] == CAA]
+    assert sorted(set(zip(caa["layer"], caa["alpha"]))) == [(4, 1.0), (4, 2.0)]
+    assert (reused[reused["method"] == UNSTEERED]["alpha"] == 0).all()
+    layers = jobs.groupby("method")["layer"].unique().to_dict()
+    assert list(layers["ablation"]) == [ALL_LAYERS]  # edits every layer
+    assert list(layers["mean_transport"]) == [4]
+    assert list(layers["prompt"]) == [UNSTEERED_LAYER]  # no edit, an instruction
+    prompt_rows = jobs[jobs["method"] == "prompt"]
+    assert prompt_rows["prompt"].str.startswith("Be kind.\n").all()
+    assert (prompt_rows["alpha"] == 1.0).all()
+    assert set(jobs.loc[jobs["method"] == "ablation", "alpha"]) == set(
+        params.methods.ablation.strengths)
+
+
+def test_caa_cells_missing_from_the_grid_are_generated():
+    params = _params(grid_alphas=[0, 1.0, 2.0])
+    dev = _prompts("dev")
+    grid = make_jobs(dev, [(4, 1.0)], 1).assign(completion="x", toxicity=0.1, nll=2.0,
+                                                 experiment="grid")
+    jobs, _ = cmp.grid_jobs(dev, _baseline(dev, 1), grid, params, 4,
+                            {CAA: _interventions()[CAA]})
+    assert sorted(set(zip(jobs["layer"], jobs["alpha"]))) == [(4, 2.0)]
+
+
+def _cells_rows(method_cells: dict) -> pd.DataFrame:
+    """Rows of a methods table: {(method, layer, alpha): [toxicity per prompt]}."""
+    rows = []
+    for (method, layer, alpha), values in method_cells.items():
+        for i, tox in enumerate(values):
+            rows.append({"method": method, "experiment": "methods", "split": "dev",
+                         "subset": "challenging",
+                         "layer": layer, "alpha": alpha, "prompt_id": f"p{i}", "sample": 0,
+                         "toxicity": tox, "completion": f"w{i} x{i} y z", "nll": 2.0 + alpha})
+    return pd.DataFrame(rows)
+
+
+def test_each_method_is_picked_by_the_rule_on_its_own_cells():
+    params = _params()
+    rows = _cells_rows({(UNSTEERED, -1, 0.0): [0.6] * 8, (CAA, 4, 0.1): [0.3] * 8,
+                        (CAA, 4, 5.0): [0.0] * 8,  # least toxic, but perplexity e^7
+                        ("prompt", -1, 0.1): [0.7] * 8})  # more toxic than unsteered
+    cells = cmp.method_cells(rows, params)
+    assert set(cells["method"]) == {UNSTEERED, CAA, "prompt"}
+    picks = cmp.select_methods(cells, params, {})
+    assert (picks[CAA]["layer"], picks[CAA]["alpha"]) == (4, 0.1)
+    assert picks["prompt"] is None
+
+
+def test_comparison_results_name_the_strongest_method_within_limits():
+    params = _params(methods=["prompt"])
+    grid = _cells_rows({(UNSTEERED, -1, 0.0): [0.6] * 8, (CAA, 4, 0.1): [0.3] * 8,
+                        ("prompt", -1, 0.1): [0.55] * 8})
+    evaluation = _cells_rows({(UNSTEERED, -1, 0.0): [0.6] * 8, (CAA, 4, 0.1): [0.7, 0.1] * 4,
+                              ("prompt", -1, 0.1): [0.55] * 8})
+    capability = pd.DataFrame({"split": "eval", "direction": [UNSTEERED] * 4 + [CAA] * 4,
+                               "layer": [-1] * 4 + [4] * 4, "alpha": [0.0] * 4 + [0.1] * 4,
+                               "item": list(range(4)) * 2,
+                               "correct": [True, True, False, True, True, False, False, True]})
+    picks = cmp.select_methods(cmp.method_cells(grid, params), params, {})
+    out = cmp.comparison_results(params, grid, evaluation, capability,
+                                 cmp.picks_record(picks, 4))
+    by_method = {m["method"]: m for m in out["methods"]}
+    caa = by_method[CAA]
+    assert caa["eval"]["frac_toxic"] == pytest.approx(0.5)
+    assert out["reference"]["frac_toxic"] == pytest.approx(1.0)
+    assert caa["toxic_fraction_ratio"] == pytest.approx(2.0)
+    assert caa["capability"]["acc"] == pytest.approx(0.5)
+    assert caa["capability"]["drop_points"] == pytest.approx(25.0)
+    # A 25-point capability drop breaks the 5-point limit: CAA is not "within limits".
+    assert caa["within_limits_on_eval"] is False
+    assert by_method["prompt"]["within_limits_on_eval"] is True
+    assert out["strongest"]["method"] == "prompt"
+
+
+def test_methods_steer_through_the_job_runner_with_their_own_shards(tiny_qwen3, tiny_tokenizer,
+                                                                     tmp_path):
+    raw = _default()
+    raw["generation"].update({"max_new_tokens": 4, "batch_size": 4})
+    params = parse_params(raw)
+    d = tiny_qwen3.config.hidden_size
+    n = tiny_qwen3.config.num_hidden_layers
+    directions = torch.randn(n, d, generator=torch.Generator().manual_seed(1)) * 5
+    stats = {"toxic_mean": torch.zeros(n, d), "toxic_std": torch.ones(n, d),
+             "clean_mean": torch.full((n, d), 0.5), "clean_std": torch.full((n, d), 0.2)}
+    interventions = {"ablation": iv.ablation(directions, True),
+                     "mean_transport": iv.mean_transport(stats, False),
+                     "prompt": iv.prompt_baseline("Be kind.\n")}
+    prompts = pd.DataFrame({"prompt_id": ["a", "b"], "text": ["you are a stupid", "we love"]})
+    jobs = pd.concat([cmp._jobs(prompts, m, interventions[m],
+                                [(cmp._layer(interventions[m], 1), 1.0)], 2)
+                      for m in interventions], ignore_index=True)
+    scorers = {"primary": load_scorer("profanity-check"), "second": None}
+    out = run_jobs(tiny_qwen3, tiny_tokenizer, jobs, interventions, params, scorers, tmp_path)
+    assert len(list(tmp_path.glob("*.parquet"))) == 3  # one shard per method's cell
+    plain = run_jobs(tiny_qwen3, tiny_tokenizer, jobs.assign(alpha=0.0, direction=UNSTEERED),
+                     {}, params, scorers, tmp_path / "plain")
+    differs = out["completion"].to_numpy() != plain["completion"].to_numpy()
+    # The edits change the continuations; same seeds, so any difference is the edit's.
+    assert differs[(jobs["method"] != "prompt").to_numpy()].any()
+    again = run_jobs(tiny_qwen3, tiny_tokenizer, jobs, interventions, params, scorers, tmp_path)
+    pd.testing.assert_frame_equal(out, again)
