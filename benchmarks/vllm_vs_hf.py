@@ -33,13 +33,15 @@ ROOT = Path(__file__).resolve().parent.parent
 SLICES = 4  # the engines take turns over this many slices of the sweep
 
 
-def _vectors(model, params, runs_root: Path):
+def _vectors(model, runs_root: Path, path: Path | None):
     import torch
 
     from steering_utils.artifacts import is_complete, stage_folder
     from steering_utils.params import load_params
     from steering_utils.vectors import SteeringVectors
 
+    if path is not None:
+        return SteeringVectors.load(path).directions, str(path)
     # The default run's vectors are the same under any engine's params of the same study.
     default = load_params(ROOT / "params" / "default.yaml")
     folder = stage_folder(runs_root, default, "04_vectors")
@@ -92,6 +94,7 @@ def main() -> None:
     parser.add_argument("--layer", type=int, default=8, help="steered layer (default run: 8)")
     parser.add_argument("--crn-prompts", type=int, default=12)
     parser.add_argument("--runs-root", type=Path, default=ROOT / "runs")
+    parser.add_argument("--vectors", type=Path, help="a vectors.safetensors to steer with")
     args = parser.parse_args()
 
     import torch
@@ -109,7 +112,7 @@ def main() -> None:
     if on_cuda:  # the HF model, the eager engine and the CUDA-graph engine share the GPU
         os.environ.setdefault("STEERING_VLLM_GPU_MEMORY", "0.3")
     model, tokenizer = load_model(params.model)
-    vectors, source = _vectors(model, params, args.runs_root)
+    vectors, source = _vectors(model, args.runs_root, args.vectors)
     prompts = load_prompts(params.data, params.seed)
     evaluation = prompts[prompts["split"] == "eval"]
     jobs = make_jobs(evaluation, steered_cells([args.layer], params.sweep.alphas),

@@ -344,8 +344,8 @@ def test_completions_have_the_hf_engine_columns_and_are_batch_independent(hf, en
     # A row's continuation does not depend on which rows share its batch.
     alone = pd.concat([generate_completions(model, tokenizer, jobs.iloc[i : i + 1], vectors,
                                             gen, seed=3, engine=engine)
-                       for i in range(0, len(jobs), 9)])
-    assert list(alone["completion"]) == list(ours["completion"].iloc[::9])
+                       for i in range(0, len(jobs), 33)])
+    assert list(alone["completion"]) == list(ours["completion"].iloc[::33])
 
 
 @pytest.mark.vllm
