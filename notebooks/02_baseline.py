@@ -19,7 +19,9 @@
 # numbers make the paired comparisons tight), and a resumed run reproduces an
 # uninterrupted one. Work is written in shards named by a hash of their rows and of every
 # params field that shapes them; an interrupted run resumes from them, and a shard made
-# under other params is never read back.
+# under other params is never read back. `generation.engine` says who generates here and in
+# 05: transformers with steering hooks (`hf`, the reference) or vLLM steered per request
+# (`vllm`).
 #
 # **Reads** `01_data` prompts. **Writes** `generations.parquet`.
 

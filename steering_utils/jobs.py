@@ -9,7 +9,9 @@ steering direction. A shard made under other params is therefore never read back
 while a shard whose rows and recipe are unchanged is reused by any stage and any
 later params version (changing one alpha recomputes that alpha's shards only).
 Several pending shards are generated together (rows of different cells share
-batches), then written one file per shard.
+batches), then written one file per shard. `generation.engine` picks who generates:
+transformers with steering hooks (`generation`), or vLLM steered per request
+(`vllm_engine`); the engine is part of `generation`, so of every shard's key.
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ from .stages import ARTIFACT_VERSION, UNSTEERED
 
 SHARD_ROWS = 256  # rows per shard at most: an interruption loses at most one group of work
 GROUP_ROWS = 256  # rows generated together (several small shards share batches)
+# vLLM batches continuously: a longer queue keeps its batch full (the group's tail
+# runs at a shrinking batch). Rows are seeded one by one, so results do not change.
+GROUP_ROWS_VLLM = 2048
 ROW_KEY = ("direction", "layer", "alpha", "prompt_id", "sample")
 RECIPE_FIELDS = ("seed", "model", "generation", "scorer")
 RESULT_COLUMNS = ("completion", "toxicity", "toxicity_second", "nll")
@@ -96,8 +101,9 @@ def run_jobs(model, tokenizer, jobs: pd.DataFrame, directions: dict, params: Stu
             if not paths[key].is_file() and i % n_workers == worker]
     done_rows = 0
     groups: list[list[tuple[str, np.ndarray]]] = []
+    group_rows = GROUP_ROWS_VLLM if params.generation.engine == "vllm" else GROUP_ROWS
     for item in todo:
-        if not groups or sum(len(r) for _, r in groups[-1]) + len(item[1]) > GROUP_ROWS:
+        if not groups or sum(len(r) for _, r in groups[-1]) + len(item[1]) > group_rows:
             groups.append([])
         groups[-1].append(item)
     for number, group in enumerate(groups, start=1):
@@ -133,9 +139,17 @@ def _checked(shard: pd.DataFrame, expected: pd.DataFrame, path: Path) -> pd.Data
 
 def _compute(model, tokenizer, rows: pd.DataFrame, directions: dict, params: StudyParams,
              scorers: dict, positions: str, desc: str) -> pd.DataFrame:
-    from .generation import generate_completions
     from .likelihood import continuation_nll
     from .scoring import score_rows
+
+    if params.generation.engine == "vllm":
+        from functools import partial
+
+        from .vllm_engine import generate_completions
+
+        generate_completions = partial(generate_completions, spec=params.model)
+    else:
+        from .generation import generate_completions
 
     parts = []
     for direction, part in rows.groupby("direction", sort=True):

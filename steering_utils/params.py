@@ -74,6 +74,9 @@ class GenerationParams(_Strict):
     max_new_tokens: int = Field(20, ge=1)
     samples_per_prompt: int = Field(1, ge=1, description="k of the Gehman protocol")
     batch_size: int | Literal["auto"] = 32
+    engine: Literal["hf", "vllm"] = Field(
+        "hf", description="hf: transformers generate with steering hooks (the reference); "
+        "vllm: steering_utils.vllm_engine, run in the vLLM environment (make setup-vllm)")
 
 
 ScorerName = Literal["unbiased-toxic-roberta", "jigsaw-bilstm", "profanity-check"]

@@ -348,8 +348,20 @@ def check_disk(params: StudyParams, runs_root: Path) -> str:
     return f"{free:.0f} GiB free under {runs_root}"
 
 
+def check_engine(params: StudyParams) -> str:
+    """The generation engine: vllm needs its environment (make setup-vllm) and safetensors."""
+    if params.generation.engine == "hf":
+        return "hf: transformers generate with steering hooks"
+    from .vllm_engine import check_model_source, notebook_kernel
+
+    check_model_source(params.model)
+    return (f"vllm: steered per request; notebooks run in the kernel {notebook_kernel()!r} "
+            "(.venv-vllm)")
+
+
 def validate_run(params: StudyParams) -> None:
     """The cheap checks the runner makes before any stage starts (raises ParamsError)."""
+    check_engine(params)
     check_layers(params)
     check_sizes(params)
     check_context(params)
@@ -601,7 +613,9 @@ class _DeepChecks:
                 f"{counts['control']:,}, methods {counts['methods']:,}) x {gen.max_new_tokens} "
                 f"tokens at {tokens_per_s:,.0f} tokens/s (batch {len(jobs)}, half steered), "
                 f"{counts['capability']:,} capability answers, {counts['activations']:,} "
-                "activation texts")
+                "activation texts" + ("; generation timed on the HF engine, vLLM's is faster "
+                                      "(benchmarks/vllm_vs_hf.py)"
+                                      if gen.engine == "vllm" else ""))
 
 
 def run_checks(params: StudyParams, runs_root: Path, echo: Callable[[str], None] = print,
@@ -615,6 +629,7 @@ def run_checks(params: StudyParams, runs_root: Path, echo: Callable[[str], None]
               ("layers", check_layers), ("data", check_sizes), ("context", check_context),
               ("capability", lambda p: check_capability(p, deep)),
               ("tokenizer", check_tokenizer), ("scorer", check_scorer), ("device", check_device),
+              ("engine", check_engine),
               ("disk", lambda p: check_disk(p, runs_root))]
     if deep:
         probe = _DeepChecks(params)

@@ -50,7 +50,12 @@ class RunStopped(Exception):
         self.exit_code = exit_code
 
 
-def _kernel_name() -> str:
+def _kernel_name(params: StudyParams | None = None) -> str:
+    """The kernel that runs the notebooks: the vLLM environment's for engine: vllm."""
+    if params is not None and params.generation.engine == "vllm":
+        from .vllm_engine import notebook_kernel  # ParamsError naming `make setup-vllm`
+
+        return notebook_kernel(PROJECT_ROOT)
     from jupyter_client.kernelspec import KernelSpecManager
 
     specs = KernelSpecManager().find_kernel_specs()
@@ -106,12 +111,14 @@ def run_study(params_file: str | Path, runs_root: str | Path = "runs",
     out_dir = report_dir(reports_root, params)
     validate_run(params)  # bad layers, sizes, context or tasks fail here, before any stage
     check_folders(params, runs_root, reports_root)  # a read-only folder fails here, by name
+    kernel = _kernel_name(params)  # a missing vLLM environment fails here, before any stage
     with RunLock(run_dir, wait=wait, echo=echo):
         moved = set_aside_stale(out_dir, params.params_hash)
         echo(f"run {params.run_name!r} (params hash {params.params_hash}) -> {out_dir}")
         if moved:
             echo(f"  the report there was made under other params: moved aside to {moved}")
-        _run_stages(params, params_file, run_dir, runs_root, reports_root, out_dir, force, echo)
+        _run_stages(params, params_file, run_dir, runs_root, reports_root, out_dir, force, echo,
+                    kernel)
         notebooks = _executed_notebooks(params, run_dir)
         if report_params_hash(out_dir) == params.params_hash:
             attach_notebooks(out_dir, notebooks)
@@ -131,10 +138,9 @@ def _executed_notebooks(params: StudyParams, run_dir: Path) -> dict[str, Path]:
 
 
 def _run_stages(params: StudyParams, params_file: Path, run_dir: Path, runs_root: Path,
-                reports_root: Path, out_dir: Path, force: bool, echo) -> None:
+                reports_root: Path, out_dir: Path, force: bool, echo, kernel: str) -> None:
     import papermill
 
-    kernel = _kernel_name()
     resume = resume_command(params_file, runs_root, reports_root)
     if force:  # recompute everything these params need; other params' folders stay
         import shutil
