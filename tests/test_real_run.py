@@ -440,7 +440,15 @@ def test_job_counts_equal_the_job_tables_the_study_builds():
     randoms = [f"random-{i}" for i in range(params.control.n_directions)]
     assert counts["control"] == len(control_jobs(prompts, baseline, params, 10, randoms)[0])
     assert counts["control"] == 700 * 3 * 5
-    assert counts["generated"] == 46_250 + 27_000 + 420_000 + 10_500
+    # Methods: each non-CAA method's dev strength grid on 150 dev prompts x 1 sample
+    # (actadd 4, ablation 3, mean transport 3, prompt 1, random = CAA's 5 grid alphas),
+    # then its dev pick on 700 eval prompts x 10 samples.
+    from steering_utils.comparison import strengths
+
+    others = ["actadd", "ablation", "mean_transport", "prompt", "random"]
+    assert [len(strengths(params, m)) for m in others] == [4, 3, 3, 1, 5]
+    assert counts["methods"] == 150 * 16 + 700 * 10 * 5 == 37_400
+    assert counts["generated"] == 46_250 + 27_000 + 420_000 + 10_500 + 37_400
     # dev: reference + about 2 tried cells; eval: reference, 2 x 7 cells, 3 random directions
     assert counts["capability"] == 1000 * (3 + 1 + 2 * 7 + 3)
     assert counts["activations"] == 4 * params.activations.n_per_side
