@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from .artifacts import SHARDS_DIR, is_complete, stage_folder, stage_key, stage_seconds
-from .notebooks import KERNEL_NAME, NOTEBOOKS, read_stage_notebook
+from .notebooks import KERNEL_NAME, NOTEBOOKS, PROJECT_ROOT, read_stage_notebook
 from .params import ParamsError, StudyParams, load_params, run_path
 from .reportdir import (
     FAILED_FILE,

@@ -28,7 +28,7 @@ QWEN3_8B = dict(vocab_size=151_936, hidden_size=4096, intermediate_size=12_288,
                 num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8,
                 head_dim=128, tie_word_embeddings=False, max_position_embeddings=40_960)
 DEEP_LINES = ["params", "folders", "layers", "data", "context", "capability", "tokenizer",
-              "scorer", "device", "disk", "model", "steering", "wall"]
+              "scorer", "device", "engine", "disk", "model", "steering", "wall"]
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +126,7 @@ def test_make_check_light_on_the_standins_passes(standin_file, tmp_path, capsys)
     assert main(["--params", str(standin_file), "--runs-root", str(tmp_path / "runs"),
                  "--no-deep"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert [line.split()[1] for line in lines] == DEEP_LINES[:10]
+    assert [line.split()[1] for line in lines] == DEEP_LINES[:11]
     assert all(line.startswith("ok") for line in lines)
     capability = next(line for line in lines if line.split()[1] == "capability")
     assert "mmlu_hub: 1000 dev + 1000 eval items, chance 0.25, scored by answer letter" \
@@ -450,7 +450,7 @@ def test_job_counts_equal_the_job_tables_the_study_builds():
     assert counts["methods"] == 150 * 16 + 700 * 10 * 5 == 37_400
     assert counts["generated"] == 46_250 + 27_000 + 420_000 + 10_500 + 37_400
     # dev: reference + about 2 tried cells; eval: reference, 2 x 7 cells, 3 random directions
-    assert counts["capability"] == 1000 * (3 + 1 + 2 * 7 + 3)
+    assert counts["capability"] == 1000 * (3 + 1 + 2 * 7 + 3 + 2 * 5)  # 5 methods: dev + eval
     assert counts["activations"] == 4 * params.activations.n_per_side
 
 
@@ -462,9 +462,9 @@ def test_wall_time_projection_adds_each_pass():
     seconds, detail = project_wall_time(params, counts, {"generate": 0.01, "score": 0.001,
                                                          "perplexity": 0.002,
                                                          "capability": 0.05})
-    expected = 503_750 * (0.01 + 0.001 + 0.002) + 21_000 * 0.05 + 1_200 * 0.002
+    expected = 541_150 * (0.01 + 0.001 + 0.002) + 31_000 * 0.05 + 1_200 * 0.002
     assert seconds == pytest.approx(expected)
-    assert detail.startswith("generation 1 h 23 min, scoring 8 min")
+    assert detail.startswith("generation 1 h 30 min, scoring 9 min")
     assert format_duration(59) == "59 s" and format_duration(7260) == "2 h 01 min"
 
 
