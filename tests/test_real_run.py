@@ -143,7 +143,7 @@ def test_make_check_deep_on_the_standins_passes_every_line(standin_file, tmp_pat
     assert all(line.startswith("ok") for line in lines)
     by = {line.split()[1]: line for line in lines}
     assert "alpha 0 left them equal" in by["steering"] and "layers 0:" in by["steering"]
-    assert "for the full run" in by["wall"] and "478,250 generated rows" in by["wall"]
+    assert "for the full run" in by["wall"] and "515,650 generated rows" in by["wall"]
     assert "unbiased-toxic-roberta" in by["scorer"]
 
 
