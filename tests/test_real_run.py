@@ -524,6 +524,6 @@ def test_gpu_check_tiny_runs_every_pass_on_the_cpu():
     out = done.stdout
     for expected in ("generate plain", "generate steered", "steering overhead", "score ",
                      "perplexity ", "capability ", "projected wall time of "
-                     "params/qwen3-8b.yaml", "503,750 generated rows"):
+                     "params/qwen3-8b.yaml", "541,150 generated rows"):
         assert expected in out, expected
     assert "tokens/s" in out and "MMLU items/s" in out
