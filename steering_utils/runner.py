@@ -111,7 +111,7 @@ def run_study(params_file: str | Path, runs_root: str | Path = "runs",
     out_dir = report_dir(reports_root, params)
     validate_run(params)  # bad layers, sizes, context or tasks fail here, before any stage
     check_folders(params, runs_root, reports_root)  # a read-only folder fails here, by name
-    kernel = _kernel_name(params)  # a missing vLLM environment fails here, before any stage
+    kernel = _kernel_name(params)  # the vLLM env's kernel for engine: vllm (checked above)
     with RunLock(run_dir, wait=wait, echo=echo):
         moved = set_aside_stale(out_dir, params.params_hash)
         echo(f"run {params.run_name!r} (params hash {params.params_hash}) -> {out_dir}")
