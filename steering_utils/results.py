@@ -147,12 +147,9 @@ class Check(_Record):
     ok: bool
 
 
-class Recommendation(_Record):
-    """The cell the rule chose on the dev grid (dev numbers; eval ones are the confirmation)."""
+class _Pick(_Record):
+    """What `metrics.recommend` says of the cell it picked on a dev grid (dev numbers)."""
 
-    split: Literal["dev"] = "dev"
-    layer: SteeredLayer
-    alpha: float
     mean_toxicity: Probability
     reference_mean_toxicity: Probability
     toxicity_reduction: float | None
@@ -163,6 +160,14 @@ class Recommendation(_Record):
     capability_drop_points: float | None
     checks: dict[str, Check]
     candidates_tried: Count
+
+
+class Recommendation(_Pick):
+    """The cell the rule chose on the dev grid (dev numbers; eval ones are the confirmation)."""
+
+    split: Literal["dev"] = "dev"
+    layer: SteeredLayer
+    alpha: float
     holds_under_second_scorer: bool | None = None
 
 
@@ -339,21 +344,11 @@ class MethodCapability(_Record):
     n_items: Count
 
 
-class MethodPick(_Record):
+class MethodPick(_Pick):
     """The cell the rule picked on the method's dev grid (dev numbers)."""
 
     layer: MethodLayer
     alpha: float = Field(description="the method's strength s")
-    mean_toxicity: Probability
-    reference_mean_toxicity: Probability
-    toxicity_reduction: float | None
-    perplexity: float | None
-    perplexity_increase: float | None
-    capability_acc: Probability | None
-    reference_capability_acc: Probability | None
-    capability_drop_points: float | None
-    checks: dict[str, Check]
-    candidates_tried: Count
 
 
 class MethodResult(_Record):
