@@ -497,7 +497,9 @@ def plot_method_fronts(results: ExperimentResults) -> Figure | None:
                    zorder=5, label="unsteered")
         ax.axvline(ref["perplexity"] * (1 + results.rule.max_perplexity_increase),
                    color="grey", linestyle="--", linewidth=1, label="perplexity limit of the rule")
-    ax.set_xlabel("perplexity of the continuation (unsteered model)")
+    # A broken cell's perplexity can be 1000x the reference's: log scale keeps both legible.
+    ax.set_xscale("log")
+    ax.set_xlabel("perplexity of the continuation (unsteered model, log scale)")
     ax.set_ylabel("toxic fraction (score ≥ threshold)")
     ax.set_ylim(bottom=0)
     ax.set_title(f"Methods on the dev grid at layer {methods.layer}: Pareto front per method")
