@@ -58,11 +58,14 @@ class LayerEdit:
                      for t in (self.shift, self.gain, self.unit))
 
 
-def as_edit(steering) -> LayerEdit:
-    """The LayerEdit of an intervention, of SteeringVectors (CAA: shift = -v) or of a tensor."""
-    edit = getattr(steering, "edit", None)
-    if isinstance(edit, LayerEdit):
-        return edit
+def as_edit(steering) -> LayerEdit | None:
+    """The LayerEdit of an intervention, of SteeringVectors (CAA: shift = -v) or of a tensor;
+    None for no steering at all (None, or an intervention without an edit: the prompt
+    baseline). Every engine asks this one question."""
+    if steering is None:
+        return None
+    if hasattr(steering, "edit"):
+        return steering.edit
     if isinstance(steering, LayerEdit):
         return steering
     return LayerEdit(shift=-getattr(steering, "directions", steering))
@@ -155,10 +158,10 @@ def steer(
     layer, alpha: scalars, or one value per batch row (then the batch size is fixed).
     positions: 'all' positions, or 'generated' tokens only (every decode step).
     """
-    if getattr(vectors, "edit", False) is None:  # an intervention that does not steer
+    edit = as_edit(vectors)
+    if edit is None:  # nothing to steer with (the prompt baseline)
         yield
         return
-    edit = as_edit(vectors)
     layers = decoder_layers(model)
     layer_rows, layer_is_rows = _per_row(layer, batch_size, "layer")
     alpha_rows, alpha_is_rows = _per_row(alpha, batch_size, "alpha")

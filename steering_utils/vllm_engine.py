@@ -392,8 +392,7 @@ def generate_outputs(model, tokenizer, jobs: pd.DataFrame, vectors, gen: Generat
     llm = engine if engine is not None else load_engine(model, spec)
     # SteeringVectors, a tensor of directions, or an intervention of the method comparison
     # (one without an edit, the prompt baseline, generates unsteered).
-    edit = (None if vectors is None or getattr(vectors, "edit", False) is None
-            else as_edit(vectors))
+    edit = as_edit(vectors)
     if not llm.llm_engine.vllm_config.model_config.enforce_eager:
         if edit is not None and (jobs["alpha"] != 0).any():
             raise ValueError("vllm engine: this engine runs CUDA graphs and cannot steer; "
