@@ -1,6 +1,6 @@
 """The method comparison: every method searched on dev, its best cell confirmed on eval.
 
-At the layer CAA's dev decision chose, each method (`interventions.METHODS`) runs
+At the layer CAA's dev decision chose, each method (`params.MethodName`) runs
 its strength grid on the challenging dev prompts (CAA's own cells there are the
 grid's rows). The recommendation rule that chose CAA's cell picks each method's
 cell on dev, with capability measured on dev items. Each picked cell is then

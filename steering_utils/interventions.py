@@ -26,7 +26,6 @@ import torch
 
 from .steering import LayerEdit
 
-METHODS = ("caa", "actadd", "ablation", "mean_transport", "prompt", "random")
 _EPS = 1e-6  # floor of a standard deviation (a unit that never varies is left alone)
 
 

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from . import metrics
 from .artifacts import StageDir, done_record, read_json, read_table, stage_folder, write_json
 from .metrics import SelectionRule, finite
+from .params import MethodName
 from .stages import (
     ALL_LAYERS,
     CAA,
@@ -294,7 +295,6 @@ class Rule(_Record):
     max_empty_increase: float
 
 
-MethodName = Literal["caa", "actadd", "ablation", "mean_transport", "prompt", "random"]
 MethodLayer = Annotated[int, Field(ge=ALL_LAYERS, description=(
     f"{ALL_LAYERS}: the method edits every layer; {UNSTEERED_LAYER}: no edit (prompt)"))]
 

@@ -315,19 +315,17 @@ def _install_steering(worker) -> int:
 
 
 def _set_directions(worker, edit) -> None:
-    """The edit of the next generate call: ((shift, gain, unit), all_layers), each term a
-    [n_layers, d] CPU tensor or None (see steering.LayerEdit); None: the hooks do nothing."""
+    """The edit of the next generate call (a steering.LayerEdit of CPU tensors); None: the
+    hooks do nothing."""
     state = worker.model_runner._steering_state
     if edit is None:
         state.terms, state.all_layers, state.acting = None, False, []
         return
-    terms, all_layers = edit
     param = next(worker.model_runner.get_model().parameters())
     state.terms = tuple(None if t is None else t.to(device=param.device, dtype=param.dtype)
-                        for t in terms)
-    state.all_layers = bool(all_layers)
-    state.acting = [layer for layer in range(state.n_layers)
-                    if any(t is not None and bool(t[layer].any()) for t in terms)]
+                        for t in (edit.shift, edit.gain, edit.unit))
+    state.all_layers = edit.all_layers
+    state.acting = [layer for layer in range(state.n_layers) if edit.acts_at(layer)]
 
 
 # ---------------------------------------------------------------------------------
@@ -340,9 +338,9 @@ def _salt_basis(edit, layer: int):
 
     if edit is None:
         return None
-    terms, all_layers = edit
-    parts = [t.flatten() if all_layers else t[layer] for t in terms if t is not None]
-    return torch.cat([*parts, torch.tensor([float(all_layers)])])
+    parts = [t.flatten() if edit.all_layers else t[layer]
+             for t in (edit.shift, edit.gain, edit.unit) if t is not None]
+    return torch.cat([*parts, torch.tensor([float(edit.all_layers)])])
 
 
 def _requests(encoded: list[list[int]], rows: pd.DataFrame, edit, gen: GenerationParams,
@@ -387,7 +385,7 @@ def generate_outputs(model, tokenizer, jobs: pd.DataFrame, vectors, gen: Generat
     """vLLM RequestOutputs of the job rows, in row order (tests and benchmarks read these)."""
     import torch
 
-    from .steering import as_edit
+    from .steering import LayerEdit, as_edit
 
     llm = engine if engine is not None else load_engine(model, spec)
     # SteeringVectors, a tensor of directions, or an intervention of the method comparison
@@ -412,9 +410,9 @@ def generate_outputs(model, tokenizer, jobs: pd.DataFrame, vectors, gen: Generat
         raise ParamsError(f"generation.engine: vllm: a prompt plus max_new_tokens needs "
                           f"{longest} tokens, the engine holds {limit}; set "
                           f"STEERING_VLLM_MAX_MODEL_LEN={longest} or shorten the prompts")
-    cpu = None if edit is None else (
-        tuple(None if t is None else t.detach().to("cpu", torch.float32)
-              for t in (edit.shift, edit.gain, edit.unit)), edit.all_layers)
+    cpu = None if edit is None else LayerEdit(
+        *(None if t is None else t.detach().to("cpu", torch.float32)
+          for t in (edit.shift, edit.gain, edit.unit)), all_layers=edit.all_layers)
     if llm.llm_engine.vllm_config.model_config.enforce_eager:
         llm.collective_rpc(_set_directions, args=(cpu,))
     prompts, params = _requests(encoded, jobs, cpu, gen, seed, positions,

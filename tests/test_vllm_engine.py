@@ -352,7 +352,7 @@ def test_completions_have_the_hf_engine_columns_and_are_batch_independent(hf, en
 @pytest.mark.slow
 def test_smoke_chain_on_vllm_writes_a_valid_report(tmp_path):
     pytest.importorskip("vllm")
-    from steering_utils.report import validate_results
+    from steering_utils.results import validate_results
 
     cmd = [sys.executable, "-m", "steering_utils.runner", "--params",
            str(ROOT / "params" / "smoke-vllm.yaml"), "--runs-root", str(tmp_path / "runs"),
