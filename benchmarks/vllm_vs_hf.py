@@ -12,6 +12,11 @@ the same rows, taking turns over slices of the sweep so that load drift on a sha
 machine hits both alike; continuations are re-tokenized so tokens are counted alike
 (each engine stops a row at EOS). vLLM's start-up is reported apart.
 
+Effect: both engines' sweep rows are scored (the params' primary scorer) and the mean
+toxicity per alpha is printed per engine with its 95% bootstrap CI over prompts: the
+same vectors should give the same effect within sampling noise (at temperature > 0
+the two engines draw different samples, so rows differ, distributions should not).
+
 Common random numbers (CRN), at the params' temperature and top_p, per engine: the
 share of rows and tokens that alpha 0 (in a steered batch) shares with plain
 generation and with small alphas, beside two unrelated seeds (what no CRN gives).
@@ -28,6 +33,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 ROOT = Path(__file__).resolve().parent.parent
 SLICES = 4  # the engines take turns over this many slices of the sweep
@@ -87,11 +93,31 @@ def _graphs_vs_eager(jobs, eager, generate, graphs, tokenizer) -> None:
           "CUDA-graph rate (the steered engine runs eager)")
 
 
+def _effect(outputs: dict, params) -> None:
+    """Mean toxicity per alpha and engine, CI over prompts: same vectors, same effect?"""
+    from steering_utils.metrics import bootstrap_ci
+    from steering_utils.scoring import load_scorer, score_rows
+
+    scorer = {"primary": load_scorer(params.scorer.name, params.scorer.path,
+                                     params.scorer.batch_size), "second": None}
+    table = {name: score_rows(rows, scorer) for name, rows in outputs.items()}
+    print(f"effect (mean toxicity over prompts, 95% CI; {params.scorer.name}):")
+    print(f"{'alpha':>6}  " + "  ".join(f"{name:>22}" for name in table))
+    for alpha in sorted(outputs["HF"]["alpha"].unique()):
+        cells = []
+        for rows in table.values():
+            means = rows[rows["alpha"] == alpha].groupby("prompt_id")["toxicity"].mean()
+            lo, hi = bootstrap_ci(means.to_numpy(), seed=params.seed)
+            cells.append(f"{means.mean():.3f} [{lo:.3f}, {hi:.3f}]")
+        print(f"{alpha:>6}  " + "  ".join(f"{c:>22}" for c in cells))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", type=Path, default=ROOT / "params" / "default.yaml")
     parser.add_argument("--rows", type=int, default=0, help="N sweep rows at random (0: all)")
-    parser.add_argument("--layer", type=int, default=8, help="steered layer (default run: 8)")
+    parser.add_argument("--layer", type=int, default=12,
+                        help="steered layer (the default run chooses 12)")
     parser.add_argument("--crn-prompts", type=int, default=12)
     parser.add_argument("--runs-root", type=Path, default=ROOT / "runs")
     parser.add_argument("--vectors", type=Path, help="a vectors.safetensors to steer with")
@@ -140,6 +166,7 @@ def main() -> None:
     vllm(warm, vectors, desc="warm-up vLLM")
 
     timings = {"HF": [0.0, 0], "vLLM": [0.0, 0]}
+    outputs: dict[str, list] = {"HF": [], "vLLM": []}
     for part in np.array_split(np.arange(len(jobs)), SLICES):
         for name, generate in (("HF", hf), ("vLLM", vllm)):
             _sync()
@@ -148,6 +175,7 @@ def main() -> None:
             _sync()
             timings[name][0] += time.perf_counter() - started
             timings[name][1] += sum(map(len, _tokens(tokenizer, out["completion"])))
+            outputs[name].append(out)
     rates = {}
     for name, (seconds, n_tokens) in timings.items():
         rates[name] = n_tokens / seconds
@@ -156,6 +184,8 @@ def main() -> None:
     print(f"ratio vLLM/HF: {rates['vLLM'] / rates['HF']:.2f}x tokens/s "
           f"({timings['HF'][0] / timings['vLLM'][0]:.2f}x wall time), {len(jobs)} rows, "
           f"batch {gen.batch_size} (HF) vs continuous (vLLM, eager)")
+
+    _effect({name: pd.concat(parts) for name, parts in outputs.items()}, params)
 
     if on_cuda:
         try:

@@ -103,6 +103,12 @@ def check_context(params: StudyParams) -> str:
     from .models import load_model_config, load_tokenizer
 
     limit = context_length(load_model_config(params.model))
+    source = "max_position_embeddings"
+    if params.generation.engine == "vllm":
+        from .vllm_engine import max_model_len
+
+        if limit is None or max_model_len() < limit:
+            limit, source = max_model_len(), "the vLLM engine's max_model_len"
     new = params.generation.max_new_tokens
     if limit is None:
         return "the model config names no context length: not checked"
@@ -119,8 +125,10 @@ def check_context(params: StudyParams) -> str:
             f"generation.max_new_tokens: {new} + the longest prompt "
             f"({prompts['prompt_id'][longest]}, {lengths[longest]} tokens) = "
             f"{lengths[longest] + new} > the model's context of {limit} tokens "
-            f"(max_position_embeddings); lower max_new_tokens to at most "
-            f"{limit - lengths[longest]} or use shorter prompts")
+            f"({source}); lower max_new_tokens to at most "
+            f"{limit - lengths[longest]} or use shorter prompts"
+            + (f" (or set STEERING_VLLM_MAX_MODEL_LEN={lengths[longest] + new})"
+               if source != "max_position_embeddings" else ""))
     return f"longest prompt {lengths[longest]} + {new} new tokens <= {limit} positions"
 
 

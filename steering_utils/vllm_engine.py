@@ -69,6 +69,17 @@ KV_BLOCK_TOKENS = 32  # vLLM's CPU default (128) is longer than most prompts her
 _ENGINES: dict[tuple, object] = {}
 
 
+def max_model_len() -> int:
+    """The most tokens (prompt + continuation) the engine holds: STEERING_VLLM_MAX_MODEL_LEN,
+    else MAX_MODEL_LEN. Preflight checks the run's prompts against it."""
+    raw = os.environ.get("STEERING_VLLM_MAX_MODEL_LEN", str(MAX_MODEL_LEN))
+    try:
+        return int(raw)
+    except ValueError:
+        raise ParamsError(f"STEERING_VLLM_MAX_MODEL_LEN={raw!r}: give a number of tokens, "
+                          f"e.g. {MAX_MODEL_LEN}") from None
+
+
 def notebook_kernel(project_root: Path = PROJECT_ROOT) -> str:
     """Name of the vLLM environment's Jupyter kernel, made findable; ParamsError if absent."""
     share = Path(project_root) / VLLM_VENV / "share" / "jupyter"
@@ -161,7 +172,7 @@ def load_engine(model, spec: ModelParams | None = None, **overrides):
     _prepare_environment()
     from vllm import LLM
 
-    max_len = int(os.environ.get("STEERING_VLLM_MAX_MODEL_LEN", MAX_MODEL_LEN))
+    max_len = max_model_len()
     settings = dict(
         model=folder, tokenizer=folder, dtype=dtype, enforce_eager=True, seed=0,
         # The study passes every sampling setting itself: the model's saved defaults

@@ -94,6 +94,23 @@ def test_max_new_tokens_beyond_the_models_context_is_refused():
     assert "new tokens <=" in check_context(parse_params(data))
 
 
+def test_a_vllm_run_is_checked_against_the_engines_max_model_len(monkeypatch):
+    """vLLM holds fewer tokens than the model's positions (STEERING_VLLM_MAX_MODEL_LEN):
+    a run that fits the model but not the engine stops in preflight, not mid-sweep."""
+    from steering_utils.params import ParamsError, parse_params
+    from steering_utils.preflight import check_context
+
+    data = _default()
+    data["generation"].update(engine="vllm", max_new_tokens=20)
+    assert "new tokens <= 2048" in check_context(parse_params(data))
+    monkeypatch.setenv("STEERING_VLLM_MAX_MODEL_LEN", "30")  # fits 20 new, no long prompt
+    with pytest.raises(ParamsError, match=r"context of 30 tokens \(the vLLM engine's "
+                                          r"max_model_len\).*STEERING_VLLM_MAX_MODEL_LEN=\d+"):
+        check_context(parse_params(data))
+    data["generation"]["engine"] = "hf"
+    assert "new tokens <=" in check_context(parse_params(data))
+
+
 def test_make_check_fails_on_a_read_only_runs_or_reports_folder(tmp_path, capsys,
                                                                  read_only_dir):
     path = _params_file(tmp_path)
