@@ -2,9 +2,10 @@
 
     .venv/bin/python benchmarks/compare_runs.py reports/default reports/default-vllm
 
-Reads each run's `experiment_results.json` (schema-validated) and prints, per subset
-and alpha of the eval sweep, both runs' mean toxicity with its 95% CI, and whether the
-two intervals overlap; then the dev decision and the eval confirmation of each run.
+Reads each run's `experiment_results.json` (schema-validated) and prints each run's dev
+decision and eval confirmation, then for every cell both runs have (the dev grid: every
+grid layer x alpha; the eval sweep: the alphas at the chosen layer, when both chose it)
+both runs' mean toxicity with its 95% CI, and whether the two intervals overlap.
 Made for the engines (HF vs vLLM: the same study sampled by two samplers, so rows
 differ and the distributions should not), it reads any two runs of one study.
 """
@@ -38,10 +39,17 @@ def main() -> None:
               + (f"; eval {conf.mean_toxicity:.3f} vs {conf.reference_mean_toxicity:.3f} "
                  f"unsteered, {'confirmed' if conf.confirmed else 'not confirmed'}"
                  if conf else ""))
-    tables = [run.cells_table("sweep").set_index(["subset", "layer", "alpha"]) for run in runs]
+    for experiment in ("grid", "sweep"):
+        _side_by_side(experiment, [run.cells_table(experiment) for run in runs], names)
+
+
+def _side_by_side(experiment: str, cells: list, names: list[str]) -> None:
+    """Each cell both runs have, with both CIs and whether they overlap."""
+    tables = [t.set_index(["subset", "layer", "alpha"]) for t in cells]
     common = tables[0].index.intersection(tables[1].index)
     overlap = 0
-    print(f"\n{'subset':<12}{'layer':>6}{'alpha':>7}  {names[0]:>24}  {names[1]:>24}  overlap")
+    print(f"\n{experiment}\n{'subset':<12}{'layer':>6}{'alpha':>7}  {names[0]:>24}  "
+          f"{names[1]:>24}  overlap")
     for key in common:
         a, b = (t.loc[key] for t in tables)
         same = a.mean_toxicity_ci_lo <= b.mean_toxicity_ci_hi and (
@@ -49,7 +57,7 @@ def main() -> None:
         overlap += same
         print(f"{key[0]:<12}{key[1]:>6}{key[2]:>7}  {_cell(a):>24}  {_cell(b):>24}  "
               f"{'yes' if same else 'NO'}")
-    print(f"\n{overlap} of {len(common)} shared sweep cells have overlapping 95% CIs "
+    print(f"{overlap} of {len(common)} shared {experiment} cells have overlapping 95% CIs "
           f"({len(tables[0]) - len(common)} and {len(tables[1]) - len(common)} cells "
           "only in one run)")
 
