@@ -188,6 +188,18 @@ def _pool(params: StudyParams) -> _Pool:
     return _POOLS[key]
 
 
+def shutdown() -> None:
+    """Let go of this process's actors, and stop Ray if this process started it (a no-op
+    where Ray was never used): at the end of a stage, not while its kernel shuts down."""
+    if "ray" not in sys.modules:
+        return
+    import ray
+
+    _POOLS.clear()
+    if ray.is_initialized():
+        ray.shutdown()
+
+
 def _group_rows(todo: list[tuple[str, np.ndarray]], params: StudyParams, workers: int) -> int:
     """Rows a group holds at most: as in a local run, but enough groups to keep every worker
     busy (results do not depend on grouping: rows are seeded one by one)."""
@@ -232,9 +244,9 @@ def run_on_cluster(jobs: pd.DataFrame, todo: list[tuple[str, np.ndarray]], paths
                 raise err.as_instanceof_cause() from None
             except RayActorError as err:
                 raise RuntimeError(
-                    f"{desc}: a Ray worker died {params.execution.max_retries + 1} times "
-                    f"(execution.max_retries: {params.execution.max_retries}); finished shards "
-                    f"are kept, rerun to resume. Ray's reason: {err}") from None
+                    f"{desc}: a Ray worker is gone (it failed to start, or died more often "
+                    f"than execution.max_retries: {params.execution.max_retries}); finished "
+                    f"shards are kept, rerun to resume. Ray's reason: {err}") from None
             for key, index in group:
                 write_table(out.loc[index], paths[key])
                 bar.update(1)

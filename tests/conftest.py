@@ -110,8 +110,12 @@ def runner_command(params: Path, work: Path, *extra: str) -> list[str]:
 def smoke_run(tmp_path_factory):
     """(work folder, stdout) of one smoke chain run (params/smoke.yaml, in-process shards):
     test_study's chain and test_cluster's reference for the Ray runs."""
+    import time
+
     work = tmp_path_factory.mktemp("smoke")
+    started = time.time()
     done = subprocess.run(runner_command(SMOKE, work), cwd=ROOT, capture_output=True, text=True,
                           timeout=1800)
     assert done.returncode == 0, done.stdout + done.stderr
+    print(f"\nsmoke chain in-process: {time.time() - started:.0f} s")
     return work, done.stdout
