@@ -368,12 +368,6 @@ def check_execution(params: StudyParams) -> str:
     from .cluster import require_ray
     from .models import pick_device
 
-    python = None
-    if params.generation.engine == "vllm":
-        from .vllm_engine import PROJECT_ROOT, VLLM_VENV
-
-        python = str(PROJECT_ROOT / VLLM_VENV / "bin" / "python")
-    require_ray(python)
     if ex.gpus_per_worker == 0 and pick_device(params.model.device).startswith("cuda"):
         raise ParamsError(f"execution.gpus_per_worker: 0 leaves the Ray workers without a GPU, "
                           f"while model.device: {params.model.device} uses one here; set "
@@ -386,6 +380,12 @@ def check_execution(params: StudyParams) -> str:
             raise ParamsError(f"execution.gpus_per_worker: {ex.gpus_per_worker:g} GPU a worker, "
                               f"this machine has {have}; lower it, or join a cluster with "
                               "execution.address: auto")
+    python = None  # the notebooks' python: this one, or the vLLM environment's
+    if params.generation.engine == "vllm":
+        from .vllm_engine import PROJECT_ROOT, VLLM_VENV
+
+        python = str(PROJECT_ROOT / VLLM_VENV / "bin" / "python")
+    require_ray(python)
     return (f"ray at {ex.address}: {ex.workers} workers x ({ex.cpus_per_worker} CPU, "
             f"{ex.gpus_per_worker:g} GPU), each loading the model once")
 
