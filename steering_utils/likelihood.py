@@ -53,20 +53,26 @@ def _left_padded(sequences: list[list[int]], pad: int) -> tuple[torch.Tensor, to
 
 
 def _run_batched(model, sequences: list[list[int]], pad: int, batch_size: int, desc: str,
-                 score_batch) -> None:
+                 score_batch, blocks=None) -> None:
     """Calls score_batch(index, ids, mask) over length-sorted batches; on out-of-memory the
-    batch halves and only the rows not yet scored are retried (`models.run_with_backoff`)."""
-    order = np.argsort([len(seq) for seq in sequences], kind="stable")
+    batch halves and only the rows not yet scored are retried (`models.run_with_backoff`).
+
+    A batch never mixes two `blocks` (a label per row, e.g. its shard): padding changes a
+    row's float rounding, so a row's numbers then depend on its own block's rows only.
+    """
+    blocks = np.zeros(len(sequences), dtype=int) if blocks is None else np.asarray(blocks)
+    order = np.lexsort(([len(seq) for seq in sequences], blocks))  # stable: block, length
     done = np.zeros(len(sequences), dtype=bool)
 
     def run(batch: int) -> None:
-        todo = order[~done[order]]
-        for first in range(0, len(todo), batch):
-            index = todo[first : first + batch]
-            ids, mask = _left_padded([sequences[i] for i in index], pad)
-            score_batch(index, ids, mask)
-            done[index] = True
-            bar.update(len(index))
+        for block in np.unique(blocks):
+            todo = order[(blocks[order] == block) & ~done[order]]
+            for first in range(0, len(todo), batch):
+                index = todo[first : first + batch]
+                ids, mask = _left_padded([sequences[i] for i in index], pad)
+                score_batch(index, ids, mask)
+                done[index] = True
+                bar.update(len(index))
 
     key = (str(getattr(model.config, "name_or_path", "")), desc)
     with torch.inference_mode(), tqdm(total=len(sequences), desc=desc, unit="seq") as bar:
@@ -74,9 +80,11 @@ def _run_batched(model, sequences: list[list[int]], pad: int, batch_size: int, d
 
 
 def continuation_logprobs(model, tokenizer, contexts: list[str], continuations: list[str],
-                          batch_size: int = 16, desc: str = "log-likelihood"
+                          batch_size: int = 16, desc: str = "log-likelihood", blocks=None
                           ) -> tuple[np.ndarray, np.ndarray]:
-    """(sum of log p(continuation tokens | context), number of continuation tokens) per pair."""
+    """(sum of log p(continuation tokens | context), number of continuation tokens) per pair.
+
+    `blocks` (a label per pair): batches never mix two blocks (see `_run_batched`)."""
     if len(contexts) != len(continuations):
         raise ValueError("continuation_logprobs: contexts and continuations differ in length")
     sequences, counts = [], []
@@ -102,7 +110,8 @@ def continuation_logprobs(model, tokenizer, contexts: list[str], continuations: 
             n = counts[i]
             sums[i] = token_lp[row, token_lp.shape[1] - n:].sum().item() if n else 0.0
 
-    _run_batched(model, sequences, tokenizer.pad_token_id, batch_size, desc, score_batch)
+    _run_batched(model, sequences, tokenizer.pad_token_id, batch_size, desc, score_batch,
+                 blocks)
     return sums, counts
 
 
@@ -124,9 +133,9 @@ def next_token_logprobs(model, tokenizer, contexts: list[str], token_ids: list[i
 
 
 def continuation_nll(model, tokenizer, contexts: list[str], continuations: list[str],
-                     batch_size: int = 16) -> np.ndarray:
+                     batch_size: int = 16, blocks=None) -> np.ndarray:
     """Mean negative log-likelihood per continuation token (NaN for empty continuations)."""
     sums, counts = continuation_logprobs(model, tokenizer, contexts, continuations, batch_size,
-                                         desc="perplexity")
+                                         desc="perplexity", blocks=blocks)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(counts > 0, -sums / np.maximum(counts, 1), np.nan)

@@ -238,6 +238,34 @@ class ReportParams(_Strict):
     n_examples: int = Field(3, ge=0)
 
 
+class ExecutionParams(_Strict):
+    """Where generation, scoring and perplexity shards run; never part of an artifact key
+    (rows are seeded one by one, so a shard's contents do not depend on who computed it)."""
+
+    mode: Literal["local", "ray"] = Field(
+        "local", description="local: in the notebook's process; ray: a pool of Ray actors, "
+        "one model load each (steering_utils/cluster.py; `make setup-ray`)")
+    address: str = Field(
+        "local", description="ray only. local: start a Ray cluster on this machine; auto: "
+        "join the running cluster (`ray start` on each node); or a cluster's host:port")
+    workers: int = Field(1, ge=1, description="ray only: actors, each holding the model once")
+    gpus_per_worker: float = Field(0, ge=0, description="ray only: GPUs each actor reserves")
+    cpus_per_worker: int = Field(1, ge=1, description="ray only: CPUs each actor reserves; "
+                                 "also its torch threads")
+    max_retries: int = Field(3, ge=0, description="ray only: restarts of a dead actor, and "
+                             "retries of the shard group it held")
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, address: str) -> str:
+        import re
+
+        if address in ("local", "auto") or re.fullmatch(r"[\w.-]+:\d{1,5}", address):
+            return address
+        raise ValueError(f"{address!r} is not a Ray address: use local, auto, or host:port "
+                         "(the head node's GCS, e.g. 10.0.0.5:6379)")
+
+
 # A run name is one folder name under runs/ and reports/: letters, digits, _ . - and no
 # leading dot (".", ".." and hidden names would escape or hide), at most 100 characters.
 RUN_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
@@ -260,6 +288,7 @@ class StudyParams(_Strict):
     methods: MethodsParams = MethodsParams()
     evaluation: EvaluationParams = EvaluationParams()
     report: ReportParams = ReportParams()
+    execution: ExecutionParams = ExecutionParams()
 
     @field_validator("run_name")
     @classmethod

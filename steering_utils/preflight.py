@@ -4,7 +4,8 @@ Verifies what the run will need: params valid, runs and reports folders writable
 model config and tokenizer reachable, layers in range, prompts available in the numbers
 asked for and short enough for the model's context, the capability task (dev and eval
 items), the scorer (two texts scored), device memory against an estimate (weights, the
-generation batch `auto` starts at, the likelihood passes), free disk.
+generation batch `auto` starts at, the likelihood passes), the generation engine and where
+shards run (`execution`: Ray installed, GPUs for its workers), free disk.
 
 Deep mode (the default when the model's weights are on this machine; DEEP=1 or
 --deep forces it, DEEP=0 skips it) then loads the model, runs a forward pass,
@@ -367,9 +368,40 @@ def check_engine(params: StudyParams) -> str:
             "(.venv-vllm)")
 
 
+def check_execution(params: StudyParams) -> str:
+    """execution.mode ray: Ray where the notebooks run, and GPUs the workers can have."""
+    ex = params.execution
+    if ex.mode == "local":
+        return "local: shards computed in each notebook's process"
+    from .cluster import require_ray
+    from .models import pick_device
+
+    if ex.gpus_per_worker == 0 and pick_device(params.model.device).startswith("cuda"):
+        raise ParamsError(f"execution.gpus_per_worker: 0 leaves the Ray workers without a GPU, "
+                          f"while model.device: {params.model.device} uses one here; set "
+                          "execution.gpus_per_worker: 1 (or model.device: cpu)")
+    if ex.address == "local" and ex.gpus_per_worker:
+        import torch
+
+        have = torch.cuda.device_count()
+        if have < ex.gpus_per_worker:
+            raise ParamsError(f"execution.gpus_per_worker: {ex.gpus_per_worker:g} GPU a worker, "
+                              f"this machine has {have}; lower it, or join a cluster with "
+                              "execution.address: auto")
+    python = None  # the notebooks' python: this one, or the vLLM environment's
+    if params.generation.engine == "vllm":
+        from .vllm_engine import PROJECT_ROOT, VLLM_VENV
+
+        python = str(PROJECT_ROOT / VLLM_VENV / "bin" / "python")
+    require_ray(python)
+    return (f"ray at {ex.address}: {ex.workers} workers x ({ex.cpus_per_worker} CPU, "
+            f"{ex.gpus_per_worker:g} GPU), each loading the model once")
+
+
 def validate_run(params: StudyParams) -> None:
     """The cheap checks the runner makes before any stage starts (raises ParamsError)."""
     check_engine(params)
+    check_execution(params)
     check_layers(params)
     check_sizes(params)
     check_context(params)
@@ -637,7 +669,7 @@ def run_checks(params: StudyParams, runs_root: Path, echo: Callable[[str], None]
               ("layers", check_layers), ("data", check_sizes), ("context", check_context),
               ("capability", lambda p: check_capability(p, deep)),
               ("tokenizer", check_tokenizer), ("scorer", check_scorer), ("device", check_device),
-              ("engine", check_engine),
+              ("engine", check_engine), ("execution", check_execution),
               ("disk", lambda p: check_disk(p, runs_root))]
     if deep:
         probe = _DeepChecks(params)

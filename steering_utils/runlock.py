@@ -5,8 +5,8 @@ content written before it becomes visible (link from a private file). A second
 runner stops with a message naming the holder, or waits (`--wait`). A lock left by
 a dead process on this host (pid gone, or reused by another process) is taken over:
 the stale file is renamed aside while holding a short takeover guard, so two
-runners that both find it stale cannot both take it. Workers of one run
-(STEERING_WORKER=i/n) share the run folder on purpose: each worker has its own lock.
+runners that both find it stale cannot both take it. A run spread over a Ray cluster
+(`execution: {mode: ray}`) has one driver, so one lock: its workers never open the run.
 """
 
 from __future__ import annotations
@@ -54,14 +54,6 @@ def pid_alive(pid: int | None) -> bool:
         return True
 
 
-def lock_name() -> str:
-    """`.lock`, or `.lock-worker-i-of-n` for one of several workers sharing the run."""
-    worker = os.environ.get("STEERING_WORKER", "0/1").strip()
-    if worker in ("", "0/1"):
-        return LOCK_FILE
-    return f"{LOCK_FILE}-worker-{worker.replace('/', '-of-')}"
-
-
 def describe(holder: dict) -> str:
     """'pid 123 on host h since 2025-01-01T00:00:00Z' for messages."""
     return (f"pid {holder.get('pid', '?')} on host {holder.get('host', '?')} "
@@ -74,7 +66,7 @@ class RunLock:
     def __init__(self, run_folder: str | Path, wait: bool = False, echo=print,
                  timeout_s: float | None = None):
         self.folder = Path(run_folder)
-        self.path = self.folder / lock_name()
+        self.path = self.folder / LOCK_FILE
         self.wait = wait
         self.timeout_s = timeout_s
         self.echo = echo
@@ -134,7 +126,7 @@ class RunLock:
     def _create(self) -> bool:
         # Write our content to a private file, then link it to the lock name: link fails if
         # the name exists (like O_EXCL) and a reader never sees an empty or partial lock.
-        private = self.folder / f"{lock_name()}.{self.mine['pid']}.new"
+        private = self.folder / f"{LOCK_FILE}.{self.mine['pid']}.new"
         private.unlink(missing_ok=True)  # ours by pid: left by an earlier process of that pid
         fd = os.open(private, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         try:
@@ -169,7 +161,7 @@ class RunLock:
 
     def _take_over(self, holder: dict) -> None:
         """Rename a stale lock aside, under a guard so only one process judges and moves it."""
-        guard = self.folder / f"{lock_name()}.takeover"
+        guard = self.folder / f"{LOCK_FILE}.takeover"
         try:
             fd = os.open(guard, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
@@ -186,7 +178,7 @@ class RunLock:
             # exists, so the file we re-check here is the one we rename.
             current = self.holder()
             if current == holder and self._stale(current):
-                aside = self.folder / f"{lock_name()}.stale-{os.getpid()}"
+                aside = self.folder / f"{LOCK_FILE}.stale-{os.getpid()}"
                 os.replace(self.path, aside)
                 aside.unlink(missing_ok=True)
                 self.echo(f"took over the stale lock of {describe(holder)} (not running)")

@@ -20,6 +20,7 @@ import os
 import pickle
 import sys
 from collections.abc import Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -153,8 +154,25 @@ class BilstmScorer:
         # Pre-padding and pre-truncation (the defaults), as in training.
         x = keras.utils.pad_sequences(self.tokenizer.texts_to_sequences(texts),
                                       maxlen=BILSTM_MAXLEN)
-        probs = self.model.predict(x, batch_size=self.batch_size, verbose=0)
+        with _torch_threads(1):
+            probs = self.model.predict(x, batch_size=self.batch_size, verbose=0)
         return np.asarray(probs[:, BILSTM_LABELS.index(BILSTM_LABEL)], dtype=np.float64)
+
+
+@contextmanager
+def _torch_threads(n: int):
+    """torch runs on `n` threads inside the block. The BiLSTM's scores move in the 8th digit
+    with the thread count (1 vs 2 here), which differs between machines and between a
+    notebook and a Ray worker; on one thread they do not, and it scores as fast (0.15 s for
+    256 texts at 1 and 2 threads)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def bilstm_folder() -> Path:

@@ -20,6 +20,8 @@ ARTIFACT_VERSION = 4
 # Fields that change how fast a stage runs, never what it writes (rows are seeded
 # one by one, so a continuation does not depend on its batch).
 EXECUTION_ONLY = ("generation.batch_size", "scorer.batch_size", "activations.batch_size")
+# The `execution` section (in-process or Ray) is read by no stage for the same reason: it
+# decides where shards are computed, never what they hold.
 
 
 @dataclass(frozen=True)

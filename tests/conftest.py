@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("KERAS_BACKEND", "torch")
+
+ROOT = Path(__file__).resolve().parent.parent
+SMOKE = ROOT / "params" / "smoke.yaml"
 
 WORDS = (
     "the a an is was and or but you i we they he she it this that of to in on for with at "
@@ -92,3 +98,24 @@ def read_only_dir():
     yield make
     for step in reversed(undo):
         step()
+
+
+def runner_command(params: Path, work: Path, *extra: str) -> list[str]:
+    """The runner on a params file, its runs and reports folders under `work`."""
+    return [sys.executable, "-m", "steering_utils.runner", "--params", str(params),
+            "--runs-root", str(work / "runs"), "--reports-root", str(work / "reports"), *extra]
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """(work folder, stdout) of one smoke chain run (params/smoke.yaml, in-process shards):
+    test_study's chain and test_cluster's reference for the Ray runs."""
+    import time
+
+    work = tmp_path_factory.mktemp("smoke")
+    started = time.time()
+    done = subprocess.run(runner_command(SMOKE, work), cwd=ROOT, capture_output=True, text=True,
+                          timeout=1800)
+    assert done.returncode == 0, done.stdout + done.stderr
+    print(f"\nsmoke chain in-process: {time.time() - started:.0f} s")
+    return work, done.stdout

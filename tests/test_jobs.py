@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from steering_utils.generation import make_jobs
-from steering_utils.jobs import run_jobs, worker_slot
+from steering_utils.jobs import run_jobs
 from steering_utils.params import parse_params
 from steering_utils.scoring import load_scorer
 from steering_utils.stages import CAA
@@ -45,13 +45,13 @@ def _calls(monkeypatch) -> list[int]:
     import steering_utils.jobs as jobs_module
 
     calls: list[int] = []
-    compute = jobs_module._compute
+    compute = jobs_module.compute_rows
 
     def counting(model, tokenizer, rows, *args, **kwargs):
         calls.append(len(rows))
         return compute(model, tokenizer, rows, *args, **kwargs)
 
-    monkeypatch.setattr(jobs_module, "_compute", counting)
+    monkeypatch.setattr(jobs_module, "compute_rows", counting)
     return calls
 
 
@@ -135,23 +135,22 @@ def test_a_shard_holding_other_rows_is_refused(tiny_qwen3, tiny_tokenizer, tmp_p
         _run(tiny_qwen3, tiny_tokenizer, jobs, _params(), scorers, tmp_path)
 
 
-def test_workers_split_the_shards_and_any_run_merges_them(tiny_qwen3, tiny_tokenizer, tmp_path,
-                                                          monkeypatch, scorers):
+def test_a_shard_does_not_depend_on_the_shards_grouped_with_it(tiny_qwen3, tiny_tokenizer,
+                                                                tmp_path, monkeypatch, scorers):
+    """Local, Ray and resumed runs group shards differently: every number of a shard must
+    come out the same, bit for bit (padding inside a perplexity batch changes its rounding,
+    so scores and perplexity are computed shard by shard)."""
     import steering_utils.jobs as jobs_module
 
-    monkeypatch.setattr(jobs_module, "SHARD_ROWS", 5)
+    monkeypatch.setattr(jobs_module, "SHARD_ROWS", 3)
     params = _params()
-    jobs = make_jobs(PROMPTS, [(-1, 0.0), (2, 1.0)], samples=2)  # 20 rows, 4 shards
-    single = _run(tiny_qwen3, tiny_tokenizer, jobs, params, scorers, tmp_path / "a")
-    shared = tmp_path / "shared"
-    for worker in ("0/2", "1/2"):
-        monkeypatch.setenv("STEERING_WORKER", worker)
-        if worker == "0/2":
-            with pytest.raises(jobs_module.ShardsPending, match="2 of 4 shards .* other workers"):
-                _run(tiny_qwen3, tiny_tokenizer, jobs, params, scorers, shared)
-        else:  # the last worker finds every shard present and merges
-            merged = _run(tiny_qwen3, tiny_tokenizer, jobs, params, scorers, shared)
-    pd.testing.assert_frame_equal(single, merged)
-    monkeypatch.setenv("STEERING_WORKER", "2/2")
-    with pytest.raises(ValueError, match="need 0 <= i < n"):
-        worker_slot()
+    jobs = make_jobs(PROMPTS, [(-1, 0.0), (1, 2.0), (2, -1.0)], samples=2)  # 30 rows, 12 shards
+    together = _run(tiny_qwen3, tiny_tokenizer, jobs, params, scorers, tmp_path / "together")
+    groups = []
+    for rows in (3, 7):  # one shard a group; shards of different cells and lengths mixed
+        monkeypatch.setattr(jobs_module, "GROUP_ROWS", rows)
+        calls = _calls(monkeypatch)
+        grouped = _run(tiny_qwen3, tiny_tokenizer, jobs, params, scorers, tmp_path / str(rows))
+        pd.testing.assert_frame_equal(grouped, together, check_exact=True)
+        groups.append(len(calls))
+    assert groups == [12, 5]

@@ -1,9 +1,11 @@
-"""Continuation log-likelihood, perplexity and multiple choice on a tiny random Qwen3."""
+"""Continuation log-likelihood, perplexity and multiple choice on a tiny random Qwen3 (and, for
+batch-independence, the offline model)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 
 from steering_utils.capability import choose_answers
@@ -55,3 +57,22 @@ def test_multiple_choice_picks_the_option_made_far_likelier(tiny_qwen3, tiny_tok
                              f" {option}")[0] / len(f" {option}") for option in options]
         expected.append(int(np.argmax(per_char)))
     assert choose_answers(tiny_qwen3, tiny_tokenizer, items, batch_size=3).tolist() == expected
+
+
+# Short rows of one shard, then a longer shard's rows that would share their batch.
+SHARD = [("The weather today is", " nice and warm"), ("I think that", " you are right")]
+BESIDE = [("In a long story about a small village by the sea, the old fisherman told us that",
+           " the storm was coming"),
+          ("After many years of hard work in the city, she finally decided to", " go home")]
+
+
+@pytest.mark.slow
+def test_a_blocks_numbers_do_not_depend_on_the_rows_beside_it(offline_model):
+    """Perplexity is computed shard by shard (`blocks`): padding changes a batch's float
+    rounding (about 1e-6 on the offline model), and a local, a Ray and a resumed run put
+    other shards beside a shard; its numbers must not move."""
+    model, tokenizer = offline_model
+    alone = continuation_nll(model, tokenizer, *map(list, zip(*SHARD)))
+    beside = continuation_nll(model, tokenizer, *map(list, zip(*(SHARD + BESIDE))),
+                              blocks=[0, 0, 1, 1])
+    assert beside[:2].tolist() == alone.tolist()

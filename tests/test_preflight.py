@@ -27,7 +27,8 @@ def test_preflight_passes_on_the_default_params(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[1] for line in lines] == ["params", "folders", "layers", "data",
                                                     "context", "capability", "tokenizer",
-                                                    "scorer", "device", "engine", "disk"]
+                                                    "scorer", "device", "engine", "execution",
+                                                    "disk"]
     assert all(line.startswith("ok") for line in lines)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from steering_utils.runlock import RunLock, RunLocked, lock_name
+from steering_utils.runlock import RunLock, RunLocked
 
 
 def _holder(run: Path, seconds: float) -> subprocess.Popen:
@@ -113,10 +113,3 @@ def test_a_reused_pid_does_not_keep_a_lock_alive(tmp_path):
                                            "started_utc": "x", "process_start": "1"}))
     with RunLock(run, echo=lambda line: None):
         pass
-
-
-def test_workers_of_one_run_hold_separate_locks(tmp_path, monkeypatch):
-    monkeypatch.setenv("STEERING_WORKER", "1/4")
-    assert lock_name() == ".lock-worker-1-of-4"
-    with RunLock(tmp_path / "smoke") as lock:
-        assert lock.path.name == ".lock-worker-1-of-4"

@@ -17,17 +17,15 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import ROOT, SMOKE, runner_command
 
 from steering_utils.results import validate_results
 
-ROOT = Path(__file__).resolve().parent.parent
-SMOKE = ROOT / "params" / "smoke.yaml"
 pytestmark = pytest.mark.slow
 
 
 def _runner(work: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "steering_utils.runner", "--params", str(SMOKE),
-            "--runs-root", str(work / "runs"), "--reports-root", str(work / "reports"), *extra]
+    return runner_command(SMOKE, work, *extra)
 
 
 def _metrics(results: dict) -> list:
@@ -36,14 +34,6 @@ def _metrics(results: dict) -> list:
                                     "recommendation", "confirmation", "control",
                                     "chosen_layers", "examples")}
     return json.loads(json.dumps(keep, sort_keys=True))
-
-
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    work = tmp_path_factory.mktemp("smoke")
-    done = subprocess.run(_runner(work), cwd=ROOT, capture_output=True, text=True, timeout=1800)
-    assert done.returncode == 0, done.stdout + done.stderr
-    return work, done.stdout
 
 
 def test_chain_writes_report_results_and_executed_notebooks(smoke_run):
