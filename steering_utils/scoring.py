@@ -164,15 +164,16 @@ def _torch_threads(n: int):
     """torch runs on `n` threads inside the block. The BiLSTM's scores move in the 8th digit
     with the thread count (1 vs 2 here), which differs between machines and between a
     notebook and a Ray worker; on one thread they do not, and it scores as fast (0.15 s for
-    256 texts at 1 and 2 threads)."""
+    256 texts at 1 and 2 threads). torch._C's setter: vLLM's CPU worker replaces
+    `torch.set_num_threads` with a no-op in the process that loads its engine."""
     import torch
 
     before = torch.get_num_threads()
-    torch.set_num_threads(n)
+    torch._C.set_num_threads(n)
     try:
         yield
     finally:
-        torch.set_num_threads(before)
+        torch._C.set_num_threads(before)
 
 
 def bilstm_folder() -> Path:

@@ -45,6 +45,7 @@ vllm run (`notebook_kernel`).
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from pathlib import Path
 
@@ -433,8 +434,12 @@ def generate_outputs(model, tokenizer, jobs: pd.DataFrame, vectors, gen: Generat
     def bar(*args, **kwargs):
         return tqdm(*args, **{**kwargs, "desc": desc, "unit": "seq"})
 
+    # A disabled bar (TQDM_DISABLE=1: a Ray worker leaves progress to the driver) keeps no
+    # time, and vLLM divides by its elapsed time: then vLLM gets no bar at all.
+    with tqdm(total=0, file=io.StringIO()) as probe:
+        quiet = probe.disable
     try:
-        return llm.generate(prompts, params, use_tqdm=bar)
+        return llm.generate(prompts, params, use_tqdm=False if quiet else bar)
     finally:
         if llm.llm_engine.vllm_config.model_config.enforce_eager:
             llm.collective_rpc(_set_directions, args=(None,))

@@ -354,6 +354,44 @@ def test_completions_have_the_hf_engine_columns_and_are_batch_independent(hf, en
 
 
 @pytest.mark.vllm
+def test_generation_runs_with_progress_bars_disabled_as_in_a_ray_worker(hf, engine, vectors,
+                                                                        monkeypatch):
+    """cluster.py starts its workers with TQDM_DISABLE=1, which tqdm reads at import: its
+    bars are disabled and keep no time, and vLLM's division by their elapsed time fails
+    unless the engine asks for no bar."""
+    import tqdm.auto
+
+    from steering_utils.vllm_engine import generate_completions
+
+    class Disabled(tqdm.auto.tqdm):  # tqdm as imported under TQDM_DISABLE=1
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **{**kwargs, "disable": True})
+
+    gen = GenerationParams(temperature=0.0, max_new_tokens=4)
+    jobs = make_jobs(PROMPTS[:2], CELLS[:1], samples=1)
+    shown = generate_completions(hf[0], hf[1], jobs, vectors, gen, seed=3, engine=engine)
+    monkeypatch.setattr(tqdm.auto, "tqdm", Disabled)
+    hidden = generate_completions(hf[0], hf[1], jobs, vectors, gen, seed=3, engine=engine)
+    assert list(hidden["completion"]) == list(shown["completion"])
+
+
+@pytest.mark.vllm
+def test_the_scorers_thread_count_holds_beside_a_vllm_engine(engine):
+    """vLLM's CPU worker makes torch.set_num_threads a no-op in its process; the BiLSTM's
+    one-thread scoring (its scores move in the 8th digit with the thread count) must still
+    get one thread there, or a vLLM notebook and a Ray worker score differently."""
+    import torch
+
+    from steering_utils.scoring import _torch_threads
+
+    assert torch.set_num_threads is not torch._C.set_num_threads  # vLLM's no-op is in place
+    before = torch.get_num_threads()
+    with _torch_threads(before + 1):
+        assert torch.get_num_threads() == before + 1
+    assert torch.get_num_threads() == before
+
+
+@pytest.mark.vllm
 @pytest.mark.slow
 def test_smoke_chain_on_vllm_writes_a_valid_report(tmp_path):
     pytest.importorskip("vllm")
