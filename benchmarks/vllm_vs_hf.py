@@ -95,18 +95,18 @@ def _graphs_vs_eager(jobs, eager, generate, graphs, tokenizer) -> None:
 
 def _effect(outputs: dict, params) -> None:
     """Mean toxicity per alpha and engine, CI over prompts: same vectors, same effect?"""
-    from steering_utils.metrics import bootstrap_ci
+    from steering_utils.metrics import bootstrap_ci, per_prompt
     from steering_utils.scoring import load_scorer, score_rows
 
     scorer = {"primary": load_scorer(params.scorer.name, params.scorer.path,
-                                     params.scorer.batch_size), "second": None}
+                                     params.scorer.batch_size)}
     table = {name: score_rows(rows, scorer) for name, rows in outputs.items()}
     print(f"effect (mean toxicity over prompts, 95% CI; {params.scorer.name}):")
     print(f"{'alpha':>6}  " + "  ".join(f"{name:>22}" for name in table))
     for alpha in sorted(outputs["HF"]["alpha"].unique()):
         cells = []
         for rows in table.values():
-            means = rows[rows["alpha"] == alpha].groupby("prompt_id")["toxicity"].mean()
+            means = per_prompt(rows[rows["alpha"] == alpha])["mean_toxicity"]
             lo, hi = bootstrap_ci(means.to_numpy(), seed=params.seed)
             cells.append(f"{means.mean():.3f} [{lo:.3f}, {hi:.3f}]")
         print(f"{alpha:>6}  " + "  ".join(f"{c:>22}" for c in cells))

@@ -108,8 +108,9 @@ def check_context(params: StudyParams) -> str:
     if params.generation.engine == "vllm":
         from .vllm_engine import max_model_len
 
-        if limit is None or max_model_len() < limit:
-            limit, source = max_model_len(), "the vLLM engine's max_model_len"
+        engine_limit = max_model_len()
+        if limit is None or engine_limit < limit:
+            limit, source = engine_limit, "the vLLM engine's max_model_len"
     new = params.generation.max_new_tokens
     if limit is None:
         return "the model config names no context length: not checked"
