@@ -18,9 +18,10 @@
 # - **Benign**: RTP prompts with toxicity below `data.benign_max_toxicity` (real study), or
 #   offline HellaSwag contexts: everyday text with no toxicity score.
 #
-# **Reads** the params file only. **Writes** `prompts.parquet` in this stage's folder,
-# `runs/<run_name>/01_data/<key>/` (the key hashes every params field the stage reads, so
-# other params never read these prompts back).
+# **Reads** the params file only. **Writes** `prompts.parquet` and `dropped_rows.json`
+# (rows read, dropped and usable per subset) in this stage's folder,
+# `runs/<run_name>/01_data/<key>/` (the key hashes every params field the stage reads and
+# the code it runs, so other params or code never read these prompts back).
 
 # %% tags=["parameters"]
 params_file = "../params/default.yaml"
@@ -30,16 +31,17 @@ reports_root = "../reports"
 # %%
 from steering_utils.artifacts import open_stage
 
-stage = open_stage(params_file, runs_root, "01_data")
+stage = open_stage(params_file, runs_root, "01_data", reports_root)
 params = stage.params
 stage
 
 # %%
-from steering_utils.artifacts import write_table
+from steering_utils.artifacts import write_json, write_table
 from steering_utils.data import load_prompts_with_drops, split_sizes
 
 prompts, dropped = load_prompts_with_drops(params.data, params.seed)  # prints rows dropped
 write_table(prompts, stage.out("prompts"))
+write_json(dropped, stage.out("dropped"))
 split_sizes(prompts)
 
 # %% [markdown]
@@ -57,4 +59,4 @@ columns = ["subset", "split", "prompt_id", "text", "prompt_toxicity"]
 prompts.groupby(["subset", "split"]).head(2)[columns]
 
 # %%
-stage.finish(extra={"dropped_rows": dropped})
+stage.finish()

@@ -33,7 +33,7 @@ reports_root = "../reports"
 # %%
 from steering_utils.artifacts import open_stage
 
-stage = open_stage(params_file, runs_root, "02_baseline")
+stage = open_stage(params_file, runs_root, "02_baseline", reports_root)
 params = stage.params
 stage
 

@@ -26,8 +26,8 @@
 #   both held-out separations side by side.
 #
 # The same selection on the *dev* split gives held-out contrasts used to test the vectors.
-# **Reads** `01_data`, `02_baseline`. **Writes** `activations.safetensors` and the contrast
-# texts.
+# **Reads** `01_data`, `02_baseline`. **Writes** `activations.safetensors`, the contrast
+# texts and `contrast_counts.json` (texts dropped and used per side).
 
 # %% tags=["parameters"]
 params_file = "../params/default.yaml"
@@ -37,7 +37,7 @@ reports_root = "../reports"
 # %%
 from steering_utils.artifacts import open_stage
 
-stage = open_stage(params_file, runs_root, "03_activations")
+stage = open_stage(params_file, runs_root, "03_activations", reports_root)
 params = stage.params
 stage
 
@@ -45,7 +45,7 @@ stage
 import pandas as pd
 
 from steering_utils.activations import capture_contrast, contrast_table, save_activation_sets
-from steering_utils.artifacts import read_table, write_table
+from steering_utils.artifacts import read_table, write_json, write_table
 from steering_utils.models import load_model
 
 prompts = read_table(stage.input("prompts"))
@@ -67,7 +67,8 @@ activations = capture_contrast(model, tokenizer, contrast_texts, act.pool_last_t
                                act.batch_size)
 save_activation_sets(activations, stage.out("activations"))
 write_table(contrast_texts, stage.out("contrast_texts"))
+write_json(dropped, stage.out("contrast_counts"))
 {name: tuple(tensors["pooled"].shape) for name, tensors in activations.items()}
 
 # %%
-stage.finish({"contrast_counts": dropped})
+stage.finish()

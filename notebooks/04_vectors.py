@@ -35,7 +35,7 @@ reports_root = "../reports"
 # %%
 from steering_utils.artifacts import open_stage
 
-stage = open_stage(params_file, runs_root, "04_vectors")
+stage = open_stage(params_file, runs_root, "04_vectors", reports_root)
 params = stage.params
 stage
 

@@ -47,7 +47,7 @@ reports_root = "../reports"
 # %%
 from steering_utils.artifacts import open_stage
 
-stage = open_stage(params_file, runs_root, "05_sweep")
+stage = open_stage(params_file, runs_root, "05_sweep", reports_root)
 params = stage.params
 stage
 

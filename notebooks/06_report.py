@@ -19,7 +19,8 @@
 # manifest. The report folder is built beside the old one and swapped in as a whole, so a
 # reader sees the old report or the new one, never a mix.
 #
-# **Reads** `01_data` … `05_sweep`. **Writes** `runs/<run_name>/06_report/` and
+# **Reads** `01_data` … `05_sweep` (`03_activations`: the contrast counts), and the run
+# manifest `runs/<run_name>/run_manifest.json`. **Writes** `runs/<run_name>/06_report/` and
 # `reports/<run_name>/`.
 
 # %% tags=["parameters"]
@@ -30,7 +31,7 @@ reports_root = "../reports"
 # %%
 from steering_utils.artifacts import open_stage
 
-stage = open_stage(params_file, runs_root, "06_report")
+stage = open_stage(params_file, runs_root, "06_report", reports_root)
 params = stage.params
 stage
 
@@ -40,7 +41,7 @@ from steering_utils.reportdir import publish_report
 from steering_utils.results import build_results, write_results
 
 results = build_results(stage)  # typed: steering_utils.results.ExperimentResults
-write_results(results, stage.path)
+write_results(results, stage.out("results").parent)  # raises once 06 has finished
 # Built in a temporary folder, then swapped in whole: never a mix of two runs.
 report_path = publish_report(results, run_path(reports_root, params.run_name))
 print(report_path)

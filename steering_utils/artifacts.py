@@ -23,9 +23,10 @@ from pathlib import Path
 import pandas as pd
 
 from .params import StudyParams, run_path
-from .stages import ARTIFACT_VERSION, EXECUTION_ONLY, STAGE_NAMES, STAGES, producer
+from .stages import ARTIFACT_VERSION, EXECUTION_ONLY, RECORDS, STAGE_NAMES, STAGES, producer
 
-DONE_FILE = "done.json"
+DONE_FILE = RECORDS["done"]
+MANIFEST_FILE = RECORDS["manifest"]
 SHARDS_DIR = "shards"  # runs/<run_name>/shards/: content-keyed generation shards
 
 
@@ -86,25 +87,116 @@ def _external_inputs(params: StudyParams, stage: str) -> dict:
     return found
 
 
-def stage_key(params: StudyParams, stage: str, _memo: dict | None = None) -> str:
-    """Key of a stage's folder: its params fields, its inputs' keys, local files, the code."""
+PENDING = "pending"  # the contents of an input that has not finished
+
+
+def key_parts(params: StudyParams, stage: str, runs_root: str | Path | None = None,
+              _memo: dict | None = None) -> dict:
+    """What a stage's key hashes: the artifact version (a manual override), its params
+    fields, its notebook's code cells, the source of each package module it runs
+    (`sources.stage_code`), each input's key and contents digest, and local files it reads.
+
+    Inputs' contents are read from their done markers under `runs_root`: an input not
+    finished there (or no runs root) gives "pending", so keys are computed in stage order.
+    """
+    from .sources import stage_code
+
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGE_NAMES)}")
     memo = {} if _memo is None else _memo
     if stage not in memo:
         spec = STAGES[stage]
-        memo[stage] = digest({
-            "version": ARTIFACT_VERSION,
-            "params": params_fields(params, spec.reads),
-            "inputs": {name: stage_key(params, name, memo) for name in spec.inputs},
-            "files": _external_inputs(params, stage),
-        })
+        inputs = {}
+        for name in spec.inputs:
+            key = digest(key_parts(params, name, runs_root, memo))
+            record = None if runs_root is None else done_record(
+                Path(runs_root) / params.run_name / name / key)
+            contents = PENDING if record is None or record.get("hash") != key else (
+                record.get("contents", "unrecorded"))
+            inputs[name] = {"key": key, "contents": contents}
+        memo[stage] = {"version": ARTIFACT_VERSION,
+                       "params": params_fields(params, spec.reads),
+                       **stage_code(stage),
+                       "inputs": inputs,
+                       "files": _external_inputs(params, stage)}
     return memo[stage]
 
 
+def stage_key(params: StudyParams, stage: str, runs_root: str | Path | None = None) -> str:
+    """Key of a stage's folder: the digest of its `key_parts` (params, code, inputs, files)."""
+    return digest(key_parts(params, stage, runs_root))
+
+
 def stage_folder(runs_root: str | Path, params: StudyParams, stage: str) -> Path:
-    """runs/<run_name>/<stage>/<key>/ for these params."""
-    return Path(runs_root) / params.run_name / stage / stage_key(params, stage)
+    """runs/<run_name>/<stage>/<key>/ for these params, this code and these inputs."""
+    return Path(runs_root) / params.run_name / stage / stage_key(params, stage, runs_root)
+
+
+def contents_digest(folder: Path) -> str:
+    """Digest of a finished folder's files (names and bytes), less its done and manifest
+    records: what a dependant's key holds of it. Computed once, at finish."""
+    files = {}
+    for path in sorted(Path(folder).rglob("*")):
+        if path.is_file() and path.name not in (DONE_FILE, MANIFEST_FILE) \
+                and not path.name.startswith("."):
+            files[str(path.relative_to(folder))] = file_fingerprint(path)
+    return digest(files)
+
+
+def _changed_fields(old, new, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        found = []
+        for name in sorted(set(old) | set(new)):
+            dotted = f"{prefix}.{name}" if prefix else str(name)
+            if name not in old or name not in new:
+                found.append(dotted)
+            else:
+                found += _changed_fields(old[name], new[name], dotted)
+        return found
+    return [] if old == new else [prefix or "value"]
+
+
+def key_changes(old: dict | None, new: dict) -> list[str]:
+    """Why a stage's key moved, part by part ("notebook changed", "input 04_vectors
+    changed", "params changed (generation.temperature)"); ["new"] without an old record."""
+    if not old:
+        return ["new"]
+    reasons = []
+    if old.get("version") != new.get("version"):
+        reasons.append(f"ARTIFACT_VERSION changed ({old.get('version')} -> {new['version']})")
+    fields = _changed_fields(old.get("params", {}), new.get("params", {}))
+    if fields:
+        reasons.append(f"params changed ({', '.join(fields)})")
+    if old.get("notebook") != new.get("notebook"):
+        reasons.append("notebook changed")
+    modules = old.get("modules", {}), new.get("modules", {})
+    for path in sorted(set(modules[0]) | set(modules[1])):
+        if modules[0].get(path) != modules[1].get(path):
+            state = ("now run" if path not in modules[0] else
+                     "no longer run" if path not in modules[1] else "changed")
+            reasons.append(f"module {path} {state}")
+    inputs = old.get("inputs", {}), new.get("inputs", {})
+    for name in sorted(set(inputs[0]) | set(inputs[1])):
+        if inputs[0].get(name) != inputs[1].get(name):
+            reasons.append(f"input {name} changed")
+    for name in _changed_fields(old.get("files", {}), new.get("files", {})):
+        reasons.append(f"file {name} changed")
+    return reasons or ["key scheme changed"]
+
+
+def last_finished(run_dir: Path, stage: str) -> dict | None:
+    """The done record of the stage's most recently finished folder in a run, if any."""
+    markers = sorted(Path(run_dir, stage).glob(f"*/{DONE_FILE}"),
+                     key=lambda p: p.stat().st_mtime_ns)
+    for marker in reversed(markers):
+        record = done_record(marker.parent)
+        if record is not None:
+            return record
+    return None
+
+
+class StageFinished(RuntimeError):
+    """A write into a stage folder whose done marker exists."""
 
 
 class StageDir:
@@ -118,15 +210,25 @@ class StageDir:
         self.name = stage
         self.spec = STAGES[stage]
         self.params = params
-        self.hash = stage_key(params, stage)
+        self.parts = key_parts(params, stage, runs_root)
+        self.hash = digest(self.parts)
         self.path = self.run / stage / self.hash
         self.started = time.time()
         # Opening a stage deletes nothing: other params write other folders, and
-        # finished work of later stages stays valid until their inputs change.
-        self.path.mkdir(parents=True, exist_ok=True)
+        # finished work of later stages stays valid until their inputs change. A stage
+        # whose inputs have not finished gets no folder: its key is not known yet.
+        if not self.pending:
+            self.path.mkdir(parents=True, exist_ok=True)
 
     def __repr__(self) -> str:  # what a notebook shows after opening its stage
-        return f"run {self.params.run_name}, {self.name} key {self.hash} -> {self.path}"
+        state = " (finished: its artifacts are read-only)" if self.complete else ""
+        return f"run {self.params.run_name}, {self.name} key {self.hash} -> {self.path}{state}"
+
+    @property
+    def pending(self) -> list[str]:
+        """Inputs that have not finished for these params (the key waits on them)."""
+        return [name for name, part in self.parts["inputs"].items()
+                if part["contents"] == PENDING]
 
     @property
     def complete(self) -> bool:
@@ -137,11 +239,23 @@ class StageDir:
         """The run's content-keyed shard store, shared by every stage and params version."""
         return self.run / SHARDS_DIR
 
+    def _check_writable(self) -> None:
+        if (self.path / DONE_FILE).is_file():
+            raise StageFinished(
+                f"{self.name} is finished for these params and code (key {self.hash}); its "
+                f"artifacts are read-only. To recompute, delete {self.path} or run `make "
+                "report` with --force (python -m steering_utils.runner --force)")
+        if self.pending:
+            raise RuntimeError(f"{self.name} cannot write before its inputs finish: "
+                               f"{', '.join(self.pending)}")
+
     def out(self, artifact: str) -> Path:
-        """Path of one of this stage's own outputs, by artifact name."""
+        """Path of one of this stage's own outputs, to write; raises once the stage finished
+        (read a finished stage's artifacts from a later stage, through `input`)."""
         if artifact not in self.spec.outputs:
             raise KeyError(f"{self.name} does not write {artifact!r}; it writes "
                            f"{', '.join(self.spec.outputs)}")
+        self._check_writable()
         return self.path / self.spec.outputs[artifact]
 
     def input(self, artifact: str) -> Path:
@@ -150,41 +264,54 @@ class StageDir:
         if stage.name not in self.spec.inputs:
             raise ValueError(f"{self.name} does not read {stage.name} (artifact {artifact!r}); "
                              f"its inputs are {', '.join(self.spec.inputs) or 'none'}")
-        folder = stage_folder(self.runs_root, self.params, stage.name)
+        return self.input_folder(stage.name) / stage.outputs[artifact]
+
+    def input_folder(self, name: str) -> Path:
+        """The finished folder of an input stage; raises if it has not finished."""
+        folder = self.run / name / self.parts["inputs"][name]["key"]
         if not is_complete(folder, folder.name):
             raise RuntimeError(
-                f"{stage.name} has not finished for these params (run_name "
-                f"{self.params.run_name!r}, key {folder.name}); run notebooks/{stage.notebook} "
-                "first, or `make report PARAMS=...`"
+                f"{name} has not finished for these params (run_name "
+                f"{self.params.run_name!r}, key {folder.name}); run notebooks/"
+                f"{STAGES[name].notebook} first, or `make report PARAMS=...`"
             )
-        return folder / stage.outputs[artifact]
+        return folder
 
-    def finish(self, extra: dict | None = None) -> None:
+    def finish(self) -> None:
         """Write the manifest and the done marker (last: its presence means complete); let go
-        of the stage's Ray workers, if it had any."""
+        of the stage's Ray workers, if it had any. The marker records the key's parts and a
+        digest of the folder's contents, which dependants' keys read."""
         from .cluster import shutdown
-        from .manifest import build_manifest
+        from .manifest import run_manifest
 
         # Ray stops in the cell, not at kernel exit, where a slow stop would be cut short.
         shutdown()
-
+        self._check_writable()
         seconds = round(time.time() - self.started, 2)
-        manifest = build_manifest(self.params, timings={self.name: seconds})
-        manifest["stage"] = {"name": self.name, "key": self.hash,
-                             "reads": list(self.spec.reads), "inputs": {
-                                 name: stage_key(self.params, name) for name in self.spec.inputs}}
-        write_json(manifest, self.path / "manifest.json")
+        finished = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        run = run_manifest(self.run, self.params)
+        write_json({"stage": self.name, "key": self.hash, "seconds": seconds,
+                    "finished_utc": finished, "key_parts": self.parts,
+                    "run": {name: run[name] for name in ("created_utc", "git_commit", "device",
+                                                         "params_hash")}},
+                   self.path / MANIFEST_FILE)
         write_json({"stage": self.name, "hash": self.hash, "seconds": seconds,
-                    "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                    **(extra or {})}, self.path / DONE_FILE)
+                    "finished_utc": finished, "contents": contents_digest(self.path),
+                    "key_parts": self.parts}, self.path / DONE_FILE)
 
 
-def open_stage(params_file: str | Path, runs_root: str | Path, stage: str) -> StageDir:
-    """Load and validate params, apply their environment (offline mode), open the stage."""
+def open_stage(params_file: str | Path, runs_root: str | Path, stage: str,
+               reports_root: str | Path = "../reports") -> StageDir:
+    """Load params, apply their environment (offline mode) and make the runner's checks
+    (`preflight.validate_run`, `check_folders`), so a notebook opened in Lab stops on what
+    the runner stops on; then open the stage."""
     from .params import apply_environment, load_params
+    from .preflight import check_folders, validate_run
 
     params = load_params(params_file)
     apply_environment(params)
+    validate_run(params)
+    check_folders(params, Path(runs_root).resolve(), Path(reports_root).resolve())
     return StageDir(runs_root, params, stage)
 
 

@@ -4,10 +4,12 @@ A job table has one row per continuation to make: prompt, sample index, layer,
 alpha and the steering direction's name. Rows are cut into shards per cell
 (direction, layer, alpha), and each shard file is named by a hash of everything
 that made it: its rows, the params fields that decide a row's text and scores
-(model, generation, scorer, seed), the steering positions, and the contents of its
-steering direction. A shard made under other params is therefore never read back,
-while a shard whose rows and recipe are unchanged is reused by any stage and any
-later params version (changing one alpha recomputes that alpha's shards only).
+(model, generation, scorer, seed), the steering positions, the contents of its
+steering direction, and the source of the code that shapes a row (`sources.rows_code`:
+this module, generation, steering, scoring, likelihood, models, the vLLM engine...).
+A shard made under other params or other code is therefore never read back, while a
+shard whose rows and recipe are unchanged is reused by any stage and any later params
+version (changing one alpha recomputes that alpha's shards only).
 Several pending shards are generated together (rows of different cells share
 batches), then written one file per shard. `generation.engine` picks who generates:
 transformers with steering hooks (`generation`), or vLLM steered per request
@@ -25,6 +27,7 @@ import pandas as pd
 
 from .artifacts import digest, params_fields, read_table, write_table
 from .params import StudyParams
+from .sources import rows_code
 from .stages import ARTIFACT_VERSION, UNSTEERED
 
 SHARD_ROWS = 256  # rows per shard at most: an interruption loses at most one group of work
@@ -47,7 +50,7 @@ def plan_shards(jobs: pd.DataFrame, params: StudyParams, fingerprints: dict[str,
     if unknown:
         raise ValueError(f"run_jobs: rows steer along {unknown} but no such direction was given")
     recipe = {"version": ARTIFACT_VERSION, "params": params_fields(params, RECIPE_FIELDS),
-              "positions": positions}
+              "positions": positions, "code": rows_code()}
     order = jobs.reset_index(drop=True).sort_values(list(ROW_KEY), kind="stable")
     plan = []
     for (direction, layer, alpha), cell in order.groupby(["direction", "layer", "alpha"],

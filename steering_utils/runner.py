@@ -2,8 +2,9 @@
 
 Executes notebooks/01_..06_ in order with papermill (each stage's notebook as the newer
 side of its jupytext pair holds it, `notebooks.read_stage_notebook`), injecting the params
-file and the run folders; skips a stage whose artifacts are complete for the same params
-hash; prints a line per stage. One runner per run folder (`runs/<run>/.lock`).
+file and the run folders; skips a stage whose artifacts are complete for the same key
+(params, code, inputs: `artifacts.key_parts`), and says why each other stage runs ("04_vectors
+runs: notebook changed"); prints a line per stage. One runner per run folder (`runs/<run>/.lock`).
 Executed notebooks are written to runs/<run_name>/notebooks/ and copied beside the
 report once it is published; the report folder is replaced as a whole, and a report
 from other params is moved aside first. Any failure or Ctrl-C ends with one line
@@ -20,7 +21,16 @@ import sys
 import time
 from pathlib import Path
 
-from .artifacts import SHARDS_DIR, is_complete, stage_folder, stage_key, stage_seconds
+from .artifacts import (
+    SHARDS_DIR,
+    is_complete,
+    key_changes,
+    key_parts,
+    last_finished,
+    stage_folder,
+    stage_key,
+    stage_seconds,
+)
 from .notebooks import KERNEL_NAME, NOTEBOOKS, PROJECT_ROOT, read_stage_notebook
 from .params import ParamsError, StudyParams, load_params, run_path
 from .reportdir import (
@@ -129,7 +139,7 @@ def run_study(params_file: str | Path, runs_root: str | Path = "runs",
 
 def _executed(run_dir: Path, params: StudyParams, stage: str) -> Path:
     # The stage hash in the name: a notebook executed under other params is never shown.
-    return run_dir / EXECUTED_DIR / f"{stage}-{stage_key(params, stage)}.ipynb"
+    return run_dir / EXECUTED_DIR / f"{stage}-{stage_key(params, stage, run_dir.parent)}.ipynb"
 
 
 def _executed_notebooks(params: StudyParams, run_dir: Path) -> dict[str, Path]:
@@ -139,24 +149,37 @@ def _executed_notebooks(params: StudyParams, run_dir: Path) -> dict[str, Path]:
 
 def _run_stages(params: StudyParams, params_file: Path, run_dir: Path, runs_root: Path,
                 reports_root: Path, out_dir: Path, force: bool, echo, kernel: str) -> None:
+    import shutil
+
     import papermill
+
+    from .manifest import write_run_manifest
 
     resume = resume_command(params_file, runs_root, reports_root)
     if force:  # recompute everything these params need; other params' folders stay
-        import shutil
-
         shutil.rmtree(run_dir / SHARDS_DIR, ignore_errors=True)
-        for stage in STAGES:
-            shutil.rmtree(stage_folder(runs_root, params, stage), ignore_errors=True)
+    started_run = False
     for stage in STAGES:
+        # Keys are computed in stage order: a stage's key holds its inputs' contents,
+        # known once they have finished (above, in this loop).
         folder = stage_folder(runs_root, params, stage)
+        if force:
+            shutil.rmtree(folder, ignore_errors=True)
         current = is_complete(folder, folder.name)
-        if stage == REPORT_STAGE:  # no report on disk for these params: make it again
-            current = current and report_params_hash(out_dir) == params.params_hash
+        reasons = ["--force"] if force else [] if current else key_changes(
+            (last_finished(run_dir, stage) or {}).get("key_parts"),
+            key_parts(params, stage, runs_root))
+        if stage == REPORT_STAGE and current and \
+                report_params_hash(out_dir) != params.params_hash:
+            current, reasons = False, ["no report for these params in " + str(out_dir)]
         if current:
-            echo(f"  {stage:<15} skipped: complete for these params ({stage_seconds(folder)} s "
-                 "when it ran)")
+            echo(f"  {stage:<15} skipped: complete for these params and code "
+                 f"({stage_seconds(folder)} s when it ran)")
             continue
+        echo(f"  {stage:<15} runs: {'; '.join(reasons)}")
+        if not started_run:  # one manifest per run, built when it starts work
+            write_run_manifest(run_dir, params)
+            started_run = True
         started = time.time()
         executed = _executed(run_dir, params, stage)
         executed.parent.mkdir(parents=True, exist_ok=True)
@@ -198,8 +221,8 @@ def _run_stages(params: StudyParams, params_file: Path, run_dir: Path, runs_root
 def _write_records(out_dir: Path, run_dir: Path, params: StudyParams, stage: str,
                    err: BaseException, executed: Path, resume: str, interrupted: bool) -> str:
     """failed_ (on a failure) and partial_experiment_results.json; '' or why they are missing."""
-    done = {s: stage_key(params, s) for s in STAGES
-            if is_complete(run_dir / s / stage_key(params, s), stage_key(params, s))}
+    keys = {s: stage_key(params, s, run_dir.parent) for s in STAGES}
+    done = {s: key for s, key in keys.items() if is_complete(run_dir / s / key, key)}
     partial = {"run_name": params.run_name, "params_hash": params.params_hash,
                "stopped_stage": stage, "reason": "interrupted" if interrupted else "failed",
                "completed_stages": done, "executed_notebook": str(executed),

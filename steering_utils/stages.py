@@ -1,21 +1,29 @@
 """The stage table: what each stage of the study reads and writes (torch-free).
 
 One table declares, per stage, the params fields it reads, the earlier stages it
-reads and the files it writes. The runner, the notebooks, the artifacts layer and
-the report take names from here, never from string literals of their own. A
-stage's key hashes its params fields, its input stages' keys and the code's
-artifact version, so an artifact made under other params is never read back.
+reads and the files it writes (besides the `RECORDS` every stage folder holds, and the
+report folder that `06_report` publishes). The runner, the notebooks, the artifacts
+layer and the report take names from here, never from string literals of their own. A
+stage's key (`artifacts.key_parts`) hashes its params fields, its notebook's code, the
+package modules it runs (`sources`), its input stages' keys and contents, and the local
+files it reads, so an artifact made under other params or other code is never read back.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-# Bump when a change of code changes what a stage writes for the same params:
-# every key changes with it, so no artifact of the old code is read back.
+# An explicit override: keys already hash the code a stage runs (its notebook and modules),
+# so bump this only to invalidate every artifact for a reason the code does not show (a
+# library upgrade that changes outputs, say). Part of every stage's and shard's key.
 # 3: rows and cells say `experiment` (grid/sweep/control), not `stage`;
 # 4: activation sets carry token moments, 04 writes the token statistics (methods).
 ARTIFACT_VERSION = 4
+# Files every stage folder holds besides its outputs: the manifest (its own timings, key
+# parts and the run it belongs to) and the done marker, written last (markers only: key,
+# key parts, contents digest, timings).
+RECORDS = {"manifest": "manifest.json", "done": "done.json"}
+RUN_MANIFEST = "run_manifest.json"  # runs/<run_name>/: the manifest of the run, built once
 
 # Fields that change how fast a stage runs, never what it writes (rows are seeded
 # one by one, so a continuation does not depend on its batch).
@@ -32,6 +40,7 @@ class Stage:
     reads: tuple[str, ...]  # params fields, dotted: "data", "evaluation.toxic_threshold"
     inputs: tuple[str, ...]  # earlier stages whose artifacts it reads
     outputs: dict[str, str]  # artifact name -> file name inside the stage folder
+    publishes: str | None = None  # a folder outside runs/ it replaces: reports/<run_name>/
 
     @property
     def notebook(self) -> str:
@@ -47,7 +56,8 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
     Stage("02_baseline", _GENERATE, ("01_data",),
           {"baseline": "generations.parquet"}),
     Stage("03_activations", ("model", "activations"), ("01_data", "02_baseline"),
-          {"activations": "activations.safetensors", "contrast_texts": "contrast_texts.parquet"}),
+          {"activations": "activations.safetensors", "contrast_texts": "contrast_texts.parquet",
+           "contrast_counts": "contrast_counts.json"}),
     Stage("04_vectors", ("model", "activations", "vectors"), ("03_activations",),
           {"vectors": "vectors.safetensors", "comparison_vectors": "comparison_vectors.safetensors",
            "layer_stats": "layer_stats.parquet",
@@ -61,8 +71,8 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
            "methods_eval": "methods_eval.parquet",
            "methods_capability": "methods_capability.parquet"}),
     Stage("06_report", ("evaluation", "methods", "report"),
-          ("01_data", "02_baseline", "04_vectors", "05_sweep"),
-          {"results": RESULTS_FILE}),
+          ("01_data", "02_baseline", "03_activations", "04_vectors", "05_sweep"),
+          {"results": RESULTS_FILE}, publishes="<reports_root>/<run_name>/"),
 )}
 
 STAGE_NAMES: tuple[str, ...] = tuple(STAGES)

@@ -96,7 +96,7 @@ def test_opening_a_stage_keeps_every_finished_stage(tmp_path):
         StageDir(tmp_path, params, name).finish()
     StageDir(tmp_path, params, "03_activations")  # as executing the notebook's first cell does
     done = [n for n in STAGE_NAMES if is_complete(stage_folder(tmp_path, params, n),
-                                                  stage_key(params, n))]
+                                                  stage_key(params, n, tmp_path))]
     assert done == list(STAGE_NAMES)
     # Finishing under other params writes another folder and leaves these complete too.
     raw = _default()
@@ -104,9 +104,9 @@ def test_opening_a_stage_keeps_every_finished_stage(tmp_path):
     other = parse_params(raw)
     StageDir(tmp_path, other, "03_activations").finish()
     assert is_complete(stage_folder(tmp_path, params, "03_activations"),
-                       stage_key(params, "03_activations"))
+                       stage_key(params, "03_activations", tmp_path))
     assert not is_complete(stage_folder(tmp_path, other, "04_vectors"),
-                           stage_key(other, "04_vectors"))
+                           stage_key(other, "04_vectors", tmp_path))
 
 
 def test_relative_paths_resolve_against_the_params_file(tmp_path, monkeypatch):

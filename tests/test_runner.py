@@ -56,7 +56,7 @@ def fake_chain(monkeypatch, tmp_path):
             results = make_results()
             results["manifest"].update(params_hash=params.params_hash, run_name="smoke")
             publish_report(validate_results(results), reports / "smoke")
-        write_json({"stage": stage, "hash": stage_key(params, stage), "seconds": 1},
+        write_json({"stage": stage, "hash": stage_key(params, stage, runs), "seconds": 1},
                    stage_folder(runs, params, stage) / "done.json")
 
     monkeypatch.setattr(papermill, "execute_notebook", execute_notebook)
@@ -81,7 +81,7 @@ def test_a_failure_prints_the_notebooks_own_error_and_the_resume_command(fake_ch
     assert "05_sweep        FAILED after" in out and cause in out
     [line] = err.strip().splitlines()  # one line
     executed = fake_chain.runs / "smoke" / "notebooks" / \
-        f"05_sweep-{stage_key(fake_chain.params, '05_sweep')}.ipynb"
+        f"05_sweep-{stage_key(fake_chain.params, '05_sweep', fake_chain.runs)}.ipynb"
     assert line.startswith(f"05_sweep failed: {cause}")
     assert str(executed) in line and executed.is_file()
     assert f"resume with: python -m steering_utils.runner --params {SMOKE}" in line
@@ -91,7 +91,7 @@ def test_a_failure_prints_the_notebooks_own_error_and_the_resume_command(fake_ch
     assert failed["error"] == cause and failed["failed_stage"] == "05_sweep"
     partial = json.loads((report / "partial_experiment_results.json").read_text())
     assert partial["reason"] == "failed"
-    assert partial["completed_stages"] == {s: stage_key(fake_chain.params, s)
+    assert partial["completed_stages"] == {s: stage_key(fake_chain.params, s, fake_chain.runs)
                                            for s in list(STAGES)[:4]}
 
 

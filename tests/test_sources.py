@@ -1,0 +1,144 @@
+"""Code in the key (issue 20, item 1): which modules each stage runs, why a key moved, and
+a finished stage's folder refusing writes. The runs that show a notebook, module or report
+edit re-running exactly its dependants are in test_study.py."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from steering_utils import sources
+from steering_utils.artifacts import (
+    StageDir,
+    StageFinished,
+    key_changes,
+    key_parts,
+    stage_folder,
+    stage_key,
+)
+from steering_utils.params import parse_params
+from steering_utils.stages import STAGE_NAMES
+from tests.test_params import _default
+
+MODULE = "steering_utils/{}.py"
+
+
+@pytest.fixture(scope="module")
+def closures():
+    return {stage: set(sources.stage_code(stage)["modules"]) for stage in STAGE_NAMES}
+
+
+def test_the_report_code_is_run_by_the_report_stage_only(closures):
+    for module in ("report", "reportdir", "results", "plots"):
+        assert [s for s in STAGE_NAMES if MODULE.format(module) in closures[s]] == ["06_report"]
+
+
+def test_vectors_code_is_run_by_04_and_its_dependants(closures):
+    runs = [s for s in STAGE_NAMES if MODULE.format("vectors") in closures[s]]
+    assert runs == ["04_vectors", "05_sweep", "06_report"]
+    assert MODULE.format("generation") not in closures["01_data"]
+    assert MODULE.format("data") in closures["01_data"]
+
+
+def test_runtime_modules_and_type_checking_imports_are_not_followed(closures):
+    every = set().union(*closures.values())
+    for module in sources.RUNTIME_MODULES:
+        assert MODULE.format(module) not in every
+    # plots imports results under TYPE_CHECKING only; results reaches vectors, report...
+    assert "results" not in sources.module_imports("plots")
+    assert "cluster" in sources.module_imports("jobs")  # lazy imports are read
+
+
+def test_imports_inside_functions_are_part_of_the_closure():
+    assert {"likelihood", "scoring", "vllm_engine", "generation"} <= sources.module_imports("jobs")
+    rows = set(sources.rows_code())
+    assert {MODULE.format(m) for m in ("jobs", "generation", "steering", "scoring",
+                                       "likelihood", "models", "vllm_engine")} <= rows
+    assert MODULE.format("vectors") not in rows and MODULE.format("report") not in rows
+
+
+def test_a_notebook_is_hashed_by_its_code_cells_only(tmp_path):
+    import shutil
+
+    from steering_utils.notebooks import NOTEBOOKS, notebook_pair, sync_pair
+
+    for path in notebook_pair("04_vectors"):
+        shutil.copy2(path, tmp_path / path.name)
+    before = sources.stage_code("04_vectors", tmp_path)
+    ipynb, source = notebook_pair("04_vectors", tmp_path)
+    # A Lab save of the unchanged notebook (the .ipynb becomes the newer side) reads the same.
+    text = ipynb.read_text()
+    ipynb.write_text(text.replace('"outputs": []', '"outputs": []', 1))
+    assert sources.stage_code("04_vectors", tmp_path) == before
+    # So does a changed markdown cell; an edited code cell does not.
+    source.write_text(source.read_text().replace("# # 04", "# # 04 (edited title)", 1))
+    sync_pair(source)
+    assert sources.stage_code("04_vectors", tmp_path) == before
+    source.write_text(source.read_text().replace("vectors.save(", "vectors.directions *= 0\n"
+                                                 "vectors.save(", 1))
+    assert sources.stage_code("04_vectors", tmp_path)["notebook"] != before["notebook"]
+    assert sources.stage_code("04_vectors", NOTEBOOKS) == before
+
+
+def test_key_changes_name_each_part_that_moved():
+    raw = _default()
+    params = parse_params(raw)
+    old = key_parts(params, "05_sweep")
+    assert key_changes(None, old) == ["new"]
+    assert key_changes(old, old) == ["key scheme changed"]
+    raw["generation"]["temperature"] = 0.5
+    raw["sweep"]["alphas"] = [0, 1.5]
+    new = json.loads(json.dumps(key_parts(parse_params(raw), "05_sweep")))
+    new["notebook"] = "0" * 16
+    new["modules"][MODULE.format("vectors")] = "0" * 16
+    del new["modules"][MODULE.format("sweep")]
+    assert key_changes(old, new) == [
+        "params changed (generation.temperature, sweep.alphas)", "notebook changed",
+        "module steering_utils/sweep.py no longer run", "module steering_utils/vectors.py "
+        "changed", "input 02_baseline changed", "input 04_vectors changed"]
+
+
+def test_a_key_holds_its_inputs_contents_read_once_at_finish(tmp_path):
+    params = parse_params(_default())
+    assert key_parts(params, "02_baseline", tmp_path)["inputs"]["01_data"]["contents"] == \
+        "pending"
+    first = StageDir(tmp_path, params, "01_data")
+    (first.out("prompts")).write_text("one")
+    first.finish()
+    key = stage_key(params, "02_baseline", tmp_path)
+    record = json.loads((first.path / "done.json").read_text())
+    assert key_parts(params, "02_baseline", tmp_path)["inputs"]["01_data"] == {
+        "key": first.hash, "contents": record["contents"]}
+    # Other contents under the same key (a rerun after --force, say) rekey the dependant.
+    (first.path / "done.json").unlink()
+    again = StageDir(tmp_path, params, "01_data")
+    again.out("prompts").write_text("two")
+    again.finish()
+    assert stage_key(params, "02_baseline", tmp_path) != key
+    assert set(record) == {"stage", "hash", "seconds", "finished_utc", "contents", "key_parts"}
+
+
+def test_writing_into_a_finished_stage_raises_and_says_how_to_rerun(tmp_path):
+    params = parse_params(_default())
+    stage = StageDir(tmp_path, params, "01_data")
+    stage.out("prompts").write_text("prompts")
+    stage.finish()
+    reopened = StageDir(tmp_path, params, "01_data")  # Lab: re-running the notebook's cells
+    assert reopened.complete and "finished" in repr(reopened)
+    with pytest.raises(StageFinished, match=r"01_data is finished .*delete .*--force"):
+        reopened.out("prompts")
+    with pytest.raises(StageFinished):
+        reopened.finish()
+    # Reading it from a later stage is what finished artifacts are for.
+    later = StageDir(tmp_path, params, "02_baseline")
+    assert later.input("prompts").read_text() == "prompts"
+    assert later.input("prompts").parent == stage_folder(tmp_path, params, "01_data")
+
+
+def test_a_stage_with_unfinished_inputs_makes_no_folder_and_cannot_write(tmp_path):
+    params = parse_params(_default())
+    stage = StageDir(tmp_path, params, "04_vectors")
+    assert stage.pending == ["03_activations"] and not stage.path.exists()
+    with pytest.raises(RuntimeError, match="before its inputs finish: 03_activations"):
+        stage.out("vectors")
