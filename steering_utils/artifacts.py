@@ -1,12 +1,15 @@
 """Run folders keyed by what made them, atomic writes and completion markers.
 
 A stage writes only its own folder, `runs/<run_name>/<NN_stage>/<key>/`, where the
-key hashes the params fields the stage reads (`stages.STAGES`), the keys of the
-stages it reads, the contents of user files it reads and the artifact version. So
-an artifact made under other params is never read back: other params mean another
-folder. Nothing is deleted when a stage opens; a stage becomes complete when its
-`done.json` marker (written last) exists in its keyed folder. Files are written
-under a temporary name and renamed, so an interrupted run leaves no half file.
+key (`key_parts`) hashes the params fields the stage reads (`stages.STAGES`), its
+notebook's code cells and the source of the package modules it runs (`sources`), each
+input stage's key and contents digest, the contents of user files it reads and the
+artifact version (a manual override). So an artifact made under other params or other
+code is never read back: they mean another folder. Nothing is deleted when a stage opens;
+a stage becomes complete when its `done.json` marker (written last, with the key's parts
+and a digest of the folder's contents that dependants' keys read) exists in its keyed
+folder, and from then on its folder refuses writes. Files are written under a temporary
+name and renamed, so an interrupted run leaves no half file.
 """
 
 from __future__ import annotations

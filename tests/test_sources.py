@@ -142,3 +142,17 @@ def test_a_stage_with_unfinished_inputs_makes_no_folder_and_cannot_write(tmp_pat
     assert stage.pending == ["03_activations"] and not stage.path.exists()
     with pytest.raises(RuntimeError, match="before its inputs finish: 03_activations"):
         stage.out("vectors")
+
+
+def test_a_notebook_opening_its_stage_makes_the_runners_checks(tmp_path):
+    """Before: a notebook opened in Lab skipped preflight.validate_run (a layer out of range
+    failed deep inside the sweep instead of at the first cell)."""
+    from steering_utils.artifacts import open_stage
+    from steering_utils.params import ParamsError
+    from tests.test_params import PARAMS
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"inherits: {PARAMS / 'smoke.yaml'}\nsweep: {{layers: [5, 99]}}\n")
+    with pytest.raises(ParamsError, match="99"):
+        open_stage(bad, tmp_path / "runs", "01_data", tmp_path / "reports")
+    assert not (tmp_path / "runs").exists()

@@ -64,9 +64,13 @@ def test_chain_writes_report_results_and_executed_notebooks(smoke_run):
 
 def test_rerun_with_unchanged_params_skips_every_stage(smoke_run):
     work, _ = smoke_run
+    started = time.time()
     again = subprocess.run(_runner(work), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    seconds = time.time() - started
     assert again.returncode == 0, again.stderr
-    assert again.stdout.count("skipped: complete") == 6
+    assert again.stdout.count("skipped: complete for these params and code") == 6
+    print(f"\nsecond runner on a finished smoke run: {seconds:.1f} s")
+    assert seconds < 30  # keys (notebooks, module sources, inputs' done records) are cheap
 
 
 @pytest.mark.parametrize("stage, kept", [("02_baseline", 1), ("05_sweep", 4)])
@@ -372,3 +376,125 @@ def test_two_runners_on_one_run_the_second_stops_naming_the_first(smoke_run, tmp
     assert f"is in use by pid {first.pid} on host" in second.stderr
     first.communicate(timeout=900)
     assert first.returncode == 0
+
+
+# --- issue 20, item 1: code in the key ----------------------------------------------------
+
+def _project_copy(tmp_path: Path) -> Path:
+    """A copy of what a key hashes (the package and the notebooks), to edit; the runner and
+    its kernels import it through PYTHONPATH."""
+    project = tmp_path / "project"
+    junk = shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints")
+    for folder in ("steering_utils", "notebooks"):
+        shutil.copytree(ROOT / folder, project / folder, ignore=junk)
+    return project
+
+
+def _edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text, f"{old!r} not in {path}"
+    path.write_text(text.replace(old, new, 1))
+
+
+def _rerun_edited(smoke_run, tmp_path: Path, project: Path) -> dict[str, str]:
+    """Run the edited copy on a copy of the finished smoke run: {stage: its line}."""
+    work, _ = smoke_run
+    for folder in ("runs", "reports"):
+        shutil.copytree(work / folder, tmp_path / folder)
+    done = subprocess.run(_runner(tmp_path), cwd=project, capture_output=True, text=True,
+                          timeout=900, env={**os.environ, "PYTHONPATH": str(project)})
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = {}
+    for line in done.stdout.splitlines():
+        words = line.split(maxsplit=1)
+        if words and words[0] in ("01_data", "02_baseline", "03_activations", "04_vectors",
+                                  "05_sweep", "06_report") and words[0] not in lines:
+            lines[words[0]] = words[1]
+    return lines
+
+
+def test_a_notebook_edit_reruns_that_stage_and_its_dependants_only(smoke_run, tmp_path):
+    """Before: every stage "skipped: complete for these params" after a code cell's edit."""
+    project = _project_copy(tmp_path)
+    source = project / "notebooks" / "04_vectors.py"
+    _edit(source, 'vectors.save(stage.out("vectors"))',
+          'vectors.metadata["edited"] = "in a code cell"\nvectors.save(stage.out("vectors"))')
+    lines = _rerun_edited(smoke_run, tmp_path, project)
+    assert all(lines[s].startswith("skipped: complete") for s in ("01_data", "02_baseline",
+                                                                    "03_activations"))
+    assert lines["04_vectors"] == "runs: notebook changed"
+    assert lines["05_sweep"] == "runs: input 04_vectors changed"
+    assert lines["06_report"] == "runs: input 04_vectors changed; input 05_sweep changed"
+    results = json.loads((tmp_path / "reports" / "smoke" / "experiment_results.json")
+                         .read_text())
+    [old] = [p.name for p in (smoke_run[0] / "runs" / "smoke" / "04_vectors").iterdir()]
+    [vectors] = [p for p in (tmp_path / "runs" / "smoke" / "04_vectors").glob("*/done.json")
+                 if p.parent.name != old]
+    from safetensors import safe_open
+
+    with safe_open(str(vectors.parent / "vectors.safetensors"), "pt") as handle:
+        assert json.loads(handle.metadata()["json"])["edited"] == "in a code cell"
+    assert results["manifest"]["timings"]["04_vectors"] == json.loads(
+        vectors.read_text())["seconds"]  # the report reads the new 04
+
+
+def test_a_module_edit_reruns_the_stages_that_run_it(smoke_run, tmp_path):
+    """Before: a change in steering_utils/vectors.py re-ran nothing."""
+    project = _project_copy(tmp_path)
+    _edit(project / "steering_utils" / "vectors.py",
+          'metadata={"json": json.dumps(self.metadata, sort_keys=True)}',
+          'metadata={"json": json.dumps({**self.metadata, "edited": 1}, sort_keys=True)}')
+    lines = _rerun_edited(smoke_run, tmp_path, project)
+    assert all(lines[s].startswith("skipped: complete") for s in ("01_data", "02_baseline",
+                                                                    "03_activations"))
+    changed = "module steering_utils/vectors.py changed"
+    assert lines["04_vectors"] == f"runs: {changed}"
+    assert lines["05_sweep"] == f"runs: {changed}; input 04_vectors changed"
+    assert lines["06_report"].startswith(f"runs: {changed}; input 04_vectors changed")
+
+
+def test_a_report_edit_reruns_the_report_only(smoke_run, tmp_path):
+    project = _project_copy(tmp_path)
+    _edit(project / "steering_utils" / "report.py", '"""', '"""(edited) ')
+    lines = _rerun_edited(smoke_run, tmp_path, project)
+    assert [s for s, line in lines.items() if not line.startswith("skipped")] == ["06_report"]
+    assert lines["06_report"] == "runs: module steering_utils/report.py changed"
+
+
+def test_writing_into_a_finished_stage_raises_reading_does_not(smoke_run, tmp_path):
+    """Before: re-running a cell in Lab after stage.finish() wrote into the done folder."""
+    from steering_utils.artifacts import StageFinished, open_stage
+
+    work, _ = smoke_run
+    shutil.copytree(work / "runs", tmp_path / "runs")
+    stage = open_stage(SMOKE, tmp_path / "runs", "04_vectors", tmp_path / "reports")
+    assert stage.complete
+    with pytest.raises(StageFinished, match=r"04_vectors is finished for these params and "
+                                            r"code \(key .*\); .*delete .*--force"):
+        stage.out("vectors")
+    report = open_stage(SMOKE, tmp_path / "runs", "06_report", tmp_path / "reports")
+    assert report.input("vectors").is_file()  # a later stage reads it as before
+
+
+# --- issue 20, item 9: the stage contract closed ------------------------------------------
+
+def test_every_file_in_a_stage_folder_is_declared_and_done_holds_markers_only(smoke_run):
+    from steering_utils.stages import RECORDS, RUN_MANIFEST, STAGES
+
+    work, _ = smoke_run
+    run = work / "runs" / "smoke"
+    for name, stage in STAGES.items():
+        [folder] = [p.parent for p in (run / name).glob("*/done.json")]
+        files = {p.name for p in folder.iterdir()}
+        assert files == set(stage.outputs.values()) | set(RECORDS.values()), name
+        done = json.loads((folder / "done.json").read_text())
+        assert set(done) == {"stage", "hash", "seconds", "finished_utc", "contents",
+                             "key_parts"}
+    assert set(json.loads(next((run / "01_data").glob("*/dropped_rows.json")).read_text())) \
+        == {"challenging", "benign"}
+    # One manifest per run, carried to the report (not one built by 06).
+    manifest = json.loads((run / RUN_MANIFEST).read_text())
+    results = json.loads((work / "reports" / "smoke" / "experiment_results.json").read_text())
+    assert {k: v for k, v in results["manifest"].items() if k != "timings"} == \
+        {k: v for k, v in manifest.items() if k != "timings"}
+    assert set(results["manifest"]["timings"]) == set(STAGES["06_report"].inputs)
