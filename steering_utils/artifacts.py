@@ -246,8 +246,9 @@ class StageDir:
         if (self.path / DONE_FILE).is_file():
             raise StageFinished(
                 f"{self.name} is finished for these params and code (key {self.hash}); its "
-                f"artifacts are read-only. To recompute, delete {self.path} or run `make "
-                "report` with --force (python -m steering_utils.runner --force)")
+                f"artifacts are read-only. To recompute, delete {self.path} and run it "
+                "again, or re-run the study with `python -m steering_utils.runner --params "
+                "<file> --force`")
         if self.pending:
             raise RuntimeError(f"{self.name} cannot write before its inputs finish: "
                                f"{', '.join(self.pending)}")
