@@ -156,3 +156,45 @@ def test_a_notebook_opening_its_stage_makes_the_runners_checks(tmp_path):
     with pytest.raises(ParamsError, match="99"):
         open_stage(bad, tmp_path / "runs", "01_data", tmp_path / "reports")
     assert not (tmp_path / "runs").exists()
+
+
+_SHARD_KEYS = """
+import json, pandas as pd
+from steering_utils.generation import make_jobs
+from steering_utils.jobs import plan_shards
+from steering_utils.params import load_params
+params = load_params({params!r})
+prompts = pd.DataFrame({{"prompt_id": ["p0", "p1"], "text": ["the cat", "a dog"]}})
+jobs = make_jobs(prompts, [(-1, 0.0)], params.generation.samples_per_prompt)
+print(json.dumps([key for key, _ in plan_shards(jobs, params, {{}}, "all")]))
+"""
+
+
+def test_shards_are_keyed_by_the_code_that_shapes_a_row(tmp_path):
+    """Before: an edit of generation code read back the shards the old code made. Keys are
+    computed by the package's own plan_shards on an edited copy (no model needed)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.test_params import PARAMS
+
+    def keys(edit: str | None) -> list[str]:
+        project = tmp_path / (edit or "unedited")
+        shutil.copytree(sources.PACKAGE_DIR, project / "steering_utils",
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(sources.PACKAGE_DIR.parent / "notebooks", project / "notebooks")
+        if edit:
+            path = project / "steering_utils" / f"{edit}.py"
+            path.write_text(path.read_text() + "\n# edited\n")
+        code = _SHARD_KEYS.format(params=str(PARAMS / "smoke.yaml"))
+        done = subprocess.run([sys.executable, "-c", code], cwd=project, capture_output=True,
+                              text=True, env={**os.environ, "PYTHONPATH": str(project)},
+                              check=True)
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    base = keys(None)
+    assert base and keys("report") == base and keys("vectors") == base
+    assert set(keys("generation")).isdisjoint(base)
+    assert set(keys("scoring")).isdisjoint(base)
