@@ -57,7 +57,9 @@ def params_fields(params: StudyParams, fields: tuple[str, ...]) -> dict:
 # compute keys) would cost minutes; weights are replaced, not edited in place. Smaller
 # files (configs, tokenizers, data) are hashed, once per process and file version.
 BIG_FILE_BYTES = 64 * 2**20
-_HASHED: dict[tuple, str] = {}  # (path, size, mtime_ns, inode) -> content hash
+# (path, inode, size, mtime_ns, ctime_ns) -> content hash. ctime too: a rewrite that keeps
+# size and mtime (`touch -r`, `cp -p`) still moves ctime, which no user call can set.
+_HASHED: dict[tuple, str] = {}
 
 # What transformers reads from a local model folder (top level only, so a runs root,
 # logs or other models inside the folder are never part of the key): the config, the
@@ -85,7 +87,8 @@ def file_fingerprint(path: str | Path) -> str:
         return "not a file"
     if stat.st_size > BIG_FILE_BYTES:
         return digest({"size": stat.st_size, "mtime_ns": stat.st_mtime_ns})
-    signature = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    signature = (str(path.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns,
+                 stat.st_ctime_ns)
     if signature not in _HASHED:
         sha = hashlib.sha256()
         with path.open("rb") as handle:
