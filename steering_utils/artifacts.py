@@ -180,10 +180,15 @@ def _data_fingerprint(path: str, data_dir: str | None = None) -> str:
 
 
 def _external_inputs(params: StudyParams, stage: str) -> dict:
-    """Fingerprints of the local files a stage reads that params name only by path: the
-    files each loader reads, never the rest of their folders (so a runs root, logs or other
-    models inside a model folder do not change a key while a run writes there)."""
-    reads = STAGES[stage].reads
+    """Fingerprints of the local files a stage reads (`input_files` of its params fields)."""
+    return input_files(params, STAGES[stage].reads)
+
+
+def input_files(params: StudyParams, reads: tuple[str, ...]) -> dict:
+    """{field: fingerprint} of the local files that the params fields `reads` name only by
+    path: the files each loader reads, never the rest of their folders (so a runs root, logs
+    or other models inside a model folder do not change a key while a run writes there).
+    Empty for hub ids and the offline model."""
 
     def read(dotted: str) -> bool:
         return any(dotted == field or dotted.startswith(field + ".") for field in reads)

@@ -92,6 +92,34 @@ def test_a_model_folder_is_keyed_by_the_files_transformers_reads(tmp_path, tiny_
     assert _keys(params)["02_baseline"] != after_tokenizer["02_baseline"]
 
 
+def test_generation_shards_are_keyed_by_the_local_model_files_too(tmp_path, tiny_qwen3,
+                                                                  tiny_tokenizer):
+    """02 re-keys when the weights at model.path change; its shards must too, or the new
+    02 would read back rows the old weights generated."""
+    import pandas as pd
+
+    from steering_utils.generation import make_jobs
+    from steering_utils.jobs import plan_shards
+
+    folder = _local_model(tmp_path / "model", tiny_qwen3, tiny_tokenizer)
+    params = _params(folder)
+    prompts = pd.DataFrame({"prompt_id": ["p0", "p1"], "text": ["the cat", "a dog"]})
+    jobs = make_jobs(prompts, [(-1, 0.0)], samples=2)
+
+    def shard_keys():
+        return {key for key, _ in plan_shards(jobs, params, {}, "all")}
+
+    before = shard_keys()
+    _clutter(folder)
+    assert shard_keys() == before
+    build_tiny_qwen3(len(tiny_tokenizer), seed=2).save_pretrained(folder)
+    assert not shard_keys() & before
+    # Hub ids and the offline model have no local files: their shard keys are as before.
+    from steering_utils.jobs import RECIPE_FIELDS
+
+    assert artifacts.input_files(parse_params(_default()), RECIPE_FIELDS) == {}
+
+
 def test_sharded_weights_are_keyed_by_the_shards_their_index_names(tmp_path, tiny_qwen3,
                                                                     tiny_tokenizer):
     folder = tmp_path / "model"
