@@ -87,6 +87,13 @@ def file_fingerprint(path: str | Path) -> str:
         return "not a file"
     if stat.st_size > BIG_FILE_BYTES:
         return digest({"size": stat.st_size, "mtime_ns": stat.st_mtime_ns})
+    return content_hash(path)
+
+
+def content_hash(path: str | Path) -> str:
+    """sha256 of a file's bytes, whatever its size; cached per process and file version."""
+    path = Path(path)
+    stat = path.stat()
     signature = (str(path.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns,
                  stat.st_ctime_ns)
     if signature not in _HASHED:
