@@ -56,38 +56,178 @@ def params_fields(params: StudyParams, fields: tuple[str, ...]) -> dict:
     return {dotted: _field(dumped, dotted) for dotted in fields}
 
 
+# Files over this size are fingerprinted by name, size and mtime, not content: hashing
+# Qwen3-8B's 16 GB of weights at every key computation (the runner and each notebook
+# compute keys) would cost minutes; weights are replaced, not edited in place. Smaller
+# files (configs, tokenizers, data) are hashed, once per process and file version.
+BIG_FILE_BYTES = 64 * 2**20
+# (path, inode, size, mtime_ns, ctime_ns) -> content hash. ctime too: a rewrite that keeps
+# size and mtime (`touch -r`, `cp -p`) still moves ctime, which no user call can set.
+_HASHED: dict[tuple, str] = {}
+
+# What transformers reads from a local model folder (top level only, so a runs root,
+# logs or other models inside the folder are never part of the key): the config, the
+# tokenizer's files and the weights; the weights' index names the shards.
+_CONFIG_FILES = ("config.json",)
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                    "added_tokens.json", "vocab.json", "vocab.txt", "merges.txt",
+                    "chat_template.jinja", "chat_template.json", "generation_config.json")
+_TOKENIZER_SUFFIXES = (".model", ".tiktoken")  # sentencepiece (tokenizer.model, spiece.model)
+_CHAT_TEMPLATES_DIR = "additional_chat_templates"
+_WEIGHT_FILES = (("model.safetensors", "model.safetensors.index.json"),
+                 ("pytorch_model.bin", "pytorch_model.bin.index.json"))
+# What `datasets` reads from a local dataset folder besides the data files it resolves.
+_DATASET_METADATA = ("README.md", ".huggingface.yaml", "dataset_infos.json")
+
+
 def file_fingerprint(path: str | Path) -> str:
-    """Content hash of a file, or of a folder's file names, sizes and mtimes (models, data)."""
+    """Content hash of one file (name, size and mtime over BIG_FILE_BYTES); 'missing' if none."""
     path = Path(path)
-    if path.is_file():
+    try:
+        stat = path.stat()
+    except (OSError, ValueError):
+        return "missing"
+    if not path.is_file():
+        return "not a file"
+    if stat.st_size > BIG_FILE_BYTES:
+        return digest({"size": stat.st_size, "mtime_ns": stat.st_mtime_ns})
+    return content_hash(path)
+
+
+def content_hash(path: str | Path) -> str:
+    """sha256 of a file's bytes, whatever its size; cached per process and file version."""
+    path = Path(path)
+    stat = path.stat()
+    signature = (str(path.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns,
+                 stat.st_ctime_ns)
+    if signature not in _HASHED:
         sha = hashlib.sha256()
         with path.open("rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 sha.update(block)
-        return sha.hexdigest()[:16]
+        _HASHED[signature] = sha.hexdigest()[:16]
+    return _HASHED[signature]
+
+
+def _files_fingerprint(folder: Path, names: list[str]) -> str:
+    """One hash of the named files of a folder (each by file_fingerprint)."""
+    return digest({name: file_fingerprint(folder / name) for name in sorted(set(names))})
+
+
+def model_files(folder: str | Path, gguf_file: str | None = None) -> list[str]:
+    """Names of the files transformers reads to load a model (or a scorer) from a local
+    folder: config, tokenizer files and weights, or, with `gguf_file`, that GGUF file and the
+    tokenizer files (AutoTokenizer still reads tokenizer_config.json beside a GGUF)."""
+    folder = Path(folder)
+    try:
+        top = {p.name for p in folder.iterdir() if p.is_file()}
+    except OSError:
+        return []
+    names = {n for n in top if n in _TOKENIZER_FILES or n.endswith(_TOKENIZER_SUFFIXES)}
+    templates = folder / _CHAT_TEMPLATES_DIR
+    if templates.is_dir():
+        names |= {f"{_CHAT_TEMPLATES_DIR}/{p.name}" for p in templates.glob("*.jinja")}
+    if gguf_file:
+        return sorted(names | {gguf_file})
+    names |= top.intersection(_CONFIG_FILES)
+    for single, index in _WEIGHT_FILES:
+        names |= top.intersection((single, index))
+        if index in top:
+            try:
+                shards = json.loads((folder / index).read_text()).get("weight_map", {})
+                names |= {name for name in shards.values() if isinstance(name, str)}
+            except (OSError, ValueError, AttributeError):
+                pass  # an unreadable index is in the key already; loading it will fail
+    return sorted(names)
+
+
+def dataset_files(folder: str | Path, data_dir: str | None = None) -> list[str]:
+    """Names (relative to `folder`) of the files `datasets.load_dataset(folder)` reads: the
+    data files it resolves for every split (it prepares them all) and the dataset card."""
+    folder = Path(folder).resolve()
+    try:
+        from datasets import load as datasets_load
+
+        # The factory load_dataset uses for a local folder (its name before datasets 4).
+        factory = (getattr(datasets_load, "LocalDatasetModuleFactory", None)
+                   or datasets_load.LocalDatasetModuleFactoryWithoutScript)
+        module = factory(str(folder), data_dir=data_dir).get_module()
+        files = module.builder_kwargs.get("data_files")
+        if files is None:
+            configs = module.builder_configs_parameters.builder_configs or []
+            default = module.builder_configs_parameters.default_config_name
+            chosen = [c for c in configs if c.name == default] or configs
+            files = {}
+            for config in chosen:
+                for split, listed in (config.data_files or {}).items():
+                    files[f"{config.name}/{split}"] = listed
+    except Exception:  # datasets cannot say (a bad card, another API): every visible file
+        return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()
+                      and not any(part.startswith((".", "__"))
+                                  for part in p.relative_to(folder).parts))
+    names = {str(Path(f).resolve().relative_to(folder)) if Path(f).resolve().is_relative_to(
+        folder) else str(Path(f).resolve()) for listed in files.values() for f in listed}
+    names |= {n for n in _DATASET_METADATA if (folder / n).is_file()}
+    return sorted(names)
+
+
+def _model_fingerprint(spec) -> str | None:
+    """Fingerprint of a model spec's local files; None for a hub id or the offline model."""
+    if spec is None or not spec.path or not Path(spec.path).is_absolute():
+        return None
+    folder = Path(spec.path)
+    return _files_fingerprint(folder, model_files(
+        folder, spec.gguf_file if spec.source == "gguf" else None))
+
+
+def _data_fingerprint(path: str, data_dir: str | None = None) -> str:
+    """A data file's hash, or the hash of the files `datasets` reads from a data folder."""
+    path = Path(path)
     if path.is_dir():
-        entries = sorted((str(p.relative_to(path)), p.stat().st_size, int(p.stat().st_mtime))
-                         for p in path.rglob("*") if p.is_file())
-        return digest(entries)
-    return "missing"
+        if data_dir == "auto":  # capability.py's MMLU snapshot: all/ when the folder has it
+            data_dir = "all" if (path / "all").is_dir() else None
+        return _files_fingerprint(path, dataset_files(path, data_dir))
+    return file_fingerprint(path)
 
 
 def _external_inputs(params: StudyParams, stage: str) -> dict:
-    """Fingerprints of local files a stage reads that params name only by path."""
+    """Fingerprints of the local files a stage reads (`input_files` of its params fields)."""
+    return input_files(params, STAGES[stage].reads)
+
+
+def input_files(params: StudyParams, reads: tuple[str, ...]) -> dict:
+    """{field: fingerprint} of the local files that the params fields `reads` name only by
+    path: the files each loader reads, never the rest of their folders (so a runs root, logs
+    or other models inside a model folder do not change a key while a run writes there).
+    Empty for hub ids and the offline model."""
+
+    def read(dotted: str) -> bool:
+        return any(dotted == field or dotted.startswith(field + ".") for field in reads)
+
     found = {}
-    reads = STAGES[stage].reads
-    if "data" in reads:
+    if read("data"):
+        sources = set()
         for subset in ("challenging", "benign"):
             spec = getattr(params.data, subset)
-            if spec.path:
+            sources.add(spec.source)
+            if spec.path and spec.source in ("jsonl", "csv"):
                 found[f"data.{subset}.path"] = file_fingerprint(spec.path)
-        if Path(params.data.rtp_dataset).is_absolute():
-            found["data.rtp_dataset"] = file_fingerprint(params.data.rtp_dataset)
-    for section in ("model", "scorer"):
-        path = getattr(params, section).path
-        if section in reads and path and Path(path).is_absolute():
-            found[f"{section}.path"] = file_fingerprint(path)
-    return found
+        if "rtp_hub" in sources and Path(params.data.rtp_dataset).is_absolute():
+            found["data.rtp_dataset"] = _data_fingerprint(params.data.rtp_dataset)
+    if read("model"):
+        found["model.path"] = _model_fingerprint(params.model)
+    scorer = params.scorer
+    if read("scorer") and "unbiased-toxic-roberta" in (scorer.name, scorer.second) and \
+            scorer.path and Path(scorer.path).is_absolute():
+        found["scorer.path"] = _files_fingerprint(Path(scorer.path), model_files(scorer.path))
+    if read("evaluation.reference_model"):
+        found["evaluation.reference_model.path"] = _model_fingerprint(
+            params.evaluation.reference_model)
+    capability = params.evaluation.capability
+    if read("evaluation.capability") and capability.task == "mmlu_hub" and capability.path \
+            and Path(capability.path).is_absolute():
+        found["evaluation.capability.path"] = _data_fingerprint(capability.path, "auto")
+    return {name: value for name, value in found.items() if value is not None}
 
 
 PENDING = "pending"  # the contents of an input that has not finished
@@ -142,7 +282,7 @@ def contents_digest(folder: Path) -> str:
     for path in sorted(Path(folder).rglob("*")):
         if path.is_file() and path.name not in (DONE_FILE, MANIFEST_FILE) \
                 and not path.name.startswith("."):
-            files[str(path.relative_to(folder))] = file_fingerprint(path)
+            files[str(path.relative_to(folder))] = content_hash(path)
     return digest(files)
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .artifacts import digest, params_fields, read_table, write_table
+from .artifacts import digest, input_files, params_fields, read_table, write_table
 from .params import StudyParams
 from .sources import rows_code
 from .stages import ARTIFACT_VERSION, UNSTEERED
@@ -51,6 +51,9 @@ def plan_shards(jobs: pd.DataFrame, params: StudyParams, fingerprints: dict[str,
         raise ValueError(f"run_jobs: rows steer along {unknown} but no such direction was given")
     recipe = {"version": ARTIFACT_VERSION, "params": params_fields(params, RECIPE_FIELDS),
               "positions": positions, "code": rows_code()}
+    files = input_files(params, RECIPE_FIELDS)  # a local model's or scorer's files
+    if files:  # none for hub ids and the offline model, whose shard keys stay as they were
+        recipe["files"] = files
     order = jobs.reset_index(drop=True).sort_values(list(ROW_KEY), kind="stable")
     plan = []
     for (direction, layer, alpha), cell in order.groupby(["direction", "layer", "alpha"],

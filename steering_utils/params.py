@@ -385,15 +385,180 @@ def _resolve_paths(raw: dict, folder: Path) -> dict:
     return raw
 
 
-def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    if not path.is_file():
-        raise ParamsError(f"params file not found: {path} (give a path like params/default.yaml)")
+# A params file is a few KiB; these bounds make a hostile one (an alias bomb, a file of
+# brackets, a device) fail in well under a second instead of exhausting memory. The pure
+# Python loader parses ~100 KiB/s on a busy core, so the size limit also bounds the time.
+MAX_PARAMS_BYTES = 64 * 1024
+MAX_PARAMS_NODES = 20_000  # values once every YAML alias is expanded (a shipped file: ~150)
+MAX_PARAMS_DEPTH = 32  # nesting of mappings and lists (a shipped file: 4)
+MAX_INHERITS = 8  # files in one `inherits:` chain
+_ECHO_CHARS = 200  # an error quotes at most this much of any value it was given
+_SHOWN_ERRORS = 10  # and lists at most this many fields
+_PACKAGE_PROJECT = Path(__file__).resolve().parent.parent  # the folder holding params/
+
+
+def _short(value: Any, limit: int = _ECHO_CHARS) -> str:
+    """repr of a value, bounded in both work and length (an expanded alias bomb stays short)."""
+    import reprlib
+
+    shown = reprlib.Repr()
+    shown.maxlevel, shown.maxlist, shown.maxtuple, shown.maxdict = 3, 8, 8, 8
+    shown.maxstring = shown.maxother = shown.maxlong = limit
+    text = shown.repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _clip(text: str, limit: int = _ECHO_CHARS) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class _ParamsLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (YAML forbids it;
+    PyYAML keeps the last silently, so a setting would vanish unseen)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            lines: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # `<<: *base` then a key of base: an override, as YAML means it
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = lines.setdefault(key, key_node.start_mark.line + 1)
+                except TypeError:  # an unhashable key: SafeConstructor names it below
+                    continue
+                if first != key_node.start_mark.line + 1:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {_short(key, 60)} appears twice in one mapping (first "
+                        f"on line {first}); keep one", key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
+
+def _expanded_size(root: yaml.Node) -> int:
+    """Values in the document once every alias is expanded (cheap: each node is visited once).
+
+    Raises ValueError on an alias cycle or nesting deeper than MAX_PARAMS_DEPTH."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()  # the ancestors of the node being visited
+    stack: list[tuple[yaml.Node, int, bool]] = [(root, 0, False)]
+    while stack:
+        node, depth, closing = stack.pop()
+        children = ([item for pair in node.value for item in pair]
+                    if isinstance(node, yaml.MappingNode) else
+                    node.value if isinstance(node, yaml.SequenceNode) else [])
+        if closing:
+            sizes[id(node)] = min(1 + sum(sizes[id(c)] for c in children), MAX_PARAMS_NODES + 1)
+            open_nodes.discard(id(node))
+            continue
+        if id(node) in sizes:
+            continue
+        if id(node) in open_nodes:
+            raise ValueError("an alias refers to a mapping or list that contains it (a cycle)")
+        if depth > MAX_PARAMS_DEPTH:
+            raise ValueError(f"nested deeper than {MAX_PARAMS_DEPTH} levels")
+        open_nodes.add(id(node))
+        stack.append((node, depth, True))
+        stack.extend((child, depth + 1, False) for child in children)
+    return sizes[id(root)]
+
+
+def _load_yaml(data: bytes, path: Path) -> Any:
+    """The document in `data`; ParamsError (never the file's lines) when it is not usable YAML."""
+    loader = None
+    try:
+        loader = _ParamsLoader(data)  # reads the first bytes: a bad encoding fails here
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        size = _expanded_size(node)
+        if size > MAX_PARAMS_NODES:
+            raise ParamsError(
+                f"{path}: more than {MAX_PARAMS_NODES} values once its YAML aliases (*name) are "
+                "expanded; a params file needs a few hundred: write the values out, without "
+                "nested aliases")
+        return loader.construct_document(node)
+    except yaml.MarkedYAMLError as err:
+        # Line, column and the problem, never the snippet of the file PyYAML would quote.
+        mark = err.problem_mark or err.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = " ".join(str(err.problem or err.context or "").split())
+        raise ParamsError(f"{path}: not valid YAML{where}: {_clip(problem)}") from None
+    except yaml.reader.ReaderError as err:
+        raise ParamsError(f"{path}: not UTF-8 text (byte {err.position}); save it as "
+                          "UTF-8") from None
+    except RecursionError:
+        raise ParamsError(f"{path}: nested too deeply to be a params file (more than "
+                          f"{MAX_PARAMS_DEPTH} levels)") from None
+    except (yaml.YAMLError, ValueError) as err:  # e.g. an integer of 5000 digits
+        if isinstance(err, ParamsError):
+            raise
+        raise ParamsError(f"{path}: not a usable params file "
+                          f"({_clip(' '.join(str(err).split()))})") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
+def _allowed_roots(params_file: Path) -> tuple[Path, ...]:
+    """Folders `inherits:` may reach: the params file's own, and the project's (the folder
+    holding params/: this package's, and the one above the params file's params/ folder)."""
+    folder = params_file.absolute().parent.resolve()
+    roots = [folder]
+    if (_PACKAGE_PROJECT / "params").is_dir():
+        roots.append(_PACKAGE_PROJECT)
+    for above in (folder, *folder.parents):
+        if above.name == "params" and len(above.parents) > 1:  # never the filesystem's root
+            roots.append(above.parent)
+            break
+    return tuple(dict.fromkeys(roots))
+
+
+def _inherited_file(path: Path, parent: Any, roots: tuple[Path, ...]) -> Path:
+    """The file `inherits:` names, resolved; ParamsError when it is not a name or leads out."""
+    if not isinstance(parent, str) or not parent.strip():
+        raise ParamsError(
+            f"{path}: inherits: must be one file name, e.g. `inherits: default.yaml`; got "
+            f"{type(parent).__name__} {_short(parent, 60)}")
+    try:
+        target = (path.parent / Path(parent).expanduser()).resolve()
+    except (OSError, ValueError, RuntimeError) as err:  # a NUL byte, a symlink loop
+        raise ParamsError(f"{path}: inherits: {_short(parent, 80)} is not a usable path "
+                          f"({type(err).__name__}); give a file name such as default.yaml"
+                          ) from None
+    if not any(target.is_relative_to(root) for root in roots):
+        raise ParamsError(
+            f"{path}: inherits: {_short(parent, 80)} lies outside the params file's folder and "
+            f"the project ({', '.join(map(str, roots))}); inherit only files there: copy the "
+            "base file beside the params file, or into params/")
+    return target
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = (),
+               roots: tuple[Path, ...] | None = None) -> dict[str, Any]:
+    roots = _allowed_roots(path) if roots is None else roots
+    try:
+        found = path.is_file()
+    except (OSError, ValueError):
+        found = False
+    if not found:
+        field = "inherits: file" if seen else "params file"
+        raise ParamsError(f"{field} not found: {_clip(str(path))} (give a path like "
+                          "params/default.yaml)")
     if path.resolve() in seen:
         raise ParamsError(f"inherits: {path} inherits itself (cycle {' -> '.join(map(str, seen))})")
+    if len(seen) >= MAX_INHERITS:
+        raise ParamsError(f"inherits: a chain of more than {MAX_INHERITS} files "
+                          f"({' -> '.join(p.name for p in seen)}); inherit fewer levels")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ParamsError(f"{path}: not valid YAML ({err})") from err
+        with path.open("rb") as handle:
+            data = handle.read(MAX_PARAMS_BYTES + 1)
+    except OSError as err:
+        raise ParamsError(f"{path}: cannot read it ({type(err).__name__}: {err.strerror})"
+                          ) from None
+    if len(data) > MAX_PARAMS_BYTES:
+        raise ParamsError(f"{path}: larger than {MAX_PARAMS_BYTES // 1024} KiB; a params file "
+                          "is a few KiB of settings (is this the right file?)")
+    raw = _load_yaml(data, path) or {}
     if not isinstance(raw, dict):
         kind = type(raw).__name__
         raise ParamsError(f"{path}: top level must be a mapping of fields, got {kind}")
@@ -401,22 +566,24 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     parent = raw.pop("inherits", None)
     if parent is None:
         return raw
-    base = _read_yaml(path.parent / parent, (*seen, path.resolve()))
+    base = _read_yaml(_inherited_file(path, parent, roots), (*seen, path.resolve()), roots)
     return _deep_merge(base, raw)
 
 
 def _format_error(err: ValidationError, source: str) -> str:
     lines = []
     for item in err.errors():
-        field = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        field = ".".join(_clip(str(p), 60) for p in item["loc"]) or "(top level)"
         if item["type"] == "extra_forbidden":
             fix = "remove it or check its spelling against params/default.yaml"
             lines.append(f"{field}: unknown key; {fix}")
         else:
             given = item.get("input")
-            shown = "" if isinstance(given, dict) else f" (got {given!r})"
-            message = item["msg"].removeprefix("Value error, ")  # pydantic's wrapper
+            shown = "" if isinstance(given, dict) else f" (got {_short(given)})"
+            message = _clip(item["msg"].removeprefix("Value error, "))  # pydantic's wrapper
             lines.append(f"{field}: {message}{shown}")
+    if len(lines) > _SHOWN_ERRORS:
+        lines = [*lines[:_SHOWN_ERRORS], f"and {len(lines) - _SHOWN_ERRORS} more"]
     return f"{source}: " + "; ".join(lines)
 
 

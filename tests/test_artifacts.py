@@ -116,15 +116,16 @@ def test_relative_paths_resolve_against_the_params_file(tmp_path, monkeypatch):
                                                            for i in range(30)))
     base = (PARAMS / "default.yaml").read_text()
     (folder / "base.yaml").write_text(base.replace("run_name: default", "run_name: base"))
-    (folder / "nested").mkdir()
-    (folder / "nested" / "p.yaml").write_text(
+    # `inherits:` reaches the project, the folder holding params/ (issue 20).
+    (folder / "params").mkdir()
+    (folder / "params" / "p.yaml").write_text(
         "inherits: ../base.yaml\nrun_name: rel\n"
         "data:\n  benign: {source: jsonl, path: ../data/prompts.jsonl, n_train: 0, n_dev: 0, "
         "n_eval: 1}\n")
     expected = str((folder / "data" / "prompts.jsonl").resolve())
-    for cwd in (tmp_path, folder / "nested", PARAMS.parent / "notebooks"):
+    for cwd in (tmp_path, folder / "params", PARAMS.parent / "notebooks"):
         monkeypatch.chdir(cwd)
-        params = load_params(folder / "nested" / "p.yaml")
+        params = load_params(folder / "params" / "p.yaml")
         assert params.data.benign.path == expected
         assert "benign 1/30" in check_sizes(params)  # what make check and the runner read
     # Hub ids stay hub ids; ./ marks a local folder.
