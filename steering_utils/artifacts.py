@@ -23,10 +23,11 @@ from pathlib import Path
 import pandas as pd
 
 from .params import StudyParams, run_path
-from .stages import ARTIFACT_VERSION, EXECUTION_ONLY, STAGE_NAMES, STAGES, producer
+from .stages import ARTIFACT_VERSION, EXECUTION_ONLY, SHARDS_FILE, STAGE_NAMES, STAGES, producer
 
 DONE_FILE = "done.json"
 SHARDS_DIR = "shards"  # runs/<run_name>/shards/: content-keyed generation shards
+_OPEN_STAGES: list[StageDir] = []  # stages opened in this process and not yet finished
 
 
 def digest(value) -> str:
@@ -124,6 +125,8 @@ class StageDir:
         # Opening a stage deletes nothing: other params write other folders, and
         # finished work of later stages stays valid until their inputs change.
         self.path.mkdir(parents=True, exist_ok=True)
+        self.shards_used: set[str] = set()
+        _OPEN_STAGES.append(self)
 
     def __repr__(self) -> str:  # what a notebook shows after opening its stage
         return f"run {self.params.run_name}, {self.name} key {self.hash} -> {self.path}"
@@ -174,9 +177,41 @@ class StageDir:
                              "reads": list(self.spec.reads), "inputs": {
                                  name: stage_key(self.params, name) for name in self.spec.inputs}}
         write_json(manifest, self.path / "manifest.json")
+        if SHARDS_FILE in self.spec.outputs.values():
+            _write_shards_record(self)
+        if self in _OPEN_STAGES:
+            _OPEN_STAGES.remove(self)
         write_json({"stage": self.name, "hash": self.hash, "seconds": seconds,
                     "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                     **(extra or {})}, self.path / DONE_FILE)
+
+
+def record_shards(shard_dir: str | Path, keys: list[str]) -> None:
+    """Note shard keys as used by each open stage of this process over `shard_dir` (run_jobs
+    calls it as it plans, so an interrupted stage's record is whole too)."""
+    shard_dir = Path(shard_dir).resolve()
+    for stage in _OPEN_STAGES:
+        if stage.shards.resolve() == shard_dir and SHARDS_FILE in stage.spec.outputs.values() \
+                and not stage.complete:
+            stage.shards_used.update(keys)
+            _write_shards_record(stage)
+
+
+def _write_shards_record(stage: StageDir) -> None:
+    write_json({"shards": sorted(stage.shards_used)}, stage.path / SHARDS_FILE)
+
+
+def shards_record(folder: str | Path) -> set[str] | None:
+    """Shard keys a stage folder recorded using; None when its stage uses shards but the folder
+    has no record (made before records existed), an empty set for a stage that uses none."""
+    folder = Path(folder)
+    spec = STAGES.get(folder.parent.name)
+    if spec is None or SHARDS_FILE not in spec.outputs.values():
+        return set()
+    try:
+        return set(read_json(folder / SHARDS_FILE)["shards"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def open_stage(params_file: str | Path, runs_root: str | Path, stage: str) -> StageDir:

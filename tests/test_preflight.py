@@ -67,7 +67,7 @@ def test_run_checks_echoes_each_line(tmp_path):
     lines: list[str] = []
     data = _default()
     data["data"]["challenging"]["n_eval"] = 2000
-    assert not run_checks(parse_params(data), tmp_path, lines.append,
+    assert not run_checks(parse_params(data), tmp_path / "runs", lines.append,
                           reports_root=tmp_path / "reports")
     assert lines[-1].startswith("FAIL  data") and "but the source has 993" in lines[-1]
 
