@@ -113,6 +113,39 @@ def _interrupted(err: BaseException) -> bool:
     return isinstance(err, KeyboardInterrupt) or getattr(err, "ename", None) == "KeyboardInterrupt"
 
 
+def _stop_kernels(grace_s: float = 10.0) -> None:
+    """Stop this process's child processes (the stage's kernel) and reap them: an interrupt or
+    SIGTERM leaves nbclient no chance to shut its kernel down, which would otherwise run on
+    until it notices its parent has gone (and print after the user's line)."""
+    import os
+
+    me = str(os.getpid())
+    children = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if (proc / "stat").read_text().rsplit(")", 1)[1].split()[1] == me:
+                children.append(int(proc.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    for how in (signal.SIGTERM, signal.SIGKILL):
+        for pid in children:
+            try:
+                os.kill(pid, how)
+            except ProcessLookupError:
+                pass
+        deadline = time.time() + grace_s
+        while children and time.time() < deadline:
+            for pid in list(children):
+                try:
+                    if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                        children.remove(pid)
+                except ChildProcessError:  # already reaped by its Popen
+                    children.remove(pid)
+            time.sleep(0.05)
+        if not children:
+            return
+
+
 def _kept(run_dir: Path, params: StudyParams) -> str:
     """What is on disk for a resume, counted now (a failure line says only what is true)."""
     done = sum(is_complete(stage_folder(run_dir.parent, params, s), stage_key(params, s))
@@ -206,6 +239,7 @@ def _run_stages(params: StudyParams, params_file: Path, run_dir: Path, runs_root
                 # nbclient leaves a task whose "kernel died" error asyncio would print after
                 # our line at exit; the interrupt is already the whole story.
                 logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+                _stop_kernels()
                 how = "TERMINATED (SIGTERM)" if terminated else "INTERRUPTED"
                 echo(f"  {stage:<15} {how} after {seconds:.1f} s")
                 raise RunStopped(
