@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shlex
 import signal
 import sys
@@ -116,9 +117,7 @@ def _interrupted(err: BaseException) -> bool:
 def _stop_kernels(grace_s: float = 10.0) -> None:
     """Stop this process's child processes (the stage's kernel) and reap them: an interrupt or
     SIGTERM leaves nbclient no chance to shut its kernel down, which would otherwise run on
-    until it notices its parent has gone (and print after the user's line)."""
-    import os
-
+    until it notices its parent has gone (and print after the user's line). Linux (/proc)."""
     me = str(os.getpid())
     children = []
     for proc in Path("/proc").glob("[0-9]*"):
