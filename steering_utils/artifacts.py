@@ -26,11 +26,20 @@ from pathlib import Path
 import pandas as pd
 
 from .params import StudyParams, run_path
-from .stages import ARTIFACT_VERSION, EXECUTION_ONLY, RECORDS, STAGE_NAMES, STAGES, producer
+from .stages import (
+    ARTIFACT_VERSION,
+    EXECUTION_ONLY,
+    RECORDS,
+    SHARDS_FILE,
+    STAGE_NAMES,
+    STAGES,
+    producer,
+)
 
 DONE_FILE = RECORDS["done"]
 MANIFEST_FILE = RECORDS["manifest"]
 SHARDS_DIR = "shards"  # runs/<run_name>/shards/: content-keyed generation shards
+_OPEN_STAGES: list[StageDir] = []  # stages opened in this process and not yet finished
 
 
 def digest(value) -> str:
@@ -362,6 +371,8 @@ class StageDir:
         # whose inputs have not finished gets no folder: its key is not known yet.
         if not self.pending:
             self.path.mkdir(parents=True, exist_ok=True)
+        self.shards_used: set[str] = set()
+        _OPEN_STAGES.append(self)
 
     def __repr__(self) -> str:  # what a notebook shows after opening its stage
         state = " (finished: its artifacts are read-only)" if self.complete else ""
@@ -439,9 +450,41 @@ class StageDir:
                     "run": {name: run[name] for name in ("created_utc", "git_commit", "device",
                                                          "params_hash")}},
                    self.path / MANIFEST_FILE)
+        if SHARDS_FILE in self.spec.outputs.values():
+            _write_shards_record(self)
+        if self in _OPEN_STAGES:
+            _OPEN_STAGES.remove(self)
         write_json({"stage": self.name, "hash": self.hash, "seconds": seconds,
                     "finished_utc": finished, "contents": contents_digest(self.path),
                     "key_parts": self.parts}, self.path / DONE_FILE)
+
+
+def record_shards(shard_dir: str | Path, keys: list[str]) -> None:
+    """Note shard keys as used by each open stage of this process over `shard_dir` (run_jobs
+    calls it as it plans, so an interrupted stage's record is whole too)."""
+    shard_dir = Path(shard_dir).resolve()
+    for stage in _OPEN_STAGES:
+        if stage.shards.resolve() == shard_dir and SHARDS_FILE in stage.spec.outputs.values() \
+                and not stage.complete:
+            stage.shards_used.update(keys)
+            _write_shards_record(stage)
+
+
+def _write_shards_record(stage: StageDir) -> None:
+    write_json({"shards": sorted(stage.shards_used)}, stage.path / SHARDS_FILE)
+
+
+def shards_record(folder: str | Path) -> set[str] | None:
+    """Shard keys a stage folder recorded using; None when its stage uses shards but the folder
+    has no record (made before records existed), an empty set for a stage that uses none."""
+    folder = Path(folder)
+    spec = STAGES.get(folder.parent.name)
+    if spec is None or SHARDS_FILE not in spec.outputs.values():
+        return set()
+    try:
+        return set(read_json(folder / SHARDS_FILE)["shards"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def open_stage(params_file: str | Path, runs_root: str | Path, stage: str,

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .artifacts import digest, input_files, params_fields, read_table, write_table
+from .artifacts import digest, input_files, params_fields, read_table, record_shards, write_table
 from .params import StudyParams
 from .sources import rows_code
 from .stages import ARTIFACT_VERSION, UNSTEERED
@@ -86,6 +86,7 @@ def run_jobs(model, tokenizer, jobs: pd.DataFrame, directions: dict, params: Stu
     jobs = jobs.reset_index(drop=True)
     fingerprints = {name: vectors.fingerprint for name, vectors in (directions or {}).items()}
     plan = plan_shards(jobs, params, fingerprints, positions)
+    record_shards(shard_dir, [key for key, _ in plan])  # in the open stage's shards.json
     paths = {key: shard_dir / f"{key}.parquet" for key, _ in plan}
     todo = [(key, rows) for key, rows in plan if not paths[key].is_file()]
     if todo and params.execution.mode == "ray":

@@ -33,6 +33,7 @@ from .params import (
     resolve_layers,
     run_path,
 )
+from .reportdir import check_replaceable, check_roots
 
 BYTES_PER_PARAM = {"float32": 4, "bfloat16": 2, "float16": 2}
 
@@ -141,7 +142,10 @@ def _writable(folder: Path) -> None:
 
 
 def check_folders(params: StudyParams, runs_root: Path, reports_root: Path) -> str:
-    """The run's folders under runs/ and reports/ stay inside them and can be written."""
+    """The run's folders under runs/ and reports/ stay inside them and can be written; the two
+    roots are disjoint, and a folder at reports/<run>/ is one of the study's reports."""
+    check_roots(runs_root, reports_root)  # before any mkdir: nothing is made on a refusal
+    check_replaceable(run_path(reports_root, params.run_name))
     checked = []
     for label, root, flag in (("runs", Path(runs_root), "--runs-root"),
                               ("reports", Path(reports_root), "--reports-root")):

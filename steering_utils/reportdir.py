@@ -11,6 +11,12 @@ A report from other params is moved aside to `reports/<run>.stale-<hash>/` when 
 starts (`set_aside_stale`), so it is never shown as the current one. Executed
 notebooks are written under `runs/<run>/notebooks/` while the run goes and copied in
 as one folder once the report stage has finished (`attach_notebooks`).
+
+Nothing here deletes a folder the study did not make: a report folder carries
+`.steering-report.json` (run name, params hash), and a folder at `reports/<run>/` (or
+`<run>.stale-<hash>/`) without it is never replaced, moved or written into
+(`FolderConflict`, naming it and the fix). The runs and reports roots must be disjoint
+(`check_roots`): a report swap inside the runs root would delete finished stages.
 """
 
 from __future__ import annotations
@@ -31,6 +37,56 @@ if TYPE_CHECKING:
 FAILED_FILE = "failed_experiment_results.json"
 PARTIAL_FILE = "partial_experiment_results.json"
 NOTEBOOKS_DIR = "notebooks"
+MARKER_FILE = ".steering-report.json"  # {"run_name", "params_hash"}: this folder is ours
+
+
+class FolderConflict(RuntimeError):
+    """A folder the run would replace or write into is not the study's own; the message names
+    it and the fix. Raised before any work, with nothing deleted."""
+
+
+def check_roots(runs_root: str | Path, reports_root: str | Path) -> None:
+    """Raise FolderConflict when the runs and reports roots are equal or one holds the other
+    (after resolving symlinks): replacing a report folder would then delete runs."""
+    runs, reports = Path(runs_root).resolve(), Path(reports_root).resolve()
+    if runs == reports or runs.is_relative_to(reports) or reports.is_relative_to(runs):
+        how = "are the same folder" if runs == reports else (
+            "is inside the reports root" if runs.is_relative_to(reports)
+            else "holds the reports root")
+        raise FolderConflict(
+            f"the runs root {runs} {how} {reports}: a report swap there would delete finished "
+            "runs; pass --runs-root and --reports-root that are side by side (e.g. runs and "
+            "reports)")
+
+
+def is_report_folder(folder: str | Path) -> bool:
+    """True when the folder carries the study's report marker (made by publish_report or by
+    the runner's records)."""
+    marker = Path(folder) / MARKER_FILE
+    try:
+        return isinstance(json.loads(marker.read_text()), dict)
+    except (OSError, ValueError):
+        return False
+
+
+def check_replaceable(folder: str | Path) -> None:
+    """Raise FolderConflict unless `folder` is absent, an empty folder or one of our reports."""
+    folder = Path(folder)
+    if not folder.exists() and not folder.is_symlink():
+        return
+    if folder.is_dir() and not folder.is_symlink():
+        if is_report_folder(folder) or not any(folder.iterdir()):
+            return
+    raise FolderConflict(
+        f"{folder} exists and is not a report of this study (no {MARKER_FILE}); it is left "
+        "as it is: move or rename it, or choose another --reports-root")
+
+
+def mark_report(folder: str | Path, run_name: str, params_hash: str) -> None:
+    """Write the marker that makes `folder` replaceable by the next report."""
+    from .artifacts import write_json
+
+    write_json({"run_name": run_name, "params_hash": params_hash}, Path(folder) / MARKER_FILE)
 
 
 def _pid_of(path: Path) -> int | None:
@@ -80,12 +136,14 @@ def publish_report(results: ExperimentResults, report_dir: str | Path) -> Path:
     report_dir = Path(report_dir)
     report_dir.parent.mkdir(parents=True, exist_ok=True)
     recover(report_dir)
+    check_replaceable(report_dir)  # a user's folder at reports/<run>/ is never deleted
     build = report_dir.with_name(f".{report_dir.name}.tmp-{os.getpid()}")
     if build.exists():
         shutil.rmtree(build)
     try:
         write_results(results, build)
         write_report(results, build)
+        mark_report(build, results.manifest.run_name, results.manifest.params_hash)
         _swap(build, report_dir)
     finally:
         if build.exists():
@@ -108,10 +166,12 @@ def set_aside_stale(report_dir: str | Path, params_hash: str) -> Path | None:
     """Move a report made under other params to <run>.stale-<its hash>/; its new path, or None."""
     report_dir = Path(report_dir)
     recover(report_dir)
+    check_replaceable(report_dir)
     old_hash = report_params_hash(report_dir)
     if old_hash is None or old_hash == params_hash:
         return None
     aside = report_dir.with_name(f"{report_dir.name}{STALE_SUFFIX}{old_hash}")
+    check_replaceable(aside)
     if aside.exists():  # an older copy of the same params' report
         shutil.rmtree(aside)
     os.rename(report_dir, aside)
@@ -132,10 +192,16 @@ def attach_notebooks(report_dir: str | Path, notebooks: dict[str, Path]) -> Path
 
 
 def write_record(report_dir: str | Path, name: str, record: dict) -> Path:
-    """A failure or partial-run record beside the report (atomic)."""
+    """A failure or partial-run record beside the report (atomic); marks a folder it creates as
+    the run's report folder, and never writes into a folder that is not one."""
     from .artifacts import write_json
 
-    return write_json(record, Path(report_dir) / name)
+    report_dir = Path(report_dir)
+    check_replaceable(report_dir)
+    if not is_report_folder(report_dir):
+        report_dir.mkdir(parents=True, exist_ok=True)
+        mark_report(report_dir, record.get("run_name", "?"), record.get("params_hash", "?"))
+    return write_json(record, report_dir / name)
 
 
 def clear_records(report_dir: str | Path) -> None:

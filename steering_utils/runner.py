@@ -7,16 +7,22 @@ file and the run folders; skips a stage whose artifacts are complete for the sam
 runs: notebook changed"); prints a line per stage. One runner per run folder (`runs/<run>/.lock`).
 Executed notebooks are written to runs/<run_name>/notebooks/ and copied beside the
 report once it is published; the report folder is replaced as a whole, and a report
-from other params is moved aside first. Any failure or Ctrl-C ends with one line
-naming the cause and the resume command, plus failed_/partial_experiment_results.json.
-Exit codes: 0 done, 1 failed, 2 bad params, 130 interrupted.
+from other params is moved aside first. Any failure, Ctrl-C or SIGTERM (`timeout`, Slurm's
+time limit) ends with one line naming the cause and the resume command, plus
+failed_/partial_experiment_results.json, the lock released. The runs and reports roots
+must be disjoint, and a folder at reports/<run>/ must be one of our reports: otherwise the
+run stops before any work (`reportdir.FolderConflict`). `--force` removes this params
+version's stage folders and the shards no other version records (`prune.remove_version`).
+Exit codes: 0 done, 1 failed, 2 bad params, 130 interrupted, 143 terminated (SIGTERM).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shlex
+import signal
 import sys
 import time
 from pathlib import Path
@@ -33,9 +39,11 @@ from .artifacts import (
 )
 from .notebooks import KERNEL_NAME, NOTEBOOKS, PROJECT_ROOT, read_stage_notebook
 from .params import ParamsError, StudyParams, load_params, run_path
+from .prune import EXECUTED_DIR, remove_version
 from .reportdir import (
     FAILED_FILE,
     PARTIAL_FILE,
+    FolderConflict,
     attach_notebooks,
     clear_records,
     report_params_hash,
@@ -45,9 +53,9 @@ from .reportdir import (
 from .runlock import RunLock, RunLocked
 from .stages import STAGES
 
-EXECUTED_DIR = "notebooks"  # under runs/<run_name>/
 REPORT_STAGE = "06_report"
 EXIT_FAILED, EXIT_PARAMS, EXIT_INTERRUPTED = 1, 2, 130
+EXIT_TERMINATED = 128 + signal.SIGTERM  # 143: what a shell reports for a SIGTERM'd process
 _MAX_CAUSE = 400
 
 
@@ -98,8 +106,61 @@ def resume_command(params_file: Path, runs_root: Path, reports_root: Path) -> st
     return shlex.join(parts)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM reached the runner (`timeout`, Slurm's time limit): it stops as for Ctrl-C."""
+
+
+_signals = {"terminated": False}
+
+
+def _on_sigterm(signum, frame) -> None:
+    if _signals["terminated"]:
+        return  # a second SIGTERM must not cut the records and the lock release short
+    _signals["terminated"] = True
+    raise Terminated()
+
+
 def _interrupted(err: BaseException) -> bool:
     return isinstance(err, KeyboardInterrupt) or getattr(err, "ename", None) == "KeyboardInterrupt"
+
+
+def _stop_kernels(grace_s: float = 10.0) -> None:
+    """Stop this process's child processes (the stage's kernel) and reap them: an interrupt or
+    SIGTERM leaves nbclient no chance to shut its kernel down, which would otherwise run on
+    until it notices its parent has gone (and print after the user's line). Linux (/proc)."""
+    me = str(os.getpid())
+    children = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if (proc / "stat").read_text().rsplit(")", 1)[1].split()[1] == me:
+                children.append(int(proc.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    for how in (signal.SIGTERM, signal.SIGKILL):
+        for pid in children:
+            try:
+                os.kill(pid, how)
+            except ProcessLookupError:
+                pass
+        deadline = time.time() + grace_s
+        while children and time.time() < deadline:
+            for pid in list(children):
+                try:
+                    if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                        children.remove(pid)
+                except ChildProcessError:  # already reaped by its Popen
+                    children.remove(pid)
+            time.sleep(0.05)
+        if not children:
+            return
+
+
+def _kept(run_dir: Path, params: StudyParams) -> str:
+    """What is on disk for a resume, counted now (a failure line says only what is true)."""
+    done = sum(is_complete(stage_folder(run_dir.parent, params, s), stage_key(params, s))
+               for s in STAGES)
+    shards = len(list((run_dir / SHARDS_DIR).glob("*.parquet")))
+    return f"kept: {done} finished stage(s) of these params and {shards} generation shard(s)"
 
 
 def run_study(params_file: str | Path, runs_root: str | Path = "runs",
@@ -156,8 +217,8 @@ def _run_stages(params: StudyParams, params_file: Path, run_dir: Path, runs_root
     from .manifest import write_run_manifest
 
     resume = resume_command(params_file, runs_root, reports_root)
-    if force:  # recompute everything these params need; other params' folders stay
-        shutil.rmtree(run_dir / SHARDS_DIR, ignore_errors=True)
+    if force:  # recompute everything these params need; other params versions' work stays
+        echo(f"  {remove_version(runs_root, params)}")
     started_run = False
     for stage in STAGES:
         # Keys are computed in stage order: a stage's key holds its inputs' contents,
@@ -183,8 +244,7 @@ def _run_stages(params: StudyParams, params_file: Path, run_dir: Path, runs_root
         started = time.time()
         executed = _executed(run_dir, params, stage)
         executed.parent.mkdir(parents=True, exist_ok=True)
-        for old in executed.parent.glob(f"{stage}-*.ipynb"):
-            old.unlink()
+        executed.unlink(missing_ok=True)  # other versions' notebooks stay (prune removes them)
         try:
             papermill.execute_notebook(
                 read_stage_notebook(stage), str(executed),
@@ -195,22 +255,27 @@ def _run_stages(params: StudyParams, params_file: Path, run_dir: Path, runs_root
             )
         except (Exception, KeyboardInterrupt) as err:
             seconds = time.time() - started
-            interrupted = _interrupted(err)
+            terminated = isinstance(err, Terminated) or _signals["terminated"]
+            interrupted = _interrupted(err) or terminated
             note = _write_records(out_dir, run_dir, params, stage, err, executed, resume,
-                                  interrupted)
+                                  "terminated" if terminated else
+                                  "interrupted" if interrupted else "failed")
+            kept = _kept(run_dir, params)
             if interrupted:
                 # nbclient leaves a task whose "kernel died" error asyncio would print after
                 # our line at exit; the interrupt is already the whole story.
                 logging.getLogger("asyncio").setLevel(logging.CRITICAL)
-                echo(f"  {stage:<15} INTERRUPTED after {seconds:.1f} s")
+                _stop_kernels()
+                how = "TERMINATED (SIGTERM)" if terminated else "INTERRUPTED"
+                echo(f"  {stage:<15} {how} after {seconds:.1f} s")
                 raise RunStopped(
-                    f"interrupted during {stage}: finished stages and generation shards are "
-                    f"kept ({out_dir / PARTIAL_FILE}{note}); resume with: {resume}",
-                    EXIT_INTERRUPTED) from err
+                    f"{'terminated (SIGTERM)' if terminated else 'interrupted'} during {stage}: "
+                    f"{kept} ({out_dir / PARTIAL_FILE}{note}); resume with: {resume}",
+                    EXIT_TERMINATED if terminated else EXIT_INTERRUPTED) from err
             cause = failure_cause(err)
             echo(f"  {stage:<15} FAILED after {seconds:.1f} s: {cause}")
             echo(f"  the executed notebook, with the failing cell: {executed}")
-            echo(f"  finished stages and generation shards are kept; resume with: {resume}")
+            echo(f"  {kept}; resume with: {resume}")
             raise RunStopped(
                 f"{stage} failed: {cause} (failing cell in {executed}; record in "
                 f"{out_dir / FAILED_FILE}{note}); fix that, then resume with: {resume}",
@@ -219,25 +284,26 @@ def _run_stages(params: StudyParams, params_file: Path, run_dir: Path, runs_root
 
 
 def _write_records(out_dir: Path, run_dir: Path, params: StudyParams, stage: str,
-                   err: BaseException, executed: Path, resume: str, interrupted: bool) -> str:
-    """failed_ (on a failure) and partial_experiment_results.json; '' or why they are missing."""
+                   err: BaseException, executed: Path, resume: str, reason: str) -> str:
+    """failed_ (on a failure) and partial_experiment_results.json; '' or why they are missing.
+    reason: failed, interrupted (Ctrl-C) or terminated (SIGTERM)."""
     keys = {s: stage_key(params, s, run_dir.parent) for s in STAGES}
     done = {s: key for s, key in keys.items() if is_complete(run_dir / s / key, key)}
     partial = {"run_name": params.run_name, "params_hash": params.params_hash,
-               "stopped_stage": stage, "reason": "interrupted" if interrupted else "failed",
+               "stopped_stage": stage, "reason": reason,
                "completed_stages": done, "executed_notebook": str(executed),
                "stopped_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                "resume": resume}
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         write_record(out_dir, PARTIAL_FILE, partial)
-        if not interrupted:
+        if reason == "failed":
             write_record(out_dir, FAILED_FILE, {
                 "run_name": params.run_name, "params_hash": params.params_hash,
                 "failed_stage": stage, "error": failure_cause(err),
                 "executed_notebook": str(executed), "completed_stages": list(done),
                 "resume": resume})
-    except OSError as write_err:
+    except (OSError, FolderConflict) as write_err:
         return f"; could not write the record there: {failure_cause(write_err)}"
     return ""
 
@@ -247,13 +313,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--params", default="params/default.yaml")
     parser.add_argument("--runs-root", default="runs")
     parser.add_argument("--reports-root", default="reports")
-    parser.add_argument("--force", action="store_true", help="rerun complete stages too")
+    parser.add_argument("--force", action="store_true",
+                        help="rerun complete stages too: removes these params' stage folders "
+                             "and the shards no other params version uses")
     parser.add_argument("--wait", action="store_true",
                         help="wait for another runner of the same run to finish instead of "
                              "stopping")
     args = parser.parse_args(argv)
     resume = resume_command(Path(args.params).resolve(), Path(args.runs_root),
                             Path(args.reports_root))
+    _signals["terminated"] = False
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         run_study(args.params, args.runs_root, args.reports_root, args.force, wait=args.wait)
     except ParamsError as err:
@@ -262,9 +332,13 @@ def main(argv: list[str] | None = None) -> int:
     except RunStopped as err:
         print(err.line, file=sys.stderr)
         return err.exit_code
-    except RunLocked as err:
+    except (RunLocked, FolderConflict) as err:
         print(f"not started: {err}", file=sys.stderr)
         return EXIT_FAILED
+    except Terminated:
+        print(f"terminated (SIGTERM) before or between stages; finished stages are kept; "
+              f"resume with: {resume}", file=sys.stderr)
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         print(f"interrupted before or between stages; finished stages are kept; resume with: "
               f"{resume}", file=sys.stderr)
@@ -273,6 +347,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"run failed: {failure_cause(err)}; fix that, then run again: {resume}",
               file=sys.stderr)
         return EXIT_FAILED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
 
 

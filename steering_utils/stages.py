@@ -49,12 +49,15 @@ class Stage:
 
 _GENERATE = ("seed", "model", "generation", "scorer")
 RESULTS_FILE = "experiment_results.json"  # 06_report's, also in reports/<run_name>/
+# The keys of the generation shards a stage used (`jobs.run_jobs` records them as it plans):
+# what `--force` and `prune` read to know which shards a params version reaches.
+SHARDS_FILE = "shards.json"
 
 STAGES: dict[str, Stage] = {stage.name: stage for stage in (
     Stage("01_data", ("seed", "data"), (),
           {"prompts": "prompts.parquet", "dropped": "dropped_rows.json"}),
     Stage("02_baseline", _GENERATE, ("01_data",),
-          {"baseline": "generations.parquet"}),
+          {"baseline": "generations.parquet", "baseline_shards": SHARDS_FILE}),
     Stage("03_activations", ("model", "activations"), ("01_data", "02_baseline"),
           {"activations": "activations.safetensors", "contrast_texts": "contrast_texts.parquet",
            "contrast_counts": "contrast_counts.json"}),
@@ -69,7 +72,7 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
            "control": "control.parquet", "capability": "capability.parquet",
            "methods_grid": "methods_grid.parquet", "methods_selection": "methods_selection.json",
            "methods_eval": "methods_eval.parquet",
-           "methods_capability": "methods_capability.parquet"}),
+           "methods_capability": "methods_capability.parquet", "sweep_shards": SHARDS_FILE}),
     Stage("06_report", ("evaluation", "methods", "report"),
           ("01_data", "02_baseline", "03_activations", "04_vectors", "05_sweep"),
           {"results": RESULTS_FILE}, publishes="<reports_root>/<run_name>/"),

@@ -43,7 +43,8 @@ def _ray(**execution):
 def test_execution_is_part_of_no_artifact_key():
     local, ray = load_params(ROOT / "params" / "smoke.yaml"), load_params(SMOKE_RAY)
     assert ray.execution.mode == "ray" and local.execution.mode == "local"
-    assert [stage_key(local, s) for s in STAGE_NAMES] == [stage_key(ray, s) for s in STAGE_NAMES]
+    assert [stage_key(local, s, ROOT) for s in STAGE_NAMES] == [stage_key(ray, s, ROOT)
+                                                            for s in STAGE_NAMES]
 
 
 @pytest.mark.parametrize("execution, message", [

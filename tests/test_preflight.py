@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from steering_utils.params import ModelParams
+from steering_utils.params import ModelParams, load_params
 from steering_utils.preflight import estimate_memory_gib, main, run_checks
 from tests.test_params import _default
 
@@ -67,7 +67,7 @@ def test_run_checks_echoes_each_line(tmp_path):
     lines: list[str] = []
     data = _default()
     data["data"]["challenging"]["n_eval"] = 2000
-    assert not run_checks(parse_params(data), tmp_path, lines.append,
+    assert not run_checks(parse_params(data), tmp_path / "runs", lines.append,
                           reports_root=tmp_path / "reports")
     assert lines[-1].startswith("FAIL  data") and "but the source has 993" in lines[-1]
 
@@ -125,3 +125,23 @@ def test_make_check_fails_on_a_read_only_runs_or_reports_folder(tmp_path, capsys
         assert out[1].startswith(f"FAIL  folders    PermissionError: {label} folder {folder} is "
                                  "not writable") and f"--{label}-root" in out[1]
         assert len(out) == 2
+
+
+def test_make_check_fails_on_overlapping_roots_or_a_user_folder_at_the_report_path(tmp_path,
+                                                                                   capsys):
+    # Issue 20, item 2: before, `make check` passed both, and the report swap then deleted them.
+    path = _params_file(tmp_path)
+    assert main(["--params", str(path), "--runs-root", str(tmp_path / "work"),
+                 "--reports-root", str(tmp_path / "work")]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[1].startswith("FAIL  folders    FolderConflict: the runs root ") and len(out) == 2
+    assert not (tmp_path / "work").exists()  # refused before any folder was made
+    user = tmp_path / "reports" / load_params(path).run_name
+    user.mkdir(parents=True)
+    (user / "important.txt").write_text("mine")
+    assert main(["--params", str(path), "--runs-root", str(tmp_path / "runs"),
+                 "--reports-root", str(tmp_path / "reports")]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[1].startswith(f"FAIL  folders    FolderConflict: {user} exists and is not a "
+                             "report of this study")
+    assert (user / "important.txt").read_text() == "mine"

@@ -136,3 +136,46 @@ def test_attach_notebooks_replaces_the_notebooks_folder(tmp_path):
     attach_notebooks(folder, {"01_data.ipynb": source})
     assert [p.name for p in (folder / "notebooks").iterdir()] == ["01_data.ipynb"]
     assert [p.name for p in folder.iterdir()] == ["notebooks"]
+
+
+# --- issue 20, item 2: only a folder the study made is ever replaced ---------------------
+
+def test_a_user_folder_at_the_report_path_is_never_replaced(tmp_path):
+    # Before: publish_report renamed reports/smoke/ aside and deleted it, important.txt too.
+    folder = tmp_path / "reports" / "smoke"
+    folder.mkdir(parents=True)
+    (folder / "important.txt").write_text("mine")
+    for act in (lambda: publish_report(_results("a" * 16), folder),
+                lambda: set_aside_stale(folder, "b" * 16),
+                lambda: reportdir.write_record(folder, reportdir.PARTIAL_FILE, {"x": 1})):
+        with pytest.raises(reportdir.FolderConflict, match=f"{folder} exists and is not a report "
+                           "of this study .*move or rename it, or choose another --reports-root"):
+            act()
+    assert sorted(p.name for p in (tmp_path / "reports").rglob("*")) == ["important.txt",
+                                                                          "smoke"]
+
+
+def test_publish_marks_its_report_and_a_stale_name_held_by_a_user_folder_is_left_alone(
+        tmp_path):
+    folder = tmp_path / "reports" / "smoke"
+    publish_report(_results("a" * 16), folder)
+    assert json.loads((folder / reportdir.MARKER_FILE).read_text())["params_hash"] == "a" * 16
+    publish_report(_results("b" * 16), folder)  # our own report: replaced
+    aside = tmp_path / "reports" / f"smoke.stale-{'b' * 16}"
+    aside.mkdir()
+    (aside / "notes.txt").write_text("mine")
+    with pytest.raises(reportdir.FolderConflict, match=str(aside)):
+        set_aside_stale(folder, "c" * 16)
+    assert (aside / "notes.txt").read_text() == "mine"
+    assert report_state(folder) != "missing"
+
+
+@pytest.mark.parametrize("runs, reports", [
+    ("work", "work"), ("work/runs", "work"), ("work", "work/reports"), ("work/runs", "link"),
+])
+def test_runs_and_reports_roots_that_overlap_are_refused(tmp_path, runs, reports):
+    (tmp_path / "work" / "runs").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "work" / "runs")  # the same folder by another name
+    with pytest.raises(reportdir.FolderConflict, match="pass --runs-root and --reports-root"):
+        reportdir.check_roots(tmp_path / runs, tmp_path / reports)
+    reportdir.check_roots(tmp_path / "work" / "runs", tmp_path / "work" / "reports")

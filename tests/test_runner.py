@@ -103,7 +103,7 @@ def test_ctrl_c_says_where_it_stopped_and_how_to_resume(fake_chain, capsys, how)
     out, err = capsys.readouterr()
     assert "03_activations  INTERRUPTED after" in out
     [line] = err.strip().splitlines()
-    assert line.startswith("interrupted during 03_activations: finished stages")
+    assert line.startswith("interrupted during 03_activations: kept: 2 finished stage(s)")
     assert "partial_experiment_results.json" in line and "resume with: python -m" in line
     partial = json.loads((fake_chain.reports / "smoke" / "partial_experiment_results.json")
                          .read_text())
@@ -211,3 +211,50 @@ def test_a_read_only_reports_folder_is_named(fake_chain, capsys, read_only_dir):
     assert f"reports folder {fake_chain.reports} is not writable" in line
     assert "choose another with --reports-root" in line and "run again: python -m" in line
     assert fake_chain.played == []
+
+
+# --- issue 20, item 2: roots that cannot collide, a user's folder left alone --------------
+
+@pytest.mark.parametrize("reports", ["runs", "runs/reports", "."])
+def test_overlapping_roots_stop_before_any_work(fake_chain, capsys, reports):
+    assert fake_chain() == 0  # a finished run to lose
+    fake_chain.played.clear()
+    before = sorted((p, p.stat().st_mtime_ns) for p in fake_chain.runs.rglob("*"))
+    root = fake_chain.runs.parent / reports
+    code = runner.main(["--params", str(SMOKE), "--runs-root", str(fake_chain.runs),
+                        "--reports-root", str(root)])
+    assert code == 1
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"not started: the runs root {fake_chain.runs} ")
+    assert "pass --runs-root and --reports-root that are side by side" in line
+    assert sorted((p, p.stat().st_mtime_ns) for p in fake_chain.runs.rglob("*")) == before
+    assert fake_chain.played == []
+
+
+def test_a_user_folder_at_the_report_path_stops_the_run_naming_it(fake_chain, capsys):
+    # Before: the report swap deleted reports/smoke/ with the user's file, exit 0.
+    folder = fake_chain.reports / "smoke"
+    folder.mkdir(parents=True)
+    (folder / "important.txt").write_text("mine")
+    assert fake_chain() == 1
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"not started: {folder} exists and is not a report of this study")
+    assert "move or rename it" in line
+    assert fake_chain.played == [] and not fake_chain.runs.exists()
+    assert [p.name for p in folder.iterdir()] == ["important.txt"]
+
+
+def test_sigterm_between_stages_is_one_line_and_exit_143(monkeypatch, capsys):
+    import os
+    import signal
+
+    def terminate(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("SIGTERM did not stop the run")
+
+    monkeypatch.setattr(runner, "run_study", terminate)
+    assert runner.main(["--params", str(SMOKE)]) == 143
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("terminated (SIGTERM) before or between stages")
+    assert "resume with: python -m steering_utils.runner" in line
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the caller's handler is back

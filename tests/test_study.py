@@ -498,3 +498,67 @@ def test_every_file_in_a_stage_folder_is_declared_and_done_holds_markers_only(sm
     assert {k: v for k, v in results["manifest"].items() if k != "timings"} == \
         {k: v for k, v in manifest.items() if k != "timings"}
     assert set(results["manifest"]["timings"]) == set(STAGES["06_report"].inputs)
+
+
+# --- issue 20: SIGTERM (timeout, Slurm's time limit) and overlapping roots, on a real run ---
+
+def test_sigterm_during_a_stage_stops_like_ctrl_c_and_the_run_resumes(smoke_run, tmp_path):
+    # Before: SIGTERM killed the runner with no line, no partial record and a stale lock.
+    work, _ = smoke_run
+    shutil.copytree(work / "runs", tmp_path / "runs")
+    shutil.copytree(work / "reports", tmp_path / "reports")
+    next((tmp_path / "runs" / "smoke" / "05_sweep").glob("*/done.json")).unlink()
+    # `timeout` signals the runner alone (no process group): the kernel is the runner's to stop.
+    process = subprocess.Popen(_runner(tmp_path), cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    _wait_for(lambda: bool(_kernels_of(process.pid)), process)  # 05_sweep's kernel runs
+    kernels = _kernels_of(process.pid)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=120)
+    stopped = time.time()
+    assert process.returncode == 143, stdout + stderr
+    [line] = stderr.strip().splitlines()[-1:]  # the user's line comes last
+    shards = len(list((tmp_path / "runs" / "smoke" / "shards").glob("*.parquet")))
+    assert line.startswith("terminated (SIGTERM) during 05_sweep: kept: 5 finished stage(s) of "
+                           f"these params and {shards} generation shard(s)"), line
+    assert "resume with: python -m steering_utils.runner" in line
+    assert "05_sweep        TERMINATED (SIGTERM) after" in stdout
+    report = tmp_path / "reports" / "smoke"
+    partial = json.loads((report / "partial_experiment_results.json").read_text())
+    assert partial["reason"] == "terminated" and partial["stopped_stage"] == "05_sweep"
+    assert list(partial["completed_stages"]) == ["01_data", "02_baseline", "03_activations",
+                                                 "04_vectors", "06_report"]
+    assert not (report / "failed_experiment_results.json").exists()
+    assert not (tmp_path / "runs" / "smoke" / ".lock").exists()
+    _wait_gone(kernels, seconds=30)
+    print(f"\nkernel gone {time.time() - stopped:.1f} s after the runner exited")
+    resumed = subprocess.run(_runner(tmp_path), cwd=ROOT, capture_output=True, text=True,
+                             timeout=900)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert resumed.stdout.count("skipped: complete") == 5 and "05_sweep        done" in \
+        resumed.stdout
+    assert not (report / "partial_experiment_results.json").exists()
+
+
+def _tree(folder: Path) -> list:
+    return sorted((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*"))
+
+
+@pytest.mark.parametrize("reports", ["runs", "runs/smoke", "."])
+def test_overlapping_roots_are_refused_and_a_finished_run_is_untouched(smoke_run, tmp_path,
+                                                                       reports):
+    # Before: --reports-root equal to --runs-root deleted the finished run's six stage
+    # folders, 18 shards and notebooks when the report was swapped in.
+    work, _ = smoke_run
+    shutil.copytree(work / "runs", tmp_path / "runs")
+    next((tmp_path / "runs" / "smoke" / "06_report").glob("*/done.json")).unlink()
+    before = _tree(tmp_path / "runs")
+    refused = subprocess.run(
+        [*_runner(tmp_path)[:-4], "--runs-root", str(tmp_path / "runs"),
+         "--reports-root", str(tmp_path / reports)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    [line] = refused.stderr.strip().splitlines()
+    assert line.startswith(f"not started: the runs root {tmp_path / 'runs'} ")
+    assert refused.stdout == ""  # no stage line: nothing started
+    assert _tree(tmp_path / "runs") == before
