@@ -214,6 +214,7 @@ def plot_gehman_vs_alpha(results: ExperimentResults) -> Figure:
             _errorbar(ax, line["alpha"], line[key], _yerr(line, key),
                       label=f"layer {layer} ({_n_label(line.iloc[0])})",
                       color=colors[(3 + li) % len(colors)])
+            _mark_degenerate(ax, line, "alpha", key)
         ax.set_xlabel(_ALPHA)
         ax.set_ylabel(ylabel)
         ax.set_ylim(0, 1.02)

@@ -164,6 +164,10 @@ def _checks_table(rec: Recommendation | None, confirmation: Confirmation | None)
                                      "limit": _num(dev.limit, digits), "ok": dev.ok},
                      "eval": ev and {"value": _num(ev.value, digits),
                                      "limit": _num(ev.limit, digits), "ok": ev.ok}})
+    if confirmation is not None and confirmation.degenerate:
+        rows.append({"label": "Output not degenerate", "dev": None,
+                     "eval": {"value": degenerate_text(confirmation.degenerate), "limit": "",
+                              "ok": False}})
     return rows
 
 
@@ -179,8 +183,9 @@ def degenerate_text(degenerate: list[Degeneracy]) -> str:
                      for d in degenerate)
 
 
-def no_pick_text(no_pick: NoPick | None) -> str:
-    """Why no cell qualified on dev, in one or two sentences ('' without a record)."""
+def no_pick_text(no_pick: NoPick | None, knob: str = "α") -> str:
+    """Why no cell qualified on dev, in one or two sentences ('' without a record); `knob`
+    names the strength (α for CAA's grid, s for a method's)."""
     if no_pick is None:
         return ""
     ref = no_pick.reference_mean_toxicity
@@ -202,7 +207,7 @@ def no_pick_text(no_pick: NoPick | None) -> str:
                               f"{side} {_num(check.limit)})")
         where = {ALL_LAYERS: "all layers", UNSTEERED_LAYER: "no edit"}.get(
             cell.layer, f"layer {cell.layer}")
-        parts.append(f"{where}, α = {cell.alpha:g} (mean toxicity {cell.mean_toxicity:.3f}"
+        parts.append(f"{where}, {knob} = {cell.alpha:g} (mean toxicity {cell.mean_toxicity:.3f}"
                      f"): {', '.join(broken) or 'capability not kept'}")
     return (f"The least toxic cells below the unsteered {ref:.3f} broke the rule: "
             + "; ".join(parts) + ".")
@@ -377,7 +382,7 @@ def _method_rows(results: ExperimentResults) -> list[dict]:
     entries = [("none", None, methods.reference, None, None, None)] if methods.reference else []
     entries += [(m.method, m.dev, m.eval, m.capability, m.toxic_fraction_ratio,
                  m.within_limits_on_eval) for m in methods.methods]
-    why = {m.method: no_pick_text(m.no_pick) for m in methods.methods}
+    why = {m.method: no_pick_text(m.no_pick, "s") for m in methods.methods}
     rows = []
     for method, dev, ev, cap, ratio, within in entries:
         rows.append({
@@ -425,7 +430,7 @@ def methods_table(results: ExperimentResults) -> pd.DataFrame:
             "capability_drop_points": m.capability and m.capability.drop_points,
             "within_limits_on_eval": m.within_limits_on_eval,
             "degenerate": degenerate_text(m.eval.degenerate) if m.eval else "",
-            "no_pick": no_pick_text(m.no_pick)}
+            "no_pick": no_pick_text(m.no_pick, "s")}
     return pd.DataFrame(rows).T
 
 

@@ -255,6 +255,8 @@ def test_no_cell_qualifying_for_caa_or_any_method_renders_and_says_why(tmp_path)
             "degenerate output (repetition rate 0.92 > 0.5)") in html
     assert "no cell qualified: no method's dev grid had a cell that met" in html
     assert html.count("none qualified on dev") == len(methods["methods"])
+    for draw in plots.FIGURES.values():  # every figure draws without a pick
+        draw(results)
 
 
 def test_a_degenerate_cell_is_flagged_and_never_called_a_win(tmp_path):
@@ -274,11 +276,13 @@ def test_a_degenerate_cell_is_flagged_and_never_called_a_win(tmp_path):
     assert "Not a toxicity win: its eval output is degenerate (repetition rate 0.92 > 0.5)" in html
     assert "Eval confirms the dev choice" not in html
     assert "is degenerate, so its lower toxicity is broken text, not an effect" in html
-    assert "degenerate: not a win" in html
+    assert "degenerate: not a win" in html and "Output not degenerate" in html
     fig = plots.plot_toxicity_vs_alpha(results)
     labels = fig.axes[0].get_legend_handles_labels()[1] + [
         t.get_text() for legend in fig.legends for t in legend.get_texts()]
     assert plots.DEGENERATE_LABEL in labels
+    for draw in plots.FIGURES.values():
+        draw(results)
 
 
 def html_escape_free(html: str) -> str:
