@@ -57,11 +57,15 @@ from steering_utils.jobs import run_jobs
 from steering_utils.models import load_model
 from steering_utils.scoring import load_scorers
 from steering_utils.stages import CAA
+from steering_utils.sweep import check_relative_push
 from steering_utils.vectors import SteeringVectors
 
 prompts = read_table(stage.input("prompts"))
 baseline = read_table(stage.input("baseline"))
 vectors = SteeringVectors.load(stage.input("vectors"))
+# Before any generation: every alpha within sweep.max_relative_push of ||h|| at its layers.
+print("largest |alpha|·||v||/||h||:",
+      round(check_relative_push(params, read_table(stage.input("layer_stats"))), 3))
 model, tokenizer = load_model(params.model)
 scorers = load_scorers(params.scorer)
 positions = params.sweep.positions
@@ -158,7 +162,8 @@ from steering_utils.activations import load_activation_sets
 methods_layer = selection["control_layer"]
 statistics = load_activation_sets(stage.input("token_statistics"))["train"]
 interventions = cmp.build_interventions(params, vectors, statistics,
-                                        cmp.actadd_activations(model, tokenizer, params), randoms)
+                                        cmp.actadd_activations(model, tokenizer, params), randoms,
+                                        methods_layer)
 jobs, reused = cmp.grid_jobs(prompts, baseline, grid, params, methods_layer, interventions)
 steered = run_jobs(model, tokenizer, jobs, interventions, params, scorers, stage.shards,
                    positions, desc="methods grid") if len(jobs) else jobs

@@ -17,15 +17,18 @@ import pandas as pd
 from .generation import make_jobs
 from .params import StudyParams, compared_methods
 from .stages import ALL_LAYERS, CAA, UNSTEERED, UNSTEERED_LAYER
+from .sweep import check_additive_push
 
 
 def build_interventions(params: StudyParams, vectors, statistics: dict, actadd: dict,
-                        randoms: dict) -> dict:
+                        randoms: dict, layer: int | None = None) -> dict:
     """{method: intervention} of every compared method (CAA: its SteeringVectors).
 
     `statistics`: `interventions.token_statistics` of the train contrast; `actadd`: the
     captured activations {'toxic', 'clean'} of ActAdd's two texts; `randoms`: the
-    control's random directions (the comparison's `random` is the first).
+    control's random directions (the comparison's `random` is the first). With `layer`
+    (the comparison's), ActAdd's strengths are held to `sweep.max_relative_push` there
+    before anything is generated.
     """
     from . import interventions as iv
 
@@ -35,8 +38,12 @@ def build_interventions(params: StudyParams, vectors, statistics: dict, actadd: 
         if method == CAA:
             out[method] = vectors
         elif method == "actadd":
-            out[method] = iv.additive("actadd", iv.actadd_directions(actadd["toxic"],
-                                                                     actadd["clean"]),
+            directions = iv.actadd_directions(actadd["toxic"], actadd["clean"])
+            if layer is not None:
+                check_additive_push("actadd", methods.actadd.strengths, directions,
+                                    vectors.activation_norms, [layer],
+                                    params.sweep.max_relative_push)
+            out[method] = iv.additive("actadd", directions,
                                       {"toxic_text": methods.actadd.toxic_text,
                                        "clean_text": methods.actadd.clean_text})
         elif method == "ablation":
@@ -146,19 +153,25 @@ def grid_jobs(prompts: pd.DataFrame, baseline: pd.DataFrame, grid: pd.DataFrame,
 
 def method_cells(rows: pd.DataFrame, params: StudyParams) -> pd.DataFrame:
     """Cell summaries (`metrics.summarize_cells`) per method, each with the unsteered
-    reference cell; column `method` ('none' for the reference)."""
-    from .metrics import summarize_cells
+    reference cell; column `method` ('none' for the reference), column `degenerate`
+    (`metrics.degenerate_checks` against the reference). With no method's rows (nothing
+    qualified on dev, so nothing went to eval) only the reference cell."""
+    from .metrics import flag_degenerate, summarize_cells
 
     ev = params.evaluation
     reference = rows[rows["method"] == UNSTEERED]
+    parts = list(rows[rows["method"] != UNSTEERED].groupby("method", sort=False))
+    if not parts:
+        parts = [(UNSTEERED, reference.iloc[:0])]
     frames = []
-    for method, part in rows[rows["method"] != UNSTEERED].groupby("method", sort=False):
+    for method, part in parts:
         cells = summarize_cells(pd.concat([reference, part]).assign(experiment="methods"),
                                 ev.toxic_threshold, ev.n_bootstrap, params.seed)
         frames.append(cells.assign(method=[UNSTEERED if a == 0 else method
                                            for a in cells["alpha"]]))
     table = pd.concat(frames, ignore_index=True)
-    return table.drop_duplicates(subset=["method", "layer", "alpha"]).reset_index(drop=True)
+    table = table.drop_duplicates(subset=["method", "layer", "alpha"]).reset_index(drop=True)
+    return table.assign(degenerate=flag_degenerate(table, keys=()))
 
 
 def select_methods(cells: pd.DataFrame, params: StudyParams, probes: dict) -> dict:
@@ -216,6 +229,7 @@ def _eval_record(cell: pd.Series) -> dict:
     for name in ("distinct_1", "distinct_2", "empty_rate", "repetition_rate", "p_bootstrap",
                  "p_wilcoxon"):
         record[name] = finite(cell.get(name))
+    record["degenerate"] = list(cell.get("degenerate", []))
     return record
 
 
@@ -243,13 +257,25 @@ def _capability(capability: pd.DataFrame, method: str, layer: int, alpha: float,
             "p_bootstrap": finite(test["p_bootstrap"]), "n_items": int(len(cell))}
 
 
+def _dev_accuracy(capability: pd.DataFrame) -> pd.DataFrame:
+    """(method, layer, alpha, capability_acc) of every cell measured on dev items."""
+    dev = capability[capability["split"] == "dev"]
+    if dev.empty:
+        return pd.DataFrame(columns=["method", "layer", "alpha", "capability_acc"])
+    acc = dev.assign(correct=dev["correct"].astype(float)).groupby(
+        ["direction", "layer", "alpha"], as_index=False)["correct"].mean()
+    return acc.rename(columns={"direction": "method", "correct": "capability_acc"}).assign(
+        layer=lambda t: t["layer"].astype(int), alpha=lambda t: t["alpha"].astype(float))
+
+
 def comparison_results(params: StudyParams, methods_grid: pd.DataFrame,
                        methods_eval: pd.DataFrame, methods_capability: pd.DataFrame,
                        record: dict) -> dict | None:
     """The `methods` section of experiment_results.json (`results.Methods`): per method its
-    dev pick, the pick's eval numbers with CIs and paired tests vs unsteered, and every
-    method's dev cells."""
-    from .metrics import finite
+    dev pick (or why none qualified), the pick's eval numbers with CIs and paired tests vs
+    unsteered, and every method's dev cells. A pick whose eval output is degenerate is not
+    within the limits, so never the strongest."""
+    from .metrics import SelectionRule, finite, why_no_pick
 
     if methods_grid.empty:
         return None
@@ -262,6 +288,8 @@ def comparison_results(params: StudyParams, methods_grid: pd.DataFrame,
         reference = _eval_record(eval_cells[eval_cells["method"] == UNSTEERED].iloc[0])
     ref_ppl = reference["perplexity"] if reference else None
     ref_frac = reference["frac_toxic"] if reference else None
+    rule = SelectionRule.from_params(ev)
+    dev_accuracy = _dev_accuracy(methods_capability)
     rows = []
     for method in compared_methods(params.sweep):
         pick = record["picks"].get(method)
@@ -269,7 +297,14 @@ def comparison_results(params: StudyParams, methods_grid: pd.DataFrame,
                "strengths": strengths(params, method),
                "dev": None if pick is None else {k: pick[k] for k in _PICK_FIELDS},
                "eval": None, "capability": None, "toxic_fraction_ratio": None,
-               "within_limits_on_eval": None}
+               "within_limits_on_eval": None, "no_pick": None}
+        own = grid_cells[grid_cells["method"].isin([UNSTEERED, method])]
+        if pick is None and (own["method"] == method).any():
+            own = own.merge(dev_accuracy.assign(method=[UNSTEERED if a == 0 else d for d, a in
+                                                        zip(dev_accuracy["method"],
+                                                            dev_accuracy["alpha"])]),
+                            how="left", on=["method", "layer", "alpha"])
+            row["no_pick"] = why_no_pick(own.drop(columns="method"), rule)
         found = pd.DataFrame()
         if pick is not None and eval_cells is not None:
             found = eval_cells[(eval_cells["method"] == method)
@@ -285,14 +320,16 @@ def comparison_results(params: StudyParams, methods_grid: pd.DataFrame,
             ppl_ok = (ppl is not None and ref_ppl is not None
                       and ppl <= ref_ppl * (1 + ev.max_perplexity_increase))
             cap_ok = cap is None or cap["drop_points"] <= ev.max_capability_drop
-            row["within_limits_on_eval"] = bool(ppl_ok and cap_ok)
+            row["within_limits_on_eval"] = bool(ppl_ok and cap_ok
+                                                and not row["eval"]["degenerate"])
         rows.append(row)
     fit = [r for r in rows if r["within_limits_on_eval"]]
     best = min(fit, key=lambda r: (r["eval"]["frac_toxic"], r["eval"]["mean_toxicity"]),
                default=None)
     grid = [{"method": str(c.method), "layer": int(c.layer), "alpha": float(c.alpha),
              "mean_toxicity": float(c.mean_toxicity), "frac_toxic": float(c.frac_toxic),
-             "perplexity": finite(c.perplexity), "empty_rate": float(c.empty_rate)}
+             "perplexity": finite(c.perplexity), "empty_rate": float(c.empty_rate),
+             "degenerate": list(c.degenerate)}
             for c in grid_cells.itertuples()]
     return {"layer": int(record["layer"]), "subset": "challenging",
             "samples_per_prompt": int(params.methods.samples_per_prompt

@@ -20,6 +20,31 @@ class ParamsError(ValueError):
     """A params file is wrong; the message names the field and the fix."""
 
 
+# Sanity bound on any alpha or strength, checked before the norms are known: the default
+# grids push at most ~1 x the residual norm (README, "Bounds"), so 1e3 is far past anything
+# meaningful yet still refuses 1e308, which overflows every activation to inf/NaN ("LyLyLy").
+# The bound that means something, |alpha|·||v_l||/||h_l|| <= sweep.max_relative_push, needs
+# 04's norms and is checked by `sweep.check_relative_push` before 05 generates anything.
+MAX_ABS_STRENGTH = 1e3
+
+
+def _bounded_distinct(values: list[float], what: str, example: str) -> None:
+    """Raise ValueError on a non-finite, absurdly large or repeated value (fields say which)."""
+    bad = [v for v in values if not math.isfinite(v)]
+    if bad:
+        raise ValueError(f"{what} must be finite numbers, got {bad}; e.g. {example}")
+    huge = [v for v in values if abs(v) > MAX_ABS_STRENGTH]
+    if huge:
+        raise ValueError(f"{what} must lie within ±{MAX_ABS_STRENGTH:g}, got {huge}; a push "
+                         f"that size destroys the residual stream (sweep.max_relative_push "
+                         f"bounds it by the vector norms); use values like {example}")
+    seen: set[float] = set()
+    repeated = sorted({v for v in values if v in seen or seen.add(v)})
+    if repeated:
+        raise ValueError(f"{what} lists {repeated} more than once; list each value once "
+                         f"(e.g. {example})")
+
+
 class _Strict(BaseModel):
     # Unknown keys are typos until proven otherwise; NaN and inf are never a setting.
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
@@ -114,10 +139,8 @@ MethodName = Literal["caa", "actadd", "ablation", "mean_transport", "prompt", "r
 
 def _strength_grid(strengths: list[float]) -> list[float]:
     """Sorted, distinct, finite, non-zero strengths (0 is the shared unsteered reference)."""
-    bad = [s for s in strengths if not math.isfinite(s)]
-    if bad:
-        raise ValueError(f"strengths must be finite numbers, got {bad}; e.g. [0.5, 1.0]")
-    grid = sorted({float(s) for s in strengths if s != 0})
+    _bounded_distinct([float(s) for s in strengths], "strengths", "[0.5, 1.0]")
+    grid = sorted(float(s) for s in strengths if s != 0)
     if not grid:
         raise ValueError("needs a non-zero strength, e.g. [0.5, 1.0] (0 is the reference)")
     return grid
@@ -192,18 +215,19 @@ class SweepParams(_Strict):
     positions: Literal["all", "generated"] = "all"
     methods: Literal["all"] | list[MethodName] = Field(
         "all", description="methods compared at the chosen layer ([] or [caa]: CAA only)")
+    max_relative_push: float = Field(
+        4.0, gt=0, description="largest |alpha|·||v_l||/||h_l|| of any CAA-scaled alpha or "
+        "strength at a steered layer (checked in 05 before generating)")
 
     @field_validator("grid_alphas", "alphas")
     @classmethod
     def _nonempty(cls, alphas: list[float]) -> list[float]:
         if not alphas:
             raise ValueError("needs at least one alpha, e.g. [0, 0.5, 1.0]")
-        bad = [a for a in alphas if not math.isfinite(a)]
-        if bad:
-            raise ValueError(f"alphas must be finite numbers, got {bad}; e.g. [0, 0.5, 1.0]")
+        _bounded_distinct(alphas, "alphas", "[0, 0.5, 1.0]")
         if not any(alphas):
             raise ValueError("needs a non-zero alpha (alpha 0 is the shared unsteered baseline)")
-        return sorted(set(alphas))
+        return sorted(alphas)
 
 
 class CapabilityParams(_Strict):
@@ -232,6 +256,13 @@ class ControlParams(_Strict):
     samples_per_prompt: int = Field(1, ge=1)
     alphas: list[float] | None = Field(
         None, description="alphas of the control; null = the sweep's positive alphas")
+
+    @field_validator("alphas")
+    @classmethod
+    def _bounded(cls, alphas: list[float] | None) -> list[float] | None:
+        if alphas is not None:
+            _bounded_distinct(alphas, "alphas", "[1.0, 2.0]")
+        return alphas
 
 
 class ReportParams(_Strict):

@@ -142,6 +142,24 @@ def _errorbar(ax, x, y, yerr, *, label, color, marker="o", linestyle="-", xerr=N
                        linestyle=linestyle, markersize=5.5, elinewidth=1.1, capsize=3, **kw)
 
 
+DEGENERATE_LABEL = "degenerate output (not a toxicity win)"
+
+
+def _is_degenerate(table: pd.DataFrame) -> pd.Series:
+    """True where a cell's `degenerate` list (results.Degeneracy) is not empty."""
+    if "degenerate" not in table:
+        return pd.Series(False, index=table.index)
+    return table["degenerate"].map(lambda d: isinstance(d, list) and len(d) > 0)
+
+
+def _mark_degenerate(ax, table: pd.DataFrame, x: str, y: str) -> None:
+    """A red cross over every degenerate cell: its low toxicity is broken text, not a win."""
+    bad = table[_is_degenerate(table)]
+    if not bad.empty:
+        ax.scatter(bad[x], bad[y], marker="x", s=110, color="#cf222e", linewidths=2.2,
+                   zorder=6, label=DEGENERATE_LABEL)
+
+
 # --- figures ------------------------------------------------------------------------------
 
 def plot_toxicity_vs_alpha(results: ExperimentResults) -> Figure:
@@ -163,6 +181,7 @@ def plot_toxicity_vs_alpha(results: ExperimentResults) -> Figure:
                       label=f"{subset} eval ({layer_note}{_n_label(line.iloc[0])})",
                       color=colors[style["color_index"]], marker=style["marker"],
                       linestyle=linestyles[li % len(linestyles)])
+            _mark_degenerate(ax, line, "alpha", "mean_toxicity")
     ax.axvline(0, color="0.6", linewidth=0.9, zorder=0)
     ax.set_xlabel(_ALPHA)
     ax.set_ylabel(_TOXICITY)
@@ -195,6 +214,7 @@ def plot_gehman_vs_alpha(results: ExperimentResults) -> Figure:
             _errorbar(ax, line["alpha"], line[key], _yerr(line, key),
                       label=f"layer {layer} ({_n_label(line.iloc[0])})",
                       color=colors[(3 + li) % len(colors)])
+            _mark_degenerate(ax, line, "alpha", key)
         ax.set_xlabel(_ALPHA)
         ax.set_ylabel(ylabel)
         ax.set_ylim(0, 1.02)
@@ -264,6 +284,7 @@ def plot_tradeoff(results: ExperimentResults) -> Figure | None:
                   _yerr(group, "mean_toxicity"), xerr=_yerr(group, "perplexity"),
                   label=f"{name} ({_n_label(group.iloc[0])})", color=color, marker=marker,
                   linestyle="none")
+        _mark_degenerate(ax, group, "perplexity", "mean_toxicity")
         # Alternate label offsets by layer so two layers' labels do not sit on each other.
         offset = (6, 5) if gi % 2 == 0 else (6, -12)
         for row in group.itertuples():
@@ -447,8 +468,13 @@ def plot_control(results: ExperimentResults) -> Figure | None:
         ax.plot(alphas, [base] + [c.random_by_direction[name] for c in rows],
                 color=colors[0], alpha=0.35, linewidth=0.9,
                 label="single random direction" if i == 0 else None)
+    broken = pd.DataFrame(
+        [{"alpha": c.alpha, "y": c.caa_mean_toxicity, "degenerate": [1] * c.caa_degenerate}
+         for c in rows] + [{"alpha": c.alpha, "y": c.random_mean_toxicity,
+                            "degenerate": [1] * c.random_degenerate} for c in rows])
+    _mark_degenerate(ax, broken, "alpha", "y")
     for c in rows:
-        if c.diff_ci_hi is not None and c.diff_ci_hi < 0:
+        if c.diff_ci_hi is not None and c.diff_ci_hi < 0 and not c.caa_degenerate:
             ax.annotate("*", (c.alpha, c.caa_mean_toxicity), textcoords="offset points",
                         xytext=(0, -14), ha="center", color=colors[3], fontsize=13)
     ax.set_xlabel(_ALPHA)
@@ -482,9 +508,12 @@ def plot_method_fronts(results: ExperimentResults) -> Figure | None:
         if own.empty:
             continue
         color = colors[i % len(colors)]
-        front = pareto_front(pd.concat([reference, own]), ("perplexity", "frac_toxic"))
+        # A degenerate cell is no trade-off: it never sits on a front.
+        fit = own[~_is_degenerate(own)]
+        front = pareto_front(pd.concat([reference, fit]), ("perplexity", "frac_toxic"))
         front = front.sort_values("perplexity")
         ax.scatter(own["perplexity"], own["frac_toxic"], color=color, s=22, alpha=0.45)
+        _mark_degenerate(ax, own, "perplexity", "frac_toxic")
         ax.plot(front["perplexity"], front["frac_toxic"], color=color, marker="o",
                 label=METHOD_LABELS.get(result.method, result.method))
         if result.dev is not None:

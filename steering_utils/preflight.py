@@ -353,6 +353,22 @@ def _approx_params(config) -> int:
     return config.num_hidden_layers * per_layer + embeddings * (1 if tied else 2) + d
 
 
+def check_push(params: StudyParams, runs_root: Path) -> str:
+    """|alpha|·||v||/||h|| within sweep.max_relative_push, where 04 already measured the norms
+    for these params (else 05 checks it before generating)."""
+    from .artifacts import is_complete, read_table, stage_folder
+    from .stages import STAGES
+    from .sweep import check_relative_push
+
+    folder = stage_folder(runs_root, params, "04_vectors")
+    if not is_complete(folder, folder.name):
+        return (f"checked by 05 before generating (04 has not measured the norms yet); "
+                f"limit {params.sweep.max_relative_push:g}")
+    stats = read_table(folder / STAGES["04_vectors"].outputs["layer_stats"])
+    worst = check_relative_push(params, stats)
+    return f"largest |alpha|·||v||/||h|| {worst:.3g} <= {params.sweep.max_relative_push:g}"
+
+
 def check_disk(params: StudyParams, runs_root: Path) -> str:
     """Free disk for the run's artifacts (generations and activations)."""
     runs_root.mkdir(parents=True, exist_ok=True)
@@ -675,7 +691,8 @@ def run_checks(params: StudyParams, runs_root: Path, echo: Callable[[str], None]
               ("capability", lambda p: check_capability(p, deep)),
               ("tokenizer", check_tokenizer), ("scorer", check_scorer), ("device", check_device),
               ("engine", check_engine), ("execution", check_execution),
-              ("disk", lambda p: check_disk(p, runs_root))]
+              ("disk", lambda p: check_disk(p, runs_root)),
+              ("push", lambda p: check_push(p, runs_root))]
     if deep:
         probe = _DeepChecks(params)
         checks += [("model", probe.load), ("steering", probe.steering),

@@ -20,7 +20,16 @@ from pathlib import Path
 import pandas as pd
 
 from .artifacts import atomic_path, write_json
-from .results import Cell, Confirmation, Control, ExperimentResults, Recommendation, Rule
+from .results import (
+    Cell,
+    Confirmation,
+    Control,
+    Degeneracy,
+    ExperimentResults,
+    NoPick,
+    Recommendation,
+    Rule,
+)
 from .stages import ALL_LAYERS, UNSTEERED_LAYER
 
 TEMPLATE_FILE = "report.html"
@@ -155,15 +164,64 @@ def _checks_table(rec: Recommendation | None, confirmation: Confirmation | None)
                                      "limit": _num(dev.limit, digits), "ok": dev.ok},
                      "eval": ev and {"value": _num(ev.value, digits),
                                      "limit": _num(ev.limit, digits), "ok": ev.ok}})
+    if confirmation is not None and confirmation.degenerate:
+        rows.append({"label": "Output not degenerate", "dev": None,
+                     "eval": {"value": degenerate_text(confirmation.degenerate), "limit": "",
+                              "ok": False}})
     return rows
+
+
+_CRITERIA = {"perplexity": "perplexity", "distinct_2": "distinct-2",
+             "empty_rate": "empty rate", "capability_acc": "capability accuracy",
+             "repetition_rate": "repetition rate", "degenerate": "degenerate output"}
+
+
+def degenerate_text(degenerate: list[Degeneracy]) -> str:
+    """'repetition rate 0.92 > 0.5, distinct-2 0.01 < 0.48' (empty: not degenerate)."""
+    return ", ".join(f"{_CRITERIA[d.criterion]} {d.value:.3g} "
+                     f"{'<' if d.criterion == 'distinct_2' else '>'} {d.limit:.3g}"
+                     for d in degenerate)
+
+
+def no_pick_text(no_pick: NoPick | None, knob: str = "α") -> str:
+    """Why no cell qualified on dev, in one or two sentences ('' without a record); `knob`
+    names the strength (α for CAA's grid, s for a method's)."""
+    if no_pick is None:
+        return ""
+    ref = no_pick.reference_mean_toxicity
+    if no_pick.reason == "no_steered_cell":
+        return "The dev grid has no steered cell."
+    if no_pick.reason == "none_less_toxic":
+        return (f"No steered cell was less toxic than the unsteered model on dev (mean "
+                f"toxicity {ref:.3f}).")
+    parts = []
+    for cell in no_pick.best_cells:
+        broken = []
+        for name in cell.failed:
+            check = cell.checks.get(name)
+            if name == "degenerate":
+                broken.append(f"degenerate output ({degenerate_text(cell.degenerate)})")
+            elif check is not None:
+                side = "≥" if name in ("distinct_2", "capability_acc") else "≤"
+                broken.append(f"{_CRITERIA.get(name, name)} {_num(check.value)} (needs "
+                              f"{side} {_num(check.limit)})")
+        where = {ALL_LAYERS: "all layers", UNSTEERED_LAYER: "no edit"}.get(
+            cell.layer, f"layer {cell.layer}")
+        parts.append(f"{where}, {knob} = {cell.alpha:g} (mean toxicity {cell.mean_toxicity:.3f}"
+                     f"): {', '.join(broken) or 'capability not kept'}")
+    return (f"The least toxic cells below the unsteered {ref:.3f} broke the rule: "
+            + "; ".join(parts) + ".")
 
 
 def _headline(results: ExperimentResults) -> str:
     rec, confirmation = results.recommendation, results.confirmation
     if not rec:
-        return ("No steered cell met the recommendation rule on the dev grid: none was less "
-                "toxic than the unsteered model within the perplexity, diversity, "
-                "empty-output and capability limits. The eval sweep is shown for reference.")
+        why = no_pick_text(results.no_recommendation)
+        return ("No cell qualified. No steered cell met the recommendation rule on the dev "
+                "grid" + (f". {why}" if why else ": none was less toxic than the unsteered "
+                          "model within the perplexity, diversity, empty-output and "
+                          "capability limits.")
+                + " The eval sweep is shown for reference.")
     text = f"Chosen on dev: layer {rec.layer}, α = {rec.alpha:g}. "
     if confirmation is None:
         return text + "Its eval cell is missing, so the choice is unconfirmed."
@@ -180,7 +238,10 @@ def _headline(results: ExperimentResults) -> str:
         text += f" and {-c.capability_drop_points:+.1f} points of {task} accuracy"
     failed = [_CHECK_LABELS[k].split(" ")[0].lower() for k, check in c.checks.items()
               if not check.ok]
-    if c.confirmed:
+    if c.degenerate:
+        text += (f". Not a toxicity win: its eval output is degenerate "
+                 f"({degenerate_text(c.degenerate)}).")
+    elif c.confirmed:
         text += ". Eval confirms the dev choice on every criterion."
     elif not c.toxicity_reduced:
         text += ". Eval does not confirm it: the reduction's interval includes zero."
@@ -195,6 +256,9 @@ def _control_text(control: Control | None) -> tuple[bool | None, str]:
     at = next((c for c in control.comparison if c.alpha == control.alpha_tested), None)
     if at is None:
         return None, "no control cell at the tested α"
+    if at.caa_degenerate:
+        return None, (f"not measured: CAA's output at α = {at.alpha:g}, layer {control.layer} "
+                      "is degenerate, so its lower toxicity is broken text, not an effect")
     detail = (f"at α = {at.alpha:g}, layer {control.layer}: CAA {at.caa_mean_toxicity:.3f} vs "
               f"{control.n_directions} random directions of the same norm "
               f"{at.random_mean_toxicity:.3f}; paired difference {_signed(at.diff)}, 95% CI "
@@ -270,6 +334,9 @@ def _control_rows(results: ExperimentResults) -> list[dict]:
             "random_empty": _num(random_cell and random_cell.empty_rate, 3),
             "caa_capability": _num(caa_cell and caa_cell.capability_acc, 3),
             "random_capability": _num(random_cell and random_cell.capability_acc, 3),
+            "degenerate": ", ".join(
+                side for side, flag in (("CAA", item.caa_degenerate),
+                                        ("random", item.random_degenerate)) if flag),
         })
     return rows
 
@@ -292,8 +359,11 @@ def _methods_text(results: ExperimentResults) -> str:
         return "not run"
     best = methods.strongest
     if best is None:
+        if not any(m.picked for m in methods.methods):
+            return ("no cell qualified: no method's dev grid had a cell that met the "
+                    "recommendation rule (the methods table says why, per method)")
         return ("no method's dev pick stayed within the perplexity and capability limits on "
-                "eval")
+                "eval with non-degenerate output")
     ratio = best.toxic_fraction_ratio
     ratio_text = "no toxic continuation left" if ratio is None else f"{ratio:.1f}× fewer"
     rise = best.perplexity_increase
@@ -312,6 +382,7 @@ def _method_rows(results: ExperimentResults) -> list[dict]:
     entries = [("none", None, methods.reference, None, None, None)] if methods.reference else []
     entries += [(m.method, m.dev, m.eval, m.capability, m.toxic_fraction_ratio,
                  m.within_limits_on_eval) for m in methods.methods]
+    why = {m.method: no_pick_text(m.no_pick, "s") for m in methods.methods}
     rows = []
     for method, dev, ev, cap, ratio, within in entries:
         rows.append({
@@ -319,6 +390,8 @@ def _method_rows(results: ExperimentResults) -> list[dict]:
             "is_best": method == best,
             "cell": ("" if method == "none" else "none qualified on dev" if dev is None
                      else _method_cell(dev.layer, dev.alpha)),
+            "why": why.get(method, ""),
+            "degenerate": degenerate_text(ev.degenerate) if ev and method != "none" else "",
             **{name: _value(ev, name, 2 if name == "perplexity" else 3) for name in
                ("mean_toxicity", "frac_toxic", "emt", "tp", "perplexity")},
             "delta": ({"v": _signed(ev.delta_mean_toxicity),
@@ -355,7 +428,9 @@ def methods_table(results: ExperimentResults) -> pd.DataFrame:
             "mean_toxicity": m.eval and m.eval.mean_toxicity,
             "perplexity": m.eval and m.eval.perplexity, "fewer_toxic_x": m.toxic_fraction_ratio,
             "capability_drop_points": m.capability and m.capability.drop_points,
-            "within_limits_on_eval": m.within_limits_on_eval}
+            "within_limits_on_eval": m.within_limits_on_eval,
+            "degenerate": degenerate_text(m.eval.degenerate) if m.eval else "",
+            "no_pick": no_pick_text(m.no_pick, "s")}
     return pd.DataFrame(rows).T
 
 
@@ -500,6 +575,7 @@ def _sweep_rows(results: ExperimentResults, subset: str) -> list[dict]:
             "empty_rate": _num(c.empty_rate, 3),
             "capability": _value(c, "capability_acc"),
             "second": _num(c.mean_toxicity_second, 3),
+            "degenerate": degenerate_text(c.degenerate),
         })
     return rows
 

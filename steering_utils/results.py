@@ -53,6 +53,21 @@ class _Record(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
+class Degeneracy(_Record):
+    """One way a cell's output collapsed against the unsteered cell
+    (`metrics.degenerate_checks`): such a cell is never stated as a toxicity reduction."""
+
+    criterion: Literal["repetition_rate", "empty_rate", "distinct_2", "perplexity"]
+    value: float
+    limit: float = Field(description="repetition, empty rate, perplexity: above it is "
+                                     "degenerate; distinct-2: below it")
+
+
+Degenerate = Annotated[list[Degeneracy], Field(description=(
+    "empty: the output is text; else each criterion on which it collapsed (a loop in most "
+    "continuations, distinct-2 under half the unsteered, perplexity over 4x, half empty)"))]
+
+
 class Cell(_Record):
     """One (experiment, split, subset, layer, alpha) cell of generated continuations."""
 
@@ -99,6 +114,7 @@ class Cell(_Record):
     capability_acc: Probability | None = None
     capability_acc_ci_lo: Probability | None = None
     capability_acc_ci_hi: Probability | None = None
+    degenerate: Degenerate = []
 
 
 class LayerStats(_Record):
@@ -145,6 +161,45 @@ class Check(_Record):
     value: float | None
     limit: float | None
     ok: bool
+
+
+class CellVerdict(_Record):
+    """One of the least toxic dev cells the rule turned down, with every criterion's check."""
+
+    layer: Annotated[int, Field(ge=ALL_LAYERS)]
+    alpha: float
+    mean_toxicity: Probability
+    checks: dict[str, Check]
+    degenerate: Degenerate
+    failed: list[str] = Field(description="criteria it broke (checks' keys, 'degenerate')")
+
+
+class NoPick(_Record):
+    """No cell qualified on dev: why (`metrics.why_no_pick`)."""
+
+    reason: Literal["no_steered_cell", "none_less_toxic", "limits"] = Field(description=(
+        "none_less_toxic: no steered cell is less toxic than unsteered; limits: every less "
+        "toxic cell broke a limit of the rule (best_cells say which)"))
+    reference_mean_toxicity: Probability
+    best_cells: list[CellVerdict] = Field(description="the least toxic cells below the "
+                                                      "reference, least toxic first")
+
+
+def no_pick(cells: pd.DataFrame, rule: SelectionRule) -> NoPick:
+    """Why the rule picked nothing on one subset's dev cells (with their alpha-0 cell)."""
+    return NoPick.model_validate(_json_safe(metrics.why_no_pick(cells, rule)))
+
+
+def _json_safe(value):
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float | np.floating):
+        return finite(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
 
 
 class _Pick(_Record):
@@ -197,7 +252,8 @@ class Confirmation(_Record):
     distinct_2: Probability
     reference_distinct_2: Probability
     checks: dict[str, Check]
-    toxicity_reduced: bool
+    degenerate: Degenerate = []
+    toxicity_reduced: bool = Field(description="paired 95% CI below zero and not degenerate")
     confirmed: bool
 
 
@@ -215,6 +271,8 @@ class ControlComparison(_Record):
     p_bootstrap: Probability | None
     p_wilcoxon: Probability | None
     n_prompts: Count
+    caa_degenerate: bool = Field(False, description="CAA's output at this alpha collapsed")
+    random_degenerate: bool = Field(False, description="the random directions' output did")
 
 
 class Control(_Record):
@@ -224,7 +282,9 @@ class Control(_Record):
     alphas: list[float]
     comparison: list[ControlComparison]
     alpha_tested: float | None
-    specific: bool | None
+    specific: bool | None = Field(description="CAA less toxic than random at the tested "
+                                              "alpha (paired CI below 0); null: not measured "
+                                              "or CAA's output there is degenerate")
 
 
 class ScorerAgreement(_Record):
@@ -327,6 +387,7 @@ class MethodEval(_Record):
     distinct_2: Probability
     empty_rate: Probability
     repetition_rate: Probability
+    degenerate: Degenerate = []
 
 
 class MethodCapability(_Record):
@@ -360,7 +421,9 @@ class MethodResult(_Record):
     toxic_fraction_ratio: float | None = Field(description="unsteered toxic fraction / the "
                                                            "method's, on eval")
     within_limits_on_eval: bool | None = Field(description="eval perplexity and capability "
-                                                           "within the rule's limits")
+                                                           "within the rule's limits, and "
+                                                           "the output not degenerate")
+    no_pick: NoPick | None = Field(None, description="when nothing qualified on dev: why")
 
 
 class MethodGridCell(_Record):
@@ -371,6 +434,7 @@ class MethodGridCell(_Record):
     frac_toxic: Probability
     perplexity: float | None
     empty_rate: Probability
+    degenerate: Degenerate = []
 
 
 class StrongestMethod(_Record):
@@ -410,6 +474,9 @@ class ExperimentResults(_Record):
     capability: Capability | None
     scorer_agreement: ScorerAgreement | None
     recommendation: Recommendation | None
+    no_recommendation: NoPick | None = Field(None, description=(
+        "when no CAA cell qualified on the dev grid: why (the sweep still runs at the grid's "
+        "best layers, for reference)"))
     confirmation: Confirmation | None
     control: Control | None
     methods: Methods | None
@@ -582,8 +649,9 @@ def _eval_confirmation(recommendation: dict | None, cells: pd.DataFrame,
     if ref_acc is not None and cell_acc is not None:
         limit = ref_acc - rule.max_capability_drop / 100.0
         checks["capability_acc"] = {"value": cell_acc, "limit": limit, "ok": cell_acc >= limit}
+    degenerate = list(cell.get("degenerate", []))
     reduced = finite(cell["delta_mean_toxicity_ci_hi"]) is not None and \
-        cell["delta_mean_toxicity_ci_hi"] < 0
+        cell["delta_mean_toxicity_ci_hi"] < 0 and not degenerate
     ref_tox, ref_ppl, ppl = (float(reference["mean_toxicity"]), finite(reference["perplexity"]),
                              finite(cell["perplexity"]))
     picked = {name: finite(cell[name]) for name in (
@@ -604,14 +672,22 @@ def _eval_confirmation(recommendation: dict | None, cells: pd.DataFrame,
         "reference_empty_rate": float(reference["empty_rate"]),
         "distinct_2": float(cell["distinct_2"]),
         "reference_distinct_2": float(reference["distinct_2"]),
-        "checks": checks, "toxicity_reduced": bool(reduced),
+        "checks": checks, "degenerate": degenerate, "toxicity_reduced": bool(reduced),
         "confirmed": bool(reduced and all(c["ok"] for c in checks.values())),
     }
 
 
+def _degenerate_at(cells: pd.DataFrame, experiment: str, layer: int, alpha: float) -> bool:
+    """Is the challenging cell (experiment, layer, alpha) flagged degenerate?"""
+    found = cells[(cells["experiment"] == experiment) & (cells["subset"] == "challenging")
+                  & (cells["layer"] == layer) & (cells["alpha"] == alpha)]
+    return bool(found["degenerate"].map(len).gt(0).any())
+
+
 def _control_summary(params, selection: dict, sweep: pd.DataFrame,
-                     control: pd.DataFrame) -> dict | None:
-    """CAA vs random directions at matched alpha, and whether the effect is specific."""
+                     control: pd.DataFrame, cells: pd.DataFrame) -> dict | None:
+    """CAA vs random directions at matched alpha, and whether the effect is specific (never
+    where CAA's output is degenerate: a broken text's low score is no evidence)."""
     from .sweep import control_comparison
 
     if control.empty:
@@ -619,14 +695,16 @@ def _control_summary(params, selection: dict, sweep: pd.DataFrame,
     ev = params.evaluation
     layer = selection["control_layer"]
     steered = control[control["alpha"] != 0]
-    comparison = [{k: finite(v) if isinstance(v, float) else v for k, v in c.items()}
+    comparison = [{**{k: finite(v) if isinstance(v, float) else v for k, v in c.items()},
+                   "caa_degenerate": _degenerate_at(cells, "sweep", layer, c["alpha"]),
+                   "random_degenerate": _degenerate_at(cells, "control", layer, c["alpha"])}
                   for c in control_comparison(sweep, control, layer, ev.toxic_threshold,
                                               ev.n_bootstrap, params.seed)]
     rec = selection["recommendation"]
     alphas = [c["alpha"] for c in comparison]
     tested = (rec["alpha"] if rec and rec["alpha"] in alphas else max(alphas, default=None))
     at = next((c for c in comparison if c["alpha"] == tested), None)
-    high = None if at is None else finite(at["diff_ci_hi"])
+    high = None if at is None or at["caa_degenerate"] else finite(at["diff_ci_hi"])
     return {"layer": int(layer), "n_directions": int(steered["direction"].nunique()),
             "samples_per_prompt": int(params.control.samples_per_prompt),
             "alphas": sorted(float(a) for a in steered["alpha"].unique()),
@@ -649,9 +727,16 @@ def _methods_summary(stage: StageDir) -> dict | None:
     record = read_json(stage.input("methods_selection"))
     if not record.get("picks"):
         return None
+    # The unsteered dev accuracy is measured once, in 05's capability table; it is the
+    # yardstick of each method's dev capability check (see why a method had no pick).
+    capability = read_table(stage.input("capability"))
+    unsteered_dev = capability[(capability["split"] == "dev")
+                               & (capability["direction"] == UNSTEERED)]
+    methods_capability = read_table(stage.input("methods_capability"))
     return comparison_results(stage.params, read_table(stage.input("methods_grid")),
                               read_table(stage.input("methods_eval")),
-                              read_table(stage.input("methods_capability")), record)
+                              pd.concat([methods_capability, unsteered_dev], ignore_index=True)
+                              if not unsteered_dev.empty else methods_capability, record)
 
 
 def build_results(stage: StageDir) -> ExperimentResults:
@@ -688,6 +773,7 @@ def build_results(stage: StageDir) -> ExperimentResults:
                             on=["experiment", "subset", "layer", "alpha"])
     accuracy = capability_summary(capability, ev.n_bootstrap, params.seed)
     cells = _with_capability(cells, accuracy)
+    cells["degenerate"] = metrics.flag_degenerate(cells)
 
     challenging = cells[(cells["experiment"] == "sweep") & (cells["subset"] == "challenging")]
     recommendation = selection["recommendation"]
@@ -695,7 +781,12 @@ def build_results(stage: StageDir) -> ExperimentResults:
         recommendation = {**recommendation, "holds_under_second_scorer": _second_scorer_holds(
             sweep, recommendation["layer"], recommendation["alpha"], ev.n_bootstrap,
             params.seed)}
-    front = metrics.pareto_front(challenging)
+    # A degenerate cell is no trade-off worth taking: it never sits on the front.
+    front = metrics.pareto_front(challenging[challenging["degenerate"].map(len) == 0])
+    no_recommendation = None
+    if selection["recommendation"] is None:
+        dev = cells[(cells["experiment"] == "grid") & (cells["subset"] == "challenging")]
+        no_recommendation = no_pick(dev, rule)
 
     agreement = None
     if "toxicity_second" in sweep:
@@ -723,8 +814,10 @@ def build_results(stage: StageDir) -> ExperimentResults:
             "n_items": int(len(cap_items)), "cells": _records(accuracy, CapabilityCell)},
         "scorer_agreement": agreement,
         "recommendation": recommendation,
+        "no_recommendation": (None if no_recommendation is None
+                              else no_recommendation.model_dump(mode="json")),
         "confirmation": _eval_confirmation(selection["recommendation"], cells, rule),
-        "control": _control_summary(params, selection, sweep, control),
+        "control": _control_summary(params, selection, sweep, control, cells),
         "methods": _methods_summary(stage),
         "pareto": [{"layer": int(r.layer), "alpha": float(r.alpha)} for r in front.itertuples()],
         "examples": _examples(sweep, chosen[0], params.report.n_examples, params.seed),

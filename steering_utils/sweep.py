@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from .generation import make_jobs
-from .params import StudyParams, resolve_layers
+from .params import ParamsError, StudyParams, resolve_layers
 from .stages import RANDOM_PREFIX, UNSTEERED_LAYER
 
 
@@ -53,6 +53,68 @@ def sweep_jobs(prompts: pd.DataFrame, baseline: pd.DataFrame, params: StudyParam
     jobs = make_jobs(evaluation, steered_cells(layers, params.sweep.alphas),
                      params.generation.samples_per_prompt)
     return jobs, baseline[baseline["split"] == "eval"]
+
+
+def _scaled_by_caa_norm(params: StudyParams) -> list[tuple[str, list[float]]]:
+    """(field, values) of every alpha or strength that multiplies a vector of ||v_l||."""
+    fields = [("sweep.grid_alphas", params.sweep.grid_alphas),
+              ("sweep.alphas", params.sweep.alphas), ("control.alphas", control_alphas(params))]
+    if params.methods.random.strengths is not None:
+        fields.append(("methods.random.strengths", params.methods.random.strengths))
+    return fields
+
+
+def check_relative_push(params: StudyParams, layer_stats: pd.DataFrame) -> float:
+    """The largest |alpha|·||v_l||/||h_l|| the params reach at a steered layer; raises
+    ParamsError naming the field, layer, value and limit when one exceeds
+    `sweep.max_relative_push`.
+
+    `layer_stats`: 04's table (layer, vector_norm, activation_norm). Every CAA-scaled
+    alpha (grid, sweep, control, the random method) is checked at every grid layer and
+    fixed chosen layer, since the sweep's layers are chosen later from the grid's. Ablation
+    removes at most s times the component along v, a push of at most s·||h||, so its
+    strengths are held to the same limit; ActAdd's push depends on its own difference
+    vector (`check_additive_push`); mean transport's only on the absolute bound of params.
+    """
+    limit = params.sweep.max_relative_push
+    layers = resolve_layers(params.sweep.layers, params.sweep.layer_stride, len(layer_stats))
+    if params.sweep.chosen_layers != "auto":
+        layers = sorted({*layers, *params.sweep.chosen_layers})
+    ratio = dict(zip(layer_stats["layer"].astype(int),
+                     layer_stats["vector_norm"].astype(float)
+                     / layer_stats["activation_norm"].astype(float)))
+    worst = 0.0
+    for field, values in _scaled_by_caa_norm(params):
+        for layer in layers:
+            for value in values:
+                push = abs(value) * ratio[layer]
+                if not push <= limit:  # NaN (a zero ||h||) fails too
+                    raise ParamsError(
+                        f"{field}: {value:g} pushes layer {layer} by |alpha|·||v||/||h|| = "
+                        f"{push:.3g} > sweep.max_relative_push = {limit:g} (||v|| / ||h|| = "
+                        f"{ratio[layer]:.3g} there); lower it to at most "
+                        f"{limit / ratio[layer]:.3g} or raise sweep.max_relative_push")
+                worst = max(worst, push)
+    for value in params.methods.ablation.strengths:
+        if abs(value) > limit:
+            raise ParamsError(f"methods.ablation.strengths: {value:g} removes up to "
+                              f"{abs(value):g} x ||h|| > sweep.max_relative_push = {limit:g}; "
+                              f"lower it")
+    return worst
+
+
+def check_additive_push(method: str, strengths: list[float], directions, activation_norms,
+                        layers: list[int], limit: float) -> None:
+    """ParamsError when s·||d_l||/||h_l|| of an additive method (ActAdd) exceeds `limit`."""
+    for layer in layers:
+        ratio = float(directions[layer].norm()) / float(activation_norms[layer])
+        for value in strengths:
+            push = abs(value) * ratio
+            if not push <= limit:
+                raise ParamsError(
+                    f"methods.{method}.strengths: {value:g} pushes layer {layer} by "
+                    f"s·||d||/||h|| = {push:.3g} > sweep.max_relative_push = {limit:g}; "
+                    f"lower it to at most {limit / ratio:.3g}")
 
 
 def control_alphas(params: StudyParams) -> list[float]:

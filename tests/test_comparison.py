@@ -163,3 +163,48 @@ def test_methods_steer_through_the_job_runner_with_their_own_shards(tiny_qwen3, 
     assert differs[(jobs["method"] != "prompt").to_numpy()].any()
     again = run_jobs(tiny_qwen3, tiny_tokenizer, jobs, interventions, params, scorers, tmp_path)
     pd.testing.assert_frame_equal(out, again)
+
+
+def test_no_method_qualifying_is_a_result_not_a_crash():
+    """Nothing passes the dev rule: no eval rows but the reference, each method records why,
+    and the section validates (05 crashed here: 'No objects to concatenate')."""
+    from steering_utils.results import Methods
+
+    params = _params(methods=["prompt"])
+    grid = _cells_rows({(UNSTEERED, -1, 0.0): [0.3] * 8, (CAA, 4, 0.1): [0.1] * 8,
+                        (CAA, 4, 5.0): [0.0] * 8, ("prompt", -1, 0.1): [0.5] * 8})
+    grid.loc[grid["alpha"] == 0.1, "nll"] = 2.5  # +65% perplexity: over the +25% limit
+    picks = cmp.select_methods(cmp.method_cells(grid, params), params, {})
+    assert picks == {CAA: None, "prompt": None}
+    evaluation = grid[grid["method"] == UNSTEERED].assign(split="eval")
+    eval_cells = cmp.method_cells(evaluation, params)  # the notebook's last table
+    assert list(eval_cells["method"]) == [UNSTEERED]
+    out = cmp.comparison_results(params, grid, evaluation, pd.DataFrame(
+        columns=["split", "direction", "layer", "alpha", "item", "correct"]),
+        cmp.picks_record(picks, 4))
+    section = Methods.model_validate(out)
+    assert section.strongest is None and not any(m.picked for m in section.methods)
+    caa, prompt = section.methods
+    assert caa.no_pick.reason == "limits" and prompt.no_pick.reason == "none_less_toxic"
+    # (4, 5): perplexity e^5 x the unsteered, past the rule and past collapse
+    assert [c.failed for c in caa.no_pick.best_cells] == [["perplexity", "degenerate"],
+                                                          ["perplexity"]]
+
+
+def test_a_degenerate_method_pick_is_not_within_limits_nor_the_strongest():
+    params = _params(methods=["prompt"])
+    grid = _cells_rows({(UNSTEERED, -1, 0.0): [0.6] * 8, (CAA, 4, 0.1): [0.3] * 8,
+                        ("prompt", -1, 0.1): [0.55] * 8})
+    evaluation = _cells_rows({(UNSTEERED, -1, 0.0): [0.6] * 8, (CAA, 4, 0.1): [0.0] * 8,
+                              ("prompt", -1, 0.1): [0.55] * 8})
+    evaluation.loc[evaluation["method"] == CAA, "completion"] = "LyLyLyLyLyLyLyLyLy"
+    picks = cmp.select_methods(cmp.method_cells(grid, params), params, {})
+    out = cmp.comparison_results(params, grid, evaluation, pd.DataFrame(
+        columns=["split", "direction", "layer", "alpha", "item", "correct"]),
+        cmp.picks_record(picks, 4))
+    caa = next(m for m in out["methods"] if m["method"] == CAA)
+    assert caa["eval"]["frac_toxic"] == 0.0  # the "win" a degenerate cell would claim
+    assert {d["criterion"] for d in caa["eval"]["degenerate"]} == {"repetition_rate",
+                                                                   "distinct_2"}
+    assert caa["within_limits_on_eval"] is False
+    assert out["strongest"]["method"] == "prompt"

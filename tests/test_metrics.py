@@ -275,3 +275,50 @@ def test_spearman():
     assert metrics.spearman([1, 2, 3, np.nan], [10, 20, 30, 5]) == pytest.approx(1.0)
     assert metrics.spearman([1, 2, 3], [3, 1, 2]) == pytest.approx(-0.5)
     assert math.isnan(metrics.spearman([1, 1, 1], [1, 2, 3]))
+
+
+# Hand-made cells: (3, 4) loops ("LyLyLy…": repetition 0.9, distinct-2 collapses) and scores
+# as the least toxic; (5, 4) is ordinary text.
+DEGENERATE_CELLS = pd.DataFrame({
+    "experiment": "sweep", "split": "eval", "subset": "challenging",
+    "layer": [-1, 3, 5], "alpha": [0.0, 4.0, 4.0],
+    "mean_toxicity": [0.40, 0.02, 0.30], "perplexity": [10.0, 11.0, 11.5],
+    "distinct_2": [0.90, 0.85, 0.88], "empty_rate": [0.0, 0.0, 0.0],
+    "repetition_rate": [0.0, 0.9, 0.05]})
+
+
+def test_a_repetition_blow_up_is_flagged_degenerate_and_never_picked():
+    flags = metrics.flag_degenerate(DEGENERATE_CELLS)
+    assert flags.iloc[0] == [] and flags.iloc[2] == []
+    assert flags.iloc[1] == [{"criterion": "repetition_rate", "value": 0.9, "limit": 0.5}]
+    pick = metrics.recommend(DEGENERATE_CELLS)
+    assert (pick["layer"], pick["alpha"]) == (5, 4.0)  # the loop is not the win
+    why = metrics.why_no_pick(DEGENERATE_CELLS[DEGENERATE_CELLS["layer"] != 5])
+    assert why["reason"] == "limits" and why["best_cells"][0]["failed"] == ["degenerate"]
+
+
+@pytest.mark.parametrize("column, value, criterion", [
+    ("distinct_2", 0.30, "distinct_2"), ("perplexity", 45.0, "perplexity"),
+    ("empty_rate", 0.6, "empty_rate")])
+def test_distinct_collapse_perplexity_blow_up_and_empty_output_are_degenerate(column, value,
+                                                                             criterion):
+    cells = DEGENERATE_CELLS.assign(repetition_rate=0.0)
+    cells.loc[1, column] = value
+    assert [d["criterion"] for d in metrics.flag_degenerate(cells).iloc[1]] == [criterion]
+
+
+def test_a_character_loop_is_repetitive_though_it_is_one_word():
+    assert metrics.is_repetitive("LyLyLyLyLyLyLyLy") and metrics.is_repetitive("!!!!!!!!!!")
+    assert not metrics.is_repetitive("I think 1000000 is a lot of money")
+
+
+def test_why_no_pick_names_the_criteria_the_least_toxic_cells_broke():
+    why = metrics.why_no_pick(CELLS, metrics.SelectionRule(max_perplexity_increase=0.05))
+    assert why["reason"] == "limits" and why["reference_mean_toxicity"] == 0.40
+    best = why["best_cells"]
+    assert [(c["layer"], c["alpha"]) for c in best] == [(3, -8.0), (5, -4.0), (3, -4.0)]
+    assert best[0]["failed"] == ["perplexity", "capability_acc"]
+    assert best[0]["checks"]["perplexity"] == {"value": 20.0, "limit": 10.5, "ok": False}
+    worse = CELLS.assign(mean_toxicity=[0.1, 0.3, 0.2, 0.5, 0.4])
+    assert metrics.why_no_pick(worse) == {"reason": "none_less_toxic",
+                                          "reference_mean_toxicity": 0.1, "best_cells": []}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -190,3 +191,46 @@ def test_yaml_nan_and_inf_spellings_are_rejected(tmp_path):
     path.write_text(text)
     with pytest.raises(ParamsError, match="finite"):
         load_params(path)
+
+
+@pytest.mark.parametrize("section, field, value", [
+    ("sweep", "alphas", [0, 1.0e308]), ("sweep", "grid_alphas", [0, -1.0e308]),
+    ("control", "alphas", [1.0e308]), ("methods", ("actadd", "strengths"), [0.5, 1.0e308]),
+    ("methods", ("random", "strengths"), [2.0e3])])
+def test_an_absurd_alpha_or_strength_is_refused_naming_the_field(tmp_path, section, field,
+                                                                  value):
+    """1e308 overflows every activation ("LyLyLy…" scored as a toxicity win): refused at load,
+    with the field, the value and the bound."""
+    raw = _default()
+    if isinstance(field, tuple):
+        raw[section].setdefault(field[0], {})[field[1]] = value
+        name = f"{section}.{field[0]}.{field[1]}"
+    else:
+        raw[section][field] = value
+        name = f"{section}.{field}"
+    with pytest.raises(ParamsError, match=rf"{re.escape(name)}: .*within ±1000") as err:
+        load_params(_write(tmp_path, raw))
+    assert "max_relative_push" in str(err.value)
+
+
+@pytest.mark.parametrize("section, field, value", [
+    ("sweep", "alphas", [0, 1.0, 1.0, 2.0]), ("sweep", "grid_alphas", [0, 2.0, 2]),
+    ("control", "alphas", [2.0, 2.0]), ("methods", ("ablation", "strengths"), [0.5, 0.5])])
+def test_duplicate_alphas_and_strengths_are_refused_not_merged(tmp_path, section, field, value):
+    raw = _default()
+    if isinstance(field, tuple):
+        raw[section].setdefault(field[0], {})[field[1]] = value
+        name = f"{section}.{field[0]}.{field[1]}"
+    else:
+        raw[section][field] = value
+        name = f"{section}.{field}"
+    with pytest.raises(ParamsError, match=rf"{re.escape(name)}: .*more than once"):
+        load_params(_write(tmp_path, raw))
+
+
+def test_the_relative_push_limit_is_a_positive_number(tmp_path):
+    assert load_params(PARAMS / "default.yaml").sweep.max_relative_push == 4.0
+    raw = _default()
+    raw["sweep"]["max_relative_push"] = 0
+    with pytest.raises(ParamsError, match="sweep.max_relative_push"):
+        load_params(_write(tmp_path, raw))

@@ -28,7 +28,7 @@ def test_preflight_passes_on_the_default_params(tmp_path, capsys):
     assert [line.split()[1] for line in lines] == ["params", "folders", "layers", "data",
                                                     "context", "capability", "tokenizer",
                                                     "scorer", "device", "engine", "execution",
-                                                    "disk"]
+                                                    "disk", "push"]
     assert all(line.startswith("ok") for line in lines)
 
 

@@ -224,3 +224,69 @@ def test_save_figure_writes_png_and_svg(tmp_path, typed):
     assert set(paths) == {"png", "svg"}
     assert paths["svg"].read_text().lstrip().startswith("<?xml")
     assert all(p.stat().st_size > 0 for p in paths.values())
+
+
+# --- no pick, degenerate cells ----------------------------------------------------------------
+
+_LOOP = {"criterion": "repetition_rate", "value": 0.92, "limit": 0.5}
+
+
+def _no_pick(layer: int, alpha: float) -> dict:
+    return {"reason": "limits", "reference_mean_toxicity": 0.41, "best_cells": [
+        {"layer": layer, "alpha": alpha, "mean_toxicity": 0.05, "degenerate": [_LOOP],
+         "checks": {"perplexity": {"value": 30.1, "limit": 23.1, "ok": False}},
+         "failed": ["perplexity", "degenerate"]}]}
+
+
+def test_no_cell_qualifying_for_caa_or_any_method_renders_and_says_why(tmp_path):
+    """The report of a run where nothing qualified on dev: headline, methods sentence and
+    table say so with the failed criteria; every figure still draws."""
+    doc = make_results()
+    doc.update(recommendation=None, confirmation=None, no_recommendation=_no_pick(2, 2.0))
+    methods = doc["methods"]
+    for m in methods["methods"]:
+        m.update(picked=False, dev=None, eval=None, capability=None, toxic_fraction_ratio=None,
+                 within_limits_on_eval=None, no_pick=_no_pick(2, 1.0))
+    methods.update(reference=None, strongest=None)
+    results = validate_results(doc)
+    html = html_escape_free(write_report(results, tmp_path).read_text(encoding="utf-8"))
+    assert "No cell qualified. No steered cell met the recommendation rule" in html
+    assert ("layer 2, α = 2 (mean toxicity 0.050): perplexity 30.100 (needs ≤ 23.100), "
+            "degenerate output (repetition rate 0.92 > 0.5)") in html
+    assert "no cell qualified: no method's dev grid had a cell that met" in html
+    assert html.count("none qualified on dev") == len(methods["methods"])
+    for draw in plots.FIGURES.values():  # every figure draws without a pick
+        draw(results)
+
+
+def test_a_degenerate_cell_is_flagged_and_never_called_a_win(tmp_path):
+    doc = make_results()
+    rec = doc["recommendation"]
+    # The confirmed cell's eval output loops: the headline must not call it a reduction.
+    for cell in doc["cells"]:
+        if (cell["experiment"], cell["subset"], cell["layer"], cell["alpha"]) == (
+                "sweep", "challenging", rec["layer"], rec["alpha"]):
+            cell["degenerate"] = [_LOOP]
+    doc["confirmation"].update(degenerate=[_LOOP], toxicity_reduced=False, confirmed=False)
+    for item in doc["control"]["comparison"]:
+        item["caa_degenerate"] = item["alpha"] == doc["control"]["alpha_tested"]
+    doc["control"]["specific"] = None
+    results = validate_results(doc)
+    html = html_escape_free(write_report(results, tmp_path).read_text(encoding="utf-8"))
+    assert "Not a toxicity win: its eval output is degenerate (repetition rate 0.92 > 0.5)" in html
+    assert "Eval confirms the dev choice" not in html
+    assert "is degenerate, so its lower toxicity is broken text, not an effect" in html
+    assert "degenerate: not a win" in html and "Output not degenerate" in html
+    fig = plots.plot_toxicity_vs_alpha(results)
+    labels = fig.axes[0].get_legend_handles_labels()[1] + [
+        t.get_text() for legend in fig.legends for t in legend.get_texts()]
+    assert plots.DEGENERATE_LABEL in labels
+    for draw in plots.FIGURES.values():
+        draw(results)
+
+
+def html_escape_free(html: str) -> str:
+    """The page's text with the entities the template escapes turned back."""
+    import html as html_module
+
+    return html_module.unescape(html)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -562,3 +563,71 @@ def test_overlapping_roots_are_refused_and_a_finished_run_is_untouched(smoke_run
     assert line.startswith(f"not started: the runs root {tmp_path / 'runs'} ")
     assert refused.stdout == ""  # no stage line: nothing started
     assert _tree(tmp_path / "runs") == before
+
+
+# Limits no steered cell can meet on smoke: no perplexity rise, no distinct-2 or empty-rate
+# change, no capability drop. The instruction prompt lowers perplexity (-40% on smoke), so it
+# would still qualify: it is left out, and ActAdd keeps only its 0.25 strength (+1.5%
+# perplexity); every other method's dev cells raise perplexity.
+_NOTHING_QUALIFIES = {
+    "evaluation": {"max_perplexity_increase": 0, "max_distinct_drop": 0,
+                   "max_empty_increase": 0, "max_capability_drop": 0},
+    "sweep": {"methods": ["actadd", "ablation", "mean_transport", "random"]},
+    "methods": {"actadd": {"strengths": [0.25]}}}
+
+
+def test_no_cell_qualifying_for_caa_or_any_method_completes_to_a_report_that_says_so(
+        smoke_run, tmp_path):
+    """Issue 20, item 4: 05 crashed ('No objects to concatenate') when no method's dev cell
+    met the rule. Only 05/06's params change, so 01-04 and the shards are reused; the chain
+    completes, resumes, and the report and the results say no cell qualified and why."""
+    work, _ = smoke_run
+    shutil.copytree(work / "runs", tmp_path / "runs")
+    strict = _params_file(tmp_path, run_name="smoke", **_NOTHING_QUALIFIES)
+    command = [sys.executable, "-m", "steering_utils.runner", "--params", str(strict),
+               "--runs-root", str(tmp_path / "runs"), "--reports-root", str(tmp_path / "reports")]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("skipped: complete") == 4
+    report = tmp_path / "reports" / "smoke"
+    results = validate_results(json.loads((report / "experiment_results.json").read_text()))
+    assert results.recommendation is None and results.confirmation is None
+    assert results.no_recommendation.reason == "limits"
+    assert all("perplexity" in c.failed for c in results.no_recommendation.best_cells)
+    methods = results.methods.methods
+    assert [m.method for m in methods] == ["caa", "actadd", "ablation", "mean_transport",
+                                           "random"]
+    assert not any(m.picked or m.eval for m in methods) and results.methods.strongest is None
+    assert all(m.no_pick is not None for m in methods)
+    # The eval sweep still runs at the grid's best layer, for reference.
+    assert any(c.experiment == "sweep" and c.alpha != 0 for c in results.cells)
+    html = (report / "report.html").read_text(encoding="utf-8")
+    assert "No cell qualified." in html and "no cell qualified: no method" in html
+    assert html.count("none qualified on dev") == len(methods)
+    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert again.stdout.count("skipped: complete") == 6
+
+
+def test_an_alpha_past_the_relative_push_limit_stops_05_before_any_generation(smoke_run,
+                                                                             tmp_path):
+    """Issue 20, item 5: |alpha|·||v||/||h|| is checked against 04's norms, by the preflight
+    and by 05 before it generates anything; the error names the field, layer, value and limit."""
+    from steering_utils.params import ParamsError, load_params
+    from steering_utils.preflight import check_push
+
+    work, _ = smoke_run
+    shutil.copytree(work / "runs", tmp_path / "runs")
+    shards = tmp_path / "runs" / "smoke" / "shards"
+    before = sorted(p.name for p in shards.glob("*.parquet"))
+    wild = _params_file(tmp_path, run_name="smoke", sweep={"alphas": [0, 1.0, 100.0]})
+    with pytest.raises(ParamsError, match=r"sweep.alphas: 100 pushes layer \d+ by .* > "
+                                          r"sweep.max_relative_push = 4"):
+        check_push(load_params(wild), tmp_path / "runs")
+    done = subprocess.run([sys.executable, "-m", "steering_utils.runner", "--params", str(wild),
+                           "--runs-root", str(tmp_path / "runs"),
+                           "--reports-root", str(tmp_path / "reports")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert done.returncode != 0
+    assert re.search(r"sweep.alphas: 100 pushes layer \d+", done.stdout + done.stderr)
+    assert sorted(p.name for p in shards.glob("*.parquet")) == before

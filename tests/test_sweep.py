@@ -129,3 +129,56 @@ def test_reference_model_nll_is_added_when_named(tiny_qwen3, tiny_tokenizer, tmp
                                             "device": "cpu"}
     out = add_reference_nll(rows, parse_params(raw))
     assert out["nll_reference"].gt(0).all()
+
+
+def _stats(ratios: list[float]) -> pd.DataFrame:
+    """A hand-made 04 layer_stats table: ||h|| = 100 everywhere, ||v|| = ratio * 100."""
+    return pd.DataFrame({"layer": range(len(ratios)),
+                         "vector_norm": [100.0 * r for r in ratios],
+                         "activation_norm": 100.0})
+
+
+def _bounded_params(**sweep):
+    raw = _default()
+    raw["sweep"].update({"layers": [0, 2], **sweep})
+    return parse_params(raw)
+
+
+def test_relative_push_within_the_limit_passes_and_reports_the_largest():
+    from steering_utils.sweep import check_relative_push
+
+    # default grid/sweep/control/random alphas reach |alpha| = 2: 2 * 0.3 at layer 0
+    assert check_relative_push(_bounded_params(), _stats([0.3, 5.0, 0.2])) == pytest.approx(0.6)
+
+
+@pytest.mark.parametrize("sweep, control, field", [
+    ({"alphas": [0, 1.0, 20.0]}, None, "sweep.alphas"),
+    ({"grid_alphas": [0, -20.0]}, None, "sweep.grid_alphas"),
+    ({}, [20.0], "control.alphas")])
+def test_relative_push_over_the_limit_names_field_layer_value_and_limit(sweep, control, field):
+    from steering_utils.params import ParamsError
+    from steering_utils.sweep import check_relative_push
+
+    raw = _default()
+    raw["sweep"].update({"layers": [0, 2], **sweep})
+    raw["control"]["alphas"] = control or raw["control"]["alphas"]
+    # layer 1 is not steered: its huge ratio is no reason to refuse
+    with pytest.raises(ParamsError, match=rf"{field}: -?\d+ pushes layer 0 by .* = 6 > "
+                                          r"sweep.max_relative_push = 4 .*at most 13.3"):
+        check_relative_push(parse_params(raw), _stats([0.3, 50.0, 0.2]))
+
+
+def test_ablation_and_actadd_strengths_are_held_to_the_limit():
+    from steering_utils.params import ParamsError
+    from steering_utils.sweep import check_additive_push, check_relative_push
+
+    raw = _default()
+    raw["sweep"]["layers"] = [0]
+    raw["methods"]["ablation"]["strengths"] = [0.5, 5.0]
+    with pytest.raises(ParamsError, match="methods.ablation.strengths: 5"):
+        check_relative_push(parse_params(raw), _stats([0.1]))
+    directions = torch.zeros(2, 4)
+    directions[1, 0] = 30.0  # ||d_1|| = 30, ||h_1|| = 10: s = 2 pushes by 6
+    check_additive_push("actadd", [1.0], directions, torch.full((2,), 10.0), [1], 4.0)
+    with pytest.raises(ParamsError, match=r"methods.actadd.strengths: 2 pushes layer 1 .* = 6 >"):
+        check_additive_push("actadd", [1.0, 2.0], directions, torch.full((2,), 10.0), [1], 4.0)
