@@ -28,6 +28,11 @@ elif [ -z "${PY:-}" ]; then
   PY=python3
   [ -d .gpu-wheels ] || { echo "no .venv and no .gpu-wheels/: run 'bash benchmarks/gpu_wheels.sh'" \
     "where PyPI is reachable and send .gpu-wheels/ with the tree" >&2; exit 2; }
+  # pydantic-core is compiled per Python version: a bundle made for another one fails here.
+  want=$(cd .gpu-wheels && ls pydantic_core-*.whl | cut -d- -f3)
+  have=$("$PY" -c "import sys; print(f'cp{sys.version_info.major}{sys.version_info.minor}')")
+  [ "$want" = "$have" ] || { echo "the bundle is for $want but $PY is $have: make it with" \
+    "'bash benchmarks/gpu_wheels.sh --python-version ${have:2:1}.${have:3}'" >&2; exit 2; }
   site=$(mktemp -d -t gpu-wheels.XXXXXX)
   trap 'rm -rf "$site"' EXIT
   # A wheel is a zip laid out as site-packages: unpacking it needs no pip and no index.

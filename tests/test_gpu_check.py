@@ -150,3 +150,24 @@ def test_gpu_check_runs_on_a_bare_machine_with_only_the_bundle(tmp_path):
     # The size limit bites: the same bundle under a 1 MiB limit fails, saying so.
     over = _bundle(tree, "--max-mib", "1")
     assert over.returncode != 0 and "bundle over 1 MiB" in over.stderr
+
+
+def test_the_bundle_names_every_need_of_its_wheels_once():
+    """Each pinned wheel's requirements are pinned too, or on the GPU machine; one version each,
+    the versions this environment runs."""
+    from packaging.requirements import Requirement
+
+    script = (ROOT / "benchmarks" / "gpu_wheels.sh").read_text()
+    block = re.search(r"WHEELS=\(\n(.*?)\n\)", script, re.S).group(1)
+    pins = dict(line.strip().split("==") for line in block.splitlines())
+    assert len({_norm(n) for n in pins}) == len(pins)
+    on_machine = {_norm(d.metadata["Name"]) for d in _closure(GPU_MACHINE, ABSENT)}
+    for name, version in pins.items():
+        assert metadata.version(name) == version, name
+        for line in metadata.distribution(name).requires or []:
+            req = Requirement(line)
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                assert _norm(req.name) in {_norm(n) for n in pins} | on_machine, (name, line)
+                if _norm(req.name) in {_norm(n) for n in pins}:
+                    pinned = {_norm(n): v for n, v in pins.items()}[_norm(req.name)]
+                    assert req.specifier.contains(pinned), (name, line)
