@@ -157,8 +157,8 @@ def _stop_kernels(grace_s: float = 10.0) -> None:
 
 def _kept(run_dir: Path, params: StudyParams) -> str:
     """What is on disk for a resume, counted now (a failure line says only what is true)."""
-    done = sum(is_complete(stage_folder(run_dir.parent, params, s), stage_key(params, s))
-               for s in STAGES)
+    keys = {s: stage_key(params, s, run_dir.parent) for s in STAGES}
+    done = sum(is_complete(run_dir / s / key, key) for s, key in keys.items())
     shards = len(list((run_dir / SHARDS_DIR).glob("*.parquet")))
     return f"kept: {done} finished stage(s) of these params and {shards} generation shard(s)"
 

@@ -28,7 +28,8 @@ QWEN3_8B = dict(vocab_size=151_936, hidden_size=4096, intermediate_size=12_288,
                 num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8,
                 head_dim=128, tie_word_embeddings=False, max_position_embeddings=40_960)
 DEEP_LINES = ["params", "folders", "layers", "data", "context", "capability", "tokenizer",
-              "scorer", "device", "engine", "execution", "disk", "model", "steering", "wall"]
+              "scorer", "device", "engine", "execution", "disk", "push", "model", "steering",
+              "wall"]
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +127,7 @@ def test_make_check_light_on_the_standins_passes(standin_file, tmp_path, capsys)
     assert main(["--params", str(standin_file), "--runs-root", str(tmp_path / "runs"),
                  "--no-deep"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert [line.split()[1] for line in lines] == DEEP_LINES[:12]
+    assert [line.split()[1] for line in lines] == DEEP_LINES[:13]
     assert all(line.startswith("ok") for line in lines)
     capability = next(line for line in lines if line.split()[1] == "capability")
     assert "mmlu_hub: 1000 dev + 1000 eval items, chance 0.25, scored by answer letter" \
