@@ -234,7 +234,8 @@ def test_a_real_run_with_its_runs_root_inside_the_model_folder_completes(tmp_pat
     folder = _local_model(tmp_path / "model", tiny_qwen3, tiny_tokenizer)
     params_file = tmp_path / "local.yaml"
     params_file.write_text(f"inherits: {SMOKE}\nrun_name: local\n"
-                           f"model: {{name: tiny, source: local, path: {folder}}}\n")
+                           f"model: {{name: tiny, source: local, path: {folder}}}\n"
+                           "sweep: {layers: [0, 1]}\n")  # the tiny model has 3 layers
     params, runs = load_params(params_file), folder / "runs"
     before = _keys(params)
     for stage in ("01_data", "02_baseline", "03_activations"):
