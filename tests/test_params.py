@@ -193,6 +193,15 @@ def test_yaml_nan_and_inf_spellings_are_rejected(tmp_path):
         load_params(path)
 
 
+def _set_field(raw: dict, section: str, field, value) -> str:
+    """Set raw[section][field] (field a name, or a (subsection, name) pair); the dotted name."""
+    if isinstance(field, tuple):
+        raw[section].setdefault(field[0], {})[field[1]] = value
+        return f"{section}.{field[0]}.{field[1]}"
+    raw[section][field] = value
+    return f"{section}.{field}"
+
+
 @pytest.mark.parametrize("section, field, value", [
     ("sweep", "alphas", [0, 1.0e308]), ("sweep", "grid_alphas", [0, -1.0e308]),
     ("control", "alphas", [1.0e308]), ("methods", ("actadd", "strengths"), [0.5, 1.0e308]),
@@ -202,12 +211,7 @@ def test_an_absurd_alpha_or_strength_is_refused_naming_the_field(tmp_path, secti
     """1e308 overflows every activation ("LyLyLy…" scored as a toxicity win): refused at load,
     with the field, the value and the bound."""
     raw = _default()
-    if isinstance(field, tuple):
-        raw[section].setdefault(field[0], {})[field[1]] = value
-        name = f"{section}.{field[0]}.{field[1]}"
-    else:
-        raw[section][field] = value
-        name = f"{section}.{field}"
+    name = _set_field(raw, section, field, value)
     with pytest.raises(ParamsError, match=rf"{re.escape(name)}: .*within ±1000") as err:
         load_params(_write(tmp_path, raw))
     assert "max_relative_push" in str(err.value)
@@ -218,12 +222,7 @@ def test_an_absurd_alpha_or_strength_is_refused_naming_the_field(tmp_path, secti
     ("control", "alphas", [2.0, 2.0]), ("methods", ("ablation", "strengths"), [0.5, 0.5])])
 def test_duplicate_alphas_and_strengths_are_refused_not_merged(tmp_path, section, field, value):
     raw = _default()
-    if isinstance(field, tuple):
-        raw[section].setdefault(field[0], {})[field[1]] = value
-        name = f"{section}.{field[0]}.{field[1]}"
-    else:
-        raw[section][field] = value
-        name = f"{section}.{field}"
+    name = _set_field(raw, section, field, value)
     with pytest.raises(ParamsError, match=rf"{re.escape(name)}: .*more than once"):
         load_params(_write(tmp_path, raw))
 
