@@ -72,7 +72,10 @@ def continuations_table(sweep: pd.DataFrame, control: pd.DataFrame,
     if not parts:
         return pd.DataFrame(columns=["experiment", "cell", "prompt_id", "sample"])
     rows = pd.concat(parts, ignore_index=True)
-    rows["cell"] = [_cell_label(r) for r in rows.itertuples()]
+    key = ["experiment", "method", "direction", "layer", "alpha"]
+    labels = rows[key].drop_duplicates()  # one label per cell, not per row: runs have 500k
+    labels["cell"] = [_cell_label(r) for r in labels.itertuples()]
+    rows = rows.merge(labels, on=key, how="left")
     # The unsteered rows are shared by the sweep, the control and the methods: keep one copy.
     rows = rows.drop_duplicates(_KEY, keep="first")
     unsteered = rows["cell"] == "unsteered"
