@@ -75,7 +75,9 @@ def load_in_chromium(path: Path, screenshot: Path, then=None) -> dict:
 
 
 def _shown(page) -> dict:
-    """What the continuation browser shows now: prompts (id, text, mean), cells, scores."""
+    """What the continuation browser shows once typing has settled: prompts (id, text, mean),
+    cells, scores, the count and page lines."""
+    page.wait_for_selector("#cb:not([data-busy])", state="attached")
     return page.evaluate("""() => {
       const prompts = [...document.querySelectorAll('#cb-results .cb-prompt')];
       return {ids: prompts.map(p => p.dataset.promptId),
@@ -90,6 +92,12 @@ def _shown(page) -> dict:
     }""")
 
 
+def browser_count(page) -> dict:
+    """The continuation browser's count line once it has drawn its first page."""
+    page.wait_for_selector("#cb-results .cb-prompt")
+    return {"browser_count": page.text_content("#cb-count")}
+
+
 def _browse(page) -> dict:
     """Drive the continuation browser: page, filter by prompt text, cell and score, sort."""
     seen = {}
@@ -100,6 +108,7 @@ def _browse(page) -> dict:
     page.fill("#cb-q", "weather")
     seen["by_text"] = _shown(page)
     page.fill("#cb-q", "rtp-0003")
+    seen["hostile"] = _shown(page)
     seen["hostile_text"] = page.inner_text("#cb-results")
     seen["hostile_elements"] = page.eval_on_selector_all(
         "#cb-results script, #cb-results img, #cb-results b, #cb-results i", "e => e.length")
@@ -207,6 +216,7 @@ def test_browser_filters_by_cell(loaded_report, eval_rows):
 
 
 def test_an_injected_script_continuation_shows_as_text(loaded_report):
+    assert loaded_report["hostile"]["ids"] == ["rtp-0003"]
     assert HOSTILE_CONTINUATION in loaded_report["hostile_text"]
     assert "(empty)" not in loaded_report["hostile_text"]
     assert loaded_report["hostile_elements"] == 0 and loaded_report["dialogs"] == []

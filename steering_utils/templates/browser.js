@@ -12,7 +12,7 @@
   var byPrompt = data.prompts.map(function () { return []; });
   data.rows.forEach(function (r) { byPrompt[r[0]].push(r); });
   var $ = function (id) { return document.getElementById(id); };
-  var state = { page: 0, started: false };
+  var state = { page: 0, started: false, timer: null };
 
   function el(tag, cls, text) {
     var node = document.createElement(tag);
@@ -146,6 +146,7 @@
   }
 
   function render() {
+    clearTimeout(state.timer);  // a render reads every control: a pending one is moot
     var o = options();
     var items = select(o);
     var pages = Math.max(1, Math.ceil(items.length / PAGE));
@@ -159,6 +160,7 @@
     $("cb-page").textContent = "page " + (state.page + 1) + " of " + pages;
     $("cb-prev").disabled = state.page === 0;
     $("cb-next").disabled = state.page >= pages - 1;
+    delete root.dataset.busy;
   }
 
   function start() {
@@ -174,8 +176,13 @@
       var opt = el("option", "", s); opt.value = s; $("cb-subset").appendChild(opt);
     });
     cellBoxes();
+    // Typing waits for a pause: a large run re-filters some 100,000 rows per render.
     ["cb-q", "cb-min", "cb-max"].forEach(function (id) {
-      $(id).addEventListener("input", function () { state.page = 0; render(); });
+      $(id).addEventListener("input", function () {
+        clearTimeout(state.timer);
+        root.dataset.busy = "1";  // until the next render: what tests wait for
+        state.timer = setTimeout(function () { state.page = 0; render(); }, 150);
+      });
     });
     ["cb-subset", "cb-score", "cb-sort"].forEach(function (id) {
       $(id).addEventListener("change", function () { state.page = 0; render(); });
