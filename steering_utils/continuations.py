@@ -127,7 +127,8 @@ def browser_data(table: pd.DataFrame, scorer_labels: dict[str, str],
     text, score..., perplexity]), capped at about max_bytes (MAX_EMBED_BYTES) by whole sample
     indices."""
     max_bytes = MAX_EMBED_BYTES if max_bytes is None else max_bytes
-    scores = [(name, scorer_labels.get(name, name)) for name in SCORE_COLUMNS if name in table]
+    scores = [(name, scorer_labels.get(name, name)) for name in SCORE_COLUMNS
+              if name in table and table[name].notna().any()]  # no second scorer: no column
     prompts = table.drop_duplicates("prompt_id")
     prompts = prompts.assign(_b=prompts["subset"] != "challenging").sort_values(
         ["_b", "prompt_id"])  # challenging prompts first

@@ -646,7 +646,7 @@ def _environment():
 def _browser(results: ExperimentResults, continuations: pd.DataFrame | None) -> dict | None:
     """The continuation browser: its escaped JSON, its script and the script's CSP hash, and
     a sentence saying how many continuations it holds (None without a table)."""
-    if continuations is None:
+    if continuations is None or continuations.empty:
         return None
     from markupsafe import Markup
 

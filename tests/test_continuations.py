@@ -133,3 +133,9 @@ def test_a_capped_browser_says_how_many_it_shows(table, monkeypatch):
     data = json.loads(re.search(r'id="cb-data">(.*?)</script>', html, re.S).group(1))
     assert data["shown"] < data["total"] == len(table)
     assert f"Showing {data['shown']:,} of {len(table):,} continuations" in html
+
+
+def test_without_a_second_scorer_the_browser_shows_one_score(table):
+    data = browser_data(table.assign(toxicity_second=np.nan), {"toxicity": "jigsaw-bilstm"})
+    assert [s[0] for s in data["scores"]] == ["toxicity", "perplexity"]
+    assert {len(r) for r in data["rows"]} == {6}  # prompt, cell, sample, text, score, ppl
