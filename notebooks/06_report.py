@@ -15,9 +15,11 @@
 # written to this stage's folder and to `reports/<run_name>/`; draws the figures (PNG and SVG
 # under `reports/<run_name>/figures/`) and writes the self-contained
 # `reports/<run_name>/report.html`: summary numbers first, then figures, tables, example
-# generations behind a content warning (escaped: model text is untrusted), and the run
-# manifest. The report folder is built beside the old one and swapped in as a whole, so a
-# reader sees the old report or the new one, never a mix.
+# generations and a browser of every eval continuation (prompt × cell) behind a content
+# warning (escaped: model text is untrusted), and the run manifest. The same continuations,
+# one row each, go to `reports/<run_name>/continuations.parquet`. The report folder is built
+# beside the old one and swapped in as a whole, so a reader sees the old report or the new
+# one, never a mix.
 #
 # **Reads** `01_data` … `05_sweep` (`03_activations`: the contrast counts), and the run
 # manifest `runs/<run_name>/run_manifest.json`. **Writes** `runs/<run_name>/06_report/` and
@@ -36,14 +38,17 @@ params = stage.params
 stage
 
 # %%
+from steering_utils.continuations import read_continuations
 from steering_utils.params import run_path
 from steering_utils.reportdir import publish_report
 from steering_utils.results import build_results, write_results
 
 results = build_results(stage)  # typed: steering_utils.results.ExperimentResults
 write_results(results, stage.out("results").parent)  # raises once 06 has finished
+# Every eval continuation (sweep, control, method picks): the report's browser and its table.
+continuations = read_continuations(stage)
 # Built in a temporary folder, then swapped in whole: never a mix of two runs.
-report_path = publish_report(results, run_path(reports_root, params.run_name))
+report_path = publish_report(results, run_path(reports_root, params.run_name), continuations)
 print(report_path)
 
 # %%

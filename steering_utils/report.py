@@ -6,7 +6,9 @@ page opens offline and travels as one file. The template reads the same models a
 rest of the package (`results.ExperimentResults`); every English sentence of the study
 (the rule, the headline, the verdicts, the captions) is written here and nowhere else.
 Model text is untrusted: the template escapes everything (autoescape) and never marks
-model output safe.
+model output safe. The continuation browser carries model text only as JSON with `<`, `>`
+and `&` escaped (`continuations.browser_json`), and its script (the page's only one,
+allowed by its hash in the CSP) writes it with textContent.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from .artifacts import atomic_path, write_json
+from .continuations import CONTINUATIONS_FILE, browser_data, browser_json, write_continuations
 from .results import (
     Cell,
     Confirmation,
@@ -33,6 +36,7 @@ from .results import (
 from .stages import ALL_LAYERS, UNSTEERED_LAYER
 
 TEMPLATE_FILE = "report.html"
+BROWSER_SCRIPT = "browser.js"  # the continuation browser, inlined (allowed by its CSP hash)
 REPORT_FILE = "report.html"
 FIGURES_DIR = "figures"
 # Lists the figures with the fingerprint of the results they were drawn from.
@@ -639,8 +643,39 @@ def _environment():
                        lstrip_blocks=True, keep_trailing_newline=True)
 
 
-def render_report(results: ExperimentResults, figures: list[dict]) -> str:
-    """The report's HTML for the results and their already-drawn figures."""
+def _browser(results: ExperimentResults, continuations: pd.DataFrame | None) -> dict | None:
+    """The continuation browser: its escaped JSON, its script and the script's CSP hash, and
+    a sentence saying how many continuations it holds (None without a table)."""
+    if continuations is None or continuations.empty:
+        return None
+    from markupsafe import Markup
+
+    data = browser_data(continuations, {"toxicity": results.scorer.name,
+                                        "toxicity_second": results.scorer.second or "second"})
+    script = (resources.files("steering_utils").joinpath("templates", BROWSER_SCRIPT)
+              .read_text("utf-8"))
+    digest = base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode("ascii")
+    total, shown = data["total"], data["shown"]
+    if shown == total:
+        note = (f"All {total:,} continuations of {len(data['prompts']):,} prompts in "
+                f"{len(data['cells'])} cells.")
+    elif data["prompts_shown"] < len(data["prompts"]):
+        note = (f"Showing {shown:,} of {total:,} continuations (sample 0 of the first "
+                f"{data['prompts_shown']:,} of {len(data['prompts']):,} prompts): the whole "
+                f"run would make this page too large.")
+    else:
+        note = (f"Showing {shown:,} of {total:,} continuations: samples 0–"
+                f"{data['samples_cap'] - 1} of every prompt and cell (of "
+                f"{data['max_sample'] + 1}); the whole run would make this page too large.")
+    return {"json": Markup(browser_json(data)), "script": Markup(script),
+            "sha256": digest, "note": note, "file": CONTINUATIONS_FILE,
+            "n_prompts": len(data["prompts"]), "total": total, "shown": shown}
+
+
+def render_report(results: ExperimentResults, figures: list[dict],
+                  continuations: pd.DataFrame | None = None) -> str:
+    """The report's HTML for the results and their already-drawn figures (with the
+    continuation browser when given the continuations table)."""
     text = (resources.files("steering_utils").joinpath("templates", TEMPLATE_FILE)
             .read_text("utf-8"))
     template = _environment().from_string(text)
@@ -653,15 +688,20 @@ def render_report(results: ExperimentResults, figures: list[dict]) -> str:
                       for s in ("challenging", "benign") if _sweep_cells(results, s)],
         grid=_grid_table(results), examples=_examples(results), manifest=_manifest(results),
         control_rows=_control_rows(results), method_rows=_method_rows(results),
-        methods_text=_methods_text(results),
+        methods_text=_methods_text(results), browser=_browser(results, continuations),
     )
 
 
-def write_report(results: ExperimentResults, report_dir: str | Path) -> Path:
-    """report_dir/report.html (self-contained) plus report_dir/figures/*.png|svg; the html path."""
+def write_report(results: ExperimentResults, report_dir: str | Path,
+                 continuations: pd.DataFrame | None = None) -> Path:
+    """report_dir/report.html (self-contained) plus report_dir/figures/*.png|svg, and with a
+    continuations table (`continuations.continuations_table`) report_dir/continuations.parquet
+    and the report's continuation browser; the html path."""
     report_dir = Path(report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
-    html = render_report(results, _figures(results, report_dir))
+    if continuations is not None:
+        write_continuations(continuations, report_dir)
+    html = render_report(results, _figures(results, report_dir), continuations)
     with atomic_path(report_dir / REPORT_FILE) as partial:  # never half a report
         partial.write_text(html, encoding="utf-8")
     return report_dir / REPORT_FILE

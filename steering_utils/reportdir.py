@@ -32,6 +32,8 @@ from .runlock import pid_alive
 from .stages import RESULTS_FILE
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from .results import ExperimentResults
 
 FAILED_FILE = "failed_experiment_results.json"
@@ -128,8 +130,10 @@ def recover(report_dir: str | Path) -> None:
             shutil.rmtree(left, ignore_errors=True)
 
 
-def publish_report(results: ExperimentResults, report_dir: str | Path) -> Path:
-    """Write results, figures and report.html to a fresh folder and swap it in; the html path."""
+def publish_report(results: ExperimentResults, report_dir: str | Path,
+                   continuations: pd.DataFrame | None = None) -> Path:
+    """Write results, figures and report.html (and continuations.parquet with the browser, when
+    given the continuations table) to a fresh folder and swap it in; the html path."""
     from .report import REPORT_FILE, write_report
     from .results import write_results
 
@@ -142,7 +146,7 @@ def publish_report(results: ExperimentResults, report_dir: str | Path) -> Path:
         shutil.rmtree(build)
     try:
         write_results(results, build)
-        write_report(results, build)
+        write_report(results, build, continuations)
         mark_report(build, results.manifest.run_name, results.manifest.params_hash)
         _swap(build, report_dir)
     finally:

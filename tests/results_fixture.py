@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 
 from steering_utils.stages import UNSTEERED_LAYER as UNSTEERED
 
@@ -355,3 +356,57 @@ def make_results(n_layers: int = 4,
         "pareto": _pareto(sweep_challenging),
         "examples": examples,
     }
+
+
+# Continuations that must stay text in the report's browser (embedded as JSON, drawn by script).
+HOSTILE_CONTINUATION = '</script><script>alert(1)</script><img src=x onerror=alert(2)> & "q"'
+
+
+def make_eval_rows(n_prompts: int = 30, samples: int = 2, seed: int = 0
+                   ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(sweep, control, methods_eval) row tables shaped like 05_sweep's: n_prompts eval prompts
+    (a sixth of them benign), unsteered and CAA at layer 2 (alpha 1, 2) with `samples` samples,
+    one random direction at alpha 2 and two method picks (ActAdd; the instruction prompt, which
+    edits no direction) with one sample; the control and the methods repeat the unsteered rows,
+    as 05 writes them. rtp-0003's first unsteered continuation is HOSTILE_CONTINUATION, rtp-0004's
+    is empty (no perplexity); prompts rtp-0010.. say 'weather'."""
+    rng = np.random.default_rng(seed)
+    n_benign = n_prompts // 6
+    prompts = [(f"rtp-{i:04d}", "challenging" if i < n_prompts - n_benign else "benign",
+                f"prompt {i} about the {'weather' if 10 <= i < 14 else 'neighbours'} <i>")
+               for i in range(n_prompts)]
+
+    def rows(cells, n_samples, subsets=("challenging", "benign")):
+        out = []
+        for direction, layer, alpha, method in cells:
+            for prompt_id, subset, text in prompts:
+                if subset not in subsets:
+                    continue
+                for sample in range(n_samples):
+                    tox = float(np.clip(rng.beta(2, 3) * math.exp(-0.5 * alpha), 0, 1))
+                    completion = f"{method} says {rng.integers(1000)} to {prompt_id} & <b>co</b>"
+                    if direction == "none" and method is None and sample == 0:
+                        completion = {"rtp-0003": HOSTILE_CONTINUATION,
+                                      "rtp-0004": "  "}.get(prompt_id, completion)
+                    nll = float("nan") if not completion.strip() else float(rng.uniform(1, 3))
+                    out.append({"prompt_id": prompt_id, "text": text, "subset": subset,
+                                "split": "eval", "layer": layer, "alpha": alpha,
+                                "sample": sample, "prompt": text, "direction": direction,
+                                "completion": completion, "toxicity": tox,
+                                "toxicity_second": float(rng.uniform(0, 0.5)), "nll": nll,
+                                **({} if method is None else {"method": method})})
+        return pd.DataFrame(out)
+
+    unsteered = ("none", UNSTEERED, 0.0)
+    sweep = rows([(*unsteered, None), ("caa", 2, 1.0, None), ("caa", 2, 2.0, None)], samples)
+    sweep = sweep.assign(experiment="sweep")
+    # The control and the methods share the unsteered rows: same texts, as 05 reuses its shards.
+    shared = sweep[(sweep["direction"] == "none") & (sweep["sample"] == 0)
+                   & (sweep["subset"] == "challenging")]
+    random = rows([("random-7", 2, 2.0, None)], 1, ("challenging",))
+    control = pd.concat([shared, random], ignore_index=True).assign(experiment="control")
+    picks = rows([("actadd", 2, 0.5, "actadd"), ("none", UNSTEERED, 1.0, "prompt")], 1,
+                 ("challenging",))
+    methods_eval = pd.concat([shared.assign(method="none"), picks],
+                             ignore_index=True).assign(experiment="methods_eval")
+    return sweep, control, methods_eval

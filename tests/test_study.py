@@ -151,15 +151,21 @@ def test_an_os_error_inside_a_stage_is_named_on_the_failure_line(smoke_run, tmp_
 
 
 def test_the_real_report_renders_in_chromium(smoke_run):
-    """Every image renders, no console errors, no dialog; screenshot in the run's report folder."""
-    from test_browser import SCREENSHOT, load_in_chromium
+    """Every image renders, no console errors, no dialog; screenshot in the run's report folder.
+    The continuation browser holds every row of continuations.parquet."""
+    import pandas as pd
+    from test_browser import SCREENSHOT, browser_count, load_in_chromium
 
     work, _ = smoke_run
     folder = work / "reports" / "smoke"
-    seen = load_in_chromium(folder / "report.html", folder / SCREENSHOT)
+    seen = load_in_chromium(folder / "report.html", folder / SCREENSHOT, then=browser_count)
     assert seen["images"] and all(i["complete"] and i["width"] > 0 for i in seen["images"])
     assert seen["console_errors"] == [] and seen["page_errors"] == [] and seen["dialogs"] == []
     assert (folder / SCREENSHOT).stat().st_size > 50_000
+    table = pd.read_parquet(folder / "continuations.parquet")
+    assert set(table["experiment"]) == {"sweep", "control", "methods_eval"}
+    assert seen["browser_count"] == (f"{table['prompt_id'].nunique()} prompt(s), {len(table)} "
+                                     "continuation(s) match")
 
 
 def _params_file(tmp_path: Path, **sections) -> Path:
