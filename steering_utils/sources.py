@@ -33,6 +33,9 @@ RUNTIME_MODULES = frozenset({"runner", "preflight", "cluster", "runlock", "manif
                              "notebooks", "sources"})
 DISPLAY_MODULES = frozenset({"plots"})
 ROWS_MODULE = "jobs"  # compute_rows: the function that shapes a generated row
+# Package data a module renders into what its stage writes: hashed with the module's source,
+# so a template edit re-runs the report as a module edit would.
+MODULE_DATA = {"report": "templates"}
 
 
 def _sha(text: str) -> str:
@@ -110,9 +113,22 @@ def closure(roots) -> list[str]:
     return sorted(seen)
 
 
+def _data_hashes(name: str) -> dict[str, str]:
+    """{`steering_utils/<folder>/<file>`: content hash} of the package data module `name` reads."""
+    folder = MODULE_DATA.get(name)
+    if folder is None:
+        return {}
+    return {f"{PACKAGE}/{folder}/{path.name}": _sha(path.read_text(encoding="utf-8"))
+            for path in sorted((PACKAGE_DIR / folder).iterdir()) if path.is_file()}
+
+
 def module_hashes(names) -> dict[str, str]:
-    """{`steering_utils/<name>.py`: source hash} of package modules."""
-    return {f"{PACKAGE}/{name}.py": _info(name)[0] for name in names}
+    """{`steering_utils/<name>.py`: source hash} of package modules, plus the package data
+    files (templates) that a module among them renders."""
+    hashes = {f"{PACKAGE}/{name}.py": _info(name)[0] for name in names}
+    for name in names:
+        hashes.update(_data_hashes(name))
+    return hashes
 
 
 def notebook_cells(stage: str, folder: Path = NOTEBOOKS) -> list[str]:

@@ -34,6 +34,22 @@ def test_the_report_code_is_run_by_the_report_stage_only(closures):
         assert [s for s in STAGE_NAMES if MODULE.format(module) in closures[s]] == ["06_report"]
 
 
+def test_the_report_templates_are_keyed_with_the_report_stage_only(closures, tmp_path,
+                                                                  monkeypatch):
+    # Before: an edit of templates/report.html or browser.js left a finished report standing.
+    templates = {"steering_utils/templates/report.html", "steering_utils/templates/browser.js"}
+    assert [s for s in STAGE_NAMES if templates <= closures[s]] == ["06_report"]
+    before = sources.stage_code("06_report")["modules"]
+    copy = tmp_path / "steering_utils"
+    (copy / "templates").mkdir(parents=True)
+    for path in (sources.PACKAGE_DIR / "templates").iterdir():
+        (copy / "templates" / path.name).write_text(path.read_text())
+    (copy / "templates" / "browser.js").write_text("// edited\n", encoding="utf-8")
+    monkeypatch.setattr(sources, "PACKAGE_DIR", copy)
+    after = sources._data_hashes("report")
+    assert {k for k in after if after[k] != before[k]} == {"steering_utils/templates/browser.js"}
+
+
 def test_vectors_code_is_run_by_04_and_its_dependants(closures):
     runs = [s for s in STAGE_NAMES if MODULE.format("vectors") in closures[s]]
     assert runs == ["04_vectors", "05_sweep", "06_report"]
