@@ -83,7 +83,8 @@ def resolve_run(run: str | Path, runs_root: str | Path | None = None
     return load_params(run), Path(runs_root) if runs_root is not None else PROJECT_ROOT / "runs"
 
 
-def finished_folder(params: StudyParams, runs_root: Path, stage: str) -> Path:
+def finished_folder(params: StudyParams, runs_root: Path, stage: str,
+                    params_file: str | Path | None = None) -> Path:
     """The stage's finished folder for these params and this code; RunNotFinished otherwise."""
     folder = stage_folder(runs_root, params, stage)
     if is_complete(folder, folder.name):
@@ -91,10 +92,11 @@ def finished_folder(params: StudyParams, runs_root: Path, stage: str) -> Path:
     older = last_finished(run_path(runs_root, params.run_name), stage)
     why = (" (an older version finished: the params or the code changed since)"
            if older else "")
+    file = params_file or "<its params file>"
     raise RunNotFinished(
         f"run {params.run_name!r} has no finished {stage} under {runs_root}{why}: run "
-        f"`make report PARAMS=<its params file>` (or `python -m steering_utils.runner "
-        f"--params <file> --runs-root {runs_root}`) first")
+        f"`make report PARAMS={file}` (or `python -m steering_utils.runner --params {file} "
+        f"--runs-root {runs_root}`) first")
 
 
 def _prompt_ids(prompts: pd.DataFrame) -> dict[str, str]:
@@ -115,7 +117,8 @@ class Explorer:
         from .vectors import SteeringVectors
 
         self.params, self.runs_root = resolve_run(run, runs_root)
-        vectors_dir = finished_folder(self.params, self.runs_root, "04_vectors")
+        params_file = None if Path(run).is_dir() else run
+        vectors_dir = finished_folder(self.params, self.runs_root, "04_vectors", params_file)
         data_dir = finished_folder(self.params, self.runs_root, "01_data")
         apply_environment(self.params)  # offline params never touch the network
         outputs = STAGES["04_vectors"].outputs
@@ -285,7 +288,9 @@ class ExplorerForm:
         label = {layer: f"{layer}" for layer in explorer.layers}
         for layer in explorer.grid_layers:
             label[layer] += " (grid)"
-        label[explorer.default_layer] += " (chosen on dev)" if explorer.selection else ""
+        if explorer.selection:  # no pick is a result: 05 then sweeps the grid's best layer
+            label[explorer.default_layer] += (" (chosen on dev)" if explorer.selection.get(
+                "recommendation") else " (05's sweep layer: no pick on dev)")
         self.prompt = w.Textarea(value=str(first["text"].iloc[0]) if len(first) else "",
                                  description="prompt", layout=w.Layout(width="95%"))
         self.layer = w.Dropdown(options=[(label[layer], layer) for layer in explorer.layers],

@@ -14,19 +14,19 @@ import shutil
 
 import pandas as pd
 import pytest
+from conftest import SMOKE
 
 from steering_utils import explore as ex
 from steering_utils.params import load_params
 from steering_utils.stages import STAGES
-
-from .conftest import SMOKE
 
 
 def test_an_unfinished_run_names_what_to_run(tmp_path):
     with pytest.raises(ex.RunNotFinished) as err:
         ex.Explorer(SMOKE, tmp_path / "runs")  # fails before any model loads
     message = str(err.value)
-    assert "04_vectors" in message and "'smoke'" in message and "make report" in message
+    assert "04_vectors" in message and "'smoke'" in message
+    assert f"make report PARAMS={SMOKE}" in message
     assert "\n" not in message
     (tmp_path / "not-a-run").mkdir()
     with pytest.raises(ex.RunNotFinished, match="not a run folder"):
@@ -182,3 +182,4 @@ def test_a_run_folder_opens_the_same_run(explorer, smoke_run, tmp_path):
     shutil.rmtree(copy / "smoke" / "04_vectors")
     with pytest.raises(ex.RunNotFinished, match="no finished 04_vectors"):
         ex.Explorer(copy / "smoke")
+
