@@ -99,10 +99,6 @@ def finished_folder(params: StudyParams, runs_root: Path, stage: str,
         f"--runs-root {runs_root}`) first")
 
 
-def _prompt_ids(prompts: pd.DataFrame) -> dict[str, str]:
-    return dict(zip(prompts["text"], prompts["prompt_id"]))
-
-
 def typed_id(prompt: str) -> str:
     """The prompt id of a typed prompt: its own stream, the same for the same text."""
     return TYPED_PREFIX + hashlib.blake2b(prompt.encode(), digest_size=6).hexdigest()
@@ -125,7 +121,7 @@ class Explorer:
         self.vectors = SteeringVectors.load(vectors_dir / outputs["vectors"])
         self._statistics = load_activation_sets(vectors_dir / outputs["token_statistics"])
         self.prompts = read_table(data_dir / STAGES["01_data"].outputs["prompts"])
-        self._ids = _prompt_ids(self.prompts)
+        self._ids = dict(zip(self.prompts["text"], self.prompts["prompt_id"]))
         self.selection = self._selection()
         self.methods = compared_methods(self.params.sweep)
         self._interventions: dict[int, dict] = {}  # per layer (the random method's depends)
@@ -146,9 +142,8 @@ class Explorer:
         started = time.time()
         self.model, self.tokenizer = load_model(self.params.model)
         self.scorers = load_scorers(self.params.scorer)
-        actadd = (comparison.actadd_activations(self.model, self.tokenizer, self.params)
-                  if "actadd" in self.methods else None)
-        self._actadd = actadd
+        self._actadd = (comparison.actadd_activations(self.model, self.tokenizer, self.params)
+                        if "actadd" in self.methods else None)
         self.load_seconds = time.time() - started
 
     @property
