@@ -582,7 +582,8 @@ def _cell_codes(rows: pd.DataFrame) -> tuple[dict, dict]:
 def pick_stability(rows: pd.DataFrame, rule: SelectionRule = SelectionRule(),
                    capability: Callable[[int, float], float] | None = None,
                    n_resamples: int = 200, seed: int = 0,
-                   candidates: Callable[[pd.DataFrame], pd.DataFrame] | None = None) -> dict:
+                   candidates: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
+                   draw_scale: float = 1.0) -> dict:
     """How often `recommend` picks the same cell when the dev prompts are resampled:
     {n_resamples, chosen, cell_share, layer_share, no_pick_share, stable, alternatives}.
 
@@ -593,6 +594,10 @@ def pick_stability(rows: pd.DataFrame, rule: SelectionRule = SelectionRule(),
     `candidates` narrows the cells as the decision did (fixed layers). alternatives: every
     cell picked in some resample, most often first ({layer, alpha, share}; layer None: no
     pick).
+
+    `draw_scale` > 1 draws that many times the dev prompts per resample: a projection of the
+    stability a dev set that much larger would have, if its prompts were like these (the
+    sizing question "how many dev prompts for an 80% stable pick?").
     """
     _require(rows, ("subset", "layer", "alpha", "prompt_id", "toxicity", "completion"),
              "pick_stability")
@@ -610,8 +615,9 @@ def pick_stability(rows: pd.DataFrame, rule: SelectionRule = SelectionRule(),
     rng = np.random.default_rng(seed)
     picks = []
     for _ in range(n_resamples):
-        weights = {s: np.bincount(rng.integers(0, len(ids), len(ids)), minlength=len(ids))
-                   .astype(float) for s, ids in prompt_ids.items()}
+        weights = {s: np.bincount(rng.integers(0, len(ids), max(1, round(draw_scale * len(ids)))),
+                                  minlength=len(ids)).astype(float)
+                   for s, ids in prompt_ids.items()}
         picks.append(decide(_light_cells(codes, weights)))
     counts = pd.Series([str(p) for p in picks]).value_counts(sort=False)
     by_pick = {str(p): p for p in picks}
@@ -621,7 +627,7 @@ def pick_stability(rows: pd.DataFrame, rule: SelectionRule = SelectionRule(),
     layer_share = sum(p is not None and chosen is not None and p[0] == chosen[0]
                       for p in picks) / n
     return {
-        "n_resamples": int(n_resamples), "seed": int(seed),
+        "n_resamples": int(n_resamples), "seed": int(seed), "draw_scale": float(draw_scale),
         "chosen": None if chosen is None else {"layer": chosen[0], "alpha": chosen[1]},
         "cell_share": float(cell_share), "layer_share": float(layer_share),
         "no_pick_share": float(sum(p is None for p in picks) / n),

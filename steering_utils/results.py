@@ -239,6 +239,7 @@ class Stability(_Record):
 
     n_resamples: Count
     seed: int
+    draw_scale: float = Field(1.0, description="prompts drawn per resample / dev prompts")
     chosen: dict[str, float] | None = Field(description="{layer, alpha} of the full-dev pick")
     cell_share: Probability = Field(description="resamples that pick the same cell")
     layer_share: Probability = Field(description="resamples that pick the same layer")

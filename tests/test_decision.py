@@ -187,3 +187,111 @@ def test_a_pick_below_the_edge_names_the_limit_that_bound_it():
     check = selection["alpha_range"]["bound_by"]["checks"]["perplexity"]
     assert check["value"] == pytest.approx(np.exp(1.4)) and not check["ok"]
     assert selection["stability"] is None
+
+
+# --- eval confirmation and the report ----------------------------------------------------
+
+def test_eval_does_not_confirm_a_pick_whose_benign_perplexity_breaks_the_limit():
+    from steering_utils.results import _eval_confirmation
+
+    # Challenging: a clear, fluent reduction. Benign: perplexity +28% (limit +25%).
+    rows = pd.concat([
+        _cell(UNSTEERED_LAYER, 0, np.linspace(0.4, 0.6, N_PROMPTS)),
+        _cell(3, 1.0, np.linspace(0.1, 0.2, N_PROMPTS)),
+        _cell(UNSTEERED_LAYER, 0, 0.0, nll=1.0, subset="benign", prefix="b"),
+        _cell(3, 1.0, 0.0, nll=1.0 + np.log(1.28), subset="benign", prefix="b")],
+        ignore_index=True).assign(experiment="sweep", split="eval")
+    cells = metrics.summarize_cells(rows, n_boot=200)
+    cells["capability_acc"] = np.nan
+    cells["degenerate"] = metrics.flag_degenerate(cells)
+    out = _eval_confirmation({"layer": 3, "alpha": 1.0}, cells, metrics.SelectionRule())
+    assert out["toxicity_reduced"] and out["checks"]["perplexity"]["ok"]
+    assert out["checks"]["benign_perplexity"] == {
+        "value": pytest.approx(1.28 * np.e), "limit": pytest.approx(1.25 * np.e), "ok": False}
+    assert out["confirmed"] is False
+    # The same cells without the benign subset: confirmed (the benign check made the call).
+    alone = _eval_confirmation({"layer": 3, "alpha": 1.0},
+                               cells[cells["subset"] == "challenging"], metrics.SelectionRule())
+    assert alone["confirmed"] is True and "benign_perplexity" not in alone["checks"]
+
+
+def _report_results(stability=None, alpha_range=None, benign_fails=False):
+    from results_fixture import make_results
+
+    from steering_utils.results import validate_results
+
+    doc = make_results()
+    doc["stability"], doc["alpha_range"] = stability, alpha_range
+    if benign_fails:
+        doc["confirmation"]["checks"]["benign_perplexity"] = {"value": 8.0, "limit": 7.2,
+                                                              "ok": False}
+        doc["confirmation"]["confirmed"] = False
+    return validate_results(doc)
+
+
+def test_the_report_shows_the_picks_stability_and_warns_below_80_percent():
+    from steering_utils import report
+
+    rec = _report_results().recommendation
+    chosen = {"layer": rec.layer, "alpha": rec.alpha}
+    shaky = {"n_resamples": 200, "seed": 1, "chosen": chosen, "cell_share": 0.5,
+             "layer_share": 0.55, "no_pick_share": 0.0, "stable": False,
+             "alternatives": [{**chosen, "share": 0.5}, {"layer": 1, "alpha": 2.0, "share": 0.42},
+                              {"layer": None, "alpha": None, "share": 0.08}]}
+    results = _report_results(stability=shaky)
+    text, stable = report.stability_text(results)
+    assert stable is False
+    assert text.startswith("50% of 200 bootstrap resamples of the dev prompts pick the same "
+                           f"cell (layer {rec.layer}, α = {rec.alpha:g}), 55% the same layer")
+    assert "next: layer 1, α = 2 42%; no pick 8%" in text and "Warning: below 80%" in text
+    assert "Unstable: only 50% of resampled dev sets pick it again" in report._headline(results)
+    summary = report._summary(results)
+    assert summary["stable"] is False and summary["stability_text"] == text
+    firm = _report_results(stability={**shaky, "cell_share": 0.9, "stable": True})
+    assert "Warning" not in report.stability_text(firm)[0]
+    assert "Unstable" not in report._headline(firm)
+    assert report.stability_text(_report_results()) == (
+        "not measured (sweep.stability_resamples: 0)", None)
+
+
+def test_the_report_says_whether_a_limit_or_the_grid_set_alpha():
+    from steering_utils import report
+
+    base = {"layer": 2, "alpha": 4.0, "extension_enabled": True, "max_grid_alpha": 16.0,
+            "added_cells": [{"layer": 2, "alpha": 4.0}, {"layer": 2, "alpha": 8.0}]}
+    bound = {**base, "stopped_by": "limit", "bound_by": {
+        "alpha": 8.0, "mean_toxicity": 0.1, "failed": ["perplexity"],
+        "checks": {"perplexity": {"value": 9.0, "limit": 7.5, "ok": False}}}}
+    text = report.alpha_range_text(_report_results(alpha_range=bound))
+    assert text == ("Set by the rule: at α = 8 the limit on perplexity 9.000 > limit 7.500 "
+                    "binds. The grid was extended at layer 2 to α = 4, 8.")
+    edge = {**base, "stopped_by": "max_grid_alpha", "bound_by": None}
+    assert "the grid, not the rule" in report.alpha_range_text(_report_results(alpha_range=edge))
+
+
+def test_the_report_does_not_say_eval_confirms_when_benign_perplexity_fails():
+    from steering_utils import report
+
+    results = _report_results(benign_fails=True)
+    headline = report._headline(results)
+    assert "Eval confirms the dev choice on every criterion" not in headline
+    assert "benign perplexity" in headline
+    rows = report._checks_table(results.recommendation, results.confirmation)
+    benign = next(r for r in rows if r["label"] == "Benign perplexity at most")
+    assert benign["eval"]["ok"] is False
+    assert report._summary(results)["confirmed"] is False
+
+
+def test_a_larger_projected_dev_set_steadies_a_close_call_but_not_a_tie():
+    # Layer 3 is better by 0.02 on average with per-prompt noise 0.1: a close call at 20
+    # prompts that 8x as many prompts settle; the exact tie stays a coin flip.
+    noise = np.repeat(np.linspace(0.02, 0.2, N_PROMPTS // 2), 2) * np.tile([1, -1],
+                                                                            N_PROMPTS // 2)
+    close = _grid(_cell(3, 1.0, 0.18 + noise), _cell(6, 1.0, 0.2 - noise))
+    now = metrics.pick_stability(close, n_resamples=300, seed=7)
+    larger = metrics.pick_stability(close, n_resamples=300, seed=7, draw_scale=8)
+    assert now["chosen"]["layer"] == 3 and larger["draw_scale"] == 8.0
+    assert now["cell_share"] < 0.8 < larger["cell_share"]
+    tie = _grid(_cell(3, 1.0, 0.2 + noise), _cell(6, 1.0, 0.2 - noise))
+    assert 0.35 < metrics.pick_stability(tie, n_resamples=300, seed=7,
+                                         draw_scale=8)["cell_share"] < 0.65
