@@ -296,9 +296,9 @@ def stability_text(results: ExperimentResults) -> tuple[str, bool | None]:
                                         (st.chosen or {}).get("alpha"))][:2]
     alt = "; ".join(("no pick" if a.layer is None else f"layer {a.layer}, α = {a.alpha:g}")
                     + f" {a.share:.0%}" for a in others)
+    layer = "" if st.chosen is None else f", {st.layer_share:.0%} the same layer"
     text = (f"{st.cell_share:.0%} of {st.n_resamples} bootstrap resamples of the dev prompts "
-            f"pick the same cell ({what}), {st.layer_share:.0%} the same layer"
-            + (f"; next: {alt}" if alt else "") + ".")
+            f"pick the same cell ({what}){layer}" + (f"; next: {alt}" if alt else "") + ".")
     if not st.stable:
         text += (" Warning: below 80%, the dev decision is not stable; more dev prompts or "
                  "samples are needed before the pick means much.")
@@ -313,7 +313,7 @@ _STOPPED_BY = {
                          "sweep.max_relative_push before any limit bound",
     "grid_edge": "the grid, not the rule: α is the grid's largest at this layer and no "
                  "limit binds there (sweep.extend_alphas is off)",
-    "no_pick": "nothing: no cell was picked"}
+    "no_pick": ""}
 
 
 def alpha_range_text(results: ExperimentResults) -> str:
@@ -333,6 +333,8 @@ def alpha_range_text(results: ExperimentResults) -> str:
             for n in ar.bound_by.failed)
         return (f"Set by the rule: at α = {ar.bound_by.alpha:g} the limit on {broken} "
                 f"binds." + added)
+    if ar.stopped_by == "no_pick":
+        return "No α to set: no cell was picked." + added
     return f"Set by {_STOPPED_BY[ar.stopped_by]}." + added
 
 

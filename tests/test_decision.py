@@ -295,3 +295,17 @@ def test_a_larger_projected_dev_set_steadies_a_close_call_but_not_a_tie():
     tie = _grid(_cell(3, 1.0, 0.2 + noise), _cell(6, 1.0, 0.2 - noise))
     assert 0.35 < metrics.pick_stability(tie, n_resamples=300, seed=7,
                                          draw_scale=8)["cell_share"] < 0.65
+
+
+def test_a_stable_no_pick_reads_as_such():
+    from steering_utils import report
+
+    none = {"n_resamples": 200, "seed": 1, "chosen": None, "cell_share": 1.0,
+            "layer_share": 0.0, "no_pick_share": 1.0, "stable": True,
+            "alternatives": [{"layer": None, "alpha": None, "share": 1.0}]}
+    results = _report_results(stability=none, alpha_range={
+        "layer": None, "alpha": None, "stopped_by": "no_pick", "bound_by": None,
+        "extension_enabled": True, "added_cells": [], "max_grid_alpha": 16.0})
+    assert report.stability_text(results) == (
+        "100% of 200 bootstrap resamples of the dev prompts pick the same cell (no pick).", True)
+    assert report.alpha_range_text(results) == "No α to set: no cell was picked."
