@@ -12,12 +12,14 @@
 # **What this stage does.**
 #
 # 1. **Grid (dev split).** Every grid layer (`sweep.layers`, `sweep.layer_stride`) × every
-#    `sweep.grid_alphas` value on the challenging *dev* prompts.
+#    `sweep.grid_alphas` value on the challenging (and benign) *dev* prompts.
 # 2. **Decision (dev split).** The recommendation rule picks the layer *and* α on the dev
-#    grid: the least toxic cell whose perplexity, distinct-2 and empty-continuation rate
-#    stay within `evaluation.*` limits of the unsteered model, and whose accuracy on the
-#    *dev* capability items drops by at most `evaluation.max_capability_drop` points.
-#    Eval prompts and eval items are not looked at.
+#    grid: the least toxic cell whose perplexity (on challenging and, where dev has them,
+#    benign prompts), distinct-2 and empty-continuation rate stay within `evaluation.*`
+#    limits of the unsteered model, and whose accuracy on the *dev* capability items drops
+#    by at most `evaluation.max_capability_drop` points. A pick at its layer's largest α
+#    grows the grid there until a limit binds; the pick's bootstrap stability over dev
+#    prompts is reported. Eval prompts and eval items are not looked at.
 # 3. **Sweep (eval split).** At the chosen layer(s), every `sweep.alphas` value on the
 #    challenging and benign *eval* prompts with k samples each: toxicity, perplexity under
 #    the unsteered model (and under `evaluation.reference_model` when one is named),
@@ -80,25 +82,40 @@ jobs, grid_reference = grid_jobs(prompts, baseline, params, vectors.n_layers)
 steered = run_jobs(model, tokenizer, jobs, {CAA: vectors}, params, scorers, stage.shards,
                    positions, desc="grid")
 grid = with_reference(steered, grid_reference, "grid")
-write_table(grid, stage.out("grid"))
 
 # %% [markdown]
 # ### 2 · The decision, on dev only
+#
+# If the pick is its layer's largest α, the grid grows there (α doubled, `sweep.extend_alphas`)
+# until a limit binds, so the rule and not the grid's edge sets α. Then the dev prompts are
+# resampled (`sweep.stability_resamples`) and the same rule re-applied: the share of
+# resamples that pick the same cell is the decision's stability.
 
 # %%
+import time
+
 from steering_utils.capability import CapabilityProbe, item_splits
-from steering_utils.sweep import select_on_dev, selection_record
+from steering_utils.sweep import decide_on_dev, dev_generator, push_ratios, selection_record
 
 cap = params.evaluation.capability
 items = item_splits(cap.task, cap.n_items, params.seed, cap.path)
 dev_capability = (CapabilityProbe(model, tokenizer, items["dev"], vectors,
                                   params.activations.batch_size, "dev", cap.task, CAA)
                   if items else None)
-selection = select_on_dev(grid, params, dev_capability)
+started = time.perf_counter()
+grid, selection = decide_on_dev(
+    grid, params, dev_capability,
+    dev_generator(model, tokenizer, prompts, baseline, params, vectors, scorers, stage.shards),
+    push_ratios(read_table(stage.input("layer_stats"))))
+selection["decision_seconds"] = round(time.perf_counter() - started, 2)
+write_table(grid, stage.out("grid"))
 write_json(selection_record(selection), stage.out("selection"))
 chosen = selection["chosen_layers"]
 print("recommended on dev:", selection["recommendation"] and
       {k: selection["recommendation"][k] for k in ("layer", "alpha", "mean_toxicity")})
+print("alpha range:", {k: selection["alpha_range"][k] for k in ("stopped_by", "added_cells")})
+print("stability:", selection["stability"] and
+      {k: selection["stability"][k] for k in ("cell_share", "layer_share")})
 print("sweep layers:", chosen)
 
 # %%
@@ -112,7 +129,7 @@ plot_grid_heatmap(selection["summary"], chosen)
 # %%
 from steering_utils.sweep import add_reference_nll, sweep_jobs
 
-jobs, sweep_reference = sweep_jobs(prompts, baseline, params, chosen)
+jobs, sweep_reference = sweep_jobs(prompts, baseline, params, chosen, selection)
 steered = run_jobs(model, tokenizer, jobs, {CAA: vectors}, params, scorers, stage.shards,
                    positions, desc="sweep")
 sweep = with_reference(steered, sweep_reference, "sweep")

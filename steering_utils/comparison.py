@@ -273,8 +273,8 @@ def comparison_results(params: StudyParams, methods_grid: pd.DataFrame,
                        record: dict) -> dict | None:
     """The `methods` section of experiment_results.json (`results.Methods`): per method its
     dev pick (or why none qualified), the pick's eval numbers with CIs and paired tests vs
-    unsteered, and every method's dev cells. A pick whose eval output is degenerate is not
-    within the limits, so never the strongest."""
+    unsteered, and every method's dev cells. `strongest`: the least toxic dev pick on dev,
+    with whether eval confirms it (a degenerate eval output is not within the limits)."""
     from .metrics import SelectionRule, finite, why_no_pick
 
     if methods_grid.empty:
@@ -323,9 +323,11 @@ def comparison_results(params: StudyParams, methods_grid: pd.DataFrame,
             row["within_limits_on_eval"] = bool(ppl_ok and cap_ok
                                                 and not row["eval"]["degenerate"])
         rows.append(row)
-    fit = [r for r in rows if r["within_limits_on_eval"]]
-    best = min(fit, key=lambda r: (r["eval"]["frac_toxic"], r["eval"]["mean_toxicity"]),
-               default=None)
+    # "Strongest" is a dev decision: the least toxic dev pick on dev (the rule's own
+    # criterion, same dev prompts for every method), then confirmed on eval (within the
+    # limits there and its paired reduction's CI below zero). Eval numbers never choose it.
+    picked = [r for r in rows if r["dev"] is not None]
+    best = min(picked, key=lambda r: (r["dev"]["mean_toxicity"], r["method"]), default=None)
     grid = [{"method": str(c.method), "layer": int(c.layer), "alpha": float(c.alpha),
              "mean_toxicity": float(c.mean_toxicity), "frac_toxic": float(c.frac_toxic),
              "perplexity": finite(c.perplexity), "empty_rate": float(c.empty_rate),
@@ -335,9 +337,24 @@ def comparison_results(params: StudyParams, methods_grid: pd.DataFrame,
             "samples_per_prompt": int(params.methods.samples_per_prompt
                                       or params.generation.samples_per_prompt),
             "reference": reference, "methods": rows, "grid_cells": grid,
-            "strongest": None if best is None else {
-                "method": best["method"], "frac_toxic": best["eval"]["frac_toxic"],
-                "reference_frac_toxic": ref_frac,
-                "toxic_fraction_ratio": best["toxic_fraction_ratio"],
-                "perplexity_increase": (finite(best["eval"]["perplexity"] / ref_ppl - 1)
-                                        if ref_ppl else None)}}
+            "strongest": None if best is None else _strongest(best, ref_frac, ref_ppl)}
+
+
+def _strongest(best: dict, ref_frac: float | None, ref_ppl: float | None) -> dict:
+    """The dev-chosen strongest method with its eval confirmation (`results.StrongestMethod`)."""
+    from .metrics import finite
+
+    ev = best["eval"]
+    reduced = bool(ev and ev["delta_mean_toxicity_ci_hi"] is not None
+                   and ev["delta_mean_toxicity_ci_hi"] < 0)
+    return {"method": best["method"], "chosen_on": "dev",
+            "dev_mean_toxicity": best["dev"]["mean_toxicity"],
+            "dev_reference_mean_toxicity": best["dev"]["reference_mean_toxicity"],
+            "frac_toxic": ev["frac_toxic"] if ev else None,
+            "reference_frac_toxic": ref_frac,
+            "toxic_fraction_ratio": best["toxic_fraction_ratio"],
+            "perplexity_increase": (finite(ev["perplexity"] / ref_ppl - 1)
+                                    if ev and ev["perplexity"] is not None and ref_ppl
+                                    else None),
+            "within_limits_on_eval": best["within_limits_on_eval"],
+            "confirmed_on_eval": bool(reduced and best["within_limits_on_eval"])}

@@ -378,7 +378,32 @@ def fluency_checks(cell, reference, rule: SelectionRule) -> dict:
     if "empty_rate" in cell:
         checks["empty_rate"] = _check(cell["empty_rate"], float(reference["empty_rate"])
                                       + rule.max_empty_increase, "at_most")
+    # Fluency on benign prompts is held to the same limit (`with_benign_fluency` adds the
+    # column where the split has benign prompts); a missing value fails, as above.
+    if "benign_perplexity" in cell and finite(reference.get("benign_perplexity")) is not None:
+        checks["benign_perplexity"] = _check(
+            cell["benign_perplexity"],
+            (1 + rule.max_perplexity_increase) * float(reference["benign_perplexity"]),
+            "at_most")
     return checks
+
+
+def with_benign_fluency(cells: pd.DataFrame) -> pd.DataFrame:
+    """The challenging cells with column `benign_perplexity`: the benign cell's perplexity at
+    the same (layer, alpha) (alpha 0: the benign reference), for the rule's benign limit.
+
+    `cells`: one experiment and split's summaries of both subsets. Without benign cells the
+    challenging cells come back unchanged (the rule then has no benign fluency to check).
+    """
+    challenging = cells[cells["subset"] == "challenging"]
+    benign = cells[cells["subset"] == "benign"]
+    if benign.empty or "perplexity" not in benign:
+        return challenging
+    reference = benign.loc[benign["alpha"] == 0, "perplexity"].mean()
+    by_cell = {(int(r.layer), float(r.alpha)): r.perplexity for r in benign.itertuples()}
+    values = [reference if a == 0 else by_cell.get((int(la), float(a)), math.nan)
+              for la, a in zip(challenging["layer"], challenging["alpha"])]
+    return challenging.assign(benign_perplexity=values)
 
 
 def recommend(cells: pd.DataFrame, rule: SelectionRule = SelectionRule(),
@@ -495,3 +520,118 @@ def spearman(a, b) -> float:
     if x.size < 2 or np.all(x == x[0]) or np.all(y == y[0]):
         return math.nan
     return float(stats.spearmanr(x, y).statistic)
+
+
+STABLE_SHARE = 0.8  # a pick is called stable when at least this share of resamples repeats it
+
+
+def _light_cells(codes: dict, weights: dict) -> pd.DataFrame:
+    """Cell summaries (the columns the rule reads) of prompts drawn with `weights` (subset ->
+    per-prompt draw counts)."""
+    records = []
+    for (subset, layer, alpha), c in codes.items():
+        w = weights[subset][c["prompt"]]
+        record = {"subset": subset, "layer": layer, "alpha": alpha}
+        for name in ("toxicity", "nll"):
+            v = c[name]
+            keep = np.isfinite(v) & (w > 0)
+            total = float(w[keep].sum())
+            mean = float((w[keep] * v[keep]).sum() / total) if total else math.nan
+            record["mean_toxicity" if name == "toxicity" else "perplexity"] = (
+                mean if name == "toxicity" else math.exp(mean) if total else math.nan)
+        total = float(w.sum())
+        record["empty_rate"] = float((w * c["empty"]).sum() / total) if total else math.nan
+        record["repetition_rate"] = (float((w * c["repetitive"]).sum() / total) if total
+                                     else math.nan)
+        # Distinct-2 over the drawn prompts counted once: a prompt drawn twice would repeat
+        # its own bigrams and fake a collapse of diversity.
+        drawn = [p for p, ids in c["bigrams"].items() if weights[subset][p] > 0]
+        n_total = sum(c["bigrams"][p].size for p in drawn)
+        record["distinct_2"] = (np.unique(np.concatenate([c["bigrams"][p] for p in drawn])).size
+                                / n_total if n_total else 0.0)
+        records.append(record)
+    return pd.DataFrame.from_records(records)
+
+
+def _cell_codes(rows: pd.DataFrame) -> tuple[dict, dict]:
+    """({(subset, layer, alpha): arrays per row and bigram ids per prompt}, {subset: prompt
+    ids}): the grid rows encoded once, so each resample is weighted sums."""
+    prompt_ids = {s: np.array(sorted(g["prompt_id"].unique()))
+                  for s, g in rows.groupby("subset", sort=True)}
+    vocabulary: dict = {}
+    codes = {}
+    for (subset, layer, alpha), cell in rows.groupby(["subset", "layer", "alpha"], sort=True):
+        index = np.searchsorted(prompt_ids[subset], cell["prompt_id"].to_numpy())
+        completions = cell["completion"].tolist()
+        bigrams: dict[int, list] = {}
+        for p, text in zip(index, completions):
+            words = text.lower().split() if isinstance(text, str) else []
+            bigrams.setdefault(int(p), []).extend(
+                vocabulary.setdefault(g, len(vocabulary)) for g in _ngrams(words, 2))
+        codes[(subset, int(layer), float(alpha))] = {
+            "prompt": index,
+            "toxicity": cell["toxicity"].astype(float).to_numpy(),
+            "nll": (cell["nll"].astype(float).to_numpy() if "nll" in cell
+                    else np.full(len(cell), math.nan)),
+            "empty": cell["completion"].map(is_empty).to_numpy(dtype=float),
+            "repetitive": cell["completion"].map(is_repetitive).to_numpy(dtype=float),
+            "bigrams": {p: np.asarray(ids, dtype=np.int64) for p, ids in bigrams.items()}}
+    return codes, prompt_ids
+
+
+def pick_stability(rows: pd.DataFrame, rule: SelectionRule = SelectionRule(),
+                   capability: Callable[[int, float], float] | None = None,
+                   n_resamples: int = 200, seed: int = 0,
+                   candidates: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
+                   draw_scale: float = 1.0) -> dict:
+    """How often `recommend` picks the same cell when the dev prompts are resampled:
+    {n_resamples, chosen, cell_share, layer_share, no_pick_share, stable, alternatives}.
+
+    `rows`: the dev grid's rows (both subsets where benign prompts are on dev; the rule's
+    benign perplexity limit is applied as in the decision). Each resample draws the prompts
+    of each subset with replacement, recomputes the cells the rule reads and re-applies the
+    same rule (with the same `capability`, which depends on items, not prompts).
+    `candidates` narrows the cells as the decision did (fixed layers). alternatives: every
+    cell picked in some resample, most often first ({layer, alpha, share}; layer None: no
+    pick).
+
+    `draw_scale` > 1 draws that many times the dev prompts per resample: a projection of the
+    stability a dev set that much larger would have, if its prompts were like these (the
+    sizing question "how many dev prompts for an 80% stable pick?").
+    """
+    _require(rows, ("subset", "layer", "alpha", "prompt_id", "toxicity", "completion"),
+             "pick_stability")
+
+    def decide(cells: pd.DataFrame):
+        cells = with_benign_fluency(cells)
+        if candidates is not None:
+            cells = candidates(cells)
+        pick = recommend(cells, rule, capability)
+        return None if pick is None else (pick["layer"], pick["alpha"])
+
+    codes, prompt_ids = _cell_codes(rows)
+    full = {s: np.ones(len(ids)) for s, ids in prompt_ids.items()}
+    chosen = decide(_light_cells(codes, full))
+    rng = np.random.default_rng(seed)
+    picks = []
+    for _ in range(n_resamples):
+        weights = {s: np.bincount(rng.integers(0, len(ids), max(1, round(draw_scale * len(ids)))),
+                                  minlength=len(ids)).astype(float)
+                   for s, ids in prompt_ids.items()}
+        picks.append(decide(_light_cells(codes, weights)))
+    counts = pd.Series([str(p) for p in picks]).value_counts(sort=False)
+    by_pick = {str(p): p for p in picks}
+    order = sorted(counts.index, key=lambda k: (-counts[k], k))
+    n = max(n_resamples, 1)
+    cell_share = sum(p == chosen for p in picks) / n
+    layer_share = sum(p is not None and chosen is not None and p[0] == chosen[0]
+                      for p in picks) / n
+    return {
+        "n_resamples": int(n_resamples), "seed": int(seed), "draw_scale": float(draw_scale),
+        "chosen": None if chosen is None else {"layer": chosen[0], "alpha": chosen[1]},
+        "cell_share": float(cell_share), "layer_share": float(layer_share),
+        "no_pick_share": float(sum(p is None for p in picks) / n),
+        "stable": bool(cell_share >= STABLE_SHARE),
+        "alternatives": [{"layer": None if by_pick[k] is None else by_pick[k][0],
+                          "alpha": None if by_pick[k] is None else by_pick[k][1],
+                          "share": float(counts[k] / n)} for k in order]}

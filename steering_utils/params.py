@@ -218,6 +218,14 @@ class SweepParams(_Strict):
     max_relative_push: float = Field(
         4.0, gt=0, description="largest |alpha|·||v_l||/||h_l|| of any CAA-scaled alpha or "
         "strength at a steered layer (checked in 05 before generating)")
+    extend_alphas: bool = Field(
+        True, description="when the dev pick is its layer's largest alpha, double alpha there "
+        "until a limit binds (or max_grid_alpha / max_relative_push stops it)")
+    max_grid_alpha: float = Field(
+        16.0, gt=0, le=MAX_ABS_STRENGTH, description="largest alpha the dev grid grows to")
+    stability_resamples: int = Field(
+        200, ge=0, description="bootstrap resamples of the dev prompts for the pick's "
+        "stability (0: not measured)")
 
     @field_validator("grid_alphas", "alphas")
     @classmethod

@@ -447,7 +447,7 @@ def job_counts(params: StudyParams, n_layers: int) -> dict[str, int]:
     control = params.control
     counts = {
         "baseline": n_prompts * k,
-        "grid": (data.challenging.n_dev * len(grid_layers) * grid_alphas
+        "grid": ((data.challenging.n_dev + data.benign.n_dev) * len(grid_layers) * grid_alphas
                  * sweep.grid_samples_per_prompt),
         "sweep": (data.challenging.n_eval + data.benign.n_eval) * chosen * alphas * k,
         "control": (data.challenging.n_eval * control.n_directions

@@ -87,7 +87,8 @@ def rule_text(rule: Rule, reference_perplexity: float | None) -> str:
     """The recommendation rule in one sentence."""
     ref = "" if reference_perplexity is None else f" {reference_perplexity:.3g}"
     return (f"Lowest mean toxicity among steered cells (alpha != 0) whose perplexity is at "
-            f"most {1 + rule.max_perplexity_increase:.2f} x the unsteered{ref}, "
+            f"most {1 + rule.max_perplexity_increase:.2f} x the unsteered{ref} (on "
+            f"benign prompts too, where dev has them), "
             f"whose distinct-2 is at least {1 - rule.max_distinct_drop:.2f} x the "
             f"unsteered, whose empty-continuation rate rises by at most "
             f"{rule.max_empty_increase:.0%}, and whose capability accuracy drops by at most "
@@ -149,7 +150,8 @@ def _summary_rows(results: ExperimentResults, rec: Recommendation | None) -> lis
 
 
 _CHECK_LABELS = {"perplexity": "Perplexity at most", "distinct_2": "Distinct-2 at least",
-                 "empty_rate": "Empty rate at most", "capability_acc": "Capability at least"}
+                 "empty_rate": "Empty rate at most", "capability_acc": "Capability at least",
+                 "benign_perplexity": "Benign perplexity at most"}
 
 
 def _checks_table(rec: Recommendation | None, confirmation: Confirmation | None) -> list[dict]:
@@ -162,7 +164,7 @@ def _checks_table(rec: Recommendation | None, confirmation: Confirmation | None)
         dev, ev = rec.checks.get(key), eval_checks.get(key)
         if dev is None and ev is None:
             continue
-        digits = 2 if key == "perplexity" else 3
+        digits = 2 if key in ("perplexity", "benign_perplexity") else 3
         rows.append({"label": label,
                      "dev": dev and {"value": _num(dev.value, digits),
                                      "limit": _num(dev.limit, digits), "ok": dev.ok},
@@ -177,7 +179,8 @@ def _checks_table(rec: Recommendation | None, confirmation: Confirmation | None)
 
 _CRITERIA = {"perplexity": "perplexity", "distinct_2": "distinct-2",
              "empty_rate": "empty rate", "capability_acc": "capability accuracy",
-             "repetition_rate": "repetition rate", "degenerate": "degenerate output"}
+             "repetition_rate": "repetition rate", "degenerate": "degenerate output",
+             "benign_perplexity": "benign perplexity"}
 
 
 def degenerate_text(degenerate: list[Degeneracy]) -> str:
@@ -227,6 +230,9 @@ def _headline(results: ExperimentResults) -> str:
                           "capability limits.")
                 + " The eval sweep is shown for reference.")
     text = f"Chosen on dev: layer {rec.layer}, α = {rec.alpha:g}. "
+    st = results.stability
+    if st is not None and not st.stable:
+        text += (f"Unstable: only {st.cell_share:.0%} of resampled dev sets pick it again. ")
     if confirmation is None:
         return text + "Its eval cell is missing, so the choice is unconfirmed."
     c = confirmation
@@ -240,8 +246,7 @@ def _headline(results: ExperimentResults) -> str:
     if c.capability_drop_points is not None:
         task = results.capability.task if results.capability else "capability"
         text += f" and {-c.capability_drop_points:+.1f} points of {task} accuracy"
-    failed = [_CHECK_LABELS[k].split(" ")[0].lower() for k, check in c.checks.items()
-              if not check.ok]
+    failed = [_CRITERIA.get(k, k) for k, check in c.checks.items() if not check.ok]
     if c.degenerate:
         text += (f". Not a toxicity win: its eval output is degenerate "
                  f"({degenerate_text(c.degenerate)}).")
@@ -282,6 +287,61 @@ def _second_scorer_text(results: ExperimentResults) -> str:
             else f"no: {second} does not confirm the reduction")
 
 
+def stability_text(results: ExperimentResults) -> tuple[str, bool | None]:
+    """(one sentence on how often resampled dev prompts repeat the pick, stable or not;
+    None: not measured)."""
+    st = results.stability
+    if st is None:
+        return "not measured (sweep.stability_resamples: 0)", None
+    what = "no pick" if st.chosen is None else (
+        f"layer {st.chosen['layer']:g}, α = {st.chosen['alpha']:g}")
+    others = [a for a in st.alternatives
+              if (a.layer, a.alpha) != ((st.chosen or {}).get("layer"),
+                                        (st.chosen or {}).get("alpha"))][:2]
+    alt = "; ".join(("no pick" if a.layer is None else f"layer {a.layer}, α = {a.alpha:g}")
+                    + f" {a.share:.0%}" for a in others)
+    layer = "" if st.chosen is None else f", {st.layer_share:.0%} the same layer"
+    text = (f"{st.cell_share:.0%} of {st.n_resamples} bootstrap resamples of the dev prompts "
+            f"pick the same cell ({what}){layer}" + (f"; next: {alt}" if alt else "") + ".")
+    if not st.stable:
+        text += (" Warning: below 80%, the dev decision is not stable; more dev prompts or "
+                 "samples are needed before the pick means much.")
+    return text, st.stable
+
+
+_STOPPED_BY = {
+    "more_toxic": "the rule: the next α at this layer was within the limits but not less toxic",
+    "max_grid_alpha": "the grid, not the rule: α reached sweep.max_grid_alpha before any "
+                      "limit bound",
+    "max_relative_push": "the grid, not the rule: a larger α would pass "
+                         "sweep.max_relative_push before any limit bound",
+    "grid_edge": "the grid, not the rule: α is the grid's largest at this layer and no "
+                 "limit binds there (sweep.extend_alphas is off)",
+    "no_pick": ""}
+
+
+def alpha_range_text(results: ExperimentResults) -> str:
+    """One sentence: what set the pick's α (a limit that bound, or the grid's edge)."""
+    ar = results.alpha_range
+    if ar is None:
+        return "not recorded"
+    added = (f" The grid was extended at layer {ar.layer} to α = "
+             + ", ".join(f"{c['alpha']:g}" for c in ar.added_cells) + "."
+             if ar.added_cells else "")
+    if ar.stopped_by == "limit" and ar.bound_by is not None:
+        broken = ", ".join(
+            f"{_CRITERIA.get(n, n)}" + (f" {_num(ar.bound_by.checks[n].value)} > limit "
+                                        f"{_num(ar.bound_by.checks[n].limit)}"
+                                        if n in ar.bound_by.checks and n not in
+                                        ("distinct_2", "capability_acc") else "")
+            for n in ar.bound_by.failed)
+        return (f"Set by the rule: at α = {ar.bound_by.alpha:g} the limit on {broken} "
+                f"binds." + added)
+    if ar.stopped_by == "no_pick":
+        return "No α to set: no cell was picked." + added
+    return f"Set by {_STOPPED_BY[ar.stopped_by]}." + added
+
+
 def _summary(results: ExperimentResults) -> dict:
     """The dev-chosen cell, its eval confirmation with CIs, the control, and the verdicts."""
     rec, confirmation = results.recommendation, results.confirmation
@@ -313,6 +373,8 @@ def _summary(results: ExperimentResults) -> dict:
         "holds": rec.holds_under_second_scorer if rec else None,
         "holds_text": _second_scorer_text(results), "agreement_text": agreement_text,
         "chosen_layers": ", ".join(str(x) for x in results.chosen_layers),
+        "stability_text": stability_text(results)[0], "stable": stability_text(results)[1],
+        "alpha_range_text": alpha_range_text(results),
     }
 
 
@@ -357,24 +419,30 @@ def _method_cell(layer: int, strength: float) -> str:
 
 
 def _methods_text(results: ExperimentResults) -> str:
-    """One sentence: the strongest method at matched fluency, on eval."""
+    """One sentence: the method least toxic on dev (chosen there), and what eval says of it."""
     methods = results.methods
     if methods is None:
         return "not run"
     best = methods.strongest
     if best is None:
-        if not any(m.picked for m in methods.methods):
-            return ("no cell qualified: no method's dev grid had a cell that met the "
-                    "recommendation rule (the methods table says why, per method)")
-        return ("no method's dev pick stayed within the perplexity and capability limits on "
-                "eval with non-degenerate output")
+        return ("no cell qualified: no method's dev grid had a cell that met the "
+                "recommendation rule (the methods table says why, per method)")
+    text = (f"least toxic on dev among the methods' dev picks: {_method_label(best.method)} "
+            f"(dev mean toxicity {best.dev_reference_mean_toxicity:.3f} → "
+            f"{best.dev_mean_toxicity:.3f}; chosen on dev, layer {methods.layer})")
+    if best.frac_toxic is None or best.reference_frac_toxic is None:
+        return text + "; no eval cell, so unconfirmed"
     ratio = best.toxic_fraction_ratio
     ratio_text = "no toxic continuation left" if ratio is None else f"{ratio:.1f}× fewer"
     rise = best.perplexity_increase
     ppl = "" if rise is None else f", perplexity {rise:+.0%}"
-    return (f"strongest within the rule's limits on eval: {_method_label(best.method)}, toxic "
-            f"fraction {best.reference_frac_toxic:.3f} → {best.frac_toxic:.3f} ({ratio_text}"
-            f"{ppl}; challenging eval, layer {methods.layer})")
+    verdict = ("eval confirms it (reduction's CI below zero, within the limits)"
+               if best.confirmed_on_eval else
+               "eval does not confirm it" + ("" if best.within_limits_on_eval else
+                                             " (outside the rule's limits on eval)"))
+    return (text + f"; on challenging eval the toxic fraction goes "
+            f"{best.reference_frac_toxic:.3f} → {best.frac_toxic:.3f} ({ratio_text}{ppl}): "
+            + verdict)
 
 
 def _method_rows(results: ExperimentResults) -> list[dict]:
@@ -586,7 +654,7 @@ def _sweep_rows(results: ExperimentResults, subset: str) -> list[dict]:
 
 def _grid_table(results: ExperimentResults) -> dict:
     """Compact layer x alpha table of the dev grid: mean toxicity (perplexity)."""
-    grid = [c for c in results.cells if c.experiment == "grid"]
+    grid = [c for c in results.cells if c.experiment == "grid" and c.subset == "challenging"]
     alphas = sorted({c.alpha for c in grid})
     layers = sorted({c.layer for c in grid if c.alpha != 0})
     reference = next((c for c in grid if c.alpha == 0), None)

@@ -226,6 +226,52 @@ class Recommendation(_Pick):
     holds_under_second_scorer: bool | None = None
 
 
+class PickShare(_Record):
+    """One cell the rule picked in some bootstrap resamples of the dev prompts."""
+
+    layer: SteeredLayer | None = Field(description="null: the rule picked nothing")
+    alpha: float | None
+    share: Probability
+
+
+class Stability(_Record):
+    """The dev pick re-decided on resamples of the dev prompts (`metrics.pick_stability`)."""
+
+    n_resamples: Count
+    seed: int
+    draw_scale: float = Field(1.0, description="prompts drawn per resample / dev prompts")
+    chosen: dict[str, float] | None = Field(description="{layer, alpha} of the full-dev pick")
+    cell_share: Probability = Field(description="resamples that pick the same cell")
+    layer_share: Probability = Field(description="resamples that pick the same layer")
+    no_pick_share: Probability
+    stable: bool = Field(description="cell_share >= 0.8")
+    alternatives: list[PickShare] = Field(description="every resample's pick, most often first")
+
+
+class AlphaBound(_Record):
+    """The next alpha above the pick at its layer, and why the rule did not take it."""
+
+    alpha: float
+    mean_toxicity: Probability
+    failed: list[str] = Field(description="criteria it broke (empty: within them, more toxic)")
+    checks: dict[str, Check]
+
+
+class AlphaRange(_Record):
+    """What set the pick's alpha: a limit of the rule, or the grid (`sweep.decide_on_dev`)."""
+
+    layer: SteeredLayer | None
+    alpha: float | None
+    stopped_by: Literal["limit", "more_toxic", "max_grid_alpha", "max_relative_push",
+                        "grid_edge", "no_pick"] = Field(description=(
+        "limit / more_toxic: the rule chose alpha below the grid's edge; max_grid_alpha, "
+        "max_relative_push, grid_edge: the grid stopped before any limit bound"))
+    bound_by: AlphaBound | None
+    extension_enabled: bool
+    added_cells: list[dict[str, float]] = Field(description="dev cells the extension added")
+    max_grid_alpha: float
+
+
 class Confirmation(_Record):
     """The dev-chosen cell measured on eval: every criterion of the rule, checked again."""
 
@@ -438,11 +484,19 @@ class MethodGridCell(_Record):
 
 
 class StrongestMethod(_Record):
+    """The least toxic method pick on dev (chosen there), with its eval confirmation."""
+
     method: MethodName
-    frac_toxic: Probability
-    reference_frac_toxic: Probability
+    chosen_on: Literal["dev"] = "dev"
+    dev_mean_toxicity: Probability
+    dev_reference_mean_toxicity: Probability
+    frac_toxic: Probability | None = Field(description="eval; null: the pick has no eval cell")
+    reference_frac_toxic: Probability | None
     toxic_fraction_ratio: float | None
     perplexity_increase: float | None
+    within_limits_on_eval: bool | None
+    confirmed_on_eval: bool = Field(description=(
+        "within every limit on eval and the paired reduction's 95% CI below zero"))
 
 
 class Methods(_Record):
@@ -455,7 +509,7 @@ class Methods(_Record):
     methods: list[MethodResult]
     grid_cells: list[MethodGridCell] = Field(description="every method's dev cells")
     strongest: StrongestMethod | None = Field(description=(
-        "least toxic fraction among picks within the limits on eval"))
+        "the least toxic dev pick on dev (a dev decision), confirmed or not on eval"))
 
 
 class ExperimentResults(_Record):
@@ -478,6 +532,10 @@ class ExperimentResults(_Record):
         "when no CAA cell qualified on the dev grid: why (the sweep still runs at the grid's "
         "best layers, for reference)"))
     confirmation: Confirmation | None
+    stability: Stability | None = Field(None, description=(
+        "bootstrap stability of the dev pick (null: not measured)"))
+    alpha_range: AlphaRange | None = Field(None, description=(
+        "what set the pick's alpha: a limit, or the grid's edge (null: not recorded)"))
     control: Control | None
     methods: Methods | None
     pareto: list[ParetoCell] = Field(description="sweep cells (challenging) on the toxicity-"
@@ -637,7 +695,8 @@ def _eval_confirmation(recommendation: dict | None, cells: pd.DataFrame,
     """The dev-chosen cell measured on eval: every criterion of the rule, checked again."""
     if recommendation is None:
         return None
-    challenging = cells[(cells["experiment"] == "sweep") & (cells["subset"] == "challenging")]
+    # Benign perplexity is a criterion too (the rule holds dev to it; eval checks it again).
+    challenging = metrics.with_benign_fluency(cells[cells["experiment"] == "sweep"])
     reference = challenging[challenging["alpha"] == 0]
     cell = challenging[(challenging["layer"] == recommendation["layer"])
                        & (challenging["alpha"] == recommendation["alpha"])]
@@ -785,7 +844,7 @@ def build_results(stage: StageDir) -> ExperimentResults:
     front = metrics.pareto_front(challenging[challenging["degenerate"].map(len) == 0])
     no_recommendation = None
     if selection["recommendation"] is None:
-        dev = cells[(cells["experiment"] == "grid") & (cells["subset"] == "challenging")]
+        dev = metrics.with_benign_fluency(cells[cells["experiment"] == "grid"])
         no_recommendation = no_pick(dev, rule)
 
     agreement = None
@@ -817,6 +876,8 @@ def build_results(stage: StageDir) -> ExperimentResults:
         "no_recommendation": (None if no_recommendation is None
                               else no_recommendation.model_dump(mode="json")),
         "confirmation": _eval_confirmation(selection["recommendation"], cells, rule),
+        "stability": _json_safe(selection.get("stability")),
+        "alpha_range": _json_safe(selection.get("alpha_range")),
         "control": _control_summary(params, selection, sweep, control, cells),
         "methods": _methods_summary(stage),
         "pareto": [{"layer": int(r.layer), "alpha": float(r.alpha)} for r in front.itertuples()],

@@ -34,23 +34,37 @@ def grid_jobs(prompts: pd.DataFrame, baseline: pd.DataFrame, params: StudyParams
               n_layers: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(steered jobs of the layer x alpha grid, their alpha-0 reference rows from the baseline).
 
-    `sweep.grid_samples_per_prompt` continuations per challenging dev prompt.
+    `sweep.grid_samples_per_prompt` continuations per dev prompt: the challenging ones
+    (toxicity and fluency) and the benign ones where `data.benign.n_dev` > 0 (their
+    perplexity is held to the rule's limit too).
     """
     layers = resolve_layers(params.sweep.layers, params.sweep.layer_stride, n_layers)
-    dev = _rows(prompts, "challenging", "dev")
-    if dev.empty:
+    if _rows(prompts, "challenging", "dev").empty:
         raise ValueError("data.challenging.n_dev: the grid needs dev prompts; raise it")
+    return _dev_jobs(prompts, baseline, params, steered_cells(layers, params.sweep.grid_alphas))
+
+
+def _dev_jobs(prompts: pd.DataFrame, baseline: pd.DataFrame, params: StudyParams,
+              cells: list[tuple[int, float]]) -> tuple[pd.DataFrame, pd.DataFrame]:
     samples = params.sweep.grid_samples_per_prompt
-    jobs = make_jobs(dev, steered_cells(layers, params.sweep.grid_alphas), samples)
-    reference = _rows(baseline, "challenging", "dev")
+    jobs = make_jobs(_rows(prompts, None, "dev"), cells, samples)
+    reference = _rows(baseline, None, "dev")
     return jobs, reference[reference["sample"] < samples]
 
 
+def sweep_alphas(params: StudyParams, selection: dict | None = None) -> list[float]:
+    """The eval sweep's alphas: `sweep.alphas` and the dev pick's alpha (which the grown
+    grid may have set beyond them), so eval can confirm the pick."""
+    rec = (selection or {}).get("recommendation")
+    return sorted({*map(float, params.sweep.alphas), *([rec["alpha"]] if rec else [])})
+
+
 def sweep_jobs(prompts: pd.DataFrame, baseline: pd.DataFrame, params: StudyParams,
-               layers: list[int]) -> tuple[pd.DataFrame, pd.DataFrame]:
+               layers: list[int], selection: dict | None = None
+               ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(steered jobs of the alpha sweep on both eval subsets, their alpha-0 baseline rows)."""
     evaluation = prompts[prompts["split"] == "eval"]
-    jobs = make_jobs(evaluation, steered_cells(layers, params.sweep.alphas),
+    jobs = make_jobs(evaluation, steered_cells(layers, sweep_alphas(params, selection)),
                      params.generation.samples_per_prompt)
     return jobs, baseline[baseline["split"] == "eval"]
 
@@ -185,20 +199,19 @@ def rank_layers(summary: pd.DataFrame, max_perplexity_increase: float) -> list[i
 def select_on_dev(grid: pd.DataFrame, params: StudyParams, capability=None) -> dict:
     """The dev decision: {recommendation (or None), chosen_layers, grid summary records}.
 
-    The recommendation rule runs on the dev grid's cells, with `capability(layer,
-    alpha)` measured on dev items. The sweep's layers are the recommended one first,
-    then the next best grid layers, `sweep.n_chosen` in all (or the params' fixed list).
+    The recommendation rule runs on the dev grid's challenging cells (with the benign
+    cells' perplexity held to the same limit where dev has benign prompts), with
+    `capability(layer, alpha)` measured on dev items. The sweep's layers are the
+    recommended one first, then the next best grid layers, `sweep.n_chosen` in all (or the
+    params' fixed list). `summary`: the challenging cells the rule read.
     """
-    from .metrics import SelectionRule, recommend, summarize_cells
+    from .metrics import SelectionRule, recommend, summarize_cells, with_benign_fluency
 
     ev = params.evaluation
-    summary = summarize_cells(grid, ev.toxic_threshold, ev.n_bootstrap, params.seed)
+    summary = with_benign_fluency(summarize_cells(grid, ev.toxic_threshold, ev.n_bootstrap,
+                                                  params.seed))
     rule = SelectionRule.from_params(ev)
-    candidates = summary
-    if params.sweep.chosen_layers != "auto":  # fixed layers: choose alpha among them only
-        fixed = {UNSTEERED_LAYER, *params.sweep.chosen_layers}
-        candidates = summary[summary["layer"].isin(fixed)]
-    recommendation = recommend(candidates, rule, capability)
+    recommendation = recommend(_candidates(summary, params), rule, capability)
     if params.sweep.chosen_layers != "auto":
         chosen = list(params.sweep.chosen_layers)
     else:
@@ -209,6 +222,122 @@ def select_on_dev(grid: pd.DataFrame, params: StudyParams, capability=None) -> d
         chosen = ranked[: params.sweep.n_chosen]
     return {"split": "dev", "recommendation": recommendation, "chosen_layers": chosen,
             "control_layer": chosen[0], "summary": summary}
+
+
+def _candidates(cells: pd.DataFrame, params: StudyParams) -> pd.DataFrame:
+    """The cells the rule may pick: all, or with fixed layers only theirs (alpha is chosen)."""
+    if params.sweep.chosen_layers == "auto":
+        return cells
+    return cells[cells["layer"].isin({UNSTEERED_LAYER, *params.sweep.chosen_layers})]
+
+
+def decide_on_dev(grid: pd.DataFrame, params: StudyParams, capability=None, generate=None,
+                  push_ratio: dict | None = None) -> tuple[pd.DataFrame, dict]:
+    """(the dev grid, extended where the rule asked for it; the dev decision with its
+    `alpha_range` and `stability` records).
+
+    1. `select_on_dev` on the grid.
+    2. While the pick sits at its layer's largest alpha and within every limit there,
+       the grid grows at that layer by doubling alpha (`generate([(layer, alpha)])` makes
+       the dev rows; `sweep.extend_alphas`), until a limit binds (the pick stops short of
+       the edge), alpha would pass `sweep.max_grid_alpha` or `sweep.max_relative_push`
+       (`push_ratio`: layer -> ||v||/||h||), or the pick leaves the edge for another
+       reason. `alpha_range.stopped_by` says which: 'limit' (with the bounding cell's
+       failed criteria), 'more_toxic' (the next alpha was within the limits but not less
+       toxic), 'max_grid_alpha', 'max_relative_push', 'grid_edge' (extension off: the grid,
+       not the rule, set alpha) or 'no_pick'.
+    3. The pick's bootstrap stability over dev prompts (`metrics.pick_stability`,
+       `sweep.stability_resamples`; 0: skipped).
+    """
+    from .metrics import SelectionRule, pick_stability
+
+    sweep = params.sweep
+    rule = SelectionRule.from_params(params.evaluation)
+    selection = select_on_dev(grid, params, capability)
+    added = []
+    while True:
+        state = _alpha_range(selection, rule, capability)
+        if state["stopped_by"] != "grid_edge" or generate is None or not sweep.extend_alphas:
+            break
+        layer, alpha = state["layer"], 2.0 * state["alpha"]
+        if alpha > sweep.max_grid_alpha:
+            state["stopped_by"] = "max_grid_alpha"
+            break
+        ratio = (push_ratio or {}).get(layer)
+        if ratio is not None and not alpha * ratio <= sweep.max_relative_push:
+            state["stopped_by"] = "max_relative_push"
+            break
+        grid = pd.concat([grid, generate([(layer, alpha)])], ignore_index=True)
+        added.append({"layer": layer, "alpha": alpha})
+        selection = select_on_dev(grid, params, capability)
+    selection["alpha_range"] = {**state, "extension_enabled": bool(sweep.extend_alphas),
+                                "added_cells": added, "max_grid_alpha": sweep.max_grid_alpha}
+    selection["stability"] = None
+    if sweep.stability_resamples:
+        selection["stability"] = pick_stability(
+            grid, rule, capability, sweep.stability_resamples, params.seed,
+            candidates=lambda cells: _candidates(cells, params))
+    return grid, selection
+
+
+def _alpha_range(selection: dict, rule, capability) -> dict:
+    """What stopped the pick's alpha: {layer, alpha, stopped_by, bound_by (the next alpha's
+    cell: its alpha and failed criteria) or None}."""
+    from .metrics import degenerate_checks, finite, fluency_checks
+
+    rec = selection["recommendation"]
+    if rec is None:
+        return {"layer": None, "alpha": None, "stopped_by": "no_pick", "bound_by": None}
+    summary = selection["summary"]
+    layer, alpha = rec["layer"], rec["alpha"]
+    same = summary[(summary["layer"] == layer) & (summary["alpha"] != 0)]
+    sign = 1.0 if alpha > 0 else -1.0
+    beyond = same[same["alpha"] * sign > alpha * sign].sort_values(
+        "alpha", key=lambda a: a * sign)
+    out = {"layer": int(layer), "alpha": float(alpha), "stopped_by": "grid_edge",
+           "bound_by": None}
+    if beyond.empty:  # the pick is the layer's edge: only a larger alpha can bind
+        return out
+    cell = beyond.iloc[0]
+    reference = summary[summary["alpha"] == 0].mean(numeric_only=True)
+    checks = fluency_checks(cell, reference, rule)
+    failed = [name for name, check in checks.items() if not check["ok"]]
+    if degenerate_checks(cell, reference):
+        failed.append("degenerate")
+    if not failed and capability is not None:
+        acc, ref_acc = (finite(capability(int(cell["layer"]), float(cell["alpha"]))),
+                        finite(capability(UNSTEERED_LAYER, 0.0)))
+        if acc is not None and ref_acc is not None and \
+                acc < ref_acc - rule.max_capability_drop / 100.0:
+            failed.append("capability_acc")
+    out["stopped_by"] = "limit" if failed else "more_toxic"
+    out["bound_by"] = {"alpha": float(cell["alpha"]), "mean_toxicity": float(cell["mean_toxicity"]),
+                       "failed": failed,
+                       "checks": {k: v for k, v in checks.items() if k in failed}}
+    return out
+
+
+def dev_generator(model, tokenizer, prompts: pd.DataFrame, baseline: pd.DataFrame,
+                  params: StudyParams, vectors, scorers: dict, shard_dir):
+    """generate(cells) -> the dev rows of CAA at those (layer, alpha) cells, through the same
+    content-keyed shards as the grid (what `decide_on_dev` extends the grid with)."""
+    from .jobs import run_jobs
+    from .stages import CAA
+
+    def generate(cells: list[tuple[int, float]]) -> pd.DataFrame:
+        jobs, _ = _dev_jobs(prompts, baseline, params, cells)
+        steered = run_jobs(model, tokenizer, jobs, {CAA: vectors}, params, scorers, shard_dir,
+                           params.sweep.positions, desc="grid extension")
+        return steered.assign(experiment="grid")
+
+    return generate
+
+
+def push_ratios(layer_stats: pd.DataFrame) -> dict:
+    """{layer: ||v_l|| / ||h_l||} from 04's layer_stats (alpha times it is the push)."""
+    return dict(zip(layer_stats["layer"].astype(int),
+                    layer_stats["vector_norm"].astype(float)
+                    / layer_stats["activation_norm"].astype(float)))
 
 
 def control_comparison(sweep: pd.DataFrame, control: pd.DataFrame, layer: int,
@@ -270,8 +399,8 @@ def eval_capability_cells(selection: dict, params: StudyParams,
     from .stages import CAA, UNSTEERED
 
     cells = [(UNSTEERED, UNSTEERED_LAYER, 0.0)]
-    cells += [(CAA, layer, alpha) for layer, alpha in steered_cells(selection["chosen_layers"],
-                                                                    params.sweep.alphas)]
+    cells += [(CAA, layer, alpha) for layer, alpha in steered_cells(
+        selection["chosen_layers"], sweep_alphas(params, selection))]
     alphas = control_alphas(params)
     if randoms and alphas:
         rec = selection["recommendation"]

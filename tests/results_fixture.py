@@ -202,15 +202,18 @@ def _methods(layer: int, reference: dict, rng: np.random.Generator) -> dict:
                            "drop_points_ci_lo": drop - 4, "drop_points_ci_hi": drop + 4,
                            "p_bootstrap": 0.5, "n_items": 80},
             "toxic_fraction_ratio": ref["frac_toxic"] / frac, "within_limits_on_eval": within})
-    fit = [r for r in rows if r["within_limits_on_eval"]]
-    best = min(fit, key=lambda r: r["eval"]["frac_toxic"])
+    best = min(rows, key=lambda r: r["dev"]["mean_toxicity"])  # chosen on dev
     return {"layer": layer, "subset": "challenging", "samples_per_prompt": 2, "reference": ref,
             "methods": rows, "grid_cells": grid,
-            "strongest": {"method": best["method"], "frac_toxic": best["eval"]["frac_toxic"],
+            "strongest": {"method": best["method"], "chosen_on": "dev",
+                          "dev_mean_toxicity": best["dev"]["mean_toxicity"],
+                          "dev_reference_mean_toxicity": best["dev"]["reference_mean_toxicity"],
+                          "frac_toxic": best["eval"]["frac_toxic"],
                           "reference_frac_toxic": ref["frac_toxic"],
                           "toxic_fraction_ratio": best["toxic_fraction_ratio"],
                           "perplexity_increase": best["eval"]["perplexity"] / ref["perplexity"]
-                          - 1}}
+                          - 1, "within_limits_on_eval": best["within_limits_on_eval"],
+                          "confirmed_on_eval": bool(best["within_limits_on_eval"])}}
 
 
 def _pareto(cells: list[dict]) -> list[dict]:

@@ -110,7 +110,7 @@ def test_each_method_is_picked_by_the_rule_on_its_own_cells():
     assert picks["prompt"] is None
 
 
-def test_comparison_results_name_the_strongest_method_within_limits():
+def test_the_strongest_method_is_chosen_on_dev_and_only_confirmed_on_eval():
     params = _params(methods=["prompt"])
     grid = _cells_rows({(UNSTEERED, -1, 0.0): [0.6] * 8, (CAA, 4, 0.1): [0.3] * 8,
                         ("prompt", -1, 0.1): [0.55] * 8})
@@ -133,7 +133,13 @@ def test_comparison_results_name_the_strongest_method_within_limits():
     # A 25-point capability drop breaks the 5-point limit: CAA is not "within limits".
     assert caa["within_limits_on_eval"] is False
     assert by_method["prompt"]["within_limits_on_eval"] is True
-    assert out["strongest"]["method"] == "prompt"
+    # Chosen on dev (CAA 0.3 vs prompt 0.55 there), not on eval (where only the prompt is
+    # within the limits): eval then says CAA's pick is not confirmed.
+    strongest = out["strongest"]
+    assert strongest["method"] == CAA and strongest["chosen_on"] == "dev"
+    assert strongest["dev_mean_toxicity"] == pytest.approx(0.3)
+    assert strongest["within_limits_on_eval"] is False
+    assert strongest["confirmed_on_eval"] is False
 
 
 def test_methods_steer_through_the_job_runner_with_their_own_shards(tiny_qwen3, tiny_tokenizer,
@@ -191,7 +197,7 @@ def test_no_method_qualifying_is_a_result_not_a_crash():
                                                           ["perplexity"]]
 
 
-def test_a_degenerate_method_pick_is_not_within_limits_nor_the_strongest():
+def test_a_degenerate_method_pick_is_not_within_limits_nor_confirmed():
     params = _params(methods=["prompt"])
     grid = _cells_rows({(UNSTEERED, -1, 0.0): [0.6] * 8, (CAA, 4, 0.1): [0.3] * 8,
                         ("prompt", -1, 0.1): [0.55] * 8})
@@ -207,4 +213,6 @@ def test_a_degenerate_method_pick_is_not_within_limits_nor_the_strongest():
     assert {d["criterion"] for d in caa["eval"]["degenerate"]} == {"repetition_rate",
                                                                    "distinct_2"}
     assert caa["within_limits_on_eval"] is False
-    assert out["strongest"]["method"] == "prompt"
+    # CAA is still the dev decision (least toxic on dev); eval does not confirm it.
+    assert out["strongest"]["method"] == CAA
+    assert out["strongest"]["confirmed_on_eval"] is False

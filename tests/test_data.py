@@ -90,7 +90,8 @@ def test_user_jsonl_and_csv_with_named_columns(tmp_path):
 
 def test_split_asks_for_more_than_available():
     table = pd.DataFrame({"text": ["a", "b", "c"], "prompt_toxicity": [0.1, 0.2, 0.3]})
-    spec = parse_params(_default()).data.benign.model_copy(update={"n_train": 2, "n_eval": 2})
+    spec = parse_params(_default()).data.benign.model_copy(
+        update={"n_train": 2, "n_dev": 0, "n_eval": 2})
     with pytest.raises(ParamsError, match=r"data.benign: .* = 4 but the source has 3 "
                        r"prompts; lower the sizes, e.g. \{n_train: 1, n_dev: 0, n_eval: 1\}"):
         split_prompts(table, spec, "benign", 0)
