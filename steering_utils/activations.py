@@ -281,6 +281,8 @@ def contrast_texts(baseline: pd.DataFrame, prompts: pd.DataFrame, contrast: str,
         score = rows[gap.score].astype(float)
         toxic, clean = rows[score >= gap.toxic_min].iloc[::-1], rows[score < gap.clean_max]
         n = min(n_per_side, len(rows) // 2, len(toxic), len(clean))
+        # The gap filter may leave fewer than n_per_side a side: min_pairs is the floor.
+        need = min(gap.min_pairs, n_per_side) if required is None else required
         if n < need:
             raise ValueError(f"{field}: {n_per_side} per side needs {n_per_side} {split} "
                              f"continuations scoring >= {gap.toxic_min} and {n_per_side} "

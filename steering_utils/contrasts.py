@@ -65,7 +65,7 @@ def _unit(x: torch.Tensor) -> torch.Tensor:
 def split_half_cosine(toxic: torch.Tensor, clean: torch.Tensor, n_resamples: int,
                       seed: int) -> pd.DataFrame:
     """Per layer, the cosine between CAA vectors of two random disjoint halves of the pairs
-    (mean, SD, 5th and 95th percentile over `n_resamples` splits); NaN under 4 pairs.
+    (mean, SD, 5th and 95th percentile over `n_resamples` splits); NaN under 2 pairs.
 
     `toxic`, `clean`: pooled activations [n, L, d], row i of each from the same prompt.
     Near 1: the direction is a property of the data, not of which prompts were drawn.
@@ -73,7 +73,7 @@ def split_half_cosine(toxic: torch.Tensor, clean: torch.Tensor, n_resamples: int
     n, n_layers = toxic.shape[0], toxic.shape[1]
     columns = ["split_half_cosine", "split_half_cosine_sd", "split_half_cosine_p05",
                "split_half_cosine_p95"]
-    if n < 4:
+    if n < 2:
         return pd.DataFrame({c: [float("nan")] * n_layers for c in columns})
     diff = (toxic - clean).double()  # the pair's own difference: paired halves
     rng = np.random.default_rng(seed)

@@ -90,8 +90,8 @@ def test_no_direction_gives_split_half_cosine_near_zero():
     assert (table["split_half_cosine_sd"] > 0.05).all()
 
 
-def test_split_half_cosine_is_nan_below_four_pairs_and_reproducible():
-    _, toxic, clean = _planted(n=3, n_layers=2, d=4, signal=1.0, seed=0)
+def test_split_half_cosine_is_nan_below_two_pairs_and_reproducible():
+    _, toxic, clean = _planted(n=1, n_layers=2, d=4, signal=1.0, seed=0)
     assert split_half_cosine(toxic, clean, 20, 0)["split_half_cosine"].isna().all()
     _, toxic, clean = _planted(n=12, n_layers=2, d=4, signal=1.0, seed=0)
     pd.testing.assert_frame_equal(split_half_cosine(toxic, clean, 20, 7),
@@ -127,3 +127,65 @@ def test_ties_count_half_and_no_pairs_gives_nan():
     assert table["paired_accuracy"].tolist() == [0.75]
     empty = paired_accuracy(direction, toxic[:0], clean[:0], n_bootstrap=50, seed=0)
     assert np.isnan(empty["paired_accuracy"][0]) and empty["n_heldout_pairs"][0] == 0
+
+
+@pytest.mark.slow
+def test_the_smoke_run_labels_filters_and_reports_its_pairs(smoke_run):
+    """The shared smoke run: pairs labelled by tox-block with a real gap, counts by reason,
+    stability and held-out accuracy per layer in the results and the report."""
+    import json
+
+    from steering_utils.artifacts import read_table
+
+    work, _ = smoke_run
+    run = work / "runs" / "smoke"
+    counts = json.loads(next((run / "03_activations").glob("*/contrast_counts.json")).read_text())
+    assert counts["label_scorer"] == "tox-block" and counts["label_column"] == "label_toxicity"
+    train = counts["train"]
+    assert train["continuations"] == 8 * 4  # smoke: 8 train prompts x 4 samples
+    dropped = sum(train[k] for k in ("no_toxic_side", "no_clean_side", "no_toxic_nor_clean_side",
+                                     "tied", "single_continuation", "only_empty_continuations"))
+    assert train["pairs_kept"] + dropped == train["prompts"] == 8
+    texts = read_table(next((run / "03_activations").glob("*/contrast_texts.parquet")))
+    pairs = texts[texts["set"].isin(["train_toxic", "train_clean"])]
+    assert len(pairs) == 2 * train["pairs_used"] >= 2 * 2
+    assert (pairs.loc[pairs["set"] == "train_toxic", "toxicity"] >= 0.5).all()
+    assert (pairs.loc[pairs["set"] == "train_clean", "toxicity"] < 0.1).all()
+    results = json.loads((work / "reports" / "smoke" / "experiment_results.json").read_text())
+    layers = results["vectors"]["layers"]
+    assert all(-1 <= row["split_half_cosine"] <= 1 for row in layers
+               if row["split_half_cosine"] is not None)
+    assert all("paired_accuracy" in row for row in layers)
+    html = (work / "reports" / "smoke" / "report.html").read_text()
+    assert "Contrast pairs and the vector" in html and "tox-block" in html
+
+
+def test_the_report_shows_the_label_scorer_the_filter_and_each_layers_reliability():
+    from results_fixture import make_results
+
+    from steering_utils.report import render_report
+    from steering_utils.results import validate_results
+
+    results = make_results(n_layers=2)
+    pair_counts = {"prompts": 48, "continuations": 192, "empty_continuations": 0,
+                   "only_empty_continuations": 0, "single_continuation": 0, "tied": 0,
+                   "no_toxic_side": 17, "no_clean_side": 3, "no_toxic_nor_clean_side": 2,
+                   "pairs_kept": 26, "toxic_min": 0.5, "clean_max": 0.1,
+                   "label": "label_toxicity", "pairs_used": 26}
+    results["vectors"]["contrast_counts"] = {
+        "label_column": "label_toxicity", "label_scorer": "tox-block", "train": pair_counts,
+        "dev": "too few dev rows for a held-out contrast (activations.min_pairs: ...)"}
+    for row, cosine in zip(results["vectors"]["layers"], (0.812, 0.934)):
+        row.update(split_half_cosine=cosine, split_half_cosine_sd=0.05,
+                   split_half_cosine_p05=cosine - 0.1, split_half_cosine_p95=cosine + 0.05,
+                   paired_accuracy=0.75, paired_accuracy_ci_lo=0.55,
+                   paired_accuracy_ci_hi=0.9, n_heldout_pairs=12)
+    html = render_report(validate_results(results), figures=[])
+    assert "Contrast pairs and the vector" in html and "<b>tox-block</b>" in html
+    assert ("train: 26 pairs used of 48 prompts (toxic side ≥ 0.5, clean side &lt; 0.1; "
+            "dropped: no side toxic enough 17, no side clean enough 3, neither 2)") in html
+    assert "dev: too few dev rows for a held-out contrast" in html
+    assert "0.812" in html and "[0.712, 0.862]" in html and "[0.550, 0.900]" in html
+    # Results without these statistics (older runs) render without the section.
+    plain = render_report(validate_results(make_results(n_layers=2)), figures=[])
+    assert "Contrast pairs and the vector" not in plain
