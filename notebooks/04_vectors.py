@@ -67,7 +67,9 @@ stats = layer_stats(vectors, sets.get("dev_toxic"), sets.get("dev_clean"), compa
 # random halves of the train pairs, `vectors.n_resamples` splits: near 1, the direction is a
 # property of the data; mean and 5-95% range) and its **paired held-out accuracy** (the
 # share of dev pairs whose toxic side projects further onto v than its clean side; 0.5 is
-# chance) with a 95% bootstrap interval over pairs.
+# chance) with a 95% bootstrap interval over pairs. Dev has k samples per prompt, so few
+# of its prompts give a gapped pair; the **leave-one-out** accuracy tests each train pair
+# against the vector fitted without it.
 
 # %%
 from steering_utils.contrasts import vector_quality

@@ -117,15 +117,36 @@ def paired_accuracy(directions: torch.Tensor, toxic: torch.Tensor, clean: torch.
     })
 
 
+def loo_paired_accuracy(toxic: torch.Tensor, clean: torch.Tensor, n_bootstrap: int,
+                        seed: int) -> pd.DataFrame:
+    """Per layer, paired accuracy of each train pair under the vector fitted *without* it
+    (leave-one-out: the mean difference of the other pairs), with a 95% percentile
+    bootstrap interval over pairs; NaN under 2 pairs. Held-out pairs from the train
+    prompts, for when the dev split yields too few gapped pairs."""
+    n, n_layers = toxic.shape[0], toxic.shape[1]
+    columns = ["loo_accuracy", "loo_accuracy_ci_lo", "loo_accuracy_ci_hi"]
+    if n < 2:
+        return pd.DataFrame({c: [float("nan")] * n_layers for c in columns})
+    diff = (toxic - clean).double()
+    others = (diff.sum(0, keepdim=True) - diff) / (n - 1)  # [n, L, d]: v without pair i
+    margin = (diff * others).sum(-1).numpy()
+    wins = (margin > 0) + 0.5 * (margin == 0)
+    boot = wins[np.random.default_rng(seed).integers(0, n, size=(n_bootstrap, n))].mean(1)
+    return pd.DataFrame({columns[0]: wins.mean(0), columns[1]: np.percentile(boot, 2.5, axis=0),
+                         columns[2]: np.percentile(boot, 97.5, axis=0)})
+
+
 def vector_quality(directions: torch.Tensor, sets: dict, n_resamples: int,
                    seed: int) -> pd.DataFrame:
     """Per layer: split-half cosine of the train pairs' vector (with its spread over
-    resamples) and paired accuracy on the held-out dev pairs (with a bootstrap CI; NaN
-    when 03 found too few dev pairs). `sets`: 03's activation sets."""
-    stability = split_half_cosine(sets["train_toxic"]["pooled"], sets["train_clean"]["pooled"],
-                                  n_resamples, seed)
+    resamples), leave-one-out paired accuracy on the train pairs and paired accuracy on
+    the held-out dev pairs (bootstrap CIs; NaN when 03 found too few dev pairs).
+    `sets`: 03's activation sets."""
+    train = sets["train_toxic"]["pooled"], sets["train_clean"]["pooled"]
+    stability = split_half_cosine(*train, n_resamples, seed)
+    loo = loo_paired_accuracy(*train, n_resamples, seed + 2)
     empty = sets["train_toxic"]["pooled"][:0]
     toxic = sets.get("dev_toxic", {}).get("pooled", empty)
     clean = sets.get("dev_clean", {}).get("pooled", empty)
     accuracy = paired_accuracy(directions, toxic, clean, n_resamples, seed + 1)
-    return pd.concat([stability, accuracy], axis=1)
+    return pd.concat([stability, loo, accuracy], axis=1)

@@ -644,6 +644,8 @@ def _contrast_table(results: ExperimentResults) -> dict | None:
         return None
     rows = [{"layer": r.layer, "cosine": _num(r.split_half_cosine),
              "range": _interval(r.split_half_cosine_p05, r.split_half_cosine_p95),
+             "loo": _num(r.loo_accuracy),
+             "loo_ci": _interval(r.loo_accuracy_ci_lo, r.loo_accuracy_ci_hi),
              "accuracy": _num(r.paired_accuracy),
              "ci": _interval(r.paired_accuracy_ci_lo, r.paired_accuracy_ci_hi),
              "n": r.n_heldout_pairs if r.n_heldout_pairs is not None else "–"}

@@ -134,6 +134,10 @@ class LayerStats(_Record):
     split_half_cosine_sd: Annotated[float, Field(ge=0)] | None = None
     split_half_cosine_p05: Annotated[float, Field(ge=-1, le=1)] | None = None
     split_half_cosine_p95: Annotated[float, Field(ge=-1, le=1)] | None = None
+    loo_accuracy: Probability | None = Field(
+        None, description="share of train pairs won under the vector fitted without them")
+    loo_accuracy_ci_lo: Probability | None = None
+    loo_accuracy_ci_hi: Probability | None = None
     paired_accuracy: Probability | None = Field(
         None, description="share of held-out dev pairs whose toxic side projects further")
     paired_accuracy_ci_lo: Probability | None = None

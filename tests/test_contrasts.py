@@ -189,3 +189,22 @@ def test_the_report_shows_the_label_scorer_the_filter_and_each_layers_reliabilit
     # Results without these statistics (older runs) render without the section.
     plain = render_report(validate_results(make_results(n_layers=2)), figures=[])
     assert "Contrast pairs and the vector" not in plain
+
+
+def test_leave_one_out_accuracy_tests_each_pair_against_the_others():
+    from steering_utils.contrasts import loo_paired_accuracy
+
+    _, toxic, clean = _planted(n=30, n_layers=2, d=8, signal=10.0, seed=6)
+    planted = loo_paired_accuracy(toxic, clean, n_bootstrap=200, seed=0)
+    assert planted["loo_accuracy"].tolist() == [1.0, 1.0]
+    # No direction at all: chance, the interval covering 0.5.
+    _, toxic, clean = _planted(n=400, n_layers=2, d=8, signal=0.0, seed=7)
+    noise = loo_paired_accuracy(toxic, clean, n_bootstrap=500, seed=0)
+    assert ((noise["loo_accuracy"] - 0.5).abs() < 0.08).all()
+    assert ((noise["loo_accuracy_ci_lo"] < 0.5) & (0.5 < noise["loo_accuracy_ci_hi"])).all()
+    # By hand: pair 1's vector is pair 0's difference, and it disagrees.
+    toxic = torch.tensor([[[1.0, 0.0]], [[-1.0, 0.0]], [[0.0, 0.0]]])
+    clean = torch.zeros(3, 1, 2)
+    table = loo_paired_accuracy(toxic, clean, n_bootstrap=10, seed=0)
+    # v without 0: (-1, 0)/2 -> 0 loses; without 1: (1, 0)/2 -> 1 loses; 2 ties -> 1/2.
+    assert table["loo_accuracy"].tolist() == [pytest.approx(1 / 6)]
