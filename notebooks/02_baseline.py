@@ -11,8 +11,10 @@
 #
 # **What this stage does.** The unsteered model continues every prompt of every split
 # `generation.samples_per_prompt` times (k; temperature 0.7, top-p 0.9, 20 new tokens in
-# the real study). Each continuation is scored for toxicity (the continuation alone, as in
-# Gehman et al. 2020) and its perplexity is measured under the same unsteered model.
+# the real study); challenging *train* prompts `generation.train_samples_per_prompt` times,
+# the pool from which 03 picks each prompt's contrast pair. Each continuation is scored for
+# toxicity (the continuation alone, as in Gehman et al. 2020) and its perplexity is measured
+# under the same unsteered model.
 #
 # Sampling is seeded per (prompt, sample): each row has its own random stream, so these
 # baseline rows are exactly the alpha = 0 cell of every later sweep (common random
@@ -39,11 +41,10 @@ stage
 
 # %%
 from steering_utils.artifacts import read_table, write_table
-from steering_utils.generation import make_jobs
+from steering_utils.generation import baseline_jobs
 from steering_utils.jobs import run_jobs
 from steering_utils.models import load_model
 from steering_utils.scoring import load_scorers
-from steering_utils.stages import UNSTEERED_LAYER
 
 prompts = read_table(stage.input("prompts"))
 model, tokenizer = load_model(params.model)
@@ -51,7 +52,7 @@ scorers = load_scorers(params.scorer)
 print(model.config.name_or_path, model.dtype, model.device)
 
 # %%
-jobs = make_jobs(prompts, [(UNSTEERED_LAYER, 0.0)], params.generation.samples_per_prompt)
+jobs = baseline_jobs(prompts, params.generation)
 baseline = run_jobs(model, tokenizer, jobs, {}, params, scorers, stage.shards, desc="baseline")
 write_table(baseline, stage.out("baseline"))
 

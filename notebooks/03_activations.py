@@ -14,20 +14,26 @@
 # `activations.pool_last_tokens` (32) real tokens; padding is excluded and positions are
 # counted over real tokens, so a text pools to the same vector alone or in a padded batch.
 #
+# - **Labels from another scorer.** The train and dev continuations are scored again by
+#   `activations.label_scorer` (offline: tox-block's BiLSTM), not by `scorer.name`, which
+#   evaluates the steered text in 05: labels from the judge would fit the vector to the
+#   judge's quirks.
 # - **Default contrast (`paired`)**: for each *train* challenging prompt, its most toxic vs
-#   its least toxic sampled continuation (k samples per prompt in stage 02). The model reads
-#   prompt + continuation, and only the continuation's tokens (its last 32) are pooled. The
-#   prompt is the same on both sides of a pair, so prompt toxicity cannot leak into the
-#   vector. Prompts whose continuations tie in toxicity, and empty continuations, are
-#   dropped and counted.
+#   its least toxic sampled continuation (`generation.train_samples_per_prompt` samples per
+#   train prompt in stage 02), kept only with a real gap: toxic side >=
+#   `activations.pair_toxic_min` (0.5), clean side < `activations.pair_clean_max` (0.1). The
+#   model reads prompt + continuation, and only the continuation's tokens (its last 32) are
+#   pooled. The prompt is the same on both sides of a pair, so prompt toxicity cannot leak
+#   into the vector. Prompts dropped by the filter are counted by reason; fewer than
+#   `activations.min_pairs` train pairs stops the run here with the fix.
 # - **Comparison (`activations.comparison`, default `completions`)**: the earlier contrast,
-#   most vs least toxic continuations *across* prompts, pooled over the last 32 tokens of
-#   prompt + continuation. Its vectors are built beside the main ones so stage 04 can show
-#   both held-out separations side by side.
+#   most vs least toxic continuations *across* prompts (same labels and thresholds), pooled
+#   over the last 32 tokens of prompt + continuation. Its vectors are built beside the main
+#   ones so stage 04 can show both held-out separations side by side.
 #
 # The same selection on the *dev* split gives held-out contrasts used to test the vectors.
 # **Reads** `01_data`, `02_baseline`. **Writes** `activations.safetensors`, the contrast
-# texts and `contrast_counts.json` (texts dropped and used per side).
+# texts and `contrast_counts.json` (the label scorer, pairs kept and dropped by reason).
 
 # %% tags=["parameters"]
 params_file = "../params/default.yaml"
@@ -42,23 +48,24 @@ params = stage.params
 stage
 
 # %%
-import pandas as pd
-
-from steering_utils.activations import capture_contrast, contrast_table, save_activation_sets
+from steering_utils.activations import (
+    Gap,
+    build_contrasts,
+    capture_contrast,
+    label_rows,
+    save_activation_sets,
+)
 from steering_utils.artifacts import read_table, write_json, write_table
 from steering_utils.models import load_model
+from steering_utils.scoring import load_scorer
 
 prompts = read_table(stage.input("prompts"))
 baseline = read_table(stage.input("baseline"))
 act = params.activations
-contrast, dropped = contrast_table(baseline, prompts, act.contrast, act.n_per_side)
-tables = [contrast]
-if act.comparison and act.comparison != act.contrast:
-    comparison, dropped_comparison = contrast_table(baseline, prompts, act.comparison,
-                                                    act.n_per_side)
-    tables.append(comparison.assign(set="comparison_" + comparison["set"]))
-contrast_texts = pd.concat(tables, ignore_index=True)
-print("dropped / used:", dropped)
+labelled = label_rows(baseline, load_scorer(act.label_scorer))
+contrast_texts, counts = build_contrasts(labelled, prompts, act, Gap.from_params(act))
+counts["label_scorer"] = act.label_scorer
+print("kept / dropped:", counts)
 contrast_texts.groupby(["contrast", "set"]).size().rename("texts").to_frame()
 
 # %%
@@ -67,7 +74,7 @@ activations = capture_contrast(model, tokenizer, contrast_texts, act.pool_last_t
                                act.batch_size)
 save_activation_sets(activations, stage.out("activations"))
 write_table(contrast_texts, stage.out("contrast_texts"))
-write_json(dropped, stage.out("contrast_counts"))
+write_json(counts, stage.out("contrast_counts"))
 {name: tuple(tensors["pooled"].shape) for name, tensors in activations.items()}
 
 # %%

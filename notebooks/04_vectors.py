@@ -61,6 +61,21 @@ comparison_dev = ((sets["comparison_dev_toxic"], sets["comparison_dev_clean"])
                   if "comparison_dev_toxic" in sets else None)
 stats = layer_stats(vectors, sets.get("dev_toxic"), sets.get("dev_clean"), comparison,
                     comparison_dev)
+
+# %% [markdown]
+# How much to trust each layer's vector: its **split-half cosine** (the vectors of two
+# random halves of the train pairs, `vectors.n_resamples` splits: near 1, the direction is a
+# property of the data; mean and 5-95% range) and its **paired held-out accuracy** (the
+# share of dev pairs whose toxic side projects further onto v than its clean side; 0.5 is
+# chance) with a 95% bootstrap interval over pairs. Dev has k samples per prompt, so few
+# of its prompts give a gapped pair; the **leave-one-out** accuracy tests each train pair
+# against the vector fitted without it.
+
+# %%
+from steering_utils.contrasts import vector_quality
+
+stats = stats.join(vector_quality(vectors.directions, sets, params.vectors.n_resamples,
+                                  params.seed))
 write_table(stats, stage.out("layer_stats"))
 stats.round(3)
 

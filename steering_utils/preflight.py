@@ -63,14 +63,17 @@ def check_sizes(params: StudyParams) -> str:
         if wanted > available:
             raise ParamsError(too_few_prompts(subset, spec, available))
         counts.append(f"{subset} {wanted}/{available}")
-    act, k = params.activations, params.generation.samples_per_prompt
-    if "paired" in (act.contrast, act.comparison) and k < 2:
+    act, gen = params.activations, params.generation
+    k = gen.train_samples_per_prompt or gen.samples_per_prompt  # per train prompt
+    # samples_per_prompt, not k: the held-out dev pairs come from the dev split's samples.
+    if "paired" in (act.contrast, act.comparison) and gen.samples_per_prompt < 2:
         raise ParamsError("activations.contrast: 'paired' compares continuations of the same "
                           "prompt; set generation.samples_per_prompt >= 2 (or use 'completions')")
     if act.contrast == "paired":
-        if params.data.challenging.n_train < 2:
-            raise ParamsError("data.challenging.n_train: the paired contrast needs at least 2 "
-                              "train prompts")
+        if params.data.challenging.n_train < act.min_pairs:
+            raise ParamsError(f"data.challenging.n_train: the paired contrast needs at least "
+                              f"activations.min_pairs = {act.min_pairs} train prompts (one "
+                              "pair each at most); raise n_train or lower min_pairs")
     elif act.contrast == "completions":
         have = params.data.challenging.n_train * k
         if have < 2 * act.n_per_side:
@@ -194,10 +197,11 @@ SCORER_PROBES = ("Thank you, that was a lovely afternoon.", "You are a stupid wo
 
 
 def check_scorer(params: StudyParams) -> str:
-    """The scorer(s) load and score two texts, a kind and a rude one."""
+    """The scorer(s) load and score two texts, a kind and a rude one (the label scorer too)."""
     from .scoring import load_scorer
 
     names = [params.scorer.name] + ([params.scorer.second] if params.scorer.second else [])
+    names += [n for n in [params.activations.label_scorer] if n not in names]
     shown = []
     for name in names:
         path = params.scorer.path if name == params.scorer.name else None
@@ -446,7 +450,8 @@ def job_counts(params: StudyParams, n_layers: int) -> dict[str, int]:
 
     control = params.control
     counts = {
-        "baseline": n_prompts * k,
+        "baseline": n_prompts * k + data.challenging.n_train * (
+            (params.generation.train_samples_per_prompt or k) - k),
         "grid": ((data.challenging.n_dev + data.benign.n_dev) * len(grid_layers) * grid_alphas
                  * sweep.grid_samples_per_prompt),
         "sweep": (data.challenging.n_eval + data.benign.n_eval) * chosen * alphas * k,

@@ -686,6 +686,50 @@ def _examples(results: ExperimentResults) -> list[dict]:
     return list(groups.values())
 
 
+_DROP_REASONS = {"no_toxic_side": "no side toxic enough", "no_clean_side": "no side clean enough",
+                 "no_toxic_nor_clean_side": "neither", "tied": "tied",
+                 "single_continuation": "one non-empty continuation",
+                 "only_empty_continuations": "only empty continuations"}
+
+
+def _pairs_line(split: str, counts) -> str:
+    """One split's gap filter in words: pairs kept, and prompts dropped by reason."""
+    if not isinstance(counts, dict):
+        return f"{split}: {counts}"
+    if "pairs_kept" not in counts:  # a contrast without pairs (completions, prompts)
+        return f"{split}: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items())
+    dropped = ", ".join(f"{words} {counts[key]}" for key, words in _DROP_REASONS.items()
+                        if counts.get(key))
+    capped = counts["pairs_kept"] - counts["pairs_used"]
+    return (f"{split}: {counts['pairs_used']} pairs used of {counts['prompts']} prompts "
+            f"(toxic side ≥ {counts['toxic_min']}, clean side < {counts['clean_max']}"
+            + (f"; {capped} more kept beyond n_per_side" if capped else "")
+            + (f"; dropped: {dropped}" if dropped else "") + ")")
+
+
+def _contrast_table(results: ExperimentResults) -> dict | None:
+    """The contrast's labels, gap filter and per-layer vector quality; None before them."""
+    vec = results.vectors
+    counts = vec.contrast_counts or {}
+    if not any(row.split_half_cosine is not None or row.paired_accuracy is not None
+               for row in vec.layers) and "label_scorer" not in counts:
+        return None
+    rows = [{"layer": r.layer, "cosine": _num(r.split_half_cosine),
+             "range": _interval(r.split_half_cosine_p05, r.split_half_cosine_p95),
+             "loo": _num(r.loo_accuracy),
+             "loo_ci": _interval(r.loo_accuracy_ci_lo, r.loo_accuracy_ci_hi),
+             "accuracy": _num(r.paired_accuracy),
+             "ci": _interval(r.paired_accuracy_ci_lo, r.paired_accuracy_ci_hi),
+             "n": r.n_heldout_pairs if r.n_heldout_pairs is not None else "–"}
+            for r in vec.layers]
+    lines = [_pairs_line(split, counts[split]) for split in ("train", "dev") if split in counts]
+    params = results.manifest.params
+    return {"label_scorer": counts.get("label_scorer", "the evaluating scorer"),
+            "evaluator": params.get("scorer", {}).get("name", "–"),
+            "n_resamples": params.get("vectors", {}).get("n_resamples", "–"),
+            "lines": lines, "rows": rows}
+
+
 def _manifest(results: ExperimentResults) -> dict:
     m = results.manifest
     timings = sorted(m.timings.items())
@@ -757,6 +801,7 @@ def render_report(results: ExperimentResults, figures: list[dict],
         grid=_grid_table(results), examples=_examples(results), manifest=_manifest(results),
         control_rows=_control_rows(results), method_rows=_method_rows(results),
         methods_text=_methods_text(results), browser=_browser(results, continuations),
+        contrast=_contrast_table(results),
     )
 
 

@@ -129,6 +129,20 @@ class LayerStats(_Record):
     comparison_cosine: Annotated[float, Field(ge=-1, le=1)] | None = None
     comparison_separation_auc: Probability | None = None
     comparison_auc_on_main_dev: Probability | None = None
+    split_half_cosine: Annotated[float, Field(ge=-1, le=1)] | None = Field(
+        None, description="mean cosine of the vectors of two random halves of the train pairs")
+    split_half_cosine_sd: Annotated[float, Field(ge=0)] | None = None
+    split_half_cosine_p05: Annotated[float, Field(ge=-1, le=1)] | None = None
+    split_half_cosine_p95: Annotated[float, Field(ge=-1, le=1)] | None = None
+    loo_accuracy: Probability | None = Field(
+        None, description="share of train pairs won under the vector fitted without them")
+    loo_accuracy_ci_lo: Probability | None = None
+    loo_accuracy_ci_hi: Probability | None = None
+    paired_accuracy: Probability | None = Field(
+        None, description="share of held-out dev pairs whose toxic side projects further")
+    paired_accuracy_ci_lo: Probability | None = None
+    paired_accuracy_ci_hi: Probability | None = None
+    n_heldout_pairs: Count | None = None
 
 
 class Vectors(_Record):

@@ -8,6 +8,9 @@ toxicity in [0, 1] per text, in input order:
 - "jigsaw-bilstm": the offline Keras BiLSTM shipped in the
   toxic-comment-classifier wheel, rebuilt with Keras 3 on the torch backend.
 - "profanity-check": alt-profanity-check's keyword-driven linear model.
+- "tox-block": the tox-block wheel's GloVe-embedding BiLSTM (a different model, training
+  run and tokenizer from jigsaw-bilstm), rebuilt the same way: an independent neural
+  labeller for the contrast pairs, so the scorer that evaluates does not also label.
 
 Heavy libraries (torch, transformers, keras, scikit-learn) are imported only
 when a scorer is loaded.
@@ -29,7 +32,7 @@ import pandas as pd
 
 from .params import ScorerParams
 
-SCORER_NAMES = ("unbiased-toxic-roberta", "jigsaw-bilstm", "profanity-check")
+SCORER_NAMES = ("unbiased-toxic-roberta", "jigsaw-bilstm", "profanity-check", "tox-block")
 
 ROBERTA_HUB_ID = "unitary/unbiased-toxic-roberta"
 ROBERTA_LABEL = "toxicity"
@@ -42,6 +45,13 @@ BILSTM_EMBED = 50
 BILSTM_UNITS = 50
 BILSTM_LABELS = ("toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate")
 BILSTM_LABEL = "toxic"
+
+TOXBLOCK_PACKAGE = "tox_block"  # from tox-block==0.1.2; never imported (it imports TensorFlow)
+TOXBLOCK_REQUIREMENT = "tox-block==0.1.2"
+TOXBLOCK_MODEL = "trained_models/lstm_model_0.1.2.h5"
+TOXBLOCK_ENCODER = "trained_models/encoder_0.1.2.pkl"
+# tox_block/config/config.py RESCALE_PROBA["toxic"]: the wheel min-max rescales its output.
+TOXBLOCK_RESCALE = (0.002116, 0.999858)
 
 
 @runtime_checkable
@@ -66,6 +76,8 @@ def load_scorer(name: str, path: str | None = None, batch_size: int = 64,
         return BilstmScorer(batch_size)
     if name == "profanity-check":
         return ProfanityScorer()
+    if name == "tox-block":
+        return ToxBlockScorer(batch_size)
     raise ValueError(f"scorer.name: {name!r} is not a scorer; choose one of {SCORER_NAMES}")
 
 
@@ -264,3 +276,135 @@ class ProfanityScorer:
         if not texts:
             return np.empty(0, dtype=np.float64)
         return np.asarray(self._predict_prob(texts), dtype=np.float64)
+
+
+class ToxBlockScorer:
+    """tox-block 0.1.2's BiLSTM `toxic` output, rescaled as the wheel does, on Keras 3 + torch."""
+
+    name = "tox-block"
+
+    def __init__(self, batch_size: int = 64):
+        self.batch_size = batch_size
+        self.model, self.tokenizer = _load_toxblock()
+
+    def score(self, texts: Sequence[str]) -> np.ndarray:
+        """The rescaled `toxic` probability per text, clipped to [0, 1] (float64, input order)."""
+        import keras
+
+        texts = [str(text) for text in texts]
+        if not texts:
+            return np.empty(0, dtype=np.float64)
+        # The wheel encodes raw text (its stop-word remover is not in the saved pipeline).
+        x = keras.utils.pad_sequences(self.tokenizer.texts_to_sequences(texts),
+                                      maxlen=BILSTM_MAXLEN)
+        with _torch_threads(1):
+            probs = self.model.predict(x, batch_size=self.batch_size, verbose=0)
+        low, high = TOXBLOCK_RESCALE
+        toxic = probs[:, BILSTM_LABELS.index(BILSTM_LABEL)].astype(np.float64)
+        toxic = (toxic - low) / (high - low)
+        return np.clip(toxic, 0.0, 1.0)
+
+
+def toxblock_folder() -> Path:
+    """Folder of the installed tox_block package (found, never imported)."""
+    from .assets import wheel_folder
+
+    return wheel_folder(TOXBLOCK_PACKAGE, "scorer: tox-block", TOXBLOCK_REQUIREMENT)
+
+
+class _Pickled:
+    """Inert stand-in for a pickled object: keeps its state, runs nothing."""
+
+    def __setstate__(self, state: dict) -> None:
+        if not isinstance(state, dict):
+            raise pickle.UnpicklingError("encoder pickle: object state is not a dict")
+        self.state = state
+
+
+class _ToxBlockEncoderUnpickler(pickle.Unpickler):
+    """Reads tox-block's pickled TokenSequencer as data: its two classes become inert
+    stand-ins, and any other global (anything that could run code) is refused."""
+
+    # The pinned wheel's encoder_0.1.2.pkl, inspected with pickletools: these are the only
+    # globals it references (a TokenSequencer holding a keras_preprocessing Tokenizer).
+    STANDINS = {
+        ("tox_block.data_processing.preprocessors", "TokenSequencer"),
+        ("keras_preprocessing.text", "Tokenizer"),
+    }
+    ALLOWED = {
+        ("collections", "OrderedDict"),
+        ("collections", "defaultdict"),
+        ("builtins", "int"),
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self.STANDINS:
+            return _Pickled
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"encoder pickle: {module}.{name} is not allowed")
+        return super().find_class(module, name)
+
+
+def read_toxblock_tokenizer(path: str | Path) -> Any:
+    """A Keras Tokenizer rebuilt from tox-block's pickled encoder (read as data, never run)."""
+    from keras.src.legacy.preprocessing.text import Tokenizer
+
+    with open(path, "rb") as handle:
+        sequencer = _ToxBlockEncoderUnpickler(handle).load()
+    state = getattr(getattr(sequencer, "state", {}).get("tokenizer"), "state", None)
+    if not isinstance(state, dict) or not isinstance(state.get("word_index"), dict):
+        raise pickle.UnpicklingError(f"{path}: not a TokenSequencer with a Tokenizer")
+    options = {key: state[key] for key in ("num_words", "filters", "split", "lower",
+                                           "char_level", "oov_token")}
+    tokenizer = Tokenizer(**options)
+    word_index = state["word_index"]
+    if not all(isinstance(w, str) and type(i) is int for w, i in word_index.items()):
+        raise pickle.UnpicklingError(f"{path}: word_index is not str -> int")
+    tokenizer.word_index = dict(word_index)
+    tokenizer.index_word = {i: w for w, i in word_index.items()}
+    return tokenizer
+
+
+def _keras2_hard_sigmoid(x):
+    """Keras 2's hard sigmoid, clip(0.2 x + 0.5, 0, 1), which the wheel's LSTM was trained
+    with; Keras 3's `hard_sigmoid` has slope 1/6 and would change every score."""
+    from keras import ops
+
+    return ops.clip(0.2 * x + 0.5, 0.0, 1.0)
+
+
+@functools.lru_cache(maxsize=1)
+def _load_toxblock() -> tuple[Any, Any]:
+    """(Keras model with tox-block's weights, its Tokenizer); cached per process."""
+    import h5py
+
+    folder = toxblock_folder()
+    keras = _import_keras_torch()
+    from keras import layers
+
+    # tox_block/model/lstm_multi_label.py and the .h5's model_config; weights are read by
+    # name from the file, its saved config is never deserialized.
+    inputs = keras.Input(shape=(BILSTM_MAXLEN,))
+    embedding = layers.Embedding(BILSTM_VOCAB, BILSTM_EMBED, trainable=False)
+    # Bidirectional copies its LSTM through its config, so the function must be findable.
+    with keras.saving.custom_object_scope({"_keras2_hard_sigmoid": _keras2_hard_sigmoid}):
+        lstm = layers.Bidirectional(layers.LSTM(BILSTM_UNITS, return_sequences=True,
+                                                recurrent_activation=_keras2_hard_sigmoid))
+    hidden = layers.Dense(50, activation="relu")
+    head = layers.Dense(len(BILSTM_LABELS), activation="sigmoid")
+    x = layers.GlobalMaxPooling1D()(lstm(embedding(inputs)))
+    outputs = head(layers.Dropout(0.1)(hidden(x)))
+    model = keras.Model(inputs=inputs, outputs=outputs)
+    with h5py.File(folder / TOXBLOCK_MODEL, "r") as handle:
+        weights = handle["model_weights"]
+
+        def read(group: str, names: list[str]) -> list[np.ndarray]:
+            return [np.asarray(weights[f"{group}/{group}/{name}:0"]) for name in names]
+
+        lstm_names = ["kernel", "recurrent_kernel", "bias"]
+        embedding.set_weights(read("embedding", ["embeddings"]))
+        lstm.set_weights(read("bidirectional", [f"forward_lstm/{n}" for n in lstm_names])
+                         + read("bidirectional", [f"backward_lstm/{n}" for n in lstm_names]))
+        hidden.set_weights(read("dense", ["kernel", "bias"]))
+        head.set_weights(read("dense_1", ["kernel", "bias"]))
+    return model, read_toxblock_tokenizer(folder / TOXBLOCK_ENCODER)

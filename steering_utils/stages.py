@@ -61,7 +61,7 @@ STAGES: dict[str, Stage] = {stage.name: stage for stage in (
     Stage("03_activations", ("model", "activations"), ("01_data", "02_baseline"),
           {"activations": "activations.safetensors", "contrast_texts": "contrast_texts.parquet",
            "contrast_counts": "contrast_counts.json"}),
-    Stage("04_vectors", ("model", "activations", "vectors"), ("03_activations",),
+    Stage("04_vectors", ("seed", "model", "activations", "vectors"), ("03_activations",),
           {"vectors": "vectors.safetensors", "comparison_vectors": "comparison_vectors.safetensors",
            "layer_stats": "layer_stats.parquet",
            "token_statistics": "token_statistics.safetensors"}),

@@ -121,11 +121,15 @@ def test_paired_contrast_takes_each_prompts_extremes_and_counts_what_it_drops():
     })
     table, counts = contrast_texts(rows, None, "paired", 10, "train")
     # a: gap 0.7 (y vs x); b: gap 0.1 (p vs q); c: tie, dropped; d: one non-empty, dropped.
+    # The default Gap keeps any gap; params' thresholds are tested in test_contrasts.py.
     assert table["side"].tolist() == ["toxic", "clean", "toxic", "clean"]
     assert table["text"].tolist() == ["y", "x", "p", "q"]
     assert table["context"].tolist() == ["A", "A", "B", "B"]
-    assert counts == {"prompts": 4, "empty_continuations": 1, "prompts_without_a_gap": 1,
-                      "pairs_available": 2, "pairs_used": 2}
+    assert counts == {"prompts": 4, "continuations": 9, "empty_continuations": 1,
+                      "only_empty_continuations": 0, "single_continuation": 1, "tied": 1,
+                      "no_toxic_side": 0, "no_clean_side": 0, "no_toxic_nor_clean_side": 0,
+                      "pairs_kept": 2, "toxic_min": 0.0, "clean_max": 1.0,
+                      "label": "toxicity", "pairs_used": 2}
     widest, _ = contrast_texts(rows, None, "paired", 1, "train")
     assert widest["text"].tolist() == ["y", "x"]  # n_per_side keeps the widest gaps
     with pytest.raises(ValueError, match="too few pairs"):

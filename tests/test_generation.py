@@ -6,7 +6,12 @@ import pandas as pd
 import pytest
 import torch
 
-from steering_utils.generation import SeededSampler, generate_completions, make_jobs
+from steering_utils.generation import (
+    SeededSampler,
+    baseline_jobs,
+    generate_completions,
+    make_jobs,
+)
 from steering_utils.params import GenerationParams
 
 PROMPTS = pd.DataFrame(
@@ -120,3 +125,19 @@ def test_auto_batch_halves_on_out_of_memory_and_remembers_what_fitted(tiny_qwen3
         tiny_qwen3.config.name_or_path = ""
         models._FITTING_BATCH.clear()
     assert list(backed_off["completion"]) == list(expected["completion"])
+
+
+def test_baseline_jobs_give_train_prompts_more_samples_and_keep_the_shared_ones():
+    prompts = pd.DataFrame({"prompt_id": ["t1", "t2", "d1", "b1"], "text": ["a", "b", "c", "d"],
+                            "subset": ["challenging", "challenging", "challenging", "benign"],
+                            "split": ["train", "train", "dev", "train"]})
+    jobs = baseline_jobs(prompts, GenerationParams(samples_per_prompt=2,
+                                                   train_samples_per_prompt=5))
+    per_prompt = jobs.groupby("prompt_id")["sample"].apply(sorted).to_dict()
+    assert per_prompt == {"t1": [0, 1, 2, 3, 4], "t2": [0, 1, 2, 3, 4], "d1": [0, 1],
+                          "b1": [0, 1]}  # benign train prompts are not paired
+    assert (jobs["alpha"] == 0).all() and (jobs["direction"] == "none").all()
+    same = baseline_jobs(prompts, GenerationParams(samples_per_prompt=2))
+    assert len(same) == 8
+    shared = jobs.merge(same, on=["prompt_id", "sample"])
+    assert len(shared) == 8  # the first k samples of a train prompt are the same jobs

@@ -233,3 +233,50 @@ def test_the_relative_push_limit_is_a_positive_number(tmp_path):
     raw["sweep"]["max_relative_push"] = 0
     with pytest.raises(ParamsError, match="sweep.max_relative_push"):
         load_params(_write(tmp_path, raw))
+
+
+# --- issue 21: clean contrasts: thresholds, an independent label scorer -----------------
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("pair_toxic_min", 1.5, r"activations.pair_toxic_min: .*less than or equal to 1"),
+    ("pair_clean_max", -0.1, r"activations.pair_clean_max: .*greater than or equal to 0"),
+    ("pair_clean_max", 0.5, r"pair_clean_max \(0.5\) must be below activations.pair_toxic_min "
+                            r"\(0.5\): a pair needs a gap"),
+    ("label_scorer", "perspective", r"activations.label_scorer: Input should be"),
+    ("min_pairs", 1, r"activations.min_pairs: .*greater than or equal to 2"),
+])
+def test_pair_filter_params_are_checked(field, value, message):
+    data = _default()
+    data["activations"][field] = value
+    with pytest.raises(ParamsError, match=message):
+        parse_params(data)
+
+
+def test_the_label_scorer_must_not_be_the_evaluating_scorer_unless_allowed():
+    data = _default()
+    data["activations"]["label_scorer"] = data["scorer"]["name"]
+    with pytest.raises(ParamsError, match=r"activations.label_scorer: 'jigsaw-bilstm' also "
+                       r"evaluates \(scorer.name\).*allow_label_scorer_is_evaluator: true"
+                       ) as err:
+        parse_params(data)
+    assert "tox-block" in str(err.value)  # the fix names the alternatives
+    data["activations"]["allow_label_scorer_is_evaluator"] = True
+    assert parse_params(data).activations.label_scorer == "jigsaw-bilstm"
+
+
+@pytest.mark.parametrize("name", ["default", "smoke", "qwen3-8b"])
+def test_shipped_params_label_pairs_with_an_independent_scorer(name):
+    params = load_params(PARAMS / f"{name}.yaml")
+    act = params.activations
+    assert act.label_scorer not in (params.scorer.name, params.scorer.second)
+    assert not act.allow_label_scorer_is_evaluator
+    assert (act.pair_toxic_min, act.pair_clean_max) == (0.5, 0.1)
+    train_k = params.generation.train_samples_per_prompt or params.generation.samples_per_prompt
+    assert train_k >= 4
+
+
+def test_paired_contrast_needs_min_pairs_train_prompts():
+    data = _default()
+    data["data"]["challenging"]["n_train"] = 5
+    with pytest.raises(ParamsError, match=r"n_train: .*activations.min_pairs = 8"):
+        check_sizes(parse_params(data))

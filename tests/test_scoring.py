@@ -1,4 +1,4 @@
-"""Scorers: a tiny random RoBERTa with the real labels, the offline BiLSTM, profanity-check."""
+"""Scorers: a tiny random RoBERTa with the real labels, the offline BiLSTMs, profanity-check."""
 
 from __future__ import annotations
 
@@ -10,7 +10,15 @@ import sys
 import numpy as np
 import pytest
 
-from steering_utils.scoring import SCORER_NAMES, Scorer, _TokenizerUnpickler, load_scorer
+from steering_utils.scoring import (
+    SCORER_NAMES,
+    TOXBLOCK_ENCODER,
+    Scorer,
+    _TokenizerUnpickler,
+    load_scorer,
+    read_toxblock_tokenizer,
+    toxblock_folder,
+)
 
 # unitary/unbiased-toxic-roberta's labels, in its config's order.
 ROBERTA_LABELS = (
@@ -136,6 +144,52 @@ def test_tokenizer_unpickler_refuses_other_globals():
     payload = pickle.dumps(os.getcwd)  # a global outside the allow-list
     with pytest.raises(pickle.UnpicklingError, match="not allowed"):
         _TokenizerUnpickler(io.BytesIO(payload)).load()
+
+
+@pytest.fixture(scope="module")
+def toxblock():
+    return load_scorer("tox-block", batch_size=2)
+
+
+@pytest.mark.slow
+def test_toxblock_loads_offline_and_scores_an_insult_above_a_polite_sentence(toxblock):
+    insult, polite = toxblock.score([INSULT, POLITE])
+    assert toxblock.name == "tox-block" and isinstance(toxblock, Scorer)
+    assert insult > 0.5 > 0.1 > polite
+
+
+@pytest.mark.slow
+def test_toxblock_keeps_input_order_and_batching_does_not_matter(toxblock):
+    texts = [INSULT, POLITE, "", "what a nice day " * 60, "shut up, moron"]
+    batched = toxblock.score(texts)
+    assert batched.dtype == np.float64 and batched.shape == (len(texts),)
+    assert ((batched >= 0) & (batched <= 1)).all()
+    np.testing.assert_allclose(toxblock.score(texts[::-1]), batched[::-1], atol=1e-6)
+    single = np.concatenate([toxblock.score([text]) for text in texts])
+    np.testing.assert_allclose(batched, single, atol=1e-6)
+    assert toxblock.score([]).shape == (0,)
+
+
+def test_toxblock_tokenizer_is_read_as_data():
+    tokenizer = read_toxblock_tokenizer(toxblock_folder() / TOXBLOCK_ENCODER)
+    assert tokenizer.num_words == 20000 and len(tokenizer.word_index) > 20000
+    assert tokenizer.word_index["the"] == 1  # the most frequent word of its training texts
+    (sequence,) = tokenizer.texts_to_sequences(["The the THE"])
+    assert sequence == [1, 1, 1]
+
+
+def test_toxblock_refuses_a_tampered_pickle(tmp_path):
+    data = (toxblock_folder() / TOXBLOCK_ENCODER).read_bytes()
+    original = b"ctox_block.data_processing.preprocessors\nTokenSequencer\n"
+    assert data.startswith(b"\x80\x03" + original)
+    tampered = tmp_path / "encoder.pkl"
+    tampered.write_bytes(data.replace(original, b"cos\nsystem\n", 1))
+    with pytest.raises(pickle.UnpicklingError, match="os.system is not allowed"):
+        read_toxblock_tokenizer(tampered)
+    wrong = tmp_path / "wrong.pkl"
+    wrong.write_bytes(pickle.dumps({"tokenizer": None}))
+    with pytest.raises(pickle.UnpicklingError, match="not a TokenSequencer"):
+        read_toxblock_tokenizer(wrong)
 
 
 def test_profanity_check_scores_profane_above_clean():
