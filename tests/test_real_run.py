@@ -435,8 +435,8 @@ def test_job_counts_equal_the_job_tables_the_study_builds():
     prompts["text"] = prompts["prompt_id"]
     baseline = make_jobs(prompts, [(UNSTEERED_LAYER, 0.0)], params.generation.samples_per_prompt)
     counts = job_counts(params, 36)
-    assert counts["baseline"] == len(baseline) == 46_250
-    assert counts["grid"] == len(grid_jobs(prompts, baseline, params, 36)[0]) == 27_000
+    assert counts["baseline"] == len(baseline) == 47_500
+    assert counts["grid"] == len(grid_jobs(prompts, baseline, params, 36)[0]) == 36_000  # 150 + 50 benign dev prompts
     assert counts["sweep"] == len(sweep_jobs(prompts, baseline, params, [10, 20])[0]) == 420_000
     randoms = [f"random-{i}" for i in range(params.control.n_directions)]
     assert counts["control"] == len(control_jobs(prompts, baseline, params, 10, randoms)[0])
@@ -449,7 +449,7 @@ def test_job_counts_equal_the_job_tables_the_study_builds():
     others = ["actadd", "ablation", "mean_transport", "prompt", "random"]
     assert [len(strengths(params, m)) for m in others] == [4, 3, 3, 1, 5]
     assert counts["methods"] == 150 * 16 + 700 * 10 * 5 == 37_400
-    assert counts["generated"] == 46_250 + 27_000 + 420_000 + 10_500 + 37_400
+    assert counts["generated"] == 47_500 + 36_000 + 420_000 + 10_500 + 37_400
     # dev: reference + about 2 tried cells; eval: reference, 2 x 7 cells, 3 random directions
     assert counts["capability"] == 1000 * (3 + 1 + 2 * 7 + 3 + 2 * 5)  # 5 methods: dev + eval
     assert counts["activations"] == 4 * params.activations.n_per_side
@@ -463,9 +463,9 @@ def test_wall_time_projection_adds_each_pass():
     seconds, detail = project_wall_time(params, counts, {"generate": 0.01, "score": 0.001,
                                                          "perplexity": 0.002,
                                                          "capability": 0.05})
-    expected = 541_150 * (0.01 + 0.001 + 0.002) + 31_000 * 0.05 + 1_200 * 0.002
+    expected = 551_400 * (0.01 + 0.001 + 0.002) + 31_000 * 0.05 + 1_200 * 0.002
     assert seconds == pytest.approx(expected)
-    assert detail.startswith("generation 1 h 30 min, scoring 9 min")
+    assert detail.startswith("generation 1 h 31 min, scoring 9 min")
     assert format_duration(59) == "59 s" and format_duration(7260) == "2 h 01 min"
 
 
