@@ -32,6 +32,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from .activations import pool_mask, position_ids
+from .likelihood import _takes_logits_to_keep
 from .models import decoder_layers, input_device
 
 FAMILIES = ("isotropic", "covariance", "shuffled")
@@ -88,6 +89,8 @@ class Specificity(_Record):
     n_pairs: int = Field(ge=1, description="held-out dev (toxic, clean) continuation pairs")
     covariance_rank: int = Field(ge=0, description="rank of the activations' covariance")
     families: list[NullFamily]
+    caa_exact_delta: float = Field(description=(
+        "CAA's Δ at the tested α from exact pushed passes (the families rank first order)"))
     probe_exact_r: float | None = Field(description=(
         "Pearson r of first-order vs exact Δ over (direction, pair) points at the tested α"))
     probe_exact_r_means: float | None = Field(description="the same over directions' means")
@@ -211,13 +214,15 @@ def _logprobs(model, layer: int, ids, mask, counts, shift, positions: str):
         steered = hidden + pushed[..., None].to(hidden.dtype) * shift.to(hidden)[:, None, :]
         return (steered, *output[1:]) if isinstance(output, tuple) else steered
 
+    keep = int(counts.max()) + 1  # only the positions that predict continuation tokens
+    extra = {"logits_to_keep": keep} if _takes_logits_to_keep(type(model)) else {}
     handle = decoder_layers(model)[layer].register_forward_hook(hook)
     try:
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                       position_ids=position_ids(mask).to(device), use_cache=False).logits
+                       position_ids=position_ids(mask).to(device), use_cache=False,
+                       **extra).logits
     finally:
         handle.remove()
-    keep = int(counts.max()) + 1
     logits = logits[:, -keep:-1]
     logprobs = torch.log_softmax(logits.double() if logits.dtype == torch.float64
                                  else logits.float(), dim=-1)
@@ -335,9 +340,12 @@ def measure_specificity(model, tokenizer, pairs: pd.DataFrame, caa: np.ndarray,
     exact = [("caa", 0, caa)]
     exact += [(family, i, nulls[family][i]) for family in FAMILIES if family in nulls
               for i in range(min(n_exact, len(nulls[family])))]
-    exact += [("control", i, d) for i, (d, _) in enumerate(generated.values())]
+    # CAA's generated rows check its own exact pass; the control's randoms add theirs.
+    others = [name for name in generated if name != "caa"]
+    exact += [("control", i, generated[name][0]) for i, name in enumerate(others)]
+    row_of = {"caa": 0, **{name: len(exact) - len(others) + i for i, name in enumerate(others)}}
     stack = np.stack([d for _, _, d in exact])
-    dose, r_points, r_means = [], None, None
+    dose, r_points, r_means, checks = [], None, None, []
     for a in sorted({float(alpha), *map(float, alphas)}):
         delta = exact_log_ratios(model, texts, layer, -a * stack, positions, batch_size) - base
         first = -a * stack @ grads.T  # [k, n pairs]
@@ -346,14 +354,71 @@ def measure_specificity(model, tokenizer, pairs: pd.DataFrame, caa: np.ndarray,
                  for j, (f, i, _) in enumerate(exact)]
         if a == float(alpha):
             r_points, r_means = _pearson(first, delta), _pearson(first.mean(1), delta.mean(1))
-            first_generated = len(exact) - len(generated)
+            caa_exact = float(delta[0].mean())
             checks = [GenerationCheck(direction=name, mean_toxicity=tox,
-                                      exact_delta=float(delta[first_generated + j].mean()))
-                      for j, (name, (_, tox)) in enumerate(generated.items())]
+                                      exact_delta=float(delta[row_of[name]].mean()))
+                      for name, (_, tox) in generated.items()]
     return Specificity(layer=layer, alpha=float(alpha), positions=positions,
                        n_pairs=texts.n_pairs, covariance_rank=covariance_rank, families=families,
-                       probe_exact_r=r_points, probe_exact_r_means=r_means, dose=dose,
+                       caa_exact_delta=caa_exact, probe_exact_r=r_points,
+                       probe_exact_r_means=r_means, dose=dose,
                        generation=checks, unsteered_mean_toxicity=unsteered_toxicity,
                        seconds=time.time() - started,
                        specific=bool(families) and all(f.p_value < SIGNIFICANCE
                                                        for f in families))
+
+
+def tested_alpha(selection: dict, params) -> float:
+    """The α the null is tested at: the dev pick's at the control layer, else the control's
+    largest, else the sweep's largest."""
+    from .sweep import control_alphas
+
+    pick = selection.get("recommendation")
+    if pick and pick["layer"] == selection["control_layer"]:
+        return float(pick["alpha"])
+    return float(max(control_alphas(params) or params.sweep.alphas))
+
+
+def _generated_toxicity(rows: pd.DataFrame, alpha: float) -> float | None:
+    rows = rows[(rows["subset"] == "challenging") & (rows["alpha"] == alpha)]
+    return float(rows["toxicity"].mean()) if len(rows) else None
+
+
+def run_specificity(model, tokenizer, prompts: pd.DataFrame, baseline: pd.DataFrame,
+                    activations: dict, vectors, selection: dict, params, sweep: pd.DataFrame,
+                    control: pd.DataFrame, randoms: dict) -> Specificity | None:
+    """05's specificity test at the control layer and tested α (None when
+    `specificity.probe_pairs` is 0 or every family has 0 directions).
+
+    activations: 03's sets (train_toxic/train_clean pooled, for the covariance and shuffled
+    nulls); sweep/control/randoms: 05's generated rows and the control's directions, whose
+    generated toxicity is listed beside their probe Δ.
+    """
+    from .sweep import specificity_alphas
+
+    spec = params.specificity
+    counts = spec.null_directions.model_dump()
+    if spec.probe_pairs == 0 or not any(counts.values()):
+        return None
+    layer = int(selection["control_layer"])
+    alpha = tested_alpha(selection, params)
+    caa = vectors.directions[layer].double().numpy()
+    nulls, rank = null_directions(activations["train_toxic"]["pooled"][:, layer].double().numpy(),
+                                  activations["train_clean"]["pooled"][:, layer].double().numpy(),
+                                  caa, counts, params.seed)
+    samples = params.control.samples_per_prompt
+    generated = {}
+    caa_rows = sweep[(sweep["layer"] == layer) & (sweep["sample"] < samples)]
+    for name, direction, rows in [
+            ("caa", caa, caa_rows),
+            *((name, steer.directions[layer].double().numpy(),
+               control[control["direction"] == name]) for name, steer in randoms.items())]:
+        toxicity = _generated_toxicity(rows, alpha)
+        if toxicity is not None:
+            generated[name] = (direction, toxicity)
+    pairs = probe_pairs(baseline, prompts, spec.probe_pairs)
+    unsteered = control[control["alpha"] == 0] if len(control) else sweep[sweep["alpha"] == 0]
+    return measure_specificity(
+        model, tokenizer, pairs, caa, nulls, layer, alpha, specificity_alphas(params),
+        spec.exact_directions, params.sweep.positions, params.activations.batch_size, rank,
+        generated, _generated_toxicity(unsteered, 0.0))

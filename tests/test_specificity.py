@@ -161,7 +161,8 @@ def test_a_push_along_the_mean_gradient_ranks_first_in_every_family(tiny_double,
                                                       "shuffled": 9}, seed=0)
     result = measure_specificity(tiny_double, tiny_tokenizer, PAIRS, caa, nulls, layer=1,
                                  alpha=1.0, alphas=[0.5, 2.0], n_exact=2,
-                                 generated={"random-0": (nulls["isotropic"][0], 0.3)},
+                                 generated={"caa": (caa, 0.1),
+                                            "random-0": (nulls["isotropic"][0], 0.3)},
                                  covariance_rank=rank)
     assert [(f.family, f.rank, f.p_value) for f in result.families] == [
         ("isotropic", 1, 1 / 50), ("covariance", 1, 1 / 30), ("shuffled", 1, 1 / 10)]
@@ -175,9 +176,12 @@ def test_a_push_along_the_mean_gradient_ranks_first_in_every_family(tiny_double,
     assert caa_points[2.0].first_order_delta == pytest.approx(4 * caa_points[0.5]
                                                               .first_order_delta)
     assert caa_points[2.0].exact_delta < caa_points[0.5].exact_delta < 0
-    assert [g.direction for g in result.generation] == ["random-0"]
+    # CAA's generated rows reuse its exact pass; the random one gets its own.
+    assert [g.direction for g in result.generation] == ["caa", "random-0"]
     control = next(p for p in result.dose if p.family == "control" and p.alpha == 1.0)
-    assert result.generation[0].exact_delta == control.exact_delta
+    assert result.generation[1].exact_delta == control.exact_delta
+    assert result.generation[0].exact_delta == caa_points[1.0].exact_delta
+    assert result.caa_exact_delta == caa_points[1.0].exact_delta
 
 
 def test_probe_texts_need_matching_rows(tiny_tokenizer):
