@@ -27,6 +27,7 @@ from . import metrics
 from .artifacts import StageDir, done_record, read_json, read_table, write_json
 from .metrics import SelectionRule, finite
 from .params import MethodName
+from .specificity import Specificity
 from .stages import (
     ALL_LAYERS,
     CAA,
@@ -479,6 +480,8 @@ class ExperimentResults(_Record):
         "best layers, for reference)"))
     confirmation: Confirmation | None
     control: Control | None
+    specificity: Specificity | None = Field(None, description=(
+        "CAA's likelihood-probe effect ranked among null directions of its norm"))
     methods: Methods | None
     pareto: list[ParetoCell] = Field(description="sweep cells (challenging) on the toxicity-"
                                                  "perplexity Pareto front")
@@ -818,6 +821,7 @@ def build_results(stage: StageDir) -> ExperimentResults:
                               else no_recommendation.model_dump(mode="json")),
         "confirmation": _eval_confirmation(selection["recommendation"], cells, rule),
         "control": _control_summary(params, selection, sweep, control, cells),
+        "specificity": read_json(stage.input("specificity")),
         "methods": _methods_summary(stage),
         "pareto": [{"layer": int(r.layer), "alpha": float(r.alpha)} for r in front.itertuples()],
         "examples": _examples(sweep, chosen[0], params.report.n_examples, params.seed),

@@ -13,6 +13,8 @@ every direction at once, so the null can have hundreds of members. Exact pushed 
 passes on a few directions validate it (their correlation is reported) and give the
 dose-response over α.
 
+Torch is imported lazily: results.py reads the typed result without it.
+
 Null families, each scaled to ||v_layer||:
 - isotropic: Gaussian directions, uniform on the sphere;
 - covariance: Gaussian with the covariance of the residual stream's pooled train activations
@@ -30,10 +32,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
-
-from .activations import pool_mask, position_ids
-from .likelihood import _takes_logits_to_keep
-from .models import decoder_layers, input_device
 
 FAMILIES = ("isotropic", "covariance", "shuffled")
 MAX_TOKENS = 512
@@ -206,6 +204,10 @@ def _logprobs(model, layer: int, ids, mask, counts, shift, positions: str):
     output on the pushed positions (all real tokens, or the continuation's: 'generated')."""
     import torch
 
+    from .activations import pool_mask, position_ids
+    from .likelihood import _takes_logits_to_keep
+    from .models import decoder_layers, input_device
+
     device = input_device(model)
     pushed = (mask if positions == "all" else pool_mask(mask, counts)).float().to(device)
 
@@ -239,6 +241,8 @@ def log_ratio_gradients(model, texts: ProbeTexts, layer: int, positions: str = "
     the pushed positions [n, d]): one backward pass per batch of texts."""
     import torch
 
+    from .models import input_device
+
     hidden = model.config.get_text_config().hidden_size
     lp = np.zeros(len(texts.sequences))
     grads = np.zeros((len(texts.sequences), hidden))
@@ -259,6 +263,8 @@ def exact_log_ratios(model, texts: ProbeTexts, layer: int, shifts: np.ndarray,
                      positions: str = "all", batch_size: int = 16) -> np.ndarray:
     """[k, n pairs] log-ratio with shifts[j] ([k, d]) added at `layer` (pushed forward passes)."""
     import torch
+
+    from .models import input_device
 
     n_texts = len(texts.sequences)
     rows = np.arange(len(shifts) * n_texts)  # row = direction * n_texts + text

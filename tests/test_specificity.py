@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import build_tiny_qwen3
+from conftest import SMOKE, build_tiny_qwen3
 
 from steering_utils.likelihood import continuation_logprobs
 from steering_utils.specificity import (
@@ -188,3 +188,43 @@ def test_probe_texts_need_matching_rows(tiny_tokenizer):
     with pytest.raises(ValueError, match="one non-empty row each"):
         ProbeTexts(tiny_tokenizer, ["a"], ["b"], [])
     assert torch.is_tensor(next(_texts(tiny_tokenizer).batches(np.arange(6), 2))[1])
+
+
+def test_the_report_shows_each_null_with_caas_rank_and_the_dose_response(tmp_path):
+    from results_fixture import make_results
+
+    from steering_utils.report import write_report
+    from steering_utils.results import validate_results
+
+    document = make_results()
+    results = validate_results(document)
+    html = write_report(results, tmp_path).read_text(encoding="utf-8")
+    for family in results.specificity.families:
+        assert f"{family.family} rank {family.rank}/{family.n + 1}" in html
+        assert f"{family.rank} / {family.n + 1}" in html  # the table row
+    assert "Specificity (null distribution)" in html and "not shown to be specific" in html
+    for name in ("specificity_null", "specificity_dose"):
+        assert (tmp_path / "figures" / f"{name}.png").is_file()
+    # Without a probe (older runs, probe_pairs 0) the summary says so and nothing is drawn.
+    bare = validate_results({**document, "specificity": None})
+    html = write_report(bare, tmp_path / "bare").read_text(encoding="utf-8")
+    assert "not run (specificity.probe_pairs" in html
+    assert not (tmp_path / "bare" / "figures" / "specificity_null.png").exists()
+
+
+@pytest.mark.parametrize("field, value, message", [
+    (("null_directions", "isotropic"), -1, "specificity.null_directions.isotropic"),
+    (("probe_pairs",), -2, "specificity.probe_pairs"),
+    (("alphas",), [1.0, 1.0], "specificity.alphas: alphas lists [1.0] more than once"),
+    (("null_directions", "covarianse"), 3, "specificity.null_directions.covarianse: unknown key"),
+])
+def test_specificity_params_fail_naming_the_field(field, value, message):
+    from steering_utils.params import ParamsError, load_params, parse_params
+
+    raw = load_params(SMOKE).model_dump()
+    section = raw["specificity"]
+    for key in field[:-1]:
+        section = section[key]
+    section[field[-1]] = value
+    with pytest.raises(ParamsError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        parse_params(raw)
