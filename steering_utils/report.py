@@ -530,7 +530,8 @@ def _captions(results: ExperimentResults) -> dict[str, tuple[str, str]]:
             "isotropic Gaussian, Gaussian with the covariance of the train activations, and "
             "CAA vectors of the train pairs with shuffled side labels. Solid line: CAA (first "
             "order); dotted: CAA by exact pushed passes. Negative Δ: less toxic. p = (1 + "
-            "#null ≤ CAA's Δ) / (N + 1)."),
+            "#null ≤ CAA's Δ) / (N + 1). At first order every Δ scales with α, so the rank is "
+            "that of the local (small-push) effect; the exact line shows CAA at the tested α."),
         "specificity_dose": (
             "Specificity: dose-response over α",
             "The probe's Δ vs α: CAA by exact pushed passes (solid) and first order (dashed), "
