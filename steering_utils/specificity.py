@@ -352,12 +352,15 @@ def measure_specificity(model, tokenizer, pairs: pd.DataFrame, caa: np.ndarray,
     row_of = {"caa": 0, **{name: len(exact) - len(others) + i for i, name in enumerate(others)}}
     stack = np.stack([d for _, _, d in exact])
     dose, r_points, r_means, checks = [], None, None, []
+    n_core = len(exact) - len(others)  # CAA and the families' directions: at every alpha
     for a in sorted({float(alpha), *map(float, alphas)}):
-        delta = exact_log_ratios(model, texts, layer, -a * stack, positions, batch_size) - base
-        first = -a * stack @ grads.T  # [k, n pairs]
+        k = len(exact) if a == float(alpha) else n_core  # the control's only at the tested α
+        delta = exact_log_ratios(model, texts, layer, -a * stack[:k], positions,
+                                 batch_size) - base
+        first = -a * stack[:k] @ grads.T  # [k, n pairs]
         dose += [DosePoint(alpha=a, family=f, direction=i, exact_delta=float(delta[j].mean()),
                            first_order_delta=float(first[j].mean()))
-                 for j, (f, i, _) in enumerate(exact)]
+                 for j, (f, i, _) in enumerate(exact[:k])]
         if a == float(alpha):
             r_points, r_means = _pearson(first, delta), _pearson(first.mean(1), delta.mean(1))
             caa_exact = float(delta[0].mean())
