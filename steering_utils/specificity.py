@@ -397,7 +397,8 @@ def run_specificity(model, tokenizer, prompts: pd.DataFrame, baseline: pd.DataFr
                     activations: dict, vectors, selection: dict, params, sweep: pd.DataFrame,
                     control: pd.DataFrame, randoms: dict) -> Specificity | None:
     """05's specificity test at the control layer and tested α (None when
-    `specificity.probe_pairs` is 0 or every family has 0 directions).
+    `specificity.probe_pairs` is 0, every family has 0 directions, or the dev split has no
+    (toxic, clean) pair: one sample per prompt, say).
 
     activations: 03's sets (train_toxic/train_clean pooled, for the covariance and shuffled
     nulls); sweep/control/randoms: 05's generated rows and the control's directions, whose
@@ -425,7 +426,11 @@ def run_specificity(model, tokenizer, prompts: pd.DataFrame, baseline: pd.DataFr
         toxicity = _generated_toxicity(rows, alpha)
         if toxicity is not None:
             generated[name] = (direction, toxicity)
-    pairs = probe_pairs(baseline, prompts, spec.probe_pairs)
+    try:
+        pairs = probe_pairs(baseline, prompts, spec.probe_pairs)
+    except ValueError as err:  # k = 1, or no dev prompt with two continuations that differ
+        print(f"specificity: skipped, no held-out pairs ({err})")
+        return None
     unsteered = control[control["alpha"] == 0] if len(control) else sweep[sweep["alpha"] == 0]
     return measure_specificity(
         model, tokenizer, pairs, caa, nulls, layer, alpha, specificity_alphas(params),

@@ -229,3 +229,27 @@ def test_specificity_params_fail_naming_the_field(field, value, message):
     section[field[-1]] = value
     with pytest.raises(ParamsError, match=message.replace("[", r"\[").replace("]", r"\]")):
         parse_params(raw)
+
+
+@pytest.mark.slow
+def test_the_smoke_run_ranks_caa_in_every_null_family(smoke_run):
+    """The chain's 05 writes the probe's result and the report shows it (shared smoke run)."""
+    import json
+
+    from steering_utils.params import load_params
+
+    work, _ = smoke_run
+    spec = json.loads((work / "reports" / "smoke" / "experiment_results.json")
+                      .read_text())["specificity"]
+    counts = load_params(SMOKE).specificity.null_directions.model_dump()
+    assert {f["family"]: f["n"] for f in spec["families"]} == counts
+    for family in spec["families"]:
+        assert 1 <= family["rank"] <= family["n"] + 1
+        assert family["p_value"] >= 1 / (family["n"] + 1)
+        assert len(family["null_deltas"]) == family["n"]
+    assert spec["n_pairs"] >= 1 and spec["probe_exact_r"] is not None
+    assert {p["family"] for p in spec["dose"]} >= {"caa", *counts}
+    assert "caa" in [g["direction"] for g in spec["generation"]]
+    html = (work / "reports" / "smoke" / "report.html").read_text(encoding="utf-8")
+    assert "Specificity against a null distribution" in html
+    assert (work / "reports" / "smoke" / "figures" / "specificity_null.png").is_file()
