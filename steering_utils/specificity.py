@@ -213,7 +213,7 @@ def _logprobs(model, layer: int, ids, mask, counts, shift, positions: str):
 
     def hook(module, args, output):
         hidden = output[0] if isinstance(output, tuple) else output
-        steered = hidden + pushed[..., None].to(hidden.dtype) * shift.to(hidden)[:, None, :]
+        steered = hidden + pushed[..., None].to(hidden) * shift.to(hidden)[:, None, :]
         return (steered, *output[1:]) if isinstance(output, tuple) else steered
 
     keep = int(counts.max()) + 1  # only the positions that predict continuation tokens
