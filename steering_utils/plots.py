@@ -547,12 +547,12 @@ def plot_specificity_null(results: ExperimentResults) -> Figure | None:
     axes = fig.subplots(1, len(spec.families), squeeze=False)[0]
     for ax, family in zip(axes, spec.families):
         ax.hist(family.null_deltas, bins=min(40, max(10, family.n // 5)), color=colors[0],
-                alpha=0.75, label=f"null (n = {family.n})")
+                alpha=0.75, label="null directions (n in each title)")
         ax.axvline(family.caa_delta, color=colors[3], linewidth=2,
                    label="CAA, first order")
         ax.axvline(spec.caa_exact_delta, color=colors[3], linestyle=":", linewidth=1.5,
                    label="CAA, exact")
-        ax.set_title(f"{family.family}: rank {family.rank}/{family.n + 1}, "
+        ax.set_title(f"{family.family} (n = {family.n}): rank {family.rank}/{family.n + 1}, "
                      f"p = {family.p_value:.3g}", fontsize="medium")
         ax.set_xlabel("Δ log p(toxic) − log p(clean) (nats)")
         ax.set_ylabel("null directions (count)")
@@ -572,13 +572,14 @@ def plot_specificity_dose(results: ExperimentResults) -> Figure | None:
     ax = fig.add_subplot()
     alphas = sorted({p.alpha for p in spec.dose})
     grid = np.array([0.0, *alphas])
-    for k, family in enumerate(spec.families):  # first order is linear in α
+    shades = [0, 2, 4]  # the families' colours, apart from CAA's (3)
+    for k, family in zip(shades, spec.families):  # first order is linear in α
         lo, hi = family.null_q05 / spec.alpha, family.null_q95 / spec.alpha
         ax.fill_between(grid, np.minimum(lo * grid, hi * grid), np.maximum(lo * grid, hi * grid),
                         color=colors[k], alpha=0.12,
                         label=f"{family.family} null, 5–95% (first order)")
     nulls = [p for p in spec.dose if p.family not in ("caa", "control")]
-    for k, family in enumerate(f.family for f in spec.families):
+    for k, family in zip(shades, (f.family for f in spec.families)):
         points = [p for p in nulls if p.family == family]
         ax.scatter([p.alpha for p in points], [p.exact_delta for p in points], s=18,
                    color=colors[k], marker="x", label=f"{family} null, exact")
