@@ -279,13 +279,14 @@ class SpecificityParams(_Strict):
     """CAA's effect ranked among null directions by a likelihood probe on held-out pairs (05)."""
 
     null_directions: NullDirectionCounts = NullDirectionCounts()
-    probe_pairs: int = Field(16, ge=0, le=10_000, description=(
+    probe_pairs: int = Field(12, ge=0, le=10_000, description=(
         "held-out dev (toxic, clean) continuation pairs, at most; 0 skips the probe"))
     exact_directions: int = Field(1, ge=0, le=1_000, description=(
-        "per family: directions also measured by exact pushed passes (the probe's check and "
-        "the dose-response)"))
+        "per family: directions also measured by exact pushed passes at the tested alpha "
+        "(the probe's check)"))
     alphas: list[float] | None = Field(None, description=(
-        "dose-response alphas; null = the non-zero sweep.alphas and control alphas"))
+        "CAA's dose-response alphas (exact passes); null = the non-zero sweep.alphas and "
+        "control alphas"))
 
     @field_validator("alphas")
     @classmethod

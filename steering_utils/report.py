@@ -535,7 +535,8 @@ def _captions(results: ExperimentResults) -> dict[str, tuple[str, str]]:
         "specificity_dose": (
             "Specificity: dose-response over α",
             "The probe's Δ vs α: CAA by exact pushed passes (solid) and first order (dashed), "
-            "a few null directions by exact passes (crosses), and each null family's 5–95% "
+            "one null direction per family by exact passes at the tested α (crosses), and each "
+            "null family's 5–95% "
             "range at first order (bands, linear in α)."),
         "capability": (
             "Capability under steering",

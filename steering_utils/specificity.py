@@ -321,7 +321,8 @@ def measure_specificity(model, tokenizer, pairs: pd.DataFrame, caa: np.ndarray,
                         generated: dict[str, tuple[np.ndarray, float]] | None = None,
                         unsteered_toxicity: float | None = None) -> Specificity:
     """CAA's rank among each null family at `alpha`, validated by exact passes on `n_exact`
-    directions per family, with the dose-response over `alphas` (exact and first order).
+    directions per family at `alpha`, with CAA's dose-response over `alphas` (exact and
+    first order).
 
     caa: [d] the CAA vector at `layer`; nulls: {family: [N, d]} of the same norm;
     generated: {name: (direction [d], generated mean toxicity at alpha)} checked too.
@@ -352,9 +353,10 @@ def measure_specificity(model, tokenizer, pairs: pd.DataFrame, caa: np.ndarray,
     row_of = {"caa": 0, **{name: len(exact) - len(others) + i for i, name in enumerate(others)}}
     stack = np.stack([d for _, _, d in exact])
     dose, r_points, r_means, checks = [], None, None, []
-    n_core = len(exact) - len(others)  # CAA and the families' directions: at every alpha
     for a in sorted({float(alpha), *map(float, alphas)}):
-        k = len(exact) if a == float(alpha) else n_core  # the control's only at the tested α
+        # Every exact direction at the tested α; CAA alone at the others (the dose-response:
+        # CAA's exact curve against the null's first-order band, which is linear in α).
+        k = len(exact) if a == float(alpha) else 1
         delta = exact_log_ratios(model, texts, layer, -a * stack[:k], positions,
                                  batch_size) - base
         first = -a * stack[:k] @ grads.T  # [k, n pairs]

@@ -169,10 +169,10 @@ def test_a_push_along_the_mean_gradient_ranks_first_in_every_family(tiny_double,
     assert result.families[0].caa_delta < 0 and result.n_pairs == 3
     assert not result.specific  # 1/10 is no p < 0.05 for the shuffled family
     assert result.probe_exact_r > 0.99 and result.probe_exact_r_means > 0.99
-    # Dose-response: every alpha, CAA + 2 per family (+ the generated one at the tested α),
-    # linear at first order.
+    # Dose-response: CAA at every alpha, linear at first order; at the tested α also 2 per
+    # family and the generated random one.
     assert sorted({p.alpha for p in result.dose}) == [0.5, 1.0, 2.0]
-    assert len(result.dose) == 3 * (1 + 3 * 2) + 1
+    assert len(result.dose) == 2 + (1 + 3 * 2 + 1)
     caa_points = {p.alpha: p for p in result.dose if p.family == "caa"}
     assert caa_points[2.0].first_order_delta == pytest.approx(4 * caa_points[0.5]
                                                               .first_order_delta)
