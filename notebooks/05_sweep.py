@@ -34,11 +34,11 @@
 #    the challenging eval prompts against the same unsteered rows.
 # 7. **Specificity against a null distribution (section 5b).** A likelihood probe on
 #    held-out dev pairs (each prompt's most vs least toxic continuation): the change of
-#    log p(toxic) − log p(clean) under the push, for CAA and for hundreds of null directions of its norm at the control
-#    layer and the tested α (isotropic, drawn from the residual stream's covariance, and CAA
-#    vectors with shuffled pair labels; `specificity.*`). First order from one gradient per
-#    text, checked by exact pushed passes on a few directions, which also give the
-#    dose-response over α. CAA's rank and empirical p-value in each family.
+#    log p(toxic) − log p(clean) under the push, for CAA and for hundreds of null directions
+#    of its norm at the control layer and the tested α (isotropic, drawn from the residual
+#    stream's covariance, and CAA vectors with shuffled pair labels; `specificity.*`). First
+#    order from one gradient per text, checked by exact pushed passes on a few directions;
+#    CAA's exact passes over α give the dose-response. CAA's rank and p in each family.
 #
 # The alpha = 0 cells are the baseline rows of stage 02 (same seeds). Generation runs in
 # content-keyed shards shared across stages: a param change recomputes only the shards it
