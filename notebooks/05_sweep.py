@@ -34,12 +34,20 @@
 #    random direction; settings under `methods.*`) runs its strength grid on the dev
 #    prompts; the same rule picks each method's cell on dev, and each pick is generated on
 #    the challenging eval prompts against the same unsteered rows.
+# 7. **Specificity against a null distribution (section 5b).** A likelihood probe on
+#    held-out dev pairs (each prompt's most vs least toxic continuation): the change of
+#    log p(toxic) − log p(clean) under the push, for CAA and for hundreds of null directions
+#    of its norm at the control layer and the tested α (isotropic, drawn from the residual
+#    stream's covariance, and CAA vectors with shuffled pair labels; `specificity.*`). First
+#    order from one gradient per text, checked by exact pushed passes on a few directions;
+#    CAA's exact passes over α give the dose-response. CAA's rank and p in each family.
 #
 # The alpha = 0 cells are the baseline rows of stage 02 (same seeds). Generation runs in
 # content-keyed shards shared across stages: a param change recomputes only the shards it
-# touches. **Reads** `01_data`, `02_baseline`, `04_vectors`. **Writes** `grid`, `selection`,
-# `sweep`, `control`, `capability`, `methods_grid`, `methods_selection`, `methods_eval`,
-# `methods_capability`.
+# touches. **Reads** `01_data`, `02_baseline`, `03_activations` (the train
+# contrast's activations, for the null directions), `04_vectors`. **Writes** `grid`,
+# `selection`, `sweep`, `control`, `capability`, `specificity`, `methods_grid`,
+# `methods_selection`, `methods_eval`, `methods_capability`.
 
 # %% tags=["parameters"]
 params_file = "../params/default.yaml"
@@ -168,13 +176,26 @@ capability.groupby(["split", "direction", "layer", "alpha"])["correct"].mean().r
     "accuracy").to_frame()
 
 # %% [markdown]
+# ### 5b · Specificity: CAA among null directions of its norm (likelihood probe)
+
+# %%
+from steering_utils.activations import load_activation_sets
+from steering_utils.specificity import run_specificity
+
+specificity = run_specificity(model, tokenizer, prompts, baseline,
+                              load_activation_sets(stage.input("activations")), vectors,
+                              selection, params, sweep, control, randoms)
+write_json(specificity and specificity.model_dump(mode="json"), stage.out("specificity"))
+specificity and [(f.family, f.n, f.rank, round(f.p_value, 4), round(f.caa_delta, 3),
+                  round(f.null_q05, 3), round(f.null_q95, 3)) for f in specificity.families]
+
+# %% [markdown]
 # ### 6 · Methods compared at the chosen layer: dev grid, dev decision
 
 # %%
 import pandas as pd
 
 from steering_utils import comparison as cmp
-from steering_utils.activations import load_activation_sets
 
 methods_layer = selection["control_layer"]
 statistics = load_activation_sets(stage.input("token_statistics"))["train"]

@@ -298,6 +298,37 @@ class ControlParams(_Strict):
         return alphas
 
 
+class NullDirectionCounts(_Strict):
+    """Null directions per family, each of the CAA vector's norm at the control layer."""
+
+    isotropic: int = Field(200, ge=0, le=100_000, description="Gaussian, uniform on the sphere")
+    covariance: int = Field(200, ge=0, le=100_000, description=(
+        "Gaussian with the covariance of the train contrast's pooled activations"))
+    shuffled: int = Field(50, ge=0, le=100_000, description=(
+        "CAA vectors of the train pairs with random side labels"))
+
+
+class SpecificityParams(_Strict):
+    """CAA's effect ranked among null directions by a likelihood probe on held-out pairs (05)."""
+
+    null_directions: NullDirectionCounts = NullDirectionCounts()
+    probe_pairs: int = Field(12, ge=0, le=10_000, description=(
+        "held-out dev (toxic, clean) continuation pairs, at most; 0 skips the probe"))
+    exact_directions: int = Field(1, ge=0, le=1_000, description=(
+        "per family: directions also measured by exact pushed passes at the tested alpha "
+        "(the probe's check)"))
+    alphas: list[float] | None = Field(None, description=(
+        "CAA's dose-response alphas (exact passes); null = the non-zero sweep.alphas and "
+        "control alphas"))
+
+    @field_validator("alphas")
+    @classmethod
+    def _bounded(cls, alphas: list[float] | None) -> list[float] | None:
+        if alphas is not None:
+            _bounded_distinct(alphas, "alphas", "[1.0, 2.0]")
+        return alphas
+
+
 class ReportParams(_Strict):
     n_examples: int = Field(3, ge=0)
 
@@ -349,6 +380,7 @@ class StudyParams(_Strict):
     vectors: VectorParams = VectorParams()
     sweep: SweepParams
     control: ControlParams = ControlParams()
+    specificity: SpecificityParams = SpecificityParams()
     methods: MethodsParams = MethodsParams()
     evaluation: EvaluationParams = EvaluationParams()
     report: ReportParams = ReportParams()

@@ -537,6 +537,65 @@ def plot_method_fronts(results: ExperimentResults) -> Figure | None:
     return fig
 
 
+def plot_specificity_null(results: ExperimentResults) -> Figure | None:
+    """Per null family: the histogram of null directions' probe Δ, CAA's Δ marked."""
+    spec = results.specificity
+    if not spec or not spec.families:
+        return None
+    colors = _palette()
+    fig = _figure(3.4 * len(spec.families), 3.8)
+    axes = fig.subplots(1, len(spec.families), squeeze=False)[0]
+    for ax, family in zip(axes, spec.families):
+        ax.hist(family.null_deltas, bins=min(40, max(10, family.n // 5)), color=colors[0],
+                alpha=0.75, label="null directions (n in each title)")
+        ax.axvline(family.caa_delta, color=colors[3], linewidth=2,
+                   label="CAA, first order")
+        ax.axvline(spec.caa_exact_delta, color=colors[3], linestyle=":", linewidth=1.5,
+                   label="CAA, exact")
+        ax.set_title(f"{family.family} (n = {family.n}): rank {family.rank}/{family.n + 1}, "
+                     f"p = {family.p_value:.3g}", fontsize="medium")
+        ax.set_xlabel("Δ log p(toxic) − log p(clean) (nats)")
+        ax.set_ylabel("null directions (count)")
+    _legend_below(fig, axes[:1], ncol=3)
+    fig.suptitle(f"Is CAA's push special? Null directions of its norm at layer {spec.layer}, "
+                 f"α = {spec.alpha:g} ({spec.n_pairs} held-out pairs)")
+    return fig
+
+
+def plot_specificity_dose(results: ExperimentResults) -> Figure | None:
+    """Δ vs α: CAA (exact and first order), a few null directions (exact), the null's band."""
+    spec = results.specificity
+    if not spec or not spec.dose:
+        return None
+    colors = _palette()
+    fig = _figure(7.2, 4.4)
+    ax = fig.add_subplot()
+    alphas = sorted({p.alpha for p in spec.dose})
+    grid = np.array([0.0, *alphas])
+    shades = [0, 2, 4]  # the families' colours, apart from CAA's (3)
+    for k, family in zip(shades, spec.families):  # first order is linear in α
+        lo, hi = family.null_q05 / spec.alpha, family.null_q95 / spec.alpha
+        ax.fill_between(grid, np.minimum(lo * grid, hi * grid), np.maximum(lo * grid, hi * grid),
+                        color=colors[k], alpha=0.12,
+                        label=f"{family.family} null, 5–95% (first order)")
+    nulls = [p for p in spec.dose if p.family not in ("caa", "control")]
+    for k, family in zip(shades, (f.family for f in spec.families)):
+        points = [p for p in nulls if p.family == family]
+        ax.scatter([p.alpha for p in points], [p.exact_delta for p in points], s=18,
+                   color=colors[k], marker="x", label=f"{family} null, exact")
+    caa = sorted((p for p in spec.dose if p.family == "caa"), key=lambda p: p.alpha)
+    ax.plot([0.0] + [p.alpha for p in caa], [0.0] + [p.exact_delta for p in caa], marker="o",
+            color=colors[3], label="CAA, exact")
+    ax.plot([0.0] + [p.alpha for p in caa], [0.0] + [p.first_order_delta for p in caa],
+            linestyle="--", color=colors[3], label="CAA, first order")
+    ax.axhline(0, color="0.5", linewidth=0.8)
+    ax.set_xlabel("α (push −α·d at the layer)")
+    ax.set_ylabel("Δ log p(toxic) − log p(clean) (nats)")
+    ax.set_title(f"Dose-response at layer {spec.layer}: CAA vs null directions of its norm")
+    _legend_below(fig, [ax], ncol=2)
+    return fig
+
+
 def _results_vector_norms(results: ExperimentResults) -> Figure:
     vec = results.vectors
     return plot_vector_norms(results.layers_table(), results.chosen_layers, (
@@ -556,6 +615,8 @@ def _results_layer_separation(results: ExperimentResults) -> Figure | None:
 FIGURES = {
     "toxicity_vs_alpha": plot_toxicity_vs_alpha,
     "control": plot_control,
+    "specificity_null": plot_specificity_null,
+    "specificity_dose": plot_specificity_dose,
     "method_fronts": plot_method_fronts,
     "gehman_vs_alpha": plot_gehman_vs_alpha,
     "tradeoff": plot_tradeoff,

@@ -27,6 +27,7 @@ from . import metrics
 from .artifacts import StageDir, done_record, read_json, read_table, write_json
 from .metrics import SelectionRule, finite
 from .params import MethodName
+from .specificity import Specificity
 from .stages import (
     ALL_LAYERS,
     CAA,
@@ -551,6 +552,8 @@ class ExperimentResults(_Record):
     alpha_range: AlphaRange | None = Field(None, description=(
         "what set the pick's alpha: a limit, or the grid's edge (null: not recorded)"))
     control: Control | None
+    specificity: Specificity | None = Field(None, description=(
+        "CAA's likelihood-probe effect ranked among null directions of its norm"))
     methods: Methods | None
     pareto: list[ParetoCell] = Field(description="sweep cells (challenging) on the toxicity-"
                                                  "perplexity Pareto front")
@@ -893,6 +896,7 @@ def build_results(stage: StageDir) -> ExperimentResults:
         "stability": _json_safe(selection.get("stability")),
         "alpha_range": _json_safe(selection.get("alpha_range")),
         "control": _control_summary(params, selection, sweep, control, cells),
+        "specificity": read_json(stage.input("specificity")),
         "methods": _methods_summary(stage),
         "pareto": [{"layer": int(r.layer), "alpha": float(r.alpha)} for r in front.itertuples()],
         "examples": _examples(sweep, chosen[0], params.report.n_examples, params.seed),

@@ -75,6 +75,7 @@ def _scaled_by_caa_norm(params: StudyParams) -> list[tuple[str, list[float]]]:
               ("sweep.alphas", params.sweep.alphas), ("control.alphas", control_alphas(params))]
     if params.methods.random.strengths is not None:
         fields.append(("methods.random.strengths", params.methods.random.strengths))
+    fields.append(("specificity.alphas", specificity_alphas(params)))
     return fields
 
 
@@ -134,6 +135,15 @@ def check_additive_push(method: str, strengths: list[float], directions, activat
 def control_alphas(params: StudyParams) -> list[float]:
     """Alphas of the random-direction control: params', else the sweep's positive alphas."""
     alphas = params.control.alphas or [a for a in params.sweep.alphas if a > 0]
+    return sorted({float(a) for a in alphas if a != 0})
+
+
+def specificity_alphas(params: StudyParams) -> list[float]:
+    """Alphas of the specificity probe's dose-response: params', else the non-zero sweep and
+    control alphas."""
+    alphas = params.specificity.alphas
+    if alphas is None:
+        alphas = [*params.sweep.alphas, *control_alphas(params)]
     return sorted({float(a) for a in alphas if a != 0})
 
 

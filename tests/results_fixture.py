@@ -216,6 +216,38 @@ def _methods(layer: int, reference: dict, rng: np.random.Generator) -> dict:
                           "confirmed_on_eval": bool(best["within_limits_on_eval"])}}
 
 
+def _specificity(layer: int, rng: np.random.Generator) -> dict:
+    """A probe result where CAA beats the isotropic and covariance nulls, not the shuffled one."""
+    families, dose = [], []
+    for family, n, spread in (("isotropic", 200, 0.2), ("covariance", 200, 0.35),
+                              ("shuffled", 50, 0.6)):
+        null = np.sort(rng.normal(0, spread, n))
+        caa = -0.9
+        p = (1 + np.sum(null <= caa)) / (n + 1)
+        families.append({"family": family, "n": n, "caa_delta": caa,
+                         "rank": int(1 + np.sum(null < caa)), "p_value": float(p),
+                         "null_mean": float(null.mean()), "null_sd": float(null.std(ddof=1)),
+                         "null_q05": float(np.quantile(null, 0.05)),
+                         "null_q50": float(np.median(null)),
+                         "null_q95": float(np.quantile(null, 0.95)),
+                         "null_deltas": [float(x) for x in null]})
+    for alpha in (1.0, 2.0):
+        dose.append({"alpha": alpha, "family": "caa", "direction": 0,
+                     "exact_delta": -0.5 * alpha ** 1.2, "first_order_delta": -0.45 * alpha})
+        for family in ("isotropic", "covariance", "shuffled", "control"):
+            dose.append({"alpha": alpha, "family": family, "direction": 0,
+                         "exact_delta": float(rng.normal(0, 0.2 * alpha)),
+                         "first_order_delta": float(rng.normal(0, 0.2 * alpha))})
+    return {"layer": layer, "alpha": 2.0, "positions": "all", "n_pairs": 16,
+            "covariance_rank": 95, "families": families, "caa_exact_delta": -1.15,
+            "probe_exact_r": 0.91, "probe_exact_r_means": 0.95, "dose": dose,
+            "generation": [{"direction": "caa", "exact_delta": -1.15, "mean_toxicity": 0.16},
+                           {"direction": "random-0", "exact_delta": 0.1,
+                            "mean_toxicity": 0.26}],
+            "unsteered_mean_toxicity": 0.34, "seconds": 12.5,
+            "specific": all(f["p_value"] < 0.05 for f in families)}
+
+
 def _pareto(cells: list[dict]) -> list[dict]:
     front = []
     for c in cells:
@@ -354,6 +386,7 @@ def make_results(n_layers: int = 4,
         "recommendation": recommendation,
         "confirmation": confirmation,
         "control": control,
+        "specificity": _specificity(chosen[0], rng),
         "methods": _methods(chosen[0], next(c for c in sweep_challenging if c["alpha"] == 0),
                             rng),
         "pareto": _pareto(sweep_challenging),

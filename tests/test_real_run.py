@@ -436,7 +436,8 @@ def test_job_counts_equal_the_job_tables_the_study_builds():
     baseline = make_jobs(prompts, [(UNSTEERED_LAYER, 0.0)], params.generation.samples_per_prompt)
     counts = job_counts(params, 36)
     assert counts["baseline"] == len(baseline) == 47_500
-    assert counts["grid"] == len(grid_jobs(prompts, baseline, params, 36)[0]) == 36_000  # 150 + 50 benign dev prompts
+    # grid: 150 challenging + 50 benign dev prompts x 36 layers x 5 alphas
+    assert counts["grid"] == len(grid_jobs(prompts, baseline, params, 36)[0]) == 36_000
     assert counts["sweep"] == len(sweep_jobs(prompts, baseline, params, [10, 20])[0]) == 420_000
     randoms = [f"random-{i}" for i in range(params.control.n_directions)]
     assert counts["control"] == len(control_jobs(prompts, baseline, params, 10, randoms)[0])

@@ -112,7 +112,8 @@ def test_key_changes_name_each_part_that_moved():
     assert key_changes(old, new) == [
         "params changed (generation.temperature, sweep.alphas)", "notebook changed",
         "module steering_utils/sweep.py no longer run", "module steering_utils/vectors.py "
-        "changed", "input 02_baseline changed", "input 04_vectors changed"]
+        "changed", "input 02_baseline changed", "input 03_activations changed",
+        "input 04_vectors changed"]
 
 
 def test_a_key_holds_its_inputs_contents_read_once_at_finish(tmp_path):
