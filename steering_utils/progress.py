@@ -217,9 +217,10 @@ class StageProgress:
         if self.tty:
             from tqdm.auto import tqdm
 
-            if self._bar is None:
+            if self._bar is None:  # reused rows as its start, so its rate is of computed rows
                 self._bar = tqdm(desc=f"  {self.stage:<15}", unit="row", leave=False,
-                                 file=sys.stdout)
+                                 file=sys.stdout, total=max(rows.total, self.expected),
+                                 initial=rows.done - rows.computed)
             self._bar.total = max(rows.total, self.expected)
             self._bar.n = rows.done
             self._bar.refresh()
