@@ -5,10 +5,10 @@ stage in the kernel's environment (`PROGRESS_ENV`); `jobs.run_jobs` announces ea
 table there (`start_rows`: its rows, how many were reused from shards) and counts rows as
 their shards land (`add_rows`). The runner polls the file (`read_rows`) and shows one bar
 per stage over all its tables (`StageProgress`), or, when stdout is not a terminal (CI
-logs), a line at most every `EVERY_S` seconds. A notebook run in Lab has no such variable:
-nothing is written and the usual tqdm bars show. The file is replaced atomically, read
-errors count as "nothing new", and the runner stops polling when papermill returns, so a
-crashed kernel cannot hang the runner.
+logs), a line at most every `EVERY_S` seconds when rows moved (every 5 x `EVERY_S` if not).
+A notebook run in Lab has no such variable: nothing is written and the usual tqdm bars show.
+The file is replaced atomically, read errors count as "nothing new", and the runner stops
+polling when papermill returns, so a crashed kernel cannot hang the runner.
 
 The whole-run ETA (`run_eta`) is arithmetic on the params' job counts (`preflight.job_counts`):
 the remaining stages' rows times the measured seconds per row, plus each stage's fixed cost
@@ -202,12 +202,16 @@ class StageProgress:
             self._bar.close()
 
     def _poll(self) -> None:
+        shown = -1  # rows done at the last line
         while not self._stop.wait(self.poll_s):
             self._update()
-            if not self.tty and self.rows and time.time() - self._printed >= self.every_s \
-                    and self.rows.done < max(self.rows.total, self.expected):
+            if self.tty or not self.rows or self.rows.done >= max(self.rows.total, self.expected):
+                continue
+            waited = time.time() - self._printed
+            # A line when rows moved, or after a long quiet spell (a log that shows life).
+            if waited >= self.every_s and (self.rows.done != shown or waited >= 5 * self.every_s):
                 self.echo(progress_line(self.stage, self.rows, self.expected))
-                self._printed = time.time()
+                self._printed, shown = time.time(), self.rows.done
 
     def _update(self) -> None:
         rows = read_rows(self.path)

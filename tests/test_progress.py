@@ -76,6 +76,11 @@ def test_the_rate_counts_only_computed_rows_over_the_time_spent_computing(tmp_pa
     assert progress_line("05_sweep", Rows(done=0, total=5)) == "  05_sweep        0/5 rows"
 
 
+def test_eta_durations_read_back():
+    assert [_seconds(t) for t in ("2.7 min", "40 s", "1 h 05 min")] == \
+        pytest.approx([162, 40, 3900])
+
+
 def test_the_eta_is_rows_left_times_the_measured_rate_plus_fixed_costs():
     work = {"02_baseline": 56, "03_activations": 1.6, "05_sweep": 200.0}
     clock = RunClock(work)
@@ -141,6 +146,8 @@ def test_off_a_terminal_lines_come_at_most_every_interval_and_the_summary_has_th
         kernel.join()
     assert 1 <= len(lines) <= 4, lines  # ~0.9 s of rows, a line at most every 0.3 s
     assert all(re.fullmatch(r"  05_sweep        \d+/30 rows( .*)?", line) for line in lines)
+    done = [int(line.split()[1].split("/")[0]) for line in lines]
+    assert done == sorted(set(done))  # a new line only when rows moved
     assert shown.rows.done == 30 and shown.summary().startswith(": 30 rows, ")
 
 
@@ -170,7 +177,14 @@ def test_the_kernels_run_on_ipc_sockets(tmp_path):
 
 
 _DONE = re.compile(r"^  (\d\d_\w+)\s+done in ([\d.]+) s(?:: (\d+) rows)?", re.M)
-_ETA = re.compile(r"^  ETA\s+~([\d.]+) (min|s) for the (\d) stage\(s\) left", re.M)
+_ETA = re.compile(r"^  ETA\s+~(.+?) for the (\d) stage\(s\) left", re.M)
+
+
+def _seconds(text: str) -> float:
+    """Seconds of an ETA's duration: '2.7 min', '40 s', '1 h 05 min'."""
+    units = {"h": 3600, "min": 60, "s": 1}
+    parts = text.split()
+    return sum(float(n) * units[u] for n, u in zip(parts[::2], parts[1::2], strict=True))
 
 
 def test_the_smoke_run_prints_one_line_per_stage_its_rows_an_eta_and_no_transport_warning(
@@ -194,9 +208,8 @@ def test_the_smoke_run_prints_one_line_per_stage_its_rows_an_eta_and_no_transpor
         interim = [line for line in lines if re.match(rf"  {stage}\s+\d+/\d+ rows", line)]
         assert len(interim) <= seconds / progress.EVERY_S + 1, interim
     etas = _ETA.findall(stdout)
-    assert [int(n) for *_, n in etas] == [4, 3, 2, 1]  # after 02, 03, 04 and 05
-    value, unit, _ = etas[0]
-    predicted = float(value) * (60 if unit == "min" else 1)
+    assert [int(n) for _, n in etas] == [4, 3, 2, 1]  # after 02, 03, 04 and 05
+    predicted = _seconds(etas[0][0])
     actual = sum(seconds for stage, (seconds, _) in done.items()
                  if stage > "02_baseline")
     ratio = predicted / actual
