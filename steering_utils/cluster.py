@@ -36,6 +36,7 @@ import pandas as pd
 
 from .artifacts import digest, params_fields, write_table
 from .params import ParamsError, StudyParams
+from .progress import add_rows
 
 # What an actor loads: a pool is reused by every job table whose params agree on these.
 _LOADED_FIELDS = ("hf_hub_offline", "model", "scorer", "generation.engine", "execution")
@@ -250,6 +251,7 @@ def run_on_cluster(jobs: pd.DataFrame, todo: list[tuple[str, np.ndarray]], paths
             for key, index in group:
                 write_table(out.loc[index], paths[key])
                 bar.update(1)
+                add_rows(len(index))
             if worker["restarted"]:
                 restarted.add((worker["worker"], worker["pid"]))
             idle.append(actor)

@@ -27,6 +27,7 @@ import pandas as pd
 
 from .artifacts import digest, input_files, params_fields, read_table, record_shards, write_table
 from .params import StudyParams
+from .progress import add_rows, start_rows
 from .sources import rows_code
 from .stages import ARTIFACT_VERSION, UNSTEERED
 
@@ -89,6 +90,7 @@ def run_jobs(model, tokenizer, jobs: pd.DataFrame, directions: dict, params: Stu
     record_shards(shard_dir, [key for key, _ in plan])  # in the open stage's shards.json
     paths = {key: shard_dir / f"{key}.parquet" for key, _ in plan}
     todo = [(key, rows) for key, rows in plan if not paths[key].is_file()]
+    start_rows(desc, len(jobs), reused=len(jobs) - sum(len(rows) for _, rows in todo))
     if todo and params.execution.mode == "ray":
         from .cluster import run_on_cluster
 
@@ -102,6 +104,7 @@ def run_jobs(model, tokenizer, jobs: pd.DataFrame, directions: dict, params: Stu
                                params, scorers, positions, f"{desc} [{number}/{len(groups)}]")
             for key, index in group:
                 write_table(out.loc[index], paths[key])
+            add_rows(len(rows))
     parts = [_checked(read_table(paths[key]), jobs.iloc[index], paths[key]) for key, index in plan]
     table = pd.concat(parts)
     return table.loc[jobs.index]

@@ -4,7 +4,10 @@ Executes notebooks/01_..06_ in order with papermill (each stage's notebook as th
 side of its jupytext pair holds it, `notebooks.read_stage_notebook`), injecting the params
 file and the run folders; skips a stage whose artifacts are complete for the same key
 (params, code, inputs: `artifacts.key_parts`), and says why each other stage runs ("04_vectors
-runs: notebook changed"); prints a line per stage. One runner per run folder (`runs/<run>/.lock`).
+runs: notebook changed"); prints a line per stage, one progress bar (or, off a terminal, a
+line a minute) over the rows of all its job tables, and the whole run's ETA after each stage
+(`progress`). Kernels talk to the runner over local IPC sockets, not TCP (no transport warning).
+One runner per run folder (`runs/<run>/.lock`).
 Executed notebooks are written to runs/<run_name>/notebooks/ and copied beside the
 report once it is published; the report folder is replaced as a whole, and a report
 from other params is moved aside first. Any failure, Ctrl-C or SIGTERM (`timeout`, Slurm's
@@ -24,6 +27,7 @@ import os
 import shlex
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -39,6 +43,7 @@ from .artifacts import (
 )
 from .notebooks import KERNEL_NAME, NOTEBOOKS, PROJECT_ROOT, read_stage_notebook
 from .params import ParamsError, StudyParams, load_params, run_path
+from .progress import PROGRESS_ENV, RunClock, StageProgress, expected_rows, stage_work
 from .prune import EXECUTED_DIR, remove_version
 from .reportdir import (
     FAILED_FILE,
@@ -78,6 +83,29 @@ def _kernel_name(params: StudyParams | None = None) -> str:
 
     specs = KernelSpecManager().find_kernel_specs()
     return KERNEL_NAME if KERNEL_NAME in specs else "python3"
+
+
+def _kernel_config(scratch: Path):
+    """Kernels on IPC sockets in `scratch`: local only, so there is nothing to encrypt and
+    ipykernel does not warn "Kernel is running over TCP without encryption" at each stage."""
+    from traitlets.config import Config
+
+    ip = scratch / "kernel"
+    if len(str(ip)) > 90:  # a Unix socket path holds ~107 bytes (with its "-<port>" suffix)
+        return Config()
+    return Config({"KernelManager": {"transport": "ipc", "ip": str(ip)}})
+
+
+def _job_counts(params: StudyParams) -> dict[str, int] | None:
+    """The params' job counts for progress and ETA; None if the model config cannot be read
+    (validate_run has read it already: the estimate is a courtesy, never a reason to stop)."""
+    from .models import load_model_config, num_decoder_layers
+    from .preflight import job_counts
+
+    try:
+        return job_counts(params, num_decoder_layers(load_model_config(params.model)))
+    except Exception:  # noqa: BLE001
+        return None
 
 
 def report_dir(reports_root: Path, params: StudyParams) -> Path:
@@ -188,8 +216,12 @@ def run_study(params_file: str | Path, runs_root: str | Path = "runs",
         echo(f"run {params.run_name!r} (params hash {params.params_hash}) -> {out_dir}")
         if moved:
             echo(f"  the report there was made under other params: moved aside to {moved}")
-        _run_stages(params, params_file, run_dir, runs_root, reports_root, out_dir, force, echo,
-                    kernel)
+        with tempfile.TemporaryDirectory(prefix="steering-") as scratch:
+            try:
+                _run_stages(params, params_file, run_dir, runs_root, reports_root, out_dir,
+                            force, echo, kernel, Path(scratch))
+            finally:
+                os.environ.pop(PROGRESS_ENV, None)
         notebooks = _executed_notebooks(params, run_dir)
         if report_params_hash(out_dir) == params.params_hash:
             attach_notebooks(out_dir, notebooks)
@@ -209,7 +241,8 @@ def _executed_notebooks(params: StudyParams, run_dir: Path) -> dict[str, Path]:
 
 
 def _run_stages(params: StudyParams, params_file: Path, run_dir: Path, runs_root: Path,
-                reports_root: Path, out_dir: Path, force: bool, echo, kernel: str) -> None:
+                reports_root: Path, out_dir: Path, force: bool, echo, kernel: str,
+                scratch: Path) -> None:
     import shutil
 
     import papermill
@@ -220,7 +253,15 @@ def _run_stages(params: StudyParams, params_file: Path, run_dir: Path, runs_root
     if force:  # recompute everything these params need; other params versions' work stays
         echo(f"  {remove_version(runs_root, params)}")
     started_run = False
-    for stage in STAGES:
+    counts = _job_counts(params)
+    if counts:
+        echo(f"  {'work':<15} {counts['generated']:,} generated rows ("
+             + ", ".join(f"{s} {n:,}" for s, n in expected_rows(counts).items())
+             + f"), {counts['activations']:,} activation texts, "
+             f"{counts['capability']:,} capability answers")
+    expected, clock = expected_rows(counts), RunClock(stage_work(params, counts))
+    tty = echo is print and sys.stdout.isatty()
+    for number, stage in enumerate(STAGES, start=1):
         # Keys are computed in stage order: a stage's key holds its inputs' contents,
         # known once they have finished (above, in this loop).
         folder = stage_folder(runs_root, params, stage)
@@ -245,14 +286,18 @@ def _run_stages(params: StudyParams, params_file: Path, run_dir: Path, runs_root
         executed = _executed(run_dir, params, stage)
         executed.parent.mkdir(parents=True, exist_ok=True)
         executed.unlink(missing_ok=True)  # other versions' notebooks stay (prune removes them)
+        progress_file = scratch / f"{stage}.json"
+        os.environ[PROGRESS_ENV] = str(progress_file)  # the kernel inherits it
         try:
-            papermill.execute_notebook(
-                read_stage_notebook(stage), str(executed),
-                parameters={"params_file": str(params_file), "runs_root": str(runs_root),
-                            "reports_root": str(reports_root)},
-                kernel_name=kernel, cwd=str(NOTEBOOKS), progress_bar=False,
-                start_timeout=120,
-            )
+            with StageProgress(stage, progress_file, expected.get(stage, 0), echo,
+                               tty) as shown:
+                papermill.execute_notebook(
+                    read_stage_notebook(stage), str(executed),
+                    parameters={"params_file": str(params_file), "runs_root": str(runs_root),
+                                "reports_root": str(reports_root)},
+                    kernel_name=kernel, cwd=str(NOTEBOOKS), progress_bar=False,
+                    start_timeout=120, config=_kernel_config(scratch),
+                )
         except (Exception, KeyboardInterrupt) as err:
             seconds = time.time() - started
             terminated = isinstance(err, Terminated) or _signals["terminated"]
@@ -280,7 +325,12 @@ def _run_stages(params: StudyParams, params_file: Path, run_dir: Path, runs_root
                 f"{stage} failed: {cause} (failing cell in {executed}; record in "
                 f"{out_dir / FAILED_FILE}{note}); fix that, then resume with: {resume}",
                 EXIT_FAILED) from err
-        echo(f"  {stage:<15} done in {time.time() - started:.1f} s")
+        wall = time.time() - started
+        echo(f"  {stage:<15} done in {wall:.1f} s{shown.summary()}")
+        clock.record(stage, wall, shown.rows)
+        eta = clock.eta_line(list(STAGES)[number:])
+        if eta:
+            echo(eta)
 
 
 def _write_records(out_dir: Path, run_dir: Path, params: StudyParams, stage: str,

@@ -8,8 +8,8 @@ modules a stage runs is read statically (`ast`) from the notebook's imports of
 closure honest, each for a stated reason:
 
 - `RUNTIME_MODULES` decide whether, where and when a stage runs, never what it writes
-  (validation, the Ray pool, locks, the runner, the run manifest): they are neither hashed
-  nor followed, as `execution.mode` is part of no key.
+  (validation, the Ray pool, locks, the runner, the run manifest, progress reports): they
+  are neither hashed nor followed, as `execution.mode` is part of no key.
 - `DISPLAY_MODULES` draw the figures a notebook shows its reader (kept in the executed
   notebook, not in the stage's folder): a notebook's own import of one does not count, while
   the same module reached through package code (the report stage's figures) does.
@@ -30,7 +30,7 @@ from .notebooks import NOTEBOOKS, read_stage_notebook
 PACKAGE = "steering_utils"
 PACKAGE_DIR = Path(__file__).resolve().parent
 RUNTIME_MODULES = frozenset({"runner", "preflight", "cluster", "runlock", "manifest",
-                             "notebooks", "sources"})
+                             "notebooks", "sources", "progress"})
 DISPLAY_MODULES = frozenset({"plots"})
 ROWS_MODULE = "jobs"  # compute_rows: the function that shapes a generated row
 # Package data a module renders into what its stage writes: hashed with the module's source,

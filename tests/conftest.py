@@ -109,7 +109,9 @@ def runner_command(params: Path, work: Path, *extra: str) -> list[str]:
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory):
     """(work folder, stdout) of one smoke chain run (params/smoke.yaml, in-process shards):
-    test_study's chain and test_cluster's reference for the Ray runs."""
+    test_study's chain and test_cluster's reference for the Ray runs. Its stderr (the
+    kernels' logs) is kept in work/runner_stderr.txt, and its wall time in
+    work/runner_seconds.txt (test_progress checks the ETA against them)."""
     import time
 
     work = tmp_path_factory.mktemp("smoke")
@@ -117,5 +119,7 @@ def smoke_run(tmp_path_factory):
     done = subprocess.run(runner_command(SMOKE, work), cwd=ROOT, capture_output=True, text=True,
                           timeout=1800)
     assert done.returncode == 0, done.stdout + done.stderr
+    (work / "runner_stderr.txt").write_text(done.stderr)
+    (work / "runner_seconds.txt").write_text(f"{time.time() - started:.1f}")
     print(f"\nsmoke chain in-process: {time.time() - started:.0f} s")
     return work, done.stdout

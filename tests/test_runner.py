@@ -258,3 +258,39 @@ def test_sigterm_between_stages_is_one_line_and_exit_143(monkeypatch, capsys):
     assert line.startswith("terminated (SIGTERM) before or between stages")
     assert "resume with: python -m steering_utils.runner" in line
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the caller's handler is back
+
+
+def test_the_runner_prints_rows_and_the_eta_and_asks_for_ipc_kernels(fake_chain, capsys,
+                                                                     monkeypatch):
+    import os
+    import re
+    import time
+
+    import papermill
+
+    from steering_utils import progress
+    from steering_utils.progress import PROGRESS_ENV, add_rows, start_rows
+
+    played = papermill.execute_notebook
+    configs = []
+
+    def with_rows(source, output, parameters, **kwargs):
+        configs.append(kwargs["config"])
+        stage = output.rsplit("/", 1)[1].rsplit("-", 1)[0]
+        if stage in ("02_baseline", "05_sweep"):  # the kernel's run_jobs, in miniature
+            monkeypatch.setattr(progress, "_tables", [])
+            start_rows("grid", 10, reused=2)
+            time.sleep(0.05)
+            add_rows(8)
+        return played(source, output, parameters, **kwargs)
+
+    monkeypatch.setattr(papermill, "execute_notebook", with_rows)
+    assert fake_chain() == 0
+    out = capsys.readouterr().out
+    assert re.search(r"  02_baseline     done in [\d.]+ s: 10 rows \(2 reused\), [\d.]+ rows/s",
+                     out), out
+    assert "generated rows (02_baseline 56, 05_sweep 154)" in out  # the work line
+    etas = re.findall(r"^  ETA  .* stage\(s\) left", out, re.M)
+    assert len(etas) == 4  # after 02 (the first rate measured), 03, 04 and 05
+    assert all(c.KernelManager.transport == "ipc" for c in configs) and len(configs) == 6
+    assert PROGRESS_ENV not in os.environ  # the runner cleans up after itself
