@@ -120,6 +120,7 @@ def smoke_run(tmp_path_factory):
                           timeout=1800)
     assert done.returncode == 0, done.stdout + done.stderr
     (work / "runner_stderr.txt").write_text(done.stderr)
+    (work / "runner_stdout.txt").write_text(done.stdout)
     (work / "runner_seconds.txt").write_text(f"{time.time() - started:.1f}")
     print(f"\nsmoke chain in-process: {time.time() - started:.0f} s")
     return work, done.stdout
