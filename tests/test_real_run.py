@@ -144,7 +144,10 @@ def test_make_check_deep_on_the_standins_passes_every_line(standin_file, tmp_pat
     assert all(line.startswith("ok") for line in lines)
     by = {line.split()[1]: line for line in lines}
     assert "alpha 0 left them equal" in by["steering"] and "layers 0:" in by["steering"]
-    assert "for the full run" in by["wall"] and "515,650 generated rows" in by["wall"]
+    from steering_utils.params import load_params
+    from steering_utils.preflight import job_counts
+    generated = job_counts(load_params(standin_file), 2)["generated"]  # 2 stand-in layers
+    assert "for the full run" in by["wall"] and f"{generated:,} generated rows" in by["wall"]
     assert "unbiased-toxic-roberta" in by["scorer"]
 
 
@@ -483,7 +486,10 @@ def test_smoke_chain_on_the_standins_writes_a_schema_valid_report(assets, tmp_pa
               "benign": {"n_train": 4, "n_dev": 0, "n_eval": 4}},
         generation={"max_new_tokens": 6, "samples_per_prompt": 2, "batch_size": 8},
         scorer={"batch_size": 32},
-        activations={"n_per_side": 4, "batch_size": 8},
+        # Random-weight text has no toxicity gap for the label scorer to find: the stand-in
+        # contrasts prompt texts (the paired contrast's gap filter runs on smoke).
+        activations={"n_per_side": 4, "batch_size": 8, "contrast": "prompts",
+                     "comparison": None},
         sweep={"grid_alphas": [0, 2.0], "alphas": [0, 1.0, 2.0], "n_chosen": 1},
         evaluation={"n_bootstrap": 200, "capability": {"n_items": 8}},
         report={"n_examples": 2},
@@ -526,6 +532,6 @@ def test_gpu_check_tiny_runs_every_pass_on_the_cpu():
     out = done.stdout
     for expected in ("generate plain", "generate steered", "steering overhead", "score ",
                      "perplexity ", "capability ", "projected wall time of "
-                     "params/qwen3-8b.yaml", "541,150 generated rows"):
+                     "params/qwen3-8b.yaml", "551,400 generated rows"):
         assert expected in out, expected
     assert "tokens/s" in out and "MMLU items/s" in out
