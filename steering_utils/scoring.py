@@ -158,17 +158,21 @@ class BilstmScorer:
 
     def score(self, texts: Sequence[str]) -> np.ndarray:
         """The `toxic` output per text (float64, input order)."""
-        import keras
-
         texts = [str(text) for text in texts]
         if not texts:
             return np.empty(0, dtype=np.float64)
-        # Pre-padding and pre-truncation (the defaults), as in training.
-        x = keras.utils.pad_sequences(self.tokenizer.texts_to_sequences(texts),
-                                      maxlen=BILSTM_MAXLEN)
-        with _torch_threads(1):
-            probs = self.model.predict(x, batch_size=self.batch_size, verbose=0)
+        probs = _keras_predict(self.model, self.tokenizer, texts, self.batch_size)
         return np.asarray(probs[:, BILSTM_LABELS.index(BILSTM_LABEL)], dtype=np.float64)
+
+
+def _keras_predict(model, tokenizer, texts: list[str], batch_size: int) -> np.ndarray:
+    """A Keras text model's outputs: word ids pre-padded and pre-truncated to BILSTM_MAXLEN
+    (the defaults, as both BiLSTM wheels were trained), one torch thread."""
+    import keras
+
+    x = keras.utils.pad_sequences(tokenizer.texts_to_sequences(texts), maxlen=BILSTM_MAXLEN)
+    with _torch_threads(1):
+        return model.predict(x, batch_size=batch_size, verbose=0)
 
 
 @contextmanager
@@ -289,16 +293,11 @@ class ToxBlockScorer:
 
     def score(self, texts: Sequence[str]) -> np.ndarray:
         """The rescaled `toxic` probability per text, clipped to [0, 1] (float64, input order)."""
-        import keras
-
         texts = [str(text) for text in texts]
         if not texts:
             return np.empty(0, dtype=np.float64)
         # The wheel encodes raw text (its stop-word remover is not in the saved pipeline).
-        x = keras.utils.pad_sequences(self.tokenizer.texts_to_sequences(texts),
-                                      maxlen=BILSTM_MAXLEN)
-        with _torch_threads(1):
-            probs = self.model.predict(x, batch_size=self.batch_size, verbose=0)
+        probs = _keras_predict(self.model, self.tokenizer, texts, self.batch_size)
         low, high = TOXBLOCK_RESCALE
         toxic = probs[:, BILSTM_LABELS.index(BILSTM_LABEL)].astype(np.float64)
         toxic = (toxic - low) / (high - low)
