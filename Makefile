@@ -115,7 +115,7 @@ benchmark-vllm: setup-vllm
 	HF_HUB_OFFLINE=1 $(VLLM_BIN)/python benchmarks/vllm_vs_hf.py
 
 # The wheels and files the GPU check needs on a bare, offline GPU machine (Python 3.12 with
-# CUDA torch): .gpu-wheels/, sent with the tree (README, "GPU check").
+# CUDA torch): .gpu-wheels/, sent with the tree (docs/gpu.md, "GPU check").
 gpu-wheels: setup
 	PY=$(BIN)/python bash benchmarks/gpu_wheels.sh
 

@@ -2,7 +2,7 @@
 
     python benchmarks/gpu_check.py          # CUDA: Qwen3-8B config, params/qwen3-8b.yaml sizes
     python benchmarks/gpu_check.py --tiny   # CPU, 2-layer config: same code path in a minute
-    bash benchmarks/gpu_check.sh            # the same on a bare GPU machine (README, "GPU check")
+    bash benchmarks/gpu_check.sh            # the same on a bare GPU machine (docs/gpu.md#gpu-check)
 
 Builds a Qwen3ForCausalLM from Qwen3-8B's published config values (36 layers, hidden
 4096, GQA 32/8 heads, head_dim 128, vocabulary 151,936, untied) with random weights

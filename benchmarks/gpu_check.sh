@@ -10,7 +10,7 @@
 # Python: PY when set, else .venv when present, else the machine's python3 with the wheel
 # bundle .gpu-wheels/ (bash benchmarks/gpu_wheels.sh, where PyPI is; sent with the tree)
 # unpacked to a temporary folder on PYTHONPATH. A bare machine needs only torch and
-# transformers' usual company (README, "GPU check").
+# transformers' usual company (docs/gpu.md, "GPU check").
 # Usage: bash benchmarks/gpu_check.sh [--tiny] [--rows N]   (--tiny: 2 layers on the CPU)
 set -euo pipefail
 cd "$(dirname "$0")/.."

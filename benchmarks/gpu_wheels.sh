@@ -18,7 +18,7 @@
 # Usage: bash benchmarks/gpu_wheels.sh [--python-version 3.12] [--dest .gpu-wheels]
 #                                      [--max-mib 60] [--check]
 #   --check: make nothing, only list and size a bundle made before (before sending it).
-# Run where PyPI is reachable; send the tree with .gpu-wheels/ (README, "GPU check").
+# Run where PyPI is reachable; send the tree with .gpu-wheels/ (docs/gpu.md, "GPU check").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WHEELS=(

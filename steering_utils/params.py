@@ -21,7 +21,7 @@ class ParamsError(ValueError):
 
 
 # Sanity bound on any alpha or strength, checked before the norms are known: the default
-# grids push at most ~1 x the residual norm (README, "Bounds"), so 1e3 is far past anything
+# grids push at most ~1 x the residual norm (docs/design.md, "Guards"), so 1e3 is far past anything
 # meaningful yet still refuses 1e308, which overflows every activation to inf/NaN ("LyLyLy").
 # The bound that means something, |alpha|·||v_l||/||h_l|| <= sweep.max_relative_push, needs
 # 04's norms and is checked by `sweep.check_relative_push` before 05 generates anything.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 
@@ -30,3 +31,31 @@ def test_ci_runs_the_readme_test_command():
     assert "make test" in (ROOT / ".ci" / "run").read_text()
     readme = (ROOT / "README.md").read_text()
     assert "make test" in readme and "make report" in readme
+
+
+def _anchor(heading: str) -> str:
+    """GitHub's anchor of a markdown heading: lower case, punctuation dropped, - for spaces."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_readme_stays_short_and_every_docs_link_resolves():
+    """The README is a newcomer's map (at most 200 lines); detail lives in docs/, and every
+    relative link of the README and docs/ names a file that exists (and a heading in it)."""
+    assert len((ROOT / "README.md").read_text().splitlines()) <= 200
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    assert len(pages) > 5
+    anchors = {page: {_anchor(h) for h in re.findall(r"^#+ (.*)$", page.read_text(), re.M)}
+               for page in pages}
+    broken = []
+    for page in pages:
+        for link in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+            if link.startswith(("http://", "https://")):
+                continue
+            path, _, anchor = link.partition("#")
+            target = (page.parent / path).resolve() if path else page
+            if not target.exists() or (anchor and anchor not in anchors.get(target, set())):
+                broken.append(f"{page.relative_to(ROOT)}: {link}")
+    assert not broken, broken
+    # Every docs page is reachable from the README.
+    readme = (ROOT / "README.md").read_text()
+    assert [p.name for p in pages[1:] if f"docs/{p.name}" not in readme] == []

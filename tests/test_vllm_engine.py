@@ -69,7 +69,7 @@ def test_engine_param_defaults_to_hf_and_accepts_only_known_engines():
 
 def test_vllm_params_files_differ_from_their_base_only_in_engine_and_name():
     """...and default-vllm pins the sweep to the layer the HF default's rule picks (12), so
-    the two reports compare one layer (README: vLLM's samples made the rule pick 24)."""
+    the two reports compare one layer (docs/vllm.md: vLLM's samples made the rule pick 24)."""
     for name, base in (("default-vllm", "default"), ("smoke-vllm", "smoke")):
         vllm = load_params(ROOT / "params" / f"{name}.yaml")
         hf = load_params(ROOT / "params" / f"{base}.yaml")
