@@ -22,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from .artifacts import atomic_path, write_json
+from .claims import CRITERION_VERDICT
 from .continuations import CONTINUATIONS_FILE, browser_data, browser_json, write_continuations
 from .results import (
     Cell,
@@ -165,15 +166,17 @@ def _checks_table(rec: Recommendation | None, confirmation: Confirmation | None)
         if dev is None and ev is None:
             continue
         digits = 2 if key in ("perplexity", "benign_perplexity") else 3
+        status = confirmation.criteria.get(key) if confirmation else None
         rows.append({"label": label,
                      "dev": dev and {"value": _num(dev.value, digits),
                                      "limit": _num(dev.limit, digits), "ok": dev.ok},
                      "eval": ev and {"value": _num(ev.value, digits),
-                                     "limit": _num(ev.limit, digits), "ok": ev.ok}})
+                                     "limit": _num(ev.limit, digits), "ok": ev.ok,
+                                     "status": status or ("pass" if ev.ok else "fail")}})
     if confirmation is not None and confirmation.degenerate:
         rows.append({"label": "Output not degenerate", "dev": None,
                      "eval": {"value": degenerate_text(confirmation.degenerate), "limit": "",
-                              "ok": False}})
+                              "ok": False, "status": "fail"}})
     return rows
 
 
@@ -220,6 +223,52 @@ def no_pick_text(no_pick: NoPick | None, knob: str = "α") -> str:
             + "; ".join(parts) + ".")
 
 
+def _claim_rows(results: ExperimentResults) -> list[dict]:
+    """One row per verdict: the claim, estimate [CI], n, shown or not (with the MDE), and
+    whether its limit (if any) is decidable at this n."""
+    rows = []
+    for v in results.verdicts:
+        digits = 1 if v.unit == "items" else 3
+        if v.rank is not None:  # a rank among null directions: no interval
+            estimate = {"v": _signed(v.estimate), "ci": f"rank {v.rank} of {v.n + 1}"}
+            power = (f"p = {_pvalue(v.p_value)}" if v.shown else
+                     f"p = {_pvalue(v.p_value)}; smallest p this null allows "
+                     f"{v.min_p:.3g}")
+        else:
+            estimate = {"v": _signed(v.estimate, digits),
+                        "ci": _interval(v.ci_lo, v.ci_hi, digits).replace("-", "−")}
+            power = ("" if v.shown or v.shown is None else
+                     "MDE " + ("–" if v.mde is None else _num(v.mde, digits)))
+        limit = None
+        if v.limit is not None:
+            limit = {"value": "p < 0.05" if v.rank is not None else f"{v.limit:.{digits}g}",
+                     "decidable": v.decidable}
+        rows.append({"claim": v.claim, "metric": v.metric, "estimate": estimate,
+                     "n": f"{v.n} {v.unit}", "shown": v.shown, "power": power,
+                     "limit": limit, "summary": v.summary})
+    return rows
+
+
+_STATUS_WORDS = {"fail": "fails", "undecidable": "cannot be decided at this n"}
+
+
+def _criteria_text(c: Confirmation, results: ExperimentResults) -> str:
+    """'benign perplexity fails; capability accuracy cannot be decided at this n (MDE 45.9 >
+    limit 2)': the criteria that did not pass ('' when all did)."""
+    by_name = {v.name: v for v in results.verdicts if v.name}
+    parts = []
+    for name, status in c.criteria.items():
+        if status == "pass":
+            continue
+        v = by_name.get(CRITERION_VERDICT.get(name, ""))
+        extra = ""
+        if status == "undecidable" and v is not None and v.mde is not None:
+            digits = 1 if v.unit == "items" else 3
+            extra = f" (MDE {_num(v.mde, digits)} > limit {v.limit:.3g})"
+        parts.append(f"{_CRITERIA.get(name, name)} {_STATUS_WORDS[status]}{extra}")
+    return "; ".join(parts)
+
+
 def _headline(results: ExperimentResults) -> str:
     rec, confirmation = results.recommendation, results.confirmation
     if not rec:
@@ -236,7 +285,8 @@ def _headline(results: ExperimentResults) -> str:
     if confirmation is None:
         return text + "Its eval cell is missing, so the choice is unconfirmed."
     c = confirmation
-    text += (f"On held-out eval prompts it lowers mean toxicity from "
+    verb = "it lowers mean toxicity from" if c.toxicity_reduced else "mean toxicity goes from"
+    text += (f"On held-out eval prompts {verb} "
              f"{c.reference_mean_toxicity:.3f} to {c.mean_toxicity:.3f} ("
              f"{c.toxicity_reduction or 0:.0%} less; paired difference "
              f"{_signed(c.delta_mean_toxicity)}, 95% CI "
@@ -246,16 +296,26 @@ def _headline(results: ExperimentResults) -> str:
     if c.capability_drop_points is not None:
         task = results.capability.task if results.capability else "capability"
         text += f" and {-c.capability_drop_points:+.1f} points of {task} accuracy"
-    failed = [_CRITERIA.get(k, k) for k, check in c.checks.items() if not check.ok]
+    criteria = _criteria_text(c, results)
     if c.degenerate:
         text += (f". Not a toxicity win: its eval output is degenerate "
                  f"({degenerate_text(c.degenerate)}).")
     elif c.confirmed:
-        text += ". Eval confirms the dev choice on every criterion."
+        text += ". Eval confirms the dev choice on every criterion, each decidable at this n."
     elif not c.toxicity_reduced:
         text += ". Eval does not confirm it: the reduction's interval includes zero."
     else:
-        text += f". Eval confirms the reduction but not the limit(s) on {', '.join(failed)}."
+        text += f". Eval confirms the reduction, not the rule: {criteria}."
+    if not c.toxicity_reduced and criteria:
+        text = text[:-1] + f"; and {criteria}."
+    control = next((v for v in results.verdicts if v.name == "control"), None)
+    if control is not None and control.estimate is not None:
+        text += (" Less toxic than random directions of its norm: "
+                 f"{'shown' if control.shown else 'not shown'} (paired difference "
+                 f"{_signed(control.estimate)}, 95% CI "
+                 f"{_interval(control.ci_lo, control.ci_hi)}"
+                 + ("" if control.shown or control.mde is None
+                    else f"; this n detects {control.mde:.3f} or more") + ").")
     return text
 
 
@@ -398,6 +458,7 @@ def _summary(results: ExperimentResults) -> dict:
                   if dev_ref else ""),
         "rule": rule_text(results.rule, dev_ref.perplexity if dev_ref else None),
         "checks": _checks_table(rec, confirmation),
+        "claims": _claim_rows(results),
         "confirmed": None if confirmation is None else confirmation.confirmed,
         "specific": specific, "control_text": control_text,
         "null_specific": null_specific, "null_text": null_text,
