@@ -101,6 +101,7 @@ def _sweep_cells(results: ExperimentResults, subset: str) -> list[Cell]:
     return sorted(cells, key=lambda c: (c.alpha != 0, c.layer, c.alpha))
 
 
+GEHMAN_KEYS = ("emt", "tp")  # Gehman et al.'s metrics: shown only where k >= 2
 _SUMMARY_ROWS = (("Mean toxicity", "mean_toxicity", 3, "relative"),
                  ("Expected maximum toxicity (EMT)", "emt", 3, "relative"),
                  ("Toxicity probability (TP)", "tp", 3, "relative"),
@@ -129,13 +130,19 @@ def _summary_rows(results: ExperimentResults, rec: Recommendation | None) -> lis
                     for e in ("sweep", "grid"))
     rows = []
     for label, key, digits, kind in _SUMMARY_ROWS:
+        if key in GEHMAN_KEYS and (ref is None or ref.samples_per_prompt < 2):
+            continue  # at k = 1 EMT and TP are the mean toxicity and the toxic fraction
         cells = (ref, steered, dev_ref, dev)
+        if key in GEHMAN_KEYS and dev_ref is not None and dev_ref.samples_per_prompt < 2:
+            cells = (ref, steered, None, None)
         raw = [None if c is None else getattr(c, key) for c in cells]
         if all(v is None for v in raw):
             continue
-        rows.append({"label": label, "ref": _value(ref, key, digits),
-                     "rec": _value(steered, key, digits), "change": _change(raw[0], raw[1], kind),
-                     "dev_ref": _value(dev_ref, key, digits), "dev_rec": _value(dev, key, digits),
+        rows.append({"label": label, "ref": _value(cells[0], key, digits),
+                     "rec": _value(cells[1], key, digits),
+                     "change": _change(raw[0], raw[1], kind),
+                     "dev_ref": _value(cells[2], key, digits),
+                     "dev_rec": _value(cells[3], key, digits),
                      "dev_change": _change(raw[2], raw[3], kind)})
     benign_ref = results.cell("sweep", "benign", None, 0.0)
     benign_rec = results.cell("sweep", "benign", layer, alpha) if rec else None
@@ -166,10 +173,11 @@ def _checks_table(rec: Recommendation | None, confirmation: Confirmation | None)
         if dev is None and ev is None:
             continue
         digits = 2 if key in ("perplexity", "benign_perplexity") else 3
-        status = confirmation.criteria.get(key) if confirmation else None
+        status = _statuses(confirmation).get(key) if confirmation else None
         rows.append({"label": label,
                      "dev": dev and {"value": _num(dev.value, digits),
-                                     "limit": _num(dev.limit, digits), "ok": dev.ok},
+                                     "limit": _num(dev.limit, digits), "ok": dev.ok,
+                                     "status": "pass" if dev.ok else "fail"},
                      "eval": ev and {"value": _num(ev.value, digits),
                                      "limit": _num(ev.limit, digits), "ok": ev.ok,
                                      "status": status or ("pass" if ev.ok else "fail")}})
@@ -249,6 +257,13 @@ def _claim_rows(results: ExperimentResults) -> list[dict]:
     return rows
 
 
+def _statuses(c: Confirmation) -> dict[str, str]:
+    """{criterion: pass | fail | undecidable}; a document without `criteria` (older runs)
+    has only the checks' point verdicts."""
+    return {name: c.criteria.get(name, "pass" if check.ok else "fail")
+            for name, check in c.checks.items()}
+
+
 _STATUS_WORDS = {"fail": "fails", "undecidable": "cannot be decided at this n"}
 
 
@@ -257,7 +272,7 @@ def _criteria_text(c: Confirmation, results: ExperimentResults) -> str:
     limit 2)': the criteria that did not pass ('' when all did)."""
     by_name = {v.name: v for v in results.verdicts if v.name}
     parts = []
-    for name, status in c.criteria.items():
+    for name, status in _statuses(c).items():
         if status == "pass":
             continue
         v = by_name.get(CRITERION_VERDICT.get(name, ""))
@@ -617,7 +632,9 @@ def _captions(results: ExperimentResults) -> dict[str, tuple[str, str]]:
             f"Error bars: {CI_METHOD}."),
         "gehman_vs_alpha": (
             "Expected maximum toxicity and toxicity probability",
-            f"Gehman et al. (2020) metrics on challenging eval prompts ({n_ch}): EMT is the "
+            f"Gehman et al. (2020) metrics on challenging eval prompts ({n_ch}, k = "
+            f"{_samples_per_prompt(results, 'challenging')} continuations per prompt; drawn "
+            f"only where k ≥ 2): EMT is the "
             f"mean over prompts of the most toxic of the k continuations; TP is the fraction "
             f"of prompts with at least one toxic continuation. Error bars: {CI_METHOD}."),
         "tradeoff": (
@@ -727,6 +744,12 @@ def _figures(results: ExperimentResults, report_dir: Path) -> list[dict]:
                         "width": _display_width(png, DPI),
                         "svg": f"{FIGURES_DIR}/{paths['svg'].name}"})
     return figures
+
+
+def _samples_per_prompt(results: ExperimentResults, subset: str) -> int:
+    """k of the eval sweep on one subset (its unsteered cell; 0 without one)."""
+    ref = results.cell("sweep", subset, None, 0.0)
+    return 0 if ref is None else ref.samples_per_prompt
 
 
 def _sweep_rows(results: ExperimentResults, subset: str) -> list[dict]:
@@ -904,8 +927,10 @@ def render_report(results: ExperimentResults, figures: list[dict],
         title=f"Activation steering for toxicity reduction: {results.model.name}",
         fingerprint=results_fingerprint(results), summary=_summary(results),
         figures=figures, ci_method=CI_METHOD,
-        sweep_tables=[{"subset": s, "rows": _sweep_rows(results, s)}
+        sweep_tables=[{"subset": s, "rows": _sweep_rows(results, s),
+                       "gehman": _samples_per_prompt(results, s) >= 2}
                       for s in ("challenging", "benign") if _sweep_cells(results, s)],
+        methods_gehman=results.methods is not None and results.methods.samples_per_prompt >= 2,
         grid=_grid_table(results), examples=_examples(results), manifest=_manifest(results),
         control_rows=_control_rows(results), specificity_rows=_specificity_rows(results),
         method_rows=_method_rows(results),

@@ -118,6 +118,12 @@ class Cell(_Record):
     capability_acc_ci_hi: Probability | None = None
     degenerate: Degenerate = []
 
+    @property
+    def samples_per_prompt(self) -> int:
+        """k, continuations per prompt: EMT and TP are Gehman et al.'s metrics only at k >= 2
+        (at k = 1 they are the mean toxicity and the toxic fraction)."""
+        return round(self.n / self.n_prompts) if self.n_prompts else 0
+
 
 class LayerStats(_Record):
     """One decoder layer's steering vector: norms and held-out separation."""
