@@ -590,6 +590,13 @@ def _method_rows(results: ExperimentResults) -> list[dict]:
     return rows
 
 
+def claims_table(results: ExperimentResults) -> pd.DataFrame:
+    """One row per verdict: estimate, CI, n, shown, MDE, limit and decidable."""
+    columns = ["claim", "metric", "estimate", "ci_lo", "ci_hi", "n", "unit", "shown", "mde",
+               "p_value", "limit", "decidable"]
+    return pd.DataFrame([v.model_dump() for v in results.verdicts], columns=columns)
+
+
 def methods_table(results: ExperimentResults) -> pd.DataFrame:
     """Each method's dev pick and its eval numbers (challenging eval), unsteered first."""
     methods = results.methods

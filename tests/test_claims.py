@@ -301,3 +301,12 @@ def test_emt_and_tp_are_named_only_where_k_allows():
     page = render_report(results, [])
     assert "EMT" not in page and "Expected maximum toxicity" not in page
     assert plot_gehman_vs_alpha(results) is None
+
+
+def test_the_claims_table_has_one_row_per_verdict():
+    from steering_utils.report import claims_table
+
+    doc, validate = _results()
+    table = claims_table(validate(doc))
+    assert len(table) == len(doc["verdicts"])
+    assert table["ci_lo"].tolist() == [v["ci_lo"] for v in doc["verdicts"]]
