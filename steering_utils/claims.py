@@ -11,7 +11,8 @@ arms, the per-prompt mean over a prompt's samples. The verdicts are
 - capability: accuracy change per item in points, against the rule's drop limit;
 - CAA vs the random directions of its norm at the control's tested alpha;
 - the chosen layer vs the next best layer on the dev grid (the comparison that chose it);
-- CAA's rank among each null family of the specificity probe (`power.rank_verdict`).
+- CAA's rank among each null family of the specificity probe (`power.rank_verdict`);
+- each method's dev pick vs unsteered on eval (method vs method: `comparison`).
 
 `criteria_status` turns the eval confirmation's checks into pass / fail / undecidable at
 this n: a check within its limit whose verdict cannot see the limit (MDE > limit) is not a
@@ -150,6 +151,22 @@ def layer_verdict(grid: pd.DataFrame, layer: int, alpha: float | None, n_boot: i
                    "prompts", "either", n_boot, seed).model_copy(update={"name": "layer"})
 
 
+def method_verdicts(methods_eval: pd.DataFrame, n_boot: int, seed: int) -> list[Verdict]:
+    """Each method's dev pick vs unsteered on challenging eval, paired by prompt (the
+    methods' own eval rows; method vs method is the method comparison's)."""
+    if methods_eval.empty or "method" not in methods_eval:
+        return []
+    rows = methods_eval[methods_eval["subset"] == "challenging"]
+    reference = rows[rows["method"] == UNSTEERED]
+    out = []
+    for method, pick in rows[rows["method"] != UNSTEERED].groupby("method", sort=True):
+        out.append(verdict(f"{method} (its dev pick) vs unsteered, challenging eval",
+                           "mean toxicity", paired_differences(pick, reference, "toxicity"),
+                           "prompts", "lower", n_boot, seed).model_copy(
+                               update={"name": f"method_{method}"}))
+    return out
+
+
 def specificity_verdicts(specificity) -> list[Verdict]:
     """CAA's rank among each null family (`specificity.Specificity`), one verdict each."""
     if specificity is None:
@@ -192,8 +209,9 @@ def tested_cell(selection: dict, chosen: list[int], sweep: pd.DataFrame) -> tupl
 
 def claim_verdicts(params, selection: dict, chosen: list[int], grid: pd.DataFrame,
                    sweep: pd.DataFrame, control: pd.DataFrame, capability: pd.DataFrame,
-                   specificity, control_alpha: float | None) -> tuple[list[Verdict],
-                                                                      dict[str, Verdict]]:
+                   specificity, control_alpha: float | None,
+                   methods_eval: pd.DataFrame | None = None) -> tuple[list[Verdict],
+                                                                       dict[str, Verdict]]:
     """(every verdict in the report's order, {name: verdict} of the eval cell's checks)."""
     ev = params.evaluation
     rule = SelectionRule.from_params(ev)
@@ -216,6 +234,8 @@ def claim_verdicts(params, selection: dict, chosen: list[int], grid: pd.DataFram
     found = layer_verdict(grid, int(rec["layer"]) if rec else int(chosen[0]),
                           finite(rec["alpha"]) if rec else None, n_boot, seed)
     ordered += [found] if found is not None else []
+    if methods_eval is not None:
+        ordered += method_verdicts(methods_eval, n_boot, seed)
     ordered += [by_name[k] for k in ("perplexity", "benign_perplexity", "empty_rate",
                                      "capability") if k in by_name]
     return ordered, by_name

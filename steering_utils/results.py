@@ -895,7 +895,8 @@ def build_results(stage: StageDir) -> ExperimentResults:
     verdicts, eval_verdicts = claims.claim_verdicts(
         params, selection, chosen, grid, sweep, control, capability,
         None if specificity is None else Specificity.model_validate(specificity),
-        control_record and control_record["alpha_tested"])
+        control_record and control_record["alpha_tested"],
+        read_table(stage.input("methods_eval")))
     cap_items = capability[(capability["split"] == "eval")
                            & (capability["direction"] == UNSTEERED)]
     return validate_results({

@@ -222,6 +222,14 @@ def check_run_verdicts(report_dir, sweep: pd.DataFrame) -> None:
     expected = (treated.groupby("prompt_id")["toxicity"].mean()
                 - unsteered.groupby("prompt_id")["toxicity"].mean()).mean()
     assert tox.estimate == pytest.approx(expected)
+    # Each method's pick vs unsteered: the method comparison's own paired difference.
+    for m in (results.methods.methods if results.methods else []):
+        v = next((v for v in results.verdicts if v.name == f"method_{m.method}"), None)
+        if m.eval is None or m.method == "caa":
+            continue
+        assert (v.estimate, v.ci_lo, v.ci_hi) == pytest.approx(
+            (m.eval.delta_mean_toxicity, m.eval.delta_mean_toxicity_ci_lo,
+             m.eval.delta_mean_toxicity_ci_hi))
     c = results.confirmation
     if c is not None:
         assert c.confirmed == (c.toxicity_reduced and all(s == "pass"
