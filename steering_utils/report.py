@@ -249,7 +249,7 @@ def _claim_rows(results: ExperimentResults) -> list[dict]:
                      "MDE " + ("–" if v.mde is None else _num(v.mde, digits)))
         limit = None
         if v.limit is not None:
-            limit = {"value": "p < 0.05" if v.rank is not None else f"{v.limit:.{digits}g}",
+            limit = {"value": "p < 0.05" if v.rank is not None else f"{v.limit:.3g}",
                      "decidable": v.decidable}
         rows.append({"claim": v.claim, "metric": v.metric, "estimate": estimate,
                      "n": f"{v.n} {v.unit}", "shown": v.shown, "power": power,
@@ -325,12 +325,19 @@ def _headline(results: ExperimentResults) -> str:
         text = text[:-1] + f"; and {criteria}."
     control = next((v for v in results.verdicts if v.name == "control"), None)
     if control is not None and control.estimate is not None:
-        text += (" Less toxic than random directions of its norm: "
+        at = f" at α = {results.control.alpha_tested:g}" if (
+            results.control and results.control.alpha_tested is not None) else ""
+        text += (f" Less toxic than random directions of its norm{at}: "
                  f"{'shown' if control.shown else 'not shown'} (paired difference "
                  f"{_signed(control.estimate)}, 95% CI "
                  f"{_interval(control.ci_lo, control.ci_hi)}"
                  + ("" if control.shown or control.mde is None
                     else f"; this n detects {control.mde:.3f} or more") + ").")
+    ranks = [v for v in results.verdicts if v.rank is not None]
+    if ranks:
+        text += " Against null directions of its norm (likelihood probe): " + "; ".join(
+            f"{v.name.removeprefix('specificity_')} {'shown' if v.shown else 'not shown'} "
+            f"(rank {v.rank} of {v.n + 1}, p = {_pvalue(v.p_value)})" for v in ranks) + "."
     return text
 
 

@@ -286,11 +286,15 @@ def test_the_headline_does_not_say_confirmed_while_a_criterion_is_undecidable():
     c["checks"]["capability_acc"] = {"value": 0.6, "limit": 0.57, "ok": True}
     c["criteria"] = {"perplexity": "pass", "capability_acc": "undecidable"}
     c["confirmed"] = False
+    doc["verdicts"] += [v.model_dump(mode="json") for v in
+                        claims.specificity_verdicts(validate(doc).specificity)]
     results = validate(doc)
     headline = report._headline(results)
+    # The fixture's shuffled null (50 directions) does not rank CAA below p = 0.05.
+    assert "shuffled not shown (rank" in headline and "isotropic shown (rank 1 of 201" in headline
     assert "every criterion" not in headline
     assert "capability accuracy cannot be decided at this n (MDE" in headline
-    assert "Less toxic than random directions of its norm: not shown" in headline
+    assert "Less toxic than random directions of its norm at α = 2: not shown" in headline
     page = report.render_report(results, [])
     assert "undecidable at this n" in page[page.index('class="checks"'):]
 
