@@ -324,6 +324,10 @@ def _headline(results: ExperimentResults) -> str:
     if not c.toxicity_reduced and criteria:
         text = text[:-1] + f"; and {criteria}."
     control = next((v for v in results.verdicts if v.name == "control"), None)
+    tested = results.control and next((x for x in results.control.comparison
+                                       if x.alpha == results.control.alpha_tested), None)
+    if tested is not None and tested.caa_degenerate:
+        control = None  # a broken text's low score is no evidence (the control row says so)
     if control is not None and control.estimate is not None:
         at = f" at α = {results.control.alpha_tested:g}" if (
             results.control and results.control.alpha_tested is not None) else ""
