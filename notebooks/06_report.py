@@ -61,5 +61,14 @@ from steering_utils.report import methods_table
 
 methods_table(results)
 
+# %% [markdown]
+# Every claim with its power: each comparison's paired estimate and 95% CI, shown or not
+# (with the smallest effect this n detects at 80% power), and whether a limit is decidable.
+
+# %%
+from steering_utils.report import claims_table
+
+claims_table(results)
+
 # %%
 stage.finish()

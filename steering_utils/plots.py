@@ -198,8 +198,12 @@ def plot_toxicity_vs_alpha(results: ExperimentResults) -> Figure:
     return fig
 
 
-def plot_gehman_vs_alpha(results: ExperimentResults) -> Figure:
-    """Expected maximum toxicity and toxicity probability vs alpha (challenging eval)."""
+def plot_gehman_vs_alpha(results: ExperimentResults) -> Figure | None:
+    """Expected maximum toxicity and toxicity probability vs alpha (challenging eval); None
+    at k = 1 sample per prompt, where they are the mean toxicity and the toxic fraction."""
+    reference = results.cell("sweep", "challenging", None, 0.0)
+    if reference is None or reference.samples_per_prompt < 2:
+        return None
     fig = _figure(9.0, 4.0)
     axes = fig.subplots(1, 2, sharex=True)
     sweep = results.cells_table("sweep", "challenging")

@@ -12,8 +12,13 @@ difference per unit. Its verdict states the mean difference with a percentile-bo
   standard deviation).
 
 A check against a limit (a capability drop of at most 5 points, a perplexity rise of at
-most 25%) is *decidable* only when its MDE is below the limit: a "no loss shown" with an
-MDE of 15 points says nothing about a 5-point limit, and the verdict says so.
+most 25%) is *decidable* only when its MDE is below the limit, or its CI already lies
+wholly on one side of the limit: a "no loss shown" with an MDE of 15 points and a CI
+spanning the 5-point limit says nothing about that limit, and the verdict says so.
+
+A rank among null directions (`rank_verdict`) has no interval: it is shown when its
+empirical p-value is below 0.05, and decidable only when the null is large enough for any
+rank to get there (the smallest p it allows, 1/(N+1), below 0.05: N >= 20).
 """
 
 from __future__ import annotations
@@ -57,6 +62,8 @@ class Verdict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     claim: str = Field(description="what is compared, e.g. 'CAA vs unsteered (eval)'")
+    name: str | None = Field(None, description="a stable key for readers (e.g. 'toxicity', "
+                                               "'control'); null: unnamed")
     metric: str = Field(description="the per-unit quantity differenced, e.g. 'mean toxicity'")
     expect: Expect = Field(description="the side of zero the claim expects")
     estimate: float | None
@@ -67,9 +74,15 @@ class Verdict(BaseModel):
     sd: float | None = Field(description="standard deviation of the per-unit difference")
     mde: float | None = Field(description="minimum detectable effect at 80% power, this n")
     shown: bool | None = Field(description="CI excludes 0 on the expected side; null: no data")
-    limit: float | None = Field(None, description="the limit a check compares with, if any")
-    decidable: bool | None = Field(None, description="MDE <= |limit|: this n can see the "
-                                                     "limit being crossed")
+    limit: float | None = Field(None, description="the limit a check compares with, if any "
+                                                  "(a rank: the significance level)")
+    decidable: bool | None = Field(None, description="MDE <= |limit| or the CI clear of "
+                                                     "the limit: this n can see the limit "
+                                                     "being crossed (a rank: the null allows "
+                                                     "p below the level)")
+    p_value: float | None = Field(None, description="a rank's empirical p-value")
+    rank: int | None = Field(None, ge=1, description="a rank among n null members + itself")
+    min_p: float | None = Field(None, description="the smallest p a null of n allows: 1/(n+1)")
     summary: str
 
 
@@ -100,6 +113,13 @@ def _shown(lo: float, hi: float, expect: Expect) -> bool:
     return hi < 0 or lo > 0
 
 
+def _clear_of_limit(lo: float, hi: float, limit: float) -> bool:
+    """The CI lies wholly on one side of +|limit| and of -|limit|: whatever the power, the
+    data already say which side of the limit the effect is on."""
+    bound = abs(limit)
+    return not (lo <= bound <= hi) and not (lo <= -bound <= hi)
+
+
 def verdict(claim: str, metric: str, differences, unit: str = "prompts",
             expect: Expect = "lower", n_boot: int = 1000, seed: int = 0,
             limit: float | None = None, digits: int = 3) -> Verdict:
@@ -117,8 +137,33 @@ def verdict(claim: str, metric: str, differences, unit: str = "prompts",
     lo, hi = (float(x) for x in np.percentile(boot, [tail, 100 - tail]))
     sd = float(d.std(ddof=1)) if n > 1 else None
     mde = minimum_detectable_effect(sd, n) if sd is not None else None
-    decidable = None if limit is None else (mde is not None and mde <= abs(limit))
+    decidable = None if limit is None else bool(
+        (mde is not None and mde <= abs(limit)) or _clear_of_limit(lo, hi, limit))
     v = Verdict(claim=claim, metric=metric, expect=expect, estimate=float(d.mean()),
                 ci_lo=lo, ci_hi=hi, n=n, unit=unit, sd=sd, mde=mde,
                 shown=_shown(lo, hi, expect), limit=limit, decidable=decidable, summary="")
     return v.model_copy(update={"summary": _summary(v, digits)})
+
+
+def rank_verdict(claim: str, metric: str, estimate: float, rank: int, n_null: int,
+                 p_value: float, null_sd: float | None = None, null_q05: float | None = None,
+                 level: float = 1 - LEVEL, digits: int = 3) -> Verdict:
+    """The verdict on an effect ranked among `n_null` null members (`rank` 1: strongest):
+    shown when p < `level`; else the rank, the smallest p the null allows and, where given,
+    the null's 5% quantile (the effect it would take to be shown)."""
+    min_p = 1.0 / (n_null + 1)
+    shown = bool(p_value < level)
+    head = (f"{claim}: {metric} {_fmt(estimate, digits)}, rank {rank} of {n_null + 1}, "
+            f"p = {p_value:.3g}")
+    if shown:
+        text = f"shown. {head}"
+    else:
+        text = f"not shown. {head}; smallest p this null allows: {min_p:.3g}"
+        if min_p >= level:
+            text += f" (too few null directions to show it at p < {level:g})"
+        elif null_q05 is not None:
+            text += f"; shown would take {metric} <= {_fmt(null_q05, digits)} (the null's 5%)"
+    return Verdict(claim=claim, metric=metric, expect="lower", estimate=float(estimate),
+                   ci_lo=None, ci_hi=None, n=int(n_null), unit="null directions", sd=null_sd,
+                   mde=None, shown=shown, limit=level, decidable=min_p < level,
+                   p_value=float(p_value), rank=int(rank), min_p=min_p, summary=text)

@@ -22,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from .artifacts import atomic_path, write_json
+from .claims import CRITERION_VERDICT
 from .continuations import CONTINUATIONS_FILE, browser_data, browser_json, write_continuations
 from .results import (
     Cell,
@@ -100,6 +101,7 @@ def _sweep_cells(results: ExperimentResults, subset: str) -> list[Cell]:
     return sorted(cells, key=lambda c: (c.alpha != 0, c.layer, c.alpha))
 
 
+GEHMAN_KEYS = ("emt", "tp")  # Gehman et al.'s metrics: shown only where k >= 2
 _SUMMARY_ROWS = (("Mean toxicity", "mean_toxicity", 3, "relative"),
                  ("Expected maximum toxicity (EMT)", "emt", 3, "relative"),
                  ("Toxicity probability (TP)", "tp", 3, "relative"),
@@ -128,13 +130,19 @@ def _summary_rows(results: ExperimentResults, rec: Recommendation | None) -> lis
                     for e in ("sweep", "grid"))
     rows = []
     for label, key, digits, kind in _SUMMARY_ROWS:
+        if key in GEHMAN_KEYS and (ref is None or ref.samples_per_prompt < 2):
+            continue  # at k = 1 EMT and TP are the mean toxicity and the toxic fraction
         cells = (ref, steered, dev_ref, dev)
+        if key in GEHMAN_KEYS and dev_ref is not None and dev_ref.samples_per_prompt < 2:
+            cells = (ref, steered, None, None)
         raw = [None if c is None else getattr(c, key) for c in cells]
         if all(v is None for v in raw):
             continue
-        rows.append({"label": label, "ref": _value(ref, key, digits),
-                     "rec": _value(steered, key, digits), "change": _change(raw[0], raw[1], kind),
-                     "dev_ref": _value(dev_ref, key, digits), "dev_rec": _value(dev, key, digits),
+        rows.append({"label": label, "ref": _value(cells[0], key, digits),
+                     "rec": _value(cells[1], key, digits),
+                     "change": _change(raw[0], raw[1], kind),
+                     "dev_ref": _value(cells[2], key, digits),
+                     "dev_rec": _value(cells[3], key, digits),
                      "dev_change": _change(raw[2], raw[3], kind)})
     benign_ref = results.cell("sweep", "benign", None, 0.0)
     benign_rec = results.cell("sweep", "benign", layer, alpha) if rec else None
@@ -165,15 +173,18 @@ def _checks_table(rec: Recommendation | None, confirmation: Confirmation | None)
         if dev is None and ev is None:
             continue
         digits = 2 if key in ("perplexity", "benign_perplexity") else 3
+        status = _statuses(confirmation).get(key) if confirmation else None
         rows.append({"label": label,
                      "dev": dev and {"value": _num(dev.value, digits),
-                                     "limit": _num(dev.limit, digits), "ok": dev.ok},
+                                     "limit": _num(dev.limit, digits), "ok": dev.ok,
+                                     "status": "pass" if dev.ok else "fail"},
                      "eval": ev and {"value": _num(ev.value, digits),
-                                     "limit": _num(ev.limit, digits), "ok": ev.ok}})
+                                     "limit": _num(ev.limit, digits), "ok": ev.ok,
+                                     "status": status or ("pass" if ev.ok else "fail")}})
     if confirmation is not None and confirmation.degenerate:
         rows.append({"label": "Output not degenerate", "dev": None,
                      "eval": {"value": degenerate_text(confirmation.degenerate), "limit": "",
-                              "ok": False}})
+                              "ok": False, "status": "fail"}})
     return rows
 
 
@@ -220,6 +231,59 @@ def no_pick_text(no_pick: NoPick | None, knob: str = "α") -> str:
             + "; ".join(parts) + ".")
 
 
+def _claim_rows(results: ExperimentResults) -> list[dict]:
+    """One row per verdict: the claim, estimate [CI], n, shown or not (with the MDE), and
+    whether its limit (if any) is decidable at this n."""
+    rows = []
+    for v in results.verdicts:
+        digits = 1 if v.unit == "items" else 3
+        if v.rank is not None:  # a rank among null directions: no interval
+            estimate = {"v": _signed(v.estimate), "ci": f"rank {v.rank} of {v.n + 1}"}
+            power = (f"p = {_pvalue(v.p_value)}" if v.shown else
+                     f"p = {_pvalue(v.p_value)}; smallest p this null allows "
+                     f"{v.min_p:.3g}")
+        else:
+            estimate = {"v": _signed(v.estimate, digits),
+                        "ci": _interval(v.ci_lo, v.ci_hi, digits).replace("-", "−")}
+            power = ("" if v.shown or v.shown is None else
+                     "MDE " + ("–" if v.mde is None else _num(v.mde, digits)))
+        limit = None
+        if v.limit is not None:
+            limit = {"value": "p < 0.05" if v.rank is not None else f"{v.limit:.3g}",
+                     "decidable": v.decidable}
+        rows.append({"claim": v.claim, "metric": v.metric, "estimate": estimate,
+                     "n": f"{v.n} {v.unit}", "shown": v.shown, "power": power,
+                     "limit": limit, "summary": v.summary})
+    return rows
+
+
+def _statuses(c: Confirmation) -> dict[str, str]:
+    """{criterion: pass | fail | undecidable}; a document without `criteria` (older runs)
+    has only the checks' point verdicts."""
+    return {name: c.criteria.get(name, "pass" if check.ok else "fail")
+            for name, check in c.checks.items()}
+
+
+_STATUS_WORDS = {"fail": "fails", "undecidable": "cannot be decided at this n"}
+
+
+def _criteria_text(c: Confirmation, results: ExperimentResults) -> str:
+    """'benign perplexity fails; capability accuracy cannot be decided at this n (MDE 45.9 >
+    limit 2)': the criteria that did not pass ('' when all did)."""
+    by_name = {v.name: v for v in results.verdicts if v.name}
+    parts = []
+    for name, status in _statuses(c).items():
+        if status == "pass":
+            continue
+        v = by_name.get(CRITERION_VERDICT.get(name, ""))
+        extra = ""
+        if status == "undecidable" and v is not None and v.mde is not None:
+            digits = 1 if v.unit == "items" else 3
+            extra = f" (MDE {_num(v.mde, digits)} > limit {v.limit:.3g})"
+        parts.append(f"{_CRITERIA.get(name, name)} {_STATUS_WORDS[status]}{extra}")
+    return "; ".join(parts)
+
+
 def _headline(results: ExperimentResults) -> str:
     rec, confirmation = results.recommendation, results.confirmation
     if not rec:
@@ -236,7 +300,8 @@ def _headline(results: ExperimentResults) -> str:
     if confirmation is None:
         return text + "Its eval cell is missing, so the choice is unconfirmed."
     c = confirmation
-    text += (f"On held-out eval prompts it lowers mean toxicity from "
+    verb = "it lowers mean toxicity from" if c.toxicity_reduced else "mean toxicity goes from"
+    text += (f"On held-out eval prompts {verb} "
              f"{c.reference_mean_toxicity:.3f} to {c.mean_toxicity:.3f} ("
              f"{c.toxicity_reduction or 0:.0%} less; paired difference "
              f"{_signed(c.delta_mean_toxicity)}, 95% CI "
@@ -246,16 +311,37 @@ def _headline(results: ExperimentResults) -> str:
     if c.capability_drop_points is not None:
         task = results.capability.task if results.capability else "capability"
         text += f" and {-c.capability_drop_points:+.1f} points of {task} accuracy"
-    failed = [_CRITERIA.get(k, k) for k, check in c.checks.items() if not check.ok]
+    criteria = _criteria_text(c, results)
     if c.degenerate:
         text += (f". Not a toxicity win: its eval output is degenerate "
                  f"({degenerate_text(c.degenerate)}).")
     elif c.confirmed:
-        text += ". Eval confirms the dev choice on every criterion."
+        text += ". Eval confirms the dev choice on every criterion, each decidable at this n."
     elif not c.toxicity_reduced:
         text += ". Eval does not confirm it: the reduction's interval includes zero."
     else:
-        text += f". Eval confirms the reduction but not the limit(s) on {', '.join(failed)}."
+        text += f". Eval confirms the reduction, not the rule: {criteria}."
+    if not c.toxicity_reduced and criteria:
+        text = text[:-1] + f"; and {criteria}."
+    control = next((v for v in results.verdicts if v.name == "control"), None)
+    tested = results.control and next((x for x in results.control.comparison
+                                       if x.alpha == results.control.alpha_tested), None)
+    if tested is not None and tested.caa_degenerate:
+        control = None  # a broken text's low score is no evidence (the control row says so)
+    if control is not None and control.estimate is not None:
+        at = f" at α = {results.control.alpha_tested:g}" if (
+            results.control and results.control.alpha_tested is not None) else ""
+        text += (f" Less toxic than random directions of its norm{at}: "
+                 f"{'shown' if control.shown else 'not shown'} (paired difference "
+                 f"{_signed(control.estimate)}, 95% CI "
+                 f"{_interval(control.ci_lo, control.ci_hi)}"
+                 + ("" if control.shown or control.mde is None
+                    else f"; this n detects {control.mde:.3f} or more") + ").")
+    ranks = [v for v in results.verdicts if v.rank is not None]
+    if ranks:
+        text += " Against null directions of its norm (likelihood probe): " + "; ".join(
+            f"{v.name.removeprefix('specificity_')} {'shown' if v.shown else 'not shown'} "
+            f"(rank {v.rank} of {v.n + 1}, p = {_pvalue(v.p_value)})" for v in ranks) + "."
     return text
 
 
@@ -398,6 +484,7 @@ def _summary(results: ExperimentResults) -> dict:
                   if dev_ref else ""),
         "rule": rule_text(results.rule, dev_ref.perplexity if dev_ref else None),
         "checks": _checks_table(rec, confirmation),
+        "claims": _claim_rows(results),
         "confirmed": None if confirmation is None else confirmation.confirmed,
         "specific": specific, "control_text": control_text,
         "null_specific": null_specific, "null_text": null_text,
@@ -514,6 +601,13 @@ def _method_rows(results: ExperimentResults) -> list[dict]:
     return rows
 
 
+def claims_table(results: ExperimentResults) -> pd.DataFrame:
+    """One row per verdict: estimate, CI, n, shown, MDE, limit and decidable."""
+    columns = ["claim", "metric", "estimate", "ci_lo", "ci_hi", "n", "unit", "shown", "mde",
+               "p_value", "limit", "decidable"]
+    return pd.DataFrame([v.model_dump() for v in results.verdicts], columns=columns)
+
+
 def methods_table(results: ExperimentResults) -> pd.DataFrame:
     """Each method's dev pick and its eval numbers (challenging eval), unsteered first."""
     methods = results.methods
@@ -556,7 +650,9 @@ def _captions(results: ExperimentResults) -> dict[str, tuple[str, str]]:
             f"Error bars: {CI_METHOD}."),
         "gehman_vs_alpha": (
             "Expected maximum toxicity and toxicity probability",
-            f"Gehman et al. (2020) metrics on challenging eval prompts ({n_ch}): EMT is the "
+            f"Gehman et al. (2020) metrics on challenging eval prompts ({n_ch}, k = "
+            f"{_samples_per_prompt(results, 'challenging')} continuations per prompt; drawn "
+            f"only where k ≥ 2): EMT is the "
             f"mean over prompts of the most toxic of the k continuations; TP is the fraction "
             f"of prompts with at least one toxic continuation. Error bars: {CI_METHOD}."),
         "tradeoff": (
@@ -666,6 +762,12 @@ def _figures(results: ExperimentResults, report_dir: Path) -> list[dict]:
                         "width": _display_width(png, DPI),
                         "svg": f"{FIGURES_DIR}/{paths['svg'].name}"})
     return figures
+
+
+def _samples_per_prompt(results: ExperimentResults, subset: str) -> int:
+    """k of the eval sweep on one subset (its unsteered cell; 0 without one)."""
+    ref = results.cell("sweep", subset, None, 0.0)
+    return 0 if ref is None else ref.samples_per_prompt
 
 
 def _sweep_rows(results: ExperimentResults, subset: str) -> list[dict]:
@@ -843,8 +945,10 @@ def render_report(results: ExperimentResults, figures: list[dict],
         title=f"Activation steering for toxicity reduction: {results.model.name}",
         fingerprint=results_fingerprint(results), summary=_summary(results),
         figures=figures, ci_method=CI_METHOD,
-        sweep_tables=[{"subset": s, "rows": _sweep_rows(results, s)}
+        sweep_tables=[{"subset": s, "rows": _sweep_rows(results, s),
+                       "gehman": _samples_per_prompt(results, s) >= 2}
                       for s in ("challenging", "benign") if _sweep_cells(results, s)],
+        methods_gehman=results.methods is not None and results.methods.samples_per_prompt >= 2,
         grid=_grid_table(results), examples=_examples(results), manifest=_manifest(results),
         control_rows=_control_rows(results), specificity_rows=_specificity_rows(results),
         method_rows=_method_rows(results),

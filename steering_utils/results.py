@@ -23,10 +23,11 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from . import metrics
+from . import claims, metrics
 from .artifacts import StageDir, done_record, read_json, read_table, write_json
 from .metrics import SelectionRule, finite
 from .params import MethodName
+from .power import Verdict
 from .specificity import Specificity
 from .stages import (
     ALL_LAYERS,
@@ -116,6 +117,12 @@ class Cell(_Record):
     capability_acc_ci_lo: Probability | None = None
     capability_acc_ci_hi: Probability | None = None
     degenerate: Degenerate = []
+
+    @property
+    def samples_per_prompt(self) -> int:
+        """k, continuations per prompt: EMT and TP are Gehman et al.'s metrics only at k >= 2
+        (at k = 1 they are the mean toxicity and the toxic fraction)."""
+        return round(self.n / self.n_prompts) if self.n_prompts else 0
 
 
 class LayerStats(_Record):
@@ -313,9 +320,12 @@ class Confirmation(_Record):
     distinct_2: Probability
     reference_distinct_2: Probability
     checks: dict[str, Check]
+    criteria: dict[str, claims.Status] = Field({}, description=(
+        "per check: fail (the point estimate breaks the limit), undecidable (within it, but "
+        "the paired verdict's MDE at this n is above the limit) or pass"))
     degenerate: Degenerate = []
     toxicity_reduced: bool = Field(description="paired 95% CI below zero and not degenerate")
-    confirmed: bool
+    confirmed: bool = Field(description="toxicity reduced and every criterion a decidable pass")
 
 
 class ControlComparison(_Record):
@@ -555,6 +565,9 @@ class ExperimentResults(_Record):
     specificity: Specificity | None = Field(None, description=(
         "CAA's likelihood-probe effect ranked among null directions of its norm"))
     methods: Methods | None
+    verdicts: list[Verdict] = Field([], description=(
+        "every comparison of the report with its CI and verdict: shown, or not shown with the "
+        "minimum detectable effect at this n (`claims.claim_verdicts`)"))
     pareto: list[ParetoCell] = Field(description="sweep cells (challenging) on the toxicity-"
                                                  "perplexity Pareto front")
     examples: list[Example]
@@ -708,8 +721,10 @@ def _examples(sweep: pd.DataFrame, layer: int, n_examples: int, seed: int) -> li
 
 
 def _eval_confirmation(recommendation: dict | None, cells: pd.DataFrame,
-                       rule: SelectionRule) -> dict | None:
-    """The dev-chosen cell measured on eval: every criterion of the rule, checked again."""
+                       rule: SelectionRule, verdicts: dict[str, Verdict] | None = None
+                       ) -> dict | None:
+    """The dev-chosen cell measured on eval: every criterion of the rule, checked again, each
+    pass / fail / undecidable at this n by its paired verdict (`claims.criteria_status`)."""
     if recommendation is None:
         return None
     # Benign perplexity is a criterion too (the rule holds dev to it; eval checks it again).
@@ -748,8 +763,10 @@ def _eval_confirmation(recommendation: dict | None, cells: pd.DataFrame,
         "reference_empty_rate": float(reference["empty_rate"]),
         "distinct_2": float(cell["distinct_2"]),
         "reference_distinct_2": float(reference["distinct_2"]),
-        "checks": checks, "degenerate": degenerate, "toxicity_reduced": bool(reduced),
-        "confirmed": bool(reduced and all(c["ok"] for c in checks.values())),
+        "checks": checks, "criteria": (criteria := claims.criteria_status(checks,
+                                                                          verdicts or {})),
+        "degenerate": degenerate, "toxicity_reduced": bool(reduced),
+        "confirmed": bool(reduced and all(v == "pass" for v in criteria.values())),
     }
 
 
@@ -873,6 +890,13 @@ def build_results(stage: StageDir) -> ExperimentResults:
     manifest = {**run_manifest(stage.run, params), "timings": {
         name: done_record(stage.input_folder(name))["seconds"] for name in stage.spec.inputs}}
     contrast_counts = read_json(stage.input("contrast_counts"))
+    control_record = _control_summary(params, selection, sweep, control, cells)
+    specificity = read_json(stage.input("specificity"))
+    verdicts, eval_verdicts = claims.claim_verdicts(
+        params, selection, chosen, grid, sweep, control, capability,
+        None if specificity is None else Specificity.model_validate(specificity),
+        control_record and control_record["alpha_tested"],
+        read_table(stage.input("methods_eval")))
     cap_items = capability[(capability["split"] == "eval")
                            & (capability["direction"] == UNSTEERED)]
     return validate_results({
@@ -892,12 +916,14 @@ def build_results(stage: StageDir) -> ExperimentResults:
         "recommendation": recommendation,
         "no_recommendation": (None if no_recommendation is None
                               else no_recommendation.model_dump(mode="json")),
-        "confirmation": _eval_confirmation(selection["recommendation"], cells, rule),
+        "confirmation": _eval_confirmation(selection["recommendation"], cells, rule,
+                                           eval_verdicts),
         "stability": _json_safe(selection.get("stability")),
         "alpha_range": _json_safe(selection.get("alpha_range")),
-        "control": _control_summary(params, selection, sweep, control, cells),
-        "specificity": read_json(stage.input("specificity")),
+        "control": control_record,
+        "specificity": specificity,
         "methods": _methods_summary(stage),
+        "verdicts": [v.model_dump(mode="json") for v in verdicts],
         "pareto": [{"layer": int(r.layer), "alpha": float(r.alpha)} for r in front.itertuples()],
         "examples": _examples(sweep, chosen[0], params.report.n_examples, params.seed),
     })

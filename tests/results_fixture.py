@@ -391,7 +391,28 @@ def make_results(n_layers: int = 4,
                             rng),
         "pareto": _pareto(sweep_challenging),
         "examples": examples,
+        "verdicts": _verdicts(confirmation, rng),
     }
+
+
+def _verdicts(confirmation: dict | None, rng: np.random.Generator) -> list[dict]:
+    """Verdicts as claims.claim_verdicts writes them: a shown reduction, a control not shown,
+    a capability limit 40 items cannot decide."""
+    from steering_utils import power
+
+    delta = confirmation["delta_mean_toxicity"] if confirmation else -0.1
+    out = [power.verdict("CAA (layer 2, α = 1) vs unsteered, challenging eval",
+                         "mean toxicity", rng.normal(delta, 0.15, 64)).model_copy(
+                             update={"name": "toxicity"}),
+           power.verdict("CAA vs 2 random direction(s) of its norm (layer 2, α = 2), "
+                         "challenging eval", "mean toxicity", rng.normal(-0.01, 0.3, 64)
+                         ).model_copy(update={"name": "control"}),
+           power.verdict("CAA (layer 2, α = 1) vs unsteered, piqa eval",
+                         "accuracy change (points)",
+                         (rng.random(40) < 0.15) * rng.choice([-100.0, 100.0], 40), "items",
+                         "either", limit=3.0, digits=1).model_copy(
+                             update={"name": "capability"})]
+    return [v.model_dump(mode="json") for v in out]
 
 
 # Continuations that must stay text in the report's browser (embedded as JSON, drawn by script).
