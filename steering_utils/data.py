@@ -37,25 +37,39 @@ def _hellaswag() -> pd.DataFrame:
     return pd.DataFrame({"text": raw["question"], "prompt_toxicity": np.nan})
 
 
-@functools.lru_cache(maxsize=2)
-def _rtp_prompts(dataset: str) -> pd.DataFrame:
-    """Every RTP prompt (text, prompt_toxicity, challenging) from a hub id or a local copy."""
+def load_hub_dataset(where: str, field: str, *, split: str = "train", config: str | None = None,
+                     what: str = "", local_copy: str = "a folder or a parquet/jsonl file in "
+                     "the hub's format"):
+    """A `datasets.Dataset` from a hub id (`datasets.load_dataset`), a local folder (a snapshot
+    of the hub repo; `config`'s subfolder when it has one) or one parquet/jsonl data file.
+
+    Whatever fails (offline, not found, bad files), the one error is a ParamsError naming
+    `field` and the fix: the study's one loader for datasets that live on the hub.
+    """
     from datasets import load_dataset
 
-    local = Path(dataset)
+    local = Path(where)
     try:
         if local.is_file():  # one data file of the hub's format (parquet or jsonl)
             kind = "json" if local.suffix in (".json", ".jsonl") else local.suffix.lstrip(".")
-            rows = load_dataset(kind, data_files=str(local), split="train")
-        else:  # a hub id, or a folder holding the dataset's data files
-            rows = load_dataset(str(local) if local.is_dir() else dataset, split="train")
+            return load_dataset(kind, data_files=str(local), split="train")
+        if local.is_dir():  # a snapshot of the hub repo may keep each config in its own folder
+            data_dir = config if config and (local / config).is_dir() else None
+            return load_dataset(str(local), data_dir=data_dir, split=split)
+        return load_dataset(where, config, split=split)
     except Exception as err:  # datasets raises many kinds (offline, not found, bad files)
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise ParamsError(
-            f"data.rtp_dataset: cannot load {dataset!r} ({type(err).__name__}: {first}). Give a "
-            "hub id reachable from here (HF_HUB_OFFLINE unset, or a filled datasets cache) or a "
-            "local copy: a folder or a parquet/jsonl file in the hub's format"
+            f"{field}: cannot load {what}{where!r} ({type(err).__name__}: {first}). Give a hub "
+            "id reachable from here (HF_HUB_OFFLINE unset, or a filled datasets cache) or a "
+            f"local copy: {local_copy}"
         ) from err
+
+
+@functools.lru_cache(maxsize=2)
+def _rtp_prompts(dataset: str) -> pd.DataFrame:
+    """Every RTP prompt (text, prompt_toxicity, challenging) from a hub id or a local copy."""
+    rows = load_hub_dataset(dataset, "data.rtp_dataset")
     prompt = rows.select_columns(["prompt", "challenging"]).flatten().to_pandas()
     return pd.DataFrame({"text": prompt["prompt.text"],
                          "prompt_toxicity": prompt["prompt.toxicity"].astype(float),

@@ -15,9 +15,9 @@ from contextlib import contextmanager
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
-from .models import input_device, run_with_backoff
+from .batching import map_batches
+from .models import input_device
 from .params import GenerationParams
 from .stages import CAA, UNSTEERED
 from .steering import steer
@@ -198,29 +198,14 @@ def generate_completions(model, tokenizer, jobs: pd.DataFrame, vectors, gen: Gen
     if jobs.empty:
         return jobs.assign(completion=pd.Series(dtype=str))
     lengths = np.array([len(ids) for ids in tokenizer(list(jobs["prompt"]))["input_ids"]])
-    completions = np.empty(len(jobs), dtype=object)
-    done = np.zeros(len(jobs), dtype=bool)
     requested = gen.batch_size
     batch_size = start_batch_size(requested, input_device(model).type == "cuda")
-    with tqdm(total=len(jobs), desc=desc, unit="seq") as bar:
-        # Rows by prompt length, so batches carry little padding; `auto` backs off per
-        # length bucket of 64 tokens (short prompts keep their larger batch).
-        order = np.argsort(lengths, kind="stable")
-        for bucket in np.unique(lengths // _LENGTH_BUCKET):
-            rows = order[lengths[order] // _LENGTH_BUCKET == bucket]
-
-            def run(batch: int, rows=rows) -> None:
-                todo = rows[~done[rows]]
-                for first in range(0, len(todo), batch):
-                    index = todo[first : first + batch]
-                    completions[index] = _generate_batch(model, tokenizer, jobs.iloc[index],
-                                                         vectors, gen, seed, positions)
-                    done[index] = True
-                    bar.update(len(index))
-
-            if requested == "auto":
-                key = (model.config.name_or_path, "generate", int(bucket))
-                run_with_backoff(run, batch_size, key)
-            else:
-                run(batch_size)
-    return jobs.assign(completion=completions.astype(str))
+    # `auto` backs off per length bucket of 64 prompt tokens (short prompts keep their larger
+    # batch); a fixed batch is the user's, so out-of-memory is raised.
+    key = (model.config.name_or_path, "generate") if requested == "auto" else None
+    completions = map_batches(
+        lambda index: _generate_batch(model, tokenizer, jobs.iloc[index], vectors, gen, seed,
+                                      positions),
+        lengths, batch_size, key=key, groups=lengths // _LENGTH_BUCKET, key_per_group=True,
+        desc=desc, unit="seq")
+    return jobs.assign(completion=np.array(completions, dtype=object).astype(str))

@@ -14,10 +14,10 @@ import inspect
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from .activations import position_ids
-from .models import input_device, run_with_backoff
+from .batching import map_batches
+from .models import input_device
 
 MAX_TOKENS = 512
 
@@ -52,31 +52,23 @@ def _left_padded(sequences: list[list[int]], pad: int) -> tuple[torch.Tensor, to
     return ids, mask
 
 
-def _run_batched(model, sequences: list[list[int]], pad: int, batch_size: int, desc: str,
-                 score_batch, blocks=None) -> None:
-    """Calls score_batch(index, ids, mask) over length-sorted batches; on out-of-memory the
-    batch halves and only the rows not yet scored are retried (`models.run_with_backoff`).
+def _map_batched(model, sequences: list[list[int]], pad: int, batch_size: int, desc: str,
+                 score_batch, blocks=None) -> list:
+    """[score_batch(ids, mask) row i for each sequence i]: left-padded, length-sorted batches
+    (`batching.map_batches`); on out-of-memory the batch halves and only the rows not yet
+    scored are retried.
 
     A batch never mixes two `blocks` (a label per row, e.g. its shard): padding changes a
     row's float rounding, so a row's numbers then depend on its own block's rows only.
     """
-    blocks = np.zeros(len(sequences), dtype=int) if blocks is None else np.asarray(blocks)
-    order = np.lexsort(([len(seq) for seq in sequences], blocks))  # stable: block, length
-    done = np.zeros(len(sequences), dtype=bool)
-
-    def run(batch: int) -> None:
-        for block in np.unique(blocks):
-            todo = order[(blocks[order] == block) & ~done[order]]
-            for first in range(0, len(todo), batch):
-                index = todo[first : first + batch]
-                ids, mask = _left_padded([sequences[i] for i in index], pad)
-                score_batch(index, ids, mask)
-                done[index] = True
-                bar.update(len(index))
+    def run(index):
+        ids, mask = _left_padded([sequences[i] for i in index], pad)
+        return score_batch(index, ids, mask)
 
     key = (str(getattr(model.config, "name_or_path", "")), desc)
-    with torch.inference_mode(), tqdm(total=len(sequences), desc=desc, unit="seq") as bar:
-        run_with_backoff(run, batch_size, key)
+    with torch.inference_mode():
+        return map_batches(run, [len(seq) for seq in sequences], batch_size, key=key,
+                           groups=blocks, desc=desc, unit="seq")
 
 
 def continuation_logprobs(model, tokenizer, contexts: list[str], continuations: list[str],
@@ -84,7 +76,7 @@ def continuation_logprobs(model, tokenizer, contexts: list[str], continuations: 
                           ) -> tuple[np.ndarray, np.ndarray]:
     """(sum of log p(continuation tokens | context), number of continuation tokens) per pair.
 
-    `blocks` (a label per pair): batches never mix two blocks (see `_run_batched`)."""
+    `blocks` (a label per pair): batches never mix two blocks (see `_map_batched`)."""
     if len(contexts) != len(continuations):
         raise ValueError("continuation_logprobs: contexts and continuations differ in length")
     sequences, counts = [], []
@@ -95,9 +87,8 @@ def continuation_logprobs(model, tokenizer, contexts: list[str], continuations: 
         sequences.append(ids)
         counts.append(min(len(cont), len(ids) - 1))
     counts = np.array(counts, dtype=int)
-    sums = np.zeros(len(sequences))
     if not sequences:
-        return sums, counts
+        return np.zeros(0), counts
 
     def score_batch(index, ids, mask):
         # Keep the positions that predict each row's continuation (the last n tokens).
@@ -106,30 +97,28 @@ def continuation_logprobs(model, tokenizer, contexts: list[str], continuations: 
         logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
         targets = ids[:, ids.shape[1] - keep + 1:, None].to(logprobs.device)
         token_lp = logprobs.gather(-1, targets)[..., 0].cpu()
-        for row, i in enumerate(index):
-            n = counts[i]
-            sums[i] = token_lp[row, token_lp.shape[1] - n:].sum().item() if n else 0.0
+        return [token_lp[row, token_lp.shape[1] - counts[i]:].sum().item() if counts[i] else 0.0
+                for row, i in enumerate(index)]
 
-    _run_batched(model, sequences, tokenizer.pad_token_id, batch_size, desc, score_batch,
-                 blocks)
-    return sums, counts
+    sums = _map_batched(model, sequences, tokenizer.pad_token_id, batch_size, desc, score_batch,
+                        blocks)
+    return np.array(sums, dtype=float), counts
 
 
 def next_token_logprobs(model, tokenizer, contexts: list[str], token_ids: list[int],
                         batch_size: int = 16, desc: str = "next token") -> np.ndarray:
     """[n_contexts, n_tokens] log p(token | context) of each candidate token, one forward each."""
     sequences = [tokenizer(context)["input_ids"][-MAX_TOKENS:] for context in contexts]
-    out = np.zeros((len(sequences), len(token_ids)))
     if not sequences:
-        return out
+        return np.zeros((0, len(token_ids)))
     candidates = torch.tensor(token_ids)
 
     def score_batch(index, ids, mask):
         logprobs = torch.log_softmax(_last_logits(model, ids, mask, 1)[:, 0].float(), dim=-1)
-        out[index] = logprobs[:, candidates.to(logprobs.device)].cpu().numpy()
+        return logprobs[:, candidates.to(logprobs.device)].cpu().numpy().astype(float)
 
-    _run_batched(model, sequences, tokenizer.pad_token_id, batch_size, desc, score_batch)
-    return out
+    rows = _map_batched(model, sequences, tokenizer.pad_token_id, batch_size, desc, score_batch)
+    return np.stack(rows).reshape(len(sequences), len(token_ids))
 
 
 def continuation_nll(model, tokenizer, contexts: list[str], continuations: list[str],

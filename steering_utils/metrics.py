@@ -360,6 +360,16 @@ def _check(value, limit, ok_when: str) -> dict:
     return {"value": value, "limit": limit, "ok": bool(ok)}
 
 
+def capability_check(acc, reference_acc, rule: SelectionRule) -> dict | None:
+    """{value, limit, ok} of a cell's capability accuracy: at least the unsteered accuracy less
+    `max_capability_drop` points. None when either is not measured (capability task none, a
+    cell without items): there is no limit to hold the cell to, so it breaks none."""
+    acc, reference_acc = finite(acc), finite(reference_acc)
+    if acc is None or reference_acc is None:
+        return None
+    return _check(acc, reference_acc - rule.max_capability_drop / 100.0, "at_least")
+
+
 def fluency_checks(cell, reference, rule: SelectionRule) -> dict:
     """{criterion: {value, limit, ok}} of one cell's fluency against its unsteered reference.
 
@@ -447,12 +457,11 @@ def recommend(cells: pd.DataFrame, rule: SelectionRule = SelectionRule(),
             continue
         tried += 1
         acc = finite(capability(int(cell["layer"]), float(cell["alpha"]))) if capability else None
-        limit = None if ref_acc is None else ref_acc - rule.max_capability_drop / 100.0
-        checks["capability_acc"] = _check(acc, limit, "at_least")
-        if acc is None or ref_acc is None:
-            checks["capability_acc"]["ok"] = True  # not measured (task none): no limit to break
-        if not checks["capability_acc"]["ok"]:
-            continue
+        check = capability_check(acc, ref_acc, rule)
+        if check is not None:
+            if not check["ok"]:
+                continue
+            checks["capability_acc"] = check
         tox = float(cell["mean_toxicity"])
         return {
             "layer": int(cell["layer"]),
@@ -496,10 +505,9 @@ def why_no_pick(cells: pd.DataFrame, rule: SelectionRule = SelectionRule(),
     best = []
     for _, cell in better.head(n_best).iterrows():
         checks = fluency_checks(cell, reference, rule)
-        acc = finite(cell.get("capability_acc")) if "capability_acc" in cell else None
-        if acc is not None and ref_acc is not None:
-            checks["capability_acc"] = _check(acc, ref_acc - rule.max_capability_drop / 100.0,
-                                              "at_least")
+        check = capability_check(cell.get("capability_acc"), ref_acc, rule)
+        if check is not None:
+            checks["capability_acc"] = check
         degenerate = degenerate_checks(cell, reference)
         best.append({"layer": int(cell["layer"]), "alpha": float(cell["alpha"]),
                      "mean_toxicity": float(cell["mean_toxicity"]), "checks": checks,

@@ -201,37 +201,3 @@ def decoder_layers(model) -> list:
 def input_device(model) -> torch.device:
     """Device of the input embeddings (the first shard under device_map)."""
     return model.get_input_embeddings().weight.device
-
-
-_FITTING_BATCH: dict[tuple, int] = {}  # (model, pass, ...) -> the batch that fitted after an OOM
-
-
-def run_with_backoff(run, start: int, key: tuple) -> None:
-    """Calls run(batch) at the batch that last fitted for `key` (else `start`); after an
-    out-of-memory error, accelerate's `find_executable_batch_size` halves the batch and
-    calls run again, so `run` must skip the rows it has finished. The batch that fitted
-    is remembered for the next pass under the same key.
-
-    The decorator collects garbage on every call (~0.5 s with a study's tables in memory,
-    once per shard), so it takes over only after a first try ran out of memory.
-    """
-    from accelerate.utils import find_executable_batch_size
-    from accelerate.utils.memory import should_reduce_batch_size
-
-    batch = min(start, _FITTING_BATCH.get(key, start))
-    try:
-        run(batch)
-        return
-    except Exception as err:  # re-raised unless it is an out-of-memory error
-        if batch == 1 or not should_reduce_batch_size(err):
-            raise
-    # Outside `except`: the failed batch's tensors are freed before the retry.
-    tried = [batch]
-
-    def retry(size: int) -> None:
-        tried.append(size)
-        run(size)
-        _FITTING_BATCH[key] = size
-
-    find_executable_batch_size(retry, starting_batch_size=batch // 2,
-                               reduce_batch_size_fn=lambda: tried[-1] // 2)()

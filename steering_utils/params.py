@@ -5,8 +5,6 @@ Every error names the field and the fix, and is raised before any expensive work
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 from pathlib import Path
@@ -14,6 +12,8 @@ from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .hashing import digest
 
 
 class ParamsError(ValueError):
@@ -407,9 +407,7 @@ class StudyParams(_Strict):
     def section_hash(self, *sections: str) -> str:
         """Short sha256 of the named top-level sections (all when none named)."""
         dumped = self.model_dump(mode="json")
-        chosen = {k: dumped[k] for k in (sections or sorted(dumped))}
-        blob = json.dumps(chosen, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return digest({k: dumped[k] for k in (sections or sorted(dumped))})
 
     @property
     def params_hash(self) -> str:

@@ -24,6 +24,7 @@ import pandas as pd
 from .artifacts import atomic_path, write_json
 from .claims import CRITERION_VERDICT
 from .continuations import CONTINUATIONS_FILE, browser_data, browser_json, write_continuations
+from .hashing import digest
 from .results import (
     Cell,
     Confirmation,
@@ -739,8 +740,7 @@ def _display_width(png: bytes, dpi: int) -> int:
 
 def results_fingerprint(results: ExperimentResults) -> str:
     """Short sha256 of a results document: report.html and figures.json carry the one they show."""
-    blob = json.dumps(results.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return digest(results.model_dump(mode="json"))
 
 
 def _figures(results: ExperimentResults, report_dir: Path) -> list[dict]:
@@ -915,7 +915,7 @@ def _browser(results: ExperimentResults, continuations: pd.DataFrame | None) -> 
                                         "toxicity_second": results.scorer.second or "second"})
     script = (resources.files("steering_utils").joinpath("templates", BROWSER_SCRIPT)
               .read_text("utf-8"))
-    digest = base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode("ascii")
+    script_sha = base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode("ascii")
     total, shown = data["total"], data["shown"]
     if shown == total:
         note = (f"All {total:,} continuations of {len(data['prompts']):,} prompts in "
@@ -929,7 +929,7 @@ def _browser(results: ExperimentResults, continuations: pd.DataFrame | None) -> 
                 f"{data['samples_cap'] - 1} of every prompt and cell (of "
                 f"{data['max_sample'] + 1}); the whole run would make this page too large.")
     return {"json": Markup(browser_json(data)), "script": Markup(script),
-            "sha256": digest, "note": note, "file": CONTINUATIONS_FILE,
+            "sha256": script_sha, "note": note, "file": CONTINUATIONS_FILE,
             "n_prompts": len(data["prompts"]), "total": total, "shown": shown}
 
 

@@ -737,9 +737,9 @@ def _eval_confirmation(recommendation: dict | None, cells: pd.DataFrame,
     reference, cell = reference.iloc[0], cell.iloc[0]
     checks = metrics.fluency_checks(cell, reference, rule)
     ref_acc, cell_acc = finite(reference["capability_acc"]), finite(cell["capability_acc"])
-    if ref_acc is not None and cell_acc is not None:
-        limit = ref_acc - rule.max_capability_drop / 100.0
-        checks["capability_acc"] = {"value": cell_acc, "limit": limit, "ok": cell_acc >= limit}
+    capability = metrics.capability_check(cell_acc, ref_acc, rule)
+    if capability is not None:
+        checks["capability_acc"] = capability
     degenerate = list(cell.get("degenerate", []))
     reduced = finite(cell["delta_mean_toxicity_ci_hi"]) is not None and \
         cell["delta_mean_toxicity_ci_hi"] < 0 and not degenerate

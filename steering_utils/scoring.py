@@ -30,6 +30,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import pandas as pd
 
+from .batching import map_batches
 from .params import ScorerParams
 
 SCORER_NAMES = ("unbiased-toxic-roberta", "jigsaw-bilstm", "profanity-check", "tox-block")
@@ -120,20 +121,22 @@ class RobertaScorer:
         import torch
 
         texts = list(texts)
-        scores = np.empty(len(texts), dtype=np.float64)
-        # Length-sorted batches pad less; scores are written back by original index.
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        if not texts:
+            return np.empty(0, dtype=np.float64)
+
+        def score_batch(index) -> np.ndarray:
+            batch = self.tokenizer([texts[i] for i in index], padding=True, truncation=True,
+                                   max_length=ROBERTA_MAX_TOKENS, return_tensors="pt")
+            logits = self.model(**batch.to(self.device)).logits
+            # Multi-label head: each label is its own sigmoid; a softmax across
+            # labels would make toxicity compete with identity mentions.
+            return torch.sigmoid(logits[:, self.label_index].float()).cpu().numpy()
+
+        # Batches by text length (characters: no tokenizing twice) pad less.
         with torch.inference_mode():
-            for start in range(0, len(order), self.batch_size):
-                idx = order[start:start + self.batch_size]
-                batch = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True,
-                                       max_length=ROBERTA_MAX_TOKENS, return_tensors="pt")
-                logits = self.model(**batch.to(self.device)).logits
-                # Multi-label head: each label is its own sigmoid; a softmax across
-                # labels would make toxicity compete with identity mentions.
-                probs = torch.sigmoid(logits[:, self.label_index].float())
-                scores[idx] = probs.cpu().numpy()
-        return scores
+            scores = map_batches(score_batch, [len(text) for text in texts], self.batch_size,
+                                 key=(self.path, "score"))
+        return np.array(scores, dtype=np.float64)
 
 
 def _label_index(id2label: dict[int, str], label: str, path: str) -> int:

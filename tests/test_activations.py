@@ -134,3 +134,33 @@ def test_paired_contrast_takes_each_prompts_extremes_and_counts_what_it_drops():
     assert widest["text"].tolist() == ["y", "x"]  # n_per_side keeps the widest gaps
     with pytest.raises(ValueError, match="too few pairs"):
         contrast_texts(rows[rows["prompt_id"] == "a"], None, "paired", 10, "train")
+
+
+def test_capture_halves_the_batch_on_out_of_memory_and_counts_each_token_once(tiny_qwen3,
+                                                                              tiny_tokenizer):
+    """An out-of-memory error in layer 1 (after layer 0's hook ran) halves the batch; the
+    retried rows' token moments are added once, so the result equals a run at that batch."""
+    from steering_utils import batching
+    from steering_utils.models import decoder_layers
+
+    texts = TEXTS * 3
+    expected = capture_activations(tiny_qwen3, tiny_tokenizer, texts, last_n=4, batch_size=2)
+    seen = []
+
+    def out_of_memory_above_two(module, args):
+        seen.append(args[0].shape[0])
+        if args[0].shape[0] > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    tiny_qwen3.config.name_or_path = "oom-activations"
+    hook = decoder_layers(tiny_qwen3)[1].register_forward_pre_hook(out_of_memory_above_two)
+    try:
+        got = capture_activations(tiny_qwen3, tiny_tokenizer, texts, last_n=4, batch_size=16)
+        assert batching._FITTING_BATCH[("oom-activations", "activations")] == 2
+    finally:
+        hook.remove()
+        tiny_qwen3.config.name_or_path = ""
+        batching._FITTING_BATCH.clear()
+    assert seen[:3] == [12, 8, 4] and max(seen[3:]) == 2
+    for name, value in expected.items():
+        assert torch.equal(got[name], value), name

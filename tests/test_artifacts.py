@@ -151,3 +151,17 @@ def test_atomic_path_puts_the_whole_file_or_folder_in_place_or_nothing(tmp_path)
         partial.mkdir()
         (partial / "weights").write_text("w")
     assert (folder / "weights").read_text() == "w" and not list(tmp_path.glob(".model*"))
+
+
+def test_one_digest_keeps_the_keys_that_caches_were_written_under():
+    """Stage keys, params hashes and the results fingerprint are one function
+    (`hashing.digest`); its value is pinned, so existing caches stay valid."""
+    from steering_utils import artifacts, report
+    from steering_utils.hashing import digest
+
+    assert digest({"b": [1, 2.5, None], "a": "x", "c": {"z": 1, "y": True}}) == "c57ac61ffaba4ec2"
+    assert artifacts.digest is digest and report.digest is digest
+    params = load_params(PARAMS / "smoke.yaml")
+    dumped = params.model_dump(mode="json")
+    assert params.section_hash("data", "sweep") == digest({k: dumped[k] for k in ("data", "sweep")})
+    assert params.params_hash == digest(dumped)

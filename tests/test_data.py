@@ -178,3 +178,25 @@ def test_csv_text_stays_text_and_toxicity_must_be_numeric(tmp_path):
     with pytest.raises(ParamsError, match=r"data.benign.toxicity_column: 'tox' in q.csv holds "
                                           r"non-numbers"):
         read_source(params.data, "benign")
+
+
+def test_one_hub_loader_one_error_for_prompts_and_capability_items(tmp_path):
+    """RTP prompts and MMLU items load through `data.load_hub_dataset`: a file that is not
+    there, or not data, is the same ParamsError naming each one's field and the fix."""
+    from steering_utils.capability import load_items
+    from steering_utils.data import _rtp_prompts
+
+    broken = tmp_path / "broken.parquet"
+    broken.write_bytes(b"not a parquet file")
+    for where in (broken, tmp_path / "absent.parquet"):
+        with pytest.raises(ParamsError, match=r"^data\.rtp_dataset: cannot load .*local copy"):
+            _rtp_prompts(str(where))
+        with pytest.raises(ParamsError, match=r"^evaluation\.capability\.path: cannot load MMLU "
+                                              r"from .*local copy: a copy of cais/mmlu"):
+            load_items("mmlu_hub", 4, 0, str(where))
+    # And a good copy loads through the same path (a one-file MMLU in the hub's columns).
+    good = tmp_path / "mmlu.jsonl"
+    good.write_text("\n".join(json.dumps({"question": f"q{i}", "choices": ["a", "b", "c", "d"],
+                                          "answer": i % 4, "subject": "s"}) for i in range(6)))
+    items = load_items("mmlu_hub", 4, 0, str(good))
+    assert len(items) == 4 and set(items["gold"]) <= {0, 1, 2, 3}

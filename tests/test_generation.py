@@ -48,13 +48,40 @@ def test_mixed_cell_batches_equal_the_per_cell_loop(tiny_qwen3, tiny_tokenizer, 
     assert list(mixed["completion"]) == list(per_cell["completion"])
 
 
-def test_samples_differ_and_steering_changes_text(tiny_qwen3, tiny_tokenizer):
+def _steered_by_hand(model, tokenizer, jobs, layer: int, alpha: float) -> list[str]:
+    """The rows' completions with a hook of our own on decoder layer `layer` that subtracts
+    alpha * v[layer] (CAA) at every position; the package itself steers nothing."""
+    from steering_utils.models import decoder_layers
+
+    direction = _vectors(model)[layer]
+
+    def subtract(module, args, output):
+        hidden = output[0] if isinstance(output, tuple) else output
+        steered = hidden - alpha * direction.to(hidden.dtype)
+        return (steered, *output[1:]) if isinstance(output, tuple) else steered
+
+    handle = decoder_layers(model)[layer].register_forward_hook(subtract)
+    try:
+        return list(_run(model, tokenizer, jobs.assign(alpha=0.0), batch_size=1)["completion"])
+    finally:
+        handle.remove()
+
+
+def test_samples_differ_and_each_row_is_steered_at_its_own_layer(tiny_qwen3, tiny_tokenizer):
     jobs = make_jobs(PROMPTS, CELLS, samples=2)
     out = _run(tiny_qwen3, tiny_tokenizer, jobs, batch_size=8)
     by = out.set_index(["prompt_id", "layer", "alpha", "sample"])["completion"]
     assert (by.xs(0, level="sample") != by.xs(1, level="sample")).any()
-    assert (by.xs((-1, 0.0), level=("layer", "alpha")) != by.xs((1, 2.0),
-            level=("layer", "alpha"))).any()
+    n_layers = tiny_qwen3.config.num_hidden_layers
+    for layer, alpha in CELLS[1:]:
+        rows = (jobs["layer"] == layer) & (jobs["alpha"] == alpha)
+        # Each steered row equals the same row steered by hand at its own layer; steering the
+        # next layer instead gives other text, so a row steered at the wrong layer fails.
+        intended = _steered_by_hand(tiny_qwen3, tiny_tokenizer, jobs[rows], layer, alpha)
+        assert list(out.loc[rows, "completion"]) == intended, (layer, alpha)
+        other = _steered_by_hand(tiny_qwen3, tiny_tokenizer, jobs[rows], (layer + 1) % n_layers,
+                                 alpha)
+        assert other != intended, (layer, alpha)
 
 
 def test_same_seed_same_text_and_new_seed_new_text(tiny_qwen3, tiny_tokenizer):
@@ -105,7 +132,7 @@ def test_auto_batch_halves_on_out_of_memory_and_remembers_what_fitted(tiny_qwen3
                                                                       tiny_tokenizer):
     from test_real_run import _OomAbove
 
-    from steering_utils import models
+    from steering_utils import batching
 
     jobs = make_jobs(PROMPTS, CELLS, samples=2)
     expected = _run(tiny_qwen3, tiny_tokenizer, jobs, batch_size=2)
@@ -114,7 +141,7 @@ def test_auto_batch_halves_on_out_of_memory_and_remembers_what_fitted(tiny_qwen3
     hook = tiny_qwen3.register_forward_pre_hook(watcher, with_kwargs=True)
     try:
         backed_off = _run(tiny_qwen3, tiny_tokenizer, jobs, batch_size="auto")
-        assert max(watcher.seen) == 32 and set(models._FITTING_BATCH.values()) == {2}
+        assert max(watcher.seen) == 32 and set(batching._FITTING_BATCH.values()) == {2}
         watcher.seen.clear()
         _run(tiny_qwen3, tiny_tokenizer, jobs, batch_size="auto")
         assert max(watcher.seen) == 2  # the next pass starts at the batch that fitted
@@ -123,7 +150,7 @@ def test_auto_batch_halves_on_out_of_memory_and_remembers_what_fitted(tiny_qwen3
     finally:
         hook.remove()
         tiny_qwen3.config.name_or_path = ""
-        models._FITTING_BATCH.clear()
+        batching._FITTING_BATCH.clear()
     assert list(backed_off["completion"]) == list(expected["completion"])
 
 

@@ -322,3 +322,35 @@ def test_why_no_pick_names_the_criteria_the_least_toxic_cells_broke():
     worse = CELLS.assign(mean_toxicity=[0.1, 0.3, 0.2, 0.5, 0.4])
     assert metrics.why_no_pick(worse) == {"reason": "none_less_toxic",
                                           "reference_mean_toxicity": 0.1, "best_cells": []}
+
+
+def test_one_capability_limit_for_the_pick_its_no_pick_reasons_and_its_eval_check():
+    """recommend, why_no_pick and results' eval confirmation hold capability to the one
+    `capability_check`: measured, (5,-4) is 5 points down and fails everywhere; unmeasured
+    (NaN), no capability check is written and none fails on it."""
+    from steering_utils.results import _eval_confirmation
+
+    rule = metrics.SelectionRule()
+    assert metrics.capability_check(0.55, 0.60, rule) == {"value": 0.55, "limit": 0.58,
+                                                          "ok": False}
+    assert metrics.capability_check(float("nan"), 0.60, rule) is None
+    assert metrics.capability_check(0.55, None, rule) is None
+    lenient = metrics.SelectionRule(max_perplexity_increase=0.5)
+    only = CELLS[CELLS["layer"] != 3]  # the reference and (5,-4)
+    assert metrics.recommend(only, lenient) is None  # capability is the only limit it breaks
+    assert metrics.why_no_pick(only, lenient)["best_cells"][0]["failed"] == ["capability_acc"]
+    rows = only.assign(experiment="sweep", empty_rate=0.0, distinct_2=0.9,
+                       delta_mean_toxicity_ci_hi=-0.1, degenerate=[[], []])
+    for name in ("mean_toxicity_ci_lo", "mean_toxicity_ci_hi", "delta_mean_toxicity",
+                 "delta_mean_toxicity_ci_lo", "p_bootstrap"):
+        rows[name] = 0.0
+    confirmation = _eval_confirmation({"layer": 5, "alpha": -4.0}, rows, lenient)
+    assert confirmation["checks"]["capability_acc"]["ok"] is False
+    assert confirmation["confirmed"] is False
+    unmeasured = only.assign(capability_acc=float("nan"))
+    rec = metrics.recommend(unmeasured, lenient)
+    assert (rec["layer"], rec["alpha"]) == (5, -4.0) and "capability_acc" not in rec["checks"]
+    assert metrics.why_no_pick(unmeasured, lenient)["best_cells"][0]["failed"] == []
+    confirmation = _eval_confirmation({"layer": 5, "alpha": -4.0},
+                                      rows.assign(capability_acc=float("nan")), lenient)
+    assert "capability_acc" not in confirmation["checks"] and confirmation["confirmed"]

@@ -263,7 +263,7 @@ class _OomAbove:
 
 
 def test_likelihood_passes_halve_the_batch_on_out_of_memory(tiny_qwen3, tiny_tokenizer):
-    from steering_utils import likelihood, models
+    from steering_utils import batching, likelihood
 
     contexts = [f"the {w} said that you are" for w in ("cat", "dog", "man", "day", "kind") * 3]
     continuations = [" a very bad idiot", " good", " not kind at all and", " runs"] * 3 + [
@@ -275,7 +275,7 @@ def test_likelihood_passes_halve_the_batch_on_out_of_memory(tiny_qwen3, tiny_tok
     try:
         sums, again = likelihood.continuation_logprobs(tiny_qwen3, tiny_tokenizer, contexts,
                                                        continuations, batch_size=16)
-        assert models._FITTING_BATCH[("oom-test", "log-likelihood")] == 2
+        assert batching._FITTING_BATCH[("oom-test", "log-likelihood")] == 2
         watcher = _OomAbove(3)
         hook.remove()
         hook = tiny_qwen3.register_forward_pre_hook(watcher, with_kwargs=True)
@@ -287,7 +287,7 @@ def test_likelihood_passes_halve_the_batch_on_out_of_memory(tiny_qwen3, tiny_tok
     finally:
         hook.remove()
         tiny_qwen3.config.name_or_path = ""
-        models._FITTING_BATCH.clear()
+        batching._FITTING_BATCH.clear()
     np.testing.assert_allclose(sums, expected, rtol=1e-5, atol=1e-5)
     assert (again == counts).all()
     np.testing.assert_allclose(letters, likelihood.next_token_logprobs(

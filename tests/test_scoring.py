@@ -210,3 +210,32 @@ def test_import_does_not_load_heavy_libraries():
             "heavy = {'keras', 'torch', 'transformers', 'sklearn'} & set(sys.modules); "
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_roberta_halves_the_batch_on_out_of_memory(roberta):
+    """Scoring runs through the one batching loop: an out-of-memory error halves the batch
+    (it did not, before) and the scores equal a run at the batch that fitted."""
+    import torch
+
+    from steering_utils import batching
+
+    texts = TEXTS * 3
+    roberta.batch_size = 1
+    expected = roberta.score(texts)
+    seen = []
+
+    def out_of_memory_above_one(module, args, kwargs):
+        seen.append(kwargs["input_ids"].shape[0])
+        if kwargs["input_ids"].shape[0] > 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 4.00 GiB")
+
+    hook = roberta.model.register_forward_pre_hook(out_of_memory_above_one, with_kwargs=True)
+    roberta.batch_size = 4
+    try:
+        got = roberta.score(texts)
+        assert batching._FITTING_BATCH[(roberta.path, "score")] == 1
+    finally:
+        hook.remove()
+        batching._FITTING_BATCH.clear()
+    assert seen[:3] == [4, 2, 1] and max(seen[3:]) == 1
+    np.testing.assert_array_equal(got, expected)

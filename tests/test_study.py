@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, SMOKE, runner_command
 
+from steering_utils.hashing import digest
+from steering_utils.params import load_params
 from steering_utils.results import validate_results
 
 pytestmark = pytest.mark.slow
@@ -37,12 +39,30 @@ def _metrics(results: dict) -> list:
     return json.loads(json.dumps(keep, sort_keys=True))
 
 
+def _assert_git_commit(recorded: str | None) -> None:
+    """In a git checkout the manifest's commit is a commit of this checkout's history (40
+    hex, '-dirty' when tracked files differed; HEAD when the run started, so HEAD or an
+    ancestor of it now), and None outside one."""
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
+                          text=True)
+    if head.returncode != 0:
+        assert recorded is None
+        return
+    assert re.fullmatch(r"[0-9a-f]{40}(-dirty)?", recorded or ""), recorded
+    ancestor = subprocess.run(["git", "merge-base", "--is-ancestor", recorded.split("-")[0],
+                               "HEAD"], cwd=ROOT, capture_output=True)
+    assert ancestor.returncode == 0, f"{recorded} is not in this checkout's history"
+
+
 def test_chain_writes_report_results_and_executed_notebooks(smoke_run):
     work, stdout = smoke_run
     report = work / "reports" / "smoke"
     results = json.loads((report / "experiment_results.json").read_text())
     validate_results(results)
-    assert results["manifest"]["params_hash"] and results["manifest"]["git_commit"] != ""
+    manifest = results["manifest"]
+    assert manifest["params_hash"] == digest(manifest["params"])  # the hash of these params
+    assert manifest["params"]["run_name"] == load_params(SMOKE).run_name
+    _assert_git_commit(results["manifest"]["git_commit"])
     sweep = [c for c in results["cells"] if c["experiment"] == "sweep"]
     assert {c["alpha"] for c in sweep} == {0.0, 1.0, 2.0}
     assert {c["subset"] for c in sweep} == {"challenging", "benign"}
