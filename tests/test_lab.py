@@ -33,7 +33,7 @@ def test_jupyterlab_serves_the_notebooks_with_the_project_kernel(tmp_path):
     server = subprocess.Popen(
         ["make", "-s", "-o", ".venv/.installed", "lab", f"BIN={Path(sys.executable).parent}",
          f"LAB_ARGS={lab_args}"],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=(tmp_path / "lab.err").open("w"), env=env,
         start_new_session=True,
     )
     base = f"http://127.0.0.1:{port}"
@@ -67,6 +67,12 @@ def test_jupyterlab_serves_the_notebooks_with_the_project_kernel(tmp_path):
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
-    # `make` died of our SIGTERM (-15): not an exit of its own (a lab that crashed exits 2),
-    # and not a server that ignored the signal (wait would have timed out).
-    assert server.returncode == -signal.SIGTERM
+    # The group got our SIGTERM, and the server did not ignore it (wait would have timed
+    # out). `make` either dies of it (-15) or, when its child's death reaches it first,
+    # exits 2 reporting the child "Terminated" (a race between the two, seen under load);
+    # a lab that crashed on its own would exit 2 with an "Error" line instead.
+    made = [line for line in (tmp_path / "lab.err").read_text(errors="replace").splitlines()
+            if line.startswith("make")]
+    assert server.returncode == -signal.SIGTERM or (
+        server.returncode == 2 and made and all("Terminated" in line for line in made)), (
+        server.returncode, made)
