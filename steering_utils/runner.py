@@ -138,7 +138,16 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM reached the runner (`timeout`, Slurm's time limit): it stops as for Ctrl-C."""
 
 
-_signals = {"terminated": False}
+_signals = {"terminated": False, "interrupted": False}
+
+
+def _on_sigint(signum, frame) -> None:
+    """Ctrl-C: raised here, in the runner's own handler. Under Python's default handler,
+    asyncio (papermill's event loop) turns SIGINT into a cancelled task, which nbclient can
+    swallow near a cell's end: the run then went on and exited 0 (seen in CI). The flag
+    keeps the interrupt even if something catches the exception."""
+    _signals["interrupted"] = True
+    raise KeyboardInterrupt()
 
 
 def _on_sigterm(signum, frame) -> None:
@@ -298,6 +307,8 @@ def _run_stages(params: StudyParams, params_file: Path, run_dir: Path, runs_root
                     kernel_name=kernel, cwd=str(NOTEBOOKS), progress_bar=False,
                     start_timeout=120, config=_kernel_config(scratch),
                 )
+                if _signals["interrupted"]:  # Ctrl-C reached us, whatever caught it
+                    raise KeyboardInterrupt()
         except (Exception, KeyboardInterrupt) as err:
             seconds = time.time() - started
             terminated = isinstance(err, Terminated) or _signals["terminated"]
@@ -372,8 +383,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     resume = resume_command(Path(args.params).resolve(), Path(args.runs_root),
                             Path(args.reports_root))
-    _signals["terminated"] = False
+    _signals["terminated"] = _signals["interrupted"] = False
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    previous_int = signal.signal(signal.SIGINT, _on_sigint)
     try:
         run_study(args.params, args.runs_root, args.reports_root, args.force, wait=args.wait)
     except ParamsError as err:
@@ -399,6 +411,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
     return 0
 
 
