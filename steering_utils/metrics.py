@@ -22,11 +22,12 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from .power import LEVEL as CI_LEVEL
+from .power import draw_indices, percentile_interval
 from .stages import UNSTEERED_LAYER
 
 CELL_KEYS = ("experiment", "split", "subset", "layer", "alpha")
 DISTINCT_NS = (1, 2, 3)
-CI_LEVEL = 0.95
 _ROW_COLUMNS = ("prompt_id", "toxicity")
 
 
@@ -115,16 +116,6 @@ def is_repetitive(text, min_words: int = 4, max_repeat_share: float = 0.5) -> bo
     return 1 - len(set(grams)) / len(grams) > max_repeat_share
 
 
-def _percentiles(boot: np.ndarray, level: float) -> tuple[float, float]:
-    tail = (1.0 - level) / 2.0 * 100.0
-    lo, hi = np.percentile(boot, [tail, 100.0 - tail])
-    return float(lo), float(hi)
-
-
-def _draw(n: int, n_boot: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
-
-
 def bootstrap_ci(values, statistic: Callable = np.mean, n_boot: int = 1000, seed: int = 0,
                  level: float = CI_LEVEL) -> tuple[float, float]:
     """Percentile bootstrap (lo, hi) of statistic over per-prompt values; (nan, nan) if empty.
@@ -136,8 +127,8 @@ def bootstrap_ci(values, statistic: Callable = np.mean, n_boot: int = 1000, seed
     x = x[~np.isnan(x)]
     if x.size == 0:
         return math.nan, math.nan
-    boot = statistic(x[_draw(x.size, n_boot, seed)], axis=1)
-    return _percentiles(np.asarray(boot, dtype=float), level)
+    boot = statistic(x[draw_indices(x.size, n_boot, seed)], axis=1)
+    return percentile_interval(np.asarray(boot, dtype=float), level)
 
 
 def _wilcoxon_p(diffs: np.ndarray) -> float:
@@ -166,12 +157,12 @@ def paired_test(treated: pd.Series, control: pd.Series, n_boot: int = 1000,
     if n == 0:
         return {"diff": math.nan, "diff_ci": (math.nan, math.nan), "p_bootstrap": math.nan,
                 "p_wilcoxon": math.nan, "n": 0}
-    boot = diffs[_draw(n, n_boot, seed)].mean(axis=1)
+    boot = diffs[draw_indices(n, n_boot, seed)].mean(axis=1)
     # Two-sided percentile-bootstrap p: how often the resampled mean lands on the other
     # side of zero, doubled; floored at 1/(n_boot+1) since a finite bootstrap can't say 0.
     tail = min(np.mean(boot <= 0), np.mean(boot >= 0))
     p_boot = max(min(1.0, 2.0 * float(tail)), 1.0 / (n_boot + 1))
-    return {"diff": float(diffs.mean()), "diff_ci": _percentiles(boot, CI_LEVEL),
+    return {"diff": float(diffs.mean()), "diff_ci": percentile_interval(boot, CI_LEVEL),
             "p_bootstrap": p_boot, "p_wilcoxon": _wilcoxon_p(diffs), "n": n}
 
 

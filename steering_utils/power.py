@@ -56,6 +56,19 @@ def units_needed(sd: float, effect: float, level: float = LEVEL,
     return int(math.ceil((mde_factor(level, power) * float(sd) / abs(effect)) ** 2))
 
 
+def draw_indices(n: int, n_boot: int, seed: int) -> np.ndarray:
+    """The (n_boot, n) resample indices of a percentile bootstrap over n units: every
+    interval of the study draws them here, so the same seed means the same resamples."""
+    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+
+
+def percentile_interval(boot: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
+    """(lo, hi): the two-sided percentile interval of bootstrap statistics."""
+    tail = (1.0 - level) / 2.0 * 100.0
+    lo, hi = np.percentile(boot, [tail, 100.0 - tail])
+    return float(lo), float(hi)
+
+
 class Verdict(BaseModel):
     """One comparison's estimate, interval and verdict (differences: first arm - second)."""
 
@@ -132,9 +145,7 @@ def verdict(claim: str, metric: str, differences, unit: str = "prompts",
                     ci_hi=None, n=0, unit=unit, sd=None, mde=None, shown=None, limit=limit,
                     decidable=None if limit is None else False, summary="")
         return v.model_copy(update={"summary": _summary(v, digits)})
-    boot = d[np.random.default_rng(seed).integers(0, n, size=(n_boot, n))].mean(axis=1)
-    tail = (1 - LEVEL) / 2 * 100
-    lo, hi = (float(x) for x in np.percentile(boot, [tail, 100 - tail]))
+    lo, hi = percentile_interval(d[draw_indices(n, n_boot, seed)].mean(axis=1))
     sd = float(d.std(ddof=1)) if n > 1 else None
     mde = minimum_detectable_effect(sd, n) if sd is not None else None
     decidable = None if limit is None else bool(
