@@ -33,6 +33,8 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
+from .batching import map_batches
+
 FAMILIES = ("isotropic", "covariance", "shuffled")
 MAX_TOKENS = 512
 SIGNIFICANCE = 0.05  # the p-value below which a family is beaten
@@ -180,23 +182,28 @@ class ProbeTexts:
     def n_pairs(self) -> int:
         return len(self.sequences) // 2
 
-    def batches(self, rows: np.ndarray, batch_size: int):
-        """(rows, ids, mask, counts) of left-padded batches over `rows` (sorted by length);
-        a row r past the texts reads text r % n_texts (one text under several pushes)."""
+    def lengths(self, rows: np.ndarray) -> list[int]:
+        """Tokens of each row (row r reads text r % n_texts: one text under several pushes)."""
+        return [len(self.sequences[r % len(self.sequences)]) for r in rows]
+
+    def padded(self, rows: np.ndarray):
+        """(ids, mask, counts): the left-padded batch of `rows` (row r reads text r % n)."""
         import torch
 
-        n = len(self.sequences)
-        order = rows[np.argsort([len(self.sequences[r % n]) for r in rows], kind="stable")]
-        for first in range(0, len(order), batch_size):
-            index = order[first : first + batch_size]
-            seqs = [self.sequences[r % n] for r in index]
-            width = max(len(seq) for seq in seqs)
-            ids = torch.full((len(index), width), self.pad, dtype=torch.long)
-            mask = torch.zeros((len(index), width), dtype=torch.long)
-            for row, seq in enumerate(seqs):
-                ids[row, width - len(seq):] = torch.tensor(seq)
-                mask[row, width - len(seq):] = 1
-            yield index, ids, mask, torch.tensor([self.counts[r % n] for r in index])
+        seqs = [self.sequences[r % len(self.sequences)] for r in rows]
+        width = max(len(seq) for seq in seqs)
+        ids = torch.full((len(rows), width), self.pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for row, seq in enumerate(seqs):
+            ids[row, width - len(seq):] = torch.tensor(seq)
+            mask[row, width - len(seq):] = 1
+        counts = torch.tensor([self.counts[r % len(self.sequences)] for r in rows])
+        return ids, mask, counts
+
+
+def _batch_key(model, probe: str) -> tuple:
+    """The batching helper's key (the batch that fitted is remembered per model and pass)."""
+    return (str(getattr(model.config, "name_or_path", "")), probe)
 
 
 def _logprobs(model, layer: int, ids, mask, counts, shift, positions: str):
@@ -244,18 +251,22 @@ def log_ratio_gradients(model, texts: ProbeTexts, layer: int, positions: str = "
     from .models import input_device
 
     hidden = model.config.get_text_config().hidden_size
-    lp = np.zeros(len(texts.sequences))
-    grads = np.zeros((len(texts.sequences), hidden))
     dtype = next(model.parameters()).dtype
+
+    def run_batch(index: np.ndarray) -> list:
+        ids, mask, counts = texts.padded(index)
+        shift = torch.zeros(len(index), hidden, dtype=dtype, device=input_device(model),
+                            requires_grad=True)
+        out = _logprobs(model, layer, ids, mask, counts, shift, positions)
+        (grad,) = torch.autograd.grad(out.sum(), shift)  # rows are independent
+        return list(zip(out.detach().double().cpu().numpy(), grad.double().cpu().numpy()))
+
+    rows = np.arange(len(texts.sequences))
     with torch.enable_grad():
-        for index, ids, mask, counts in texts.batches(np.arange(len(texts.sequences)),
-                                                      batch_size):
-            shift = torch.zeros(len(index), hidden, dtype=dtype, device=input_device(model),
-                                requires_grad=True)
-            out = _logprobs(model, layer, ids, mask, counts, shift, positions)
-            (grad,) = torch.autograd.grad(out.sum(), shift)  # rows are independent
-            lp[index] = out.detach().double().cpu().numpy()
-            grads[index] = grad.double().cpu().numpy()
+        done = map_batches(run_batch, texts.lengths(rows), batch_size,
+                           key=_batch_key(model, "probe-gradient"))
+    lp = np.array([value for value, _ in done])
+    grads = np.stack([grad for _, grad in done])
     return lp[0::2] - lp[1::2], grads[0::2] - grads[1::2]
 
 
@@ -268,16 +279,20 @@ def exact_log_ratios(model, texts: ProbeTexts, layer: int, shifts: np.ndarray,
 
     n_texts = len(texts.sequences)
     rows = np.arange(len(shifts) * n_texts)  # row = direction * n_texts + text
-    out = np.zeros(len(rows))
     device = input_device(model)
     dtype = next(model.parameters()).dtype
     table = torch.as_tensor(np.asarray(shifts), dtype=dtype, device=device)
+
+    def run_batch(index: np.ndarray) -> np.ndarray:
+        ids, mask, counts = texts.padded(index)
+        shift = table[torch.as_tensor(index // n_texts, device=device)]
+        return _logprobs(model, layer, ids, mask, counts, shift,
+                         positions).double().cpu().numpy()
+
     with torch.inference_mode():
-        for index, ids, mask, counts in texts.batches(rows, batch_size):
-            shift = table[torch.as_tensor(index // n_texts, device=device)]
-            out[index] = _logprobs(model, layer, ids, mask, counts, shift,
-                                   positions).double().cpu().numpy()
-    lp = out.reshape(len(shifts), n_texts)
+        out = map_batches(run_batch, texts.lengths(rows), batch_size,
+                          key=_batch_key(model, "probe-pushed"))
+    lp = np.asarray(out, dtype=float).reshape(len(shifts), n_texts)
     return lp[:, 0::2] - lp[:, 1::2]
 
 

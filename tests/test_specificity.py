@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from conftest import SMOKE, build_tiny_qwen3
 
 from steering_utils.likelihood import continuation_logprobs
@@ -188,7 +187,13 @@ def test_a_push_along_the_mean_gradient_ranks_first_in_every_family(tiny_double,
 def test_probe_texts_need_matching_rows(tiny_tokenizer):
     with pytest.raises(ValueError, match="one non-empty row each"):
         ProbeTexts(tiny_tokenizer, ["a"], ["b"], [])
-    assert torch.is_tensor(next(_texts(tiny_tokenizer).batches(np.arange(6), 2))[1])
+    texts = _texts(tiny_tokenizer)
+    ids, mask, counts = texts.padded(np.array([0, 7]))  # row 7 reads text 7 % n
+    n = len(texts.sequences)
+    assert ids.shape == (2, max(len(texts.sequences[0]), len(texts.sequences[7 % n])))
+    assert mask.sum(1).tolist() == [len(texts.sequences[0]), len(texts.sequences[7 % n])]
+    assert mask[:, -1].tolist() == [1, 1]  # left-padded: every row ends on a real token
+    assert counts.tolist() == [texts.counts[0], texts.counts[7 % n]]
 
 
 def test_the_report_shows_each_null_with_caas_rank_and_the_dose_response(tmp_path):
