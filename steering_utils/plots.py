@@ -489,8 +489,11 @@ def plot_control(results: ExperimentResults) -> Figure | None:
     return fig
 
 
-METHOD_LABELS = {"caa": "CAA", "actadd": "ActAdd", "ablation": "directional ablation",
-                 "mean_transport": "mean transport", "prompt": "instruction prompt",
+METHOD_LABELS = {"caa": "CAA", "actadd": "ActAdd (front)", "actadd_pooled": "ActAdd (pooled)",
+                 "ablation": "directional ablation (all layers)",
+                 "ablation_layer": "ablation (one layer)", "ace": "ACE",
+                 "linear_act": "Linear-AcT", "mean_transport": "mean transport",
+                 "prompt": "instruction prompt (chat)", "prompt_raw": "instruction prompt (raw)",
                  "random": "random direction"}
 
 
