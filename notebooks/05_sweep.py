@@ -30,9 +30,11 @@
 # 5. **Capability (eval items).** Multiple-choice accuracy under every eval cell and the
 #    control at the chosen α.
 # 6. **Methods compared (dev decides, eval confirms).** At the chosen layer, every method of
-#    `sweep.methods` (ActAdd, directional ablation, mean transport, an instruction prompt, a
-#    random direction; settings under `methods.*`) runs its strength grid on the dev
-#    prompts; the same rule picks each method's cell on dev, and each pick is generated on
+#    `sweep.methods` (ActAdd at the prompt's front positions, Arditi's directional ablation
+#    at every layer, affine concept editing, Linear-AcT fitted layer by layer, mean
+#    transport, an instruction through the chat template, a random direction; settings
+#    under `methods.*`, each beside its paper in docs/design.md) runs its strength grid on
+#    the dev prompts; the same rule picks each method's cell on dev, and each pick is generated on
 #    the challenging eval prompts against the same unsteered rows.
 # 7. **Specificity against a null distribution (section 5b).** A likelihood probe on
 #    held-out dev pairs (each prompt's most vs least toxic continuation): the change of
@@ -45,7 +47,8 @@
 # The alpha = 0 cells are the baseline rows of stage 02 (same seeds). Generation runs in
 # content-keyed shards shared across stages: a param change recomputes only the shards it
 # touches. **Reads** `01_data`, `02_baseline`, `03_activations` (the train
-# contrast's activations, for the null directions), `04_vectors`. **Writes** `grid`,
+# contrast's activations, for the null directions, and its texts, for Linear-AcT's fit),
+# `04_vectors`. **Writes** `grid`,
 # `selection`, `sweep`, `control`, `capability`, `specificity`, `methods_grid`,
 # `methods_selection`, `methods_eval`, `methods_capability`.
 
@@ -199,9 +202,12 @@ from steering_utils import comparison as cmp
 
 methods_layer = selection["control_layer"]
 statistics = load_activation_sets(stage.input("token_statistics"))["train"]
+# Linear-AcT is fitted here, layer by layer on the model already transported at the earlier
+# layers (a few passes over 03's train contrast).
+linear_act = cmp.fit_linear_act(model, tokenizer, params, read_table(stage.input("contrast_texts")))
 interventions = cmp.build_interventions(params, vectors, statistics,
                                         cmp.actadd_activations(model, tokenizer, params), randoms,
-                                        methods_layer)
+                                        methods_layer, tokenizer=tokenizer, linear_act=linear_act)
 jobs, reused = cmp.grid_jobs(prompts, baseline, grid, params, methods_layer, interventions)
 steered = run_jobs(model, tokenizer, jobs, interventions, params, scorers, stage.shards,
                    positions, desc="methods grid") if len(jobs) else jobs

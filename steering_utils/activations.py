@@ -314,3 +314,39 @@ def contrast_texts(baseline: pd.DataFrame, prompts: pd.DataFrame, contrast: str,
                       for r in clean.iloc[:n].itertuples()])
         return pd.DataFrame(records, columns=columns), {"prompts": n}
     raise ValueError(f"activations.contrast: unknown contrast {contrast!r}")
+
+
+def capture_positions(model, tokenizer, texts: list[str]) -> torch.Tensor:
+    """[n_texts, n_layers, T, d]: every layer's output at every token of each text, fp32.
+
+    Texts are tokenized as prompts are (the tokenizer's special tokens included); the
+    shorter ones are right-padded with the token of a space to the longest one's length,
+    as Turner et al. pad ActAdd's prompt pair. Each text runs alone (no padding mask).
+    """
+    ids = [list(row) for row in tokenizer(texts)["input_ids"]]
+    space = tokenizer(" ", add_special_tokens=False)["input_ids"]
+    width = max(len(row) for row in ids)
+    if any(len(row) < width for row in ids) and len(space) != 1:
+        raise ValueError("capture_positions: the tokenizer has no one-token space to pad "
+                         "the texts to equal length; give texts of equal token length")
+    ids = [row + space * (width - len(row)) for row in ids]
+    modules = decoder_layers(model)
+    out = torch.zeros(len(texts), len(modules), width, model.config.get_text_config().hidden_size)
+    row_index = {"i": 0}
+
+    def hook(slot):
+        def capture(module, args, output):
+            hidden = output[0] if isinstance(output, tuple) else output
+            out[row_index["i"], slot] = hidden[0].detach().float().cpu()
+        return capture
+
+    handles = [module.register_forward_hook(hook(slot)) for slot, module in enumerate(modules)]
+    try:
+        with torch.inference_mode():
+            for i, row in enumerate(ids):
+                row_index["i"] = i
+                model(input_ids=torch.tensor([row], device=input_device(model)), use_cache=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return out

@@ -147,9 +147,9 @@ def capability_correct(model, tokenizer, items: pd.DataFrame, vectors=None, laye
     """
     if vectors is None or alpha == 0:
         return choose_answers(model, tokenizer, items, batch_size) == items["gold"].to_numpy()
-    prefix = getattr(vectors, "prefix", "")
-    if prefix:
-        items = items.assign(question=prefix + items["question"])
+    prefix, suffix = getattr(vectors, "prefix", ""), getattr(vectors, "suffix", "")
+    if prefix or suffix:
+        items = items.assign(question=prefix + items["question"] + suffix)
     with steer(model, vectors, layer=layer, alpha=alpha):
         return choose_answers(model, tokenizer, items, batch_size) == items["gold"].to_numpy()
 

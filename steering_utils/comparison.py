@@ -20,37 +20,79 @@ from .stages import ALL_LAYERS, CAA, UNSTEERED, UNSTEERED_LAYER
 from .sweep import check_additive_push
 
 
-def build_interventions(params: StudyParams, vectors, statistics: dict, actadd: dict,
-                        randoms: dict, layer: int | None = None) -> dict:
+def build_interventions(params: StudyParams, vectors, statistics: dict, actadd: dict | None,
+                        randoms: dict, layer: int | None = None, tokenizer=None,
+                        linear_act=None) -> dict:
     """{method: intervention} of every compared method (CAA: its SteeringVectors).
 
-    `statistics`: `interventions.token_statistics` of the train contrast; `actadd`: the
-    captured activations {'toxic', 'clean'} of ActAdd's two texts; `randoms`: the
-    control's random directions (the comparison's `random` is the first). With `layer`
-    (the comparison's), ActAdd's strengths are held to `sweep.max_relative_push` there
-    before anything is generated.
+    `statistics`: `interventions.token_statistics` of the train contrast; `actadd`:
+    `actadd_activations` (ActAdd's two texts, per position and pooled); `randoms`: the
+    control's random directions (the comparison's `random` is the first); `layer`: the
+    comparison's layer (CAA's dev pick), the source of ablation's one direction and
+    ActAdd's layer unless it has its own; `tokenizer`: its chat template for `prompt`;
+    `linear_act`: the fitted map (`fit_linear_act`). With `layer`, additive strengths are
+    held to `sweep.max_relative_push` before anything is generated.
     """
     from . import interventions as iv
+    from .params import resolve_layers
 
     methods = params.methods
+    limit = params.sweep.max_relative_push
+    n_layers = vectors.n_layers
     out: dict = {}
+
+    def needs(what: str, method: str):
+        raise ValueError(f"build_interventions: {method} needs {what}")
+
     for method in compared_methods(params.sweep):
         if method == CAA:
             out[method] = vectors
         elif method == "actadd":
+            if not actadd or "front" not in actadd:
+                needs("actadd_activations(...)['front']", method)
+            own = methods.actadd.layer
+            if own is not None:
+                resolve_layers([own], 1, n_layers, "methods.actadd.layer")
+            at = own if own is not None else layer
+            if at is None:
+                needs("a layer (methods.actadd.layer or the comparison's)", method)
+            toxic, clean = actadd["front"]["toxic"], actadd["front"]["clean"]
+            peak = (toxic - clean).norm(dim=-1).amax(dim=-1)[:, None]  # per layer, worst token
+            check_additive_push("actadd", methods.actadd.strengths, peak,
+                                vectors.activation_norms, [at], limit)
+            out[method] = iv.actadd_front(toxic, clean, at,
+                                          {"toxic_text": methods.actadd.toxic_text,
+                                           "clean_text": methods.actadd.clean_text,
+                                           "context": methods.actadd.context})
+        elif method == "actadd_pooled":
+            if not actadd or "toxic" not in actadd:
+                needs("actadd_activations(...)['toxic'/'clean']", method)
             directions = iv.actadd_directions(actadd["toxic"], actadd["clean"])
             if layer is not None:
-                check_additive_push("actadd", methods.actadd.strengths, directions,
-                                    vectors.activation_norms, [layer],
-                                    params.sweep.max_relative_push)
-            out[method] = iv.additive("actadd", directions,
-                                      {"toxic_text": methods.actadd.toxic_text,
-                                       "clean_text": methods.actadd.clean_text})
+                check_additive_push("actadd_pooled", methods.actadd_pooled.strengths,
+                                    directions, vectors.activation_norms, [layer], limit)
+            out[method] = iv.additive("actadd_pooled", directions,
+                                      {"toxic_text": methods.actadd_pooled.toxic_text,
+                                       "clean_text": methods.actadd_pooled.clean_text})
         elif method == "ablation":
-            out[method] = iv.ablation(vectors.directions, methods.ablation.layers == "all")
+            if layer is None:
+                needs("the comparison's layer (its direction's source)", method)
+            out[method] = iv.directional_ablation(vectors.directions[layer], n_layers, layer)
+        elif method == "ablation_layer":
+            out[method] = iv.ablation(vectors.directions, methods.ablation_layer.layers == "all")
+        elif method == "ace":
+            out[method] = iv.ace(vectors.directions, statistics["clean_mean"])
+        elif method == "linear_act":
+            if linear_act is None:
+                needs("the fitted map (comparison.fit_linear_act)", method)
+            out[method] = linear_act
         elif method == "mean_transport":
             out[method] = iv.mean_transport(statistics, methods.mean_transport.layers == "all")
         elif method == "prompt":
+            if tokenizer is None:
+                needs("the tokenizer (its chat template)", method)
+            out[method] = iv.chat_prompt(tokenizer, methods.prompt.instruction)
+        elif method == "prompt_raw":
             out[method] = iv.prompt_baseline(methods.prompt.instruction)
         elif method == "random":
             if not randoms:
@@ -60,23 +102,70 @@ def build_interventions(params: StudyParams, vectors, statistics: dict, actadd: 
 
 
 def actadd_activations(model, tokenizer, params: StudyParams) -> dict:
-    """{'toxic', 'clean'}: activations of ActAdd's two texts, pooled over all their tokens.
+    """ActAdd's two texts' activations, for the methods compared: 'front' {'toxic', 'clean'}
+    ([n_layers, n, d], per position, padded to equal length: `actadd`) and 'toxic', 'clean'
+    (pooled over all their tokens: `actadd_pooled`).
 
-    Each text follows `methods.actadd.context`, so neither sits at position 0, where
-    residual norms are outliers (the attention sink): there a one-token text's difference
-    has a norm ~100x the CAA vector's, all of it position-0 artefact.
+    Each text follows its `context`, so neither sits at position 0, where residual norms are
+    outliers (the attention sink): there a one-token text's difference has a norm ~100x the
+    CAA vector's, all of it position-0 artefact. At the shared context the front
+    difference is exactly zero (causal attention), as at GPT-2's BOS in the paper.
     """
-    from .activations import MAX_TOKENS, capture_activations
+    from .activations import MAX_TOKENS, capture_activations, capture_positions
 
-    spec = params.methods.actadd
-    return {side: capture_activations(model, tokenizer, [text], MAX_TOKENS, 1, desc=side,
-                                      contexts=[spec.context])
-            for side, text in (("toxic", spec.toxic_text), ("clean", spec.clean_text))}
+    compared = compared_methods(params.sweep)
+    out: dict = {}
+    if "actadd" in compared:
+        spec = params.methods.actadd
+        both = capture_positions(model, tokenizer, [spec.context + spec.toxic_text,
+                                                    spec.context + spec.clean_text])
+        out["front"] = {"toxic": both[0], "clean": both[1]}
+    if "actadd_pooled" in compared:
+        spec = params.methods.actadd_pooled
+        out.update({side: capture_activations(model, tokenizer, [text], MAX_TOKENS, 1,
+                                              desc=side, contexts=[spec.context])
+                    for side, text in (("toxic", spec.toxic_text),
+                                       ("clean", spec.clean_text))})
+    return out
+
+
+def fit_linear_act(model, tokenizer, params: StudyParams, contrast: pd.DataFrame):
+    """Linear-AcT fitted on the train contrast (03's `contrast_texts`), layer by layer on the
+    model transported at the earlier layers (`interventions.fit_linear_act`); None when
+    `linear_act` is not compared."""
+    from contextlib import nullcontext
+
+    from . import interventions as iv
+    from .activations import capture_activations
+    from .models import decoder_layers
+    from .params import resolve_layers
+    from .steering import steer
+
+    if "linear_act" not in compared_methods(params.sweep):
+        return None
+    spec, act = params.methods.linear_act, params.activations
+    n_layers = len(decoder_layers(model))
+    layers = resolve_layers(spec.layers, spec.layer_stride, n_layers, "methods.linear_act.layers")
+    sides = {side: contrast[contrast["set"] == f"train_{side}"] for side in ("toxic", "clean")}
+
+    def capture(edit, layer: int):
+        pooled = []
+        with steer(model, edit, layer=0, alpha=1.0) if edit is not None else nullcontext():
+            for side, rows in sides.items():
+                contexts = list(rows["context"]) if rows["context"].astype(bool).any() else None
+                pooled.append(capture_activations(
+                    model, tokenizer, list(rows["text"]), act.pool_last_tokens,
+                    act.batch_size, layers=[layer], desc=f"linear_act {side} L{layer}",
+                    contexts=contexts)["pooled"][:, 0])
+        return tuple(pooled)
+
+    return iv.fit_linear_act(capture, layers, n_layers,
+                             model.config.get_text_config().hidden_size)
 
 
 def strengths(params: StudyParams, method: str) -> list[float]:
     """The dev grid of one method's strength (CAA and random: the CAA grid's alphas)."""
-    if method == "prompt":
+    if method in ("prompt", "prompt_raw"):
         return [1.0]
     spec = getattr(params.methods, method, None)
     grid = getattr(spec, "strengths", None)
@@ -86,18 +175,21 @@ def strengths(params: StudyParams, method: str) -> list[float]:
 
 
 def _layer(intervention, layer: int) -> int:
-    """The layer column of a method's rows: ALL_LAYERS, UNSTEERED_LAYER (prompt) or `layer`."""
+    """The layer column of a method's rows: ALL_LAYERS, UNSTEERED_LAYER (prompt), the method's
+    own layer (ActAdd's, when set) or `layer`."""
     if getattr(intervention, "all_layers", False):
         return ALL_LAYERS
+    if getattr(intervention, "layer", None) is not None:
+        return intervention.layer
     return UNSTEERED_LAYER if getattr(intervention, "prefix", "") else layer
 
 
 def _jobs(prompts: pd.DataFrame, method: str, intervention, cells: list[tuple[int, float]],
           samples: int) -> pd.DataFrame:
     jobs = make_jobs(prompts, cells, samples, direction=method)
-    prefix = getattr(intervention, "prefix", "")
-    if prefix:
-        jobs["prompt"] = prefix + jobs["prompt"]
+    prefix, suffix = getattr(intervention, "prefix", ""), getattr(intervention, "suffix", "")
+    if prefix or suffix:  # the prompt baselines: an instruction (or a chat template) around it
+        jobs["prompt"] = prefix + jobs["prompt"] + suffix
     return jobs.assign(method=method)
 
 

@@ -143,7 +143,8 @@ class Explorer:
         self.model, self.tokenizer = load_model(self.params.model)
         self.scorers = load_scorers(self.params.scorer)
         self._actadd = (comparison.actadd_activations(self.model, self.tokenizer, self.params)
-                        if "actadd" in self.methods else None)
+                        if {"actadd", "actadd_pooled"} & set(self.methods) else None)
+        self._linear_act = None  # fitted on first use (a few passes over the train contrast)
         self.load_seconds = time.time() - started
 
     @property
@@ -185,8 +186,15 @@ class Explorer:
             # layer it steers: here at the layer asked for (the run's, at its chosen layer).
             randoms = (random_directions(self.vectors, layer, 1, self.params.seed)
                        if "random" in self.methods else {})
+            if "linear_act" in self.methods and self._linear_act is None:
+                contrast = read_table(finished_folder(self.params, self.runs_root,
+                                                      "03_activations")
+                                      / STAGES["03_activations"].outputs["contrast_texts"])
+                self._linear_act = comparison.fit_linear_act(self.model, self.tokenizer,
+                                                             self.params, contrast)
             self._interventions[layer] = comparison.build_interventions(
-                self.params, self.vectors, self._statistics.get("train"), self._actadd, randoms)
+                self.params, self.vectors, self._statistics.get("train"), self._actadd, randoms,
+                layer=layer, tokenizer=self.tokenizer, linear_act=self._linear_act)
         return self._interventions[layer][method]
 
     def run(self, prompt: str, layer: int, alpha: float, method: str = CAA, sample: int = 0,
@@ -208,16 +216,17 @@ class Explorer:
         params = self.params if seed == self.params.seed else self.params.model_copy(
             update={"seed": seed})
         steering = self.intervention(method, layer) if alpha != 0 else None
-        prefix = getattr(steering, "prefix", "")
+        prefix, suffix = getattr(steering, "prefix", ""), getattr(steering, "suffix", "")
         direction = UNSTEERED if steering is None else method
         row = pd.DataFrame([{
-            "prompt_id": self._ids.get(prompt, typed_id(prompt)), "prompt": prefix + prompt,
+            "prompt_id": self._ids.get(prompt, typed_id(prompt)),
+            "prompt": prefix + prompt + suffix,
             "sample": sample, "layer": layer, "alpha": alpha, "direction": direction}])
         started = time.time()
         out = compute_rows(self.model, self.tokenizer, row, [row.index.to_numpy()],
                            {direction: steering} if steering is not None else {}, params,
                            self.scorers, self.params.sweep.positions, desc="explore").iloc[0]
-        additive = method in (CAA, "random", "actadd") and steering is not None
+        additive = method in (CAA, "random", "actadd", "actadd_pooled") and steering is not None
         return Continuation(
             prompt=prompt, prompt_id=str(out["prompt_id"]), method=method, layer=layer,
             alpha=alpha, sample=sample, seed=seed, completion=str(out["completion"]),
@@ -238,8 +247,11 @@ def _relative_push(steering, vectors, layer: int, alpha: float) -> float:
     """|alpha|·||direction_l||/||h_l||: the push as a fraction of the mean residual norm."""
     from .steering import as_edit
 
-    shift = as_edit(steering).shift[layer]
-    return float(abs(alpha) * shift.norm() / vectors.activation_norms[layer])
+    edit = as_edit(steering)
+    if edit.front is not None:  # ActAdd: its largest push, over the front positions
+        return float(abs(alpha) * edit.front[layer].norm(dim=-1).max()
+                     / vectors.activation_norms[layer])
+    return float(abs(alpha) * edit.shift[layer].norm() / vectors.activation_norms[layer])
 
 
 def render(result: Continuation, scorer_names: tuple[str, str | None] = ("toxicity", None)

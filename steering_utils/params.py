@@ -159,7 +159,11 @@ class VectorParams(_Strict):
                              "stability and bootstrap resamples of the held-out pair accuracy")
 
 
-MethodName = Literal["caa", "actadd", "ablation", "mean_transport", "prompt", "random"]
+MethodName = Literal["caa", "actadd", "actadd_pooled", "ablation", "ablation_layer", "ace",
+                     "linear_act", "mean_transport", "prompt", "prompt_raw", "random"]
+# Edits an engine cannot make, declared once: a params file that asks for one is refused.
+# vLLM's hooks see a flattened batch without each request's front positions (ActAdd).
+ENGINE_UNSUPPORTED_METHODS: dict[str, tuple[str, ...]] = {"hf": (), "vllm": ("actadd",)}
 
 
 def _strength_grid(strengths: list[float]) -> list[float]:
@@ -181,7 +185,22 @@ class _MethodParams(_Strict):
 
 
 class ActAddParams(_MethodParams):
-    """ActAdd (Turner et al.): one toxic and one clean text; their activation difference."""
+    """ActAdd (Turner et al. 2023): the per-position activation difference of one toxic and
+    one clean text, subtracted at the prompt's first positions during the prefill."""
+
+    strengths: list[float] = [1.0, 2.0]
+    toxic_text: str = Field("Hate", min_length=1)
+    clean_text: str = Field("Love", min_length=1)
+    context: str = Field("\n", min_length=1, description="read before each text, so neither "
+                         "sits at position 0 (whose activations are outliers); shared by both "
+                         "texts, so their difference there is zero (GPT-2's BOS in the paper)")
+    layer: int | None = Field(None, ge=0, description="ActAdd's own layer; null: the "
+                              "comparison's layer (CAA's dev pick)")
+
+
+class ActAddPooledParams(_MethodParams):
+    """The earlier ActAdd variant: the texts' difference pooled over their tokens, subtracted
+    at every position of the comparison's layer."""
 
     strengths: list[float] = [0.25, 0.5, 1.0]
     toxic_text: str = Field("Hate", min_length=1)
@@ -191,8 +210,42 @@ class ActAddParams(_MethodParams):
 
 
 class AblationParams(_MethodParams):
+    """Directional ablation (Arditi et al. 2024): CAA's direction at the comparison's layer,
+    projected out at every layer and position."""
+
+    strengths: list[float] = Field([1.0], description="multiplier of the projection removed "
+                                   "(1: r r^T h removed)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and "layers" in raw:
+            raise ValueError("layers: ablation now acts at every layer (Arditi); move "
+                             "`layers` to methods.ablation_layer (the per-layer variant) and "
+                             "list ablation_layer in sweep.methods")
+        return raw
+
+
+class AblationLayerParams(_MethodParams):
     strengths: list[float] = Field([0.5, 1.0], description="fraction of the v component removed")
-    layers: Literal["chosen", "all"] = "all"
+    layers: Literal["chosen", "all"] = Field(
+        "all", description="chosen: the comparison's layer; all: each layer its own v")
+
+
+class AceParams(_MethodParams):
+    """Affine concept editing: the projection on CAA's direction set to the clean mean's."""
+
+    strengths: list[float] = Field([1.0], description="0: identity, 1: the projection "
+                                   "equals the clean side's mean projection")
+
+
+class LinearActParams(_MethodParams):
+    """Linear-AcT (Rodriguez et al. 2024): per-unit affine maps on sorted samples, at several
+    layers, each fitted on the model transported at the earlier ones."""
+
+    strengths: list[float] = Field([1.0], description="lambda: 0 identity, 1 the full map")
+    layers: Literal["all"] | list[int] = Field("all", description="layers transported")
+    layer_stride: int = Field(1, ge=1, description="with layers: all, keep every n-th layer")
 
 
 class TransportParams(_MethodParams):
@@ -203,7 +256,8 @@ class TransportParams(_MethodParams):
 class PromptParams(_Strict):
     instruction: str = Field(
         "Continue the text below politely and respectfully, without insults, profanity "
-        "or hate.\n\n", min_length=1, description="put before every prompt")
+        "or hate.\n\n", min_length=1, description="prompt: the system message of the chat "
+        "template; prompt_raw: put before every prompt as text")
 
 
 class RandomMethodParams(_Strict):
@@ -219,7 +273,11 @@ class MethodsParams(_Strict):
     """The methods compared with CAA (`sweep.methods` says which run), at the chosen layer."""
 
     actadd: ActAddParams = ActAddParams()
+    actadd_pooled: ActAddPooledParams = ActAddPooledParams()
     ablation: AblationParams = AblationParams()
+    ablation_layer: AblationLayerParams = AblationLayerParams()
+    ace: AceParams = AceParams()
+    linear_act: LinearActParams = LinearActParams()
     mean_transport: TransportParams = TransportParams()
     prompt: PromptParams = PromptParams()
     random: RandomMethodParams = RandomMethodParams()
@@ -402,6 +460,14 @@ class StudyParams(_Strict):
                 f"activations.label_scorer: {act.label_scorer!r} also evaluates (scorer.name); "
                 f"use {' or '.join(others)}, or set "
                 "activations.allow_label_scorer_is_evaluator: true")
+        engine = self.generation.engine
+        refused = [m for m in compared_methods(self.sweep)
+                   if m in ENGINE_UNSUPPORTED_METHODS.get(engine, ())]
+        if refused:
+            raise ValueError(
+                f"sweep.methods: generation.engine {engine} cannot steer {', '.join(refused)} "
+                f"(params.ENGINE_UNSUPPORTED_METHODS); drop {' and '.join(refused)} from "
+                "sweep.methods (list the others), or use generation.engine: hf")
         return self
 
     def section_hash(self, *sections: str) -> str:

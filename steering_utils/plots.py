@@ -489,8 +489,10 @@ def plot_control(results: ExperimentResults) -> Figure | None:
     return fig
 
 
-METHOD_LABELS = {"caa": "CAA", "actadd": "ActAdd", "ablation": "directional ablation",
-                 "mean_transport": "mean transport", "prompt": "instruction prompt",
+METHOD_LABELS = {"caa": "CAA", "actadd": "ActAdd", "actadd_pooled": "ActAdd (pooled)",
+                 "ablation": "directional ablation", "ablation_layer": "ablation (per layer)",
+                 "ace": "ACE", "linear_act": "Linear-AcT", "mean_transport": "mean transport",
+                 "prompt": "instruction prompt", "prompt_raw": "instruction prompt (raw text)",
                  "random": "random direction"}
 
 

@@ -12,6 +12,12 @@ CAA: shift = -v. Ablation: unit = v / ||v|| (s = 1 removes the component along v
 Mean transport: gain = sd_clean / sd_toxic - 1, shift = mu_clean - (gain + 1) * mu_toxic
 (s = 1 maps the toxic statistics onto the clean ones, per unit).
 
+One term is positional: `front` ([n_layers, n, d], ActAdd) adds s * front[layer, i] at the
+i-th real token of each row (left padding skipped, read from the model call's attention
+mask), i < n, in calls that see the whole sequence (the prefill); decode steps under the
+KV cache (calls of length 1) are never edited by it. It ignores `positions`: the front
+positions are the method.
+
 `layer` and `alpha` are scalars or one value per batch row, so one batch can mix
 cells of a layer x alpha sweep. An edit with `all_layers` acts at every layer it has
 a row for, whatever the rows' layer. Hooks are removed on exit, also on error.
@@ -43,14 +49,16 @@ class LayerEdit:
     gain: torch.Tensor | None = None
     unit: torch.Tensor | None = None
     all_layers: bool = False
+    front: torch.Tensor | None = None  # [n_layers, n, d]: added at each row's first n tokens
 
     @property
     def n_layers(self) -> int:
-        return next(t.shape[0] for t in (self.shift, self.gain, self.unit) if t is not None)
+        return next(t.shape[0] for t in (self.shift, self.gain, self.unit, self.front)
+                    if t is not None)
 
     def acts_at(self, layer: int) -> bool:
         return any(t is not None and bool(torch.any(t[layer]))
-                   for t in (self.shift, self.gain, self.unit))
+                   for t in (self.shift, self.gain, self.unit, self.front))
 
     def at(self, layer: int) -> tuple:
         """(shift, gain, unit) rows of one layer: fp32 on CPU, None where absent."""
@@ -74,13 +82,33 @@ def as_edit(steering) -> LayerEdit | None:
 class _LayerHook:
     """Applies one layer's edit, scaled by coef[row]; tracks positions for 'generated'."""
 
-    def __init__(self, terms: tuple, coef: torch.Tensor, positions: Positions):
+    def __init__(self, terms: tuple, coef: torch.Tensor, positions: Positions,
+                 front: torch.Tensor | None = None, calls: dict | None = None):
         self.terms = terms  # (shift, gain, unit): [d] each or None, fp32 on CPU
         self.coef = coef  # [batch] strength per row, 0 where the row steers another layer
         self.positions = positions
+        self.front = front  # [n, d] or None, fp32 on CPU
+        self.calls = calls if calls is not None else {}  # the model call's attention mask
         self.prompt_length: int | None = None
         self.seen = 0
         self._cast: dict[tuple, tuple] = {}
+
+    def _front_delta(self, hidden: torch.Tensor) -> torch.Tensor | None:
+        """[B, T, d]: coef * front[i] at each row's i-th real token, in full-sequence calls."""
+        batch, length = hidden.shape[:2]
+        if length == 1:  # a decode step under the KV cache: never a front position
+            return None
+        mask = self.calls.get("attention_mask")
+        if torch.is_tensor(mask) and mask.dim() == 2 and mask.shape[1] == length:
+            offset = mask.to(torch.long).argmax(dim=1).to(hidden.device)  # first real token
+        else:  # no usable mask: no padding
+            offset = torch.zeros(batch, dtype=torch.long, device=hidden.device)
+        front = self.front.to(device=hidden.device, dtype=hidden.dtype)
+        index = torch.arange(length, device=hidden.device)[None, :] - offset[:, None]  # [B, T]
+        inside = (index >= 0) & (index < front.shape[0])
+        added = front[index.clamp(0, front.shape[0] - 1)] * inside[..., None]
+        coef = self.coef.to(device=hidden.device, dtype=hidden.dtype)[:, None, None]
+        return coef * added
 
     def _delta(self, hidden: torch.Tensor) -> torch.Tensor:
         key = (hidden.device, hidden.dtype)
@@ -121,11 +149,17 @@ class _LayerHook:
                 f"steer: batch of {hidden.shape[0]} rows but {self.coef.shape[0]} per-row "
                 "alphas/layers; expand prompts yourself instead of num_return_sequences"
             )
-        delta = self._delta(hidden)
-        mask = self._position_mask(hidden.shape[1], hidden.device)
-        if mask is not None:
-            delta = delta * mask
-        steered = hidden + delta
+        steered = hidden
+        if any(t is not None for t in self.terms):
+            delta = self._delta(hidden)
+            mask = self._position_mask(hidden.shape[1], hidden.device)
+            if mask is not None:
+                delta = delta * mask
+            steered = hidden + delta
+        if self.front is not None:
+            front = self._front_delta(hidden)
+            if front is not None:
+                steered = steered + front
         if isinstance(output, tuple):
             return (steered, *output[1:])
         return steered
@@ -183,7 +217,13 @@ def steer(
                 raise ValueError(f"steer: layer {index} out of range (0..{len(layers) - 1})")
     per_row = layer_is_rows or alpha_is_rows
     handles = []
+    calls: dict = {}  # the current model call's attention mask (front positions read it)
     try:
+        if edit.front is not None:
+            def remember_mask(module, args, kwargs):
+                calls["attention_mask"] = kwargs.get(
+                    "attention_mask", args[1] if len(args) > 1 else None)
+            handles.append(model.register_forward_pre_hook(remember_mask, with_kwargs=True))
         for index in targets:
             coef = torch.tensor(
                 [a if edit.all_layers or row_layer == index else 0.0
@@ -194,7 +234,8 @@ def steer(
                 continue  # alpha 0 leaves the layer untouched, bit for bit
             if not per_row:
                 coef = coef[:1]
-            hook = _LayerHook(edit.at(index), coef, positions)
+            front = None if edit.front is None else edit.front[index].detach().float().cpu()
+            hook = _LayerHook(edit.at(index), coef, positions, front, calls)
             handles.append(layers[index].register_forward_hook(hook))
         yield
     finally:

@@ -110,11 +110,12 @@ def check_relative_push(params: StudyParams, layer_stats: pd.DataFrame) -> float
                         f"{ratio[layer]:.3g} there); lower it to at most "
                         f"{limit / ratio[layer]:.3g} or raise sweep.max_relative_push")
                 worst = max(worst, push)
-    for value in params.methods.ablation.strengths:
-        if abs(value) > limit:
-            raise ParamsError(f"methods.ablation.strengths: {value:g} removes up to "
-                              f"{abs(value):g} x ||h|| > sweep.max_relative_push = {limit:g}; "
-                              f"lower it")
+    for method in ("ablation", "ablation_layer", "ace"):  # projections: at most s·||h||
+        for value in getattr(params.methods, method).strengths:
+            if abs(value) > limit:
+                raise ParamsError(f"methods.{method}.strengths: {value:g} removes up to "
+                                  f"{abs(value):g} x ||h|| > sweep.max_relative_push = "
+                                  f"{limit:g}; lower it")
     return worst
 
 

@@ -403,6 +403,11 @@ def generate_outputs(model, tokenizer, jobs: pd.DataFrame, vectors, gen: Generat
     # SteeringVectors, a tensor of directions, or an intervention of the method comparison
     # (one without an edit, the prompt baseline, generates unsteered).
     edit = as_edit(vectors)
+    if edit is not None and edit.front is not None:
+        from .params import ENGINE_UNSUPPORTED_METHODS
+
+        raise ParamsError("generation.engine: vllm cannot steer front positions (ActAdd: "
+                          f"{', '.join(ENGINE_UNSUPPORTED_METHODS['vllm'])}); use engine: hf")
     if not llm.llm_engine.vllm_config.model_config.enforce_eager:
         if edit is not None and (jobs["alpha"] != 0).any():
             raise ValueError("vllm engine: this engine runs CUDA graphs and cannot steer; "

@@ -103,6 +103,7 @@ def test_a_vllm_run_is_checked_against_the_engines_max_model_len(monkeypatch):
 
     data = _default()
     data["generation"].update(engine="vllm", max_new_tokens=20)
+    data["sweep"]["methods"].remove("actadd")  # vLLM cannot steer it
     assert "new tokens <= 2048" in check_context(parse_params(data))
     monkeypatch.setenv("STEERING_VLLM_MAX_MODEL_LEN", "30")  # fits 20 new, no long prompt
     with pytest.raises(ParamsError, match=r"context of 30 tokens \(the vLLM engine's "

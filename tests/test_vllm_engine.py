@@ -61,6 +61,7 @@ def test_engine_param_defaults_to_hf_and_accepts_only_known_engines():
     assert parse_params(_default()).generation.engine == "hf"
     raw = _default()
     raw["generation"]["engine"] = "vllm"
+    raw["sweep"]["methods"].remove("actadd")  # vLLM cannot steer it (params refuse)
     assert parse_params(raw).generation.engine == "vllm"
     raw["generation"]["engine"] = "sglang"
     with pytest.raises(ParamsError, match="generation.engine"):
@@ -78,6 +79,9 @@ def test_vllm_params_files_differ_from_their_base_only_in_engine_and_name():
         a, b = vllm.model_dump(), hf.model_dump()
         a["generation"].pop("engine"), b["generation"].pop("engine")
         a.pop("run_name"), b.pop("run_name")
+        # vLLM cannot steer ActAdd's front positions: the pooled variant stands in.
+        assert a["sweep"].pop("methods") == [m.replace("actadd", "actadd_pooled")
+                                             for m in b["sweep"].pop("methods")]
         if name == "default-vllm":
             assert (a["sweep"].pop("chosen_layers"), b["sweep"].pop("chosen_layers")) == (
                 [12], "auto")
@@ -92,6 +96,7 @@ def test_the_engine_keys_every_shard_and_the_generating_stages():
     hf = parse_params(_default())
     raw = _default()
     raw["generation"]["engine"] = "vllm"
+    raw["sweep"]["methods"].remove("actadd")  # vLLM cannot steer it (params refuse)
     vllm = parse_params(raw)
     jobs = make_jobs(PROMPTS, [(-1, 0.0), (3, 1.0)], samples=2)
     keys = {name: {key for key, _ in plan_shards(jobs, p, {CAA: "f"}, "all")}
@@ -118,6 +123,7 @@ def test_run_jobs_dispatches_to_the_engine_of_the_params(tiny_qwen3, tiny_tokeni
     monkeypatch.setattr(vllm_engine, "generate_completions", fake)
     raw = _default()
     raw["generation"].update(engine="vllm", max_new_tokens=3)
+    raw["sweep"]["methods"].remove("actadd")  # vLLM cannot steer it (params refuse)
     params = parse_params(raw)
     jobs = make_jobs(PROMPTS.assign(text=["the cat runs"] * len(PROMPTS)), [(1, 2.0)], 1)
     scorers = {"primary": load_scorer("profanity-check"), "second": None}
