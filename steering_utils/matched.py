@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from .params import StudyParams
-from .stages import ALL_LAYERS, CAA, UNSTEERED, UNSTEERED_LAYER
+from .stages import ALL_LAYERS, UNSTEERED, UNSTEERED_LAYER
 
 # Methods whose strength is an on/off switch: no strength between two cells to interpolate.
 FIXED_STRENGTH = frozenset({"prompt"})
