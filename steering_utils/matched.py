@@ -231,10 +231,12 @@ def matched_point(cells: pd.DataFrame, method: str, budget: float) -> dict:
     ref = reference.iloc[0]
     ref_ppl = float(ref["perplexity"])
     limit = ref_ppl * (1.0 + budget)
-    own = cells[(cells["method"] == method) & (cells["alpha"] != 0)]
+    # Only cells less toxic than unsteered can trade perplexity for toxicity.
+    own = cells[(cells["method"] == method) & (cells["alpha"] != 0)
+                & (cells["mean_toxicity"] < float(ref["mean_toxicity"]))]
     if "degenerate" in own:
-        own = own[own["degenerate"].map(lambda d: not d)]
-    own = own[np.isfinite(own["perplexity"].astype(float))]
+        own = own.loc[own["degenerate"].map(lambda d: not d).astype(bool)]
+    own = own.loc[np.isfinite(own["perplexity"].astype(float))]
     front = pareto_front(pd.concat([reference.iloc[:1], own]), ("mean_toxicity", "perplexity"))
     front = front.sort_values("perplexity", kind="stable")
     if (front["alpha"] == 0).all():

@@ -266,3 +266,84 @@ def test_the_goal_fails_on_perplexity_over_the_budget_and_is_undecidable_without
 def test_a_capability_loss_its_power_shows_fails_the_goal():
     goal = mt.goal_verdict(CAA, _eval_rows(2), _items(drop=20), POINT, _params())
     assert goal["criteria"]["capability"] == "fail" and goal["status"] == "not_met"
+
+
+def test_the_matched_flow_runs_on_a_tiny_model(tiny_qwen3, tiny_tokenizer, tmp_path):
+    """05's sections 6-7 on a 3-layer toy: equal budgets, extension, matched points, eval on
+    both subsets, and a results section that validates."""
+    from steering_utils.generation import make_jobs
+    from steering_utils.jobs import run_jobs
+    from steering_utils.results import Methods
+    from steering_utils.scoring import load_scorer
+
+    raw = _default()
+    raw["generation"].update({"max_new_tokens": 4, "batch_size": 8, "samples_per_prompt": 1})
+    raw["sweep"].update({"grid_alphas": [0, 1.0], "methods": ["ablation", "prompt", "random"]})
+    raw["methods"].update({"dev_cells": 2, "perplexity_budget": 0.5})
+    raw["evaluation"].update({"n_bootstrap": 100, "capability": {"task": "none"}})
+    params = parse_params(raw)
+    n, d = tiny_qwen3.config.num_hidden_layers, tiny_qwen3.config.hidden_size
+    directions = torch.randn(n, d, generator=torch.Generator().manual_seed(3))
+    vectors = SteeringVectors(directions, torch.full((n,), 8.0))
+    only = torch.zeros(n, d)
+    only[1] = directions[1]
+    interventions = {CAA: vectors, "ablation": iv.ablation(directions, False),
+                     "prompt": iv.prompt_baseline("Be kind.\n"),
+                     "random": SteeringVectors(only, vectors.activation_norms)}
+    words = ["you are a stupid idiot", "we love the cat", "bad people hate", "nice dog runs"]
+    prompts = pd.DataFrame([
+        {"prompt_id": f"{split}{subset[0]}{i}", "text": words[i % 4], "subset": subset,
+         "split": split}
+        for split in ("dev", "eval") for subset in ("challenging", "benign")
+        for i in range(3 if subset == "challenging" else 2)])
+    scorers = {"primary": load_scorer("profanity-check"), "second": None}
+    baseline = run_jobs(tiny_qwen3, tiny_tokenizer,
+                        make_jobs(prompts, [(UNSTEERED_LAYER, 0.0)], 1), {}, params, scorers,
+                        tmp_path)
+    dev = prompts[(prompts["split"] == "dev") & (prompts["subset"] == "challenging")]
+    grid = run_jobs(tiny_qwen3, tiny_tokenizer, make_jobs(dev, [(0, 1.0), (2, 1.0)], 1),
+                    {CAA: vectors}, params, scorers, tmp_path).assign(experiment="grid")
+    plans = cmp.method_plans(params, interventions, [0, 2], vectors.activation_norms)
+    assert {m: len(p.cells) for m, p in plans.items()} == {CAA: 2, "ablation": 2, "prompt": 1,
+                                                           "random": 2}
+    assert plans["random"].layers == [1]  # where its vector exists
+    jobs, reused = cmp.grid_jobs(prompts, baseline, grid, params, 0, interventions, plans)
+    assert CAA not in set(jobs["method"])  # CAA's cells are the grid's
+    steered = run_jobs(tiny_qwen3, tiny_tokenizer, jobs, interventions, params, scorers,
+                       tmp_path)
+    rows, searches = cmp.search_methods(
+        pd.concat([reused, steered], ignore_index=True), params, plans, {},
+        cmp.method_generator(tiny_qwen3, tiny_tokenizer, prompts, params, interventions,
+                             scorers, tmp_path), {"stopped_by": "limit", "bound_by": None})
+    for method, record in searches.items():
+        assert record["cells_searched"] == len(plans[method].cells) + len(record["added_cells"])
+    cells = cmp.method_cells(rows, params)
+    picks = cmp.select_methods(cells, params, {})
+    matched = mt.matched_points(cells, list(interventions), 0.5)
+    assert all(p["status"] in (*mt.MATCHED_STATUSES, "unreachable", "no_front")
+               for p in matched.values())
+    # A random toy's toxicity barely moves: one hand-made point carries the eval plumbing.
+    matched["ablation"] = {**matched["ablation"], "status": "interpolated", "layer": 2,
+                           "strength": 0.75, "dev_mean_toxicity": 0.0, "dev_frac_toxic": 0.0,
+                           "dev_perplexity": 10.0, "dev_perplexity_increase": 0.5}
+    jobs, reused = cmp.eval_jobs(prompts, baseline, grid.iloc[:0], params, picks,
+                                 interventions, matched)
+    ablated = jobs[jobs["method"] == "ablation"]
+    assert set(zip(ablated["layer"], ablated["alpha"])) == {(2, 0.75)}
+    assert set(ablated["subset"]) == {"challenging", "benign"}
+    jobs = run_jobs(tiny_qwen3, tiny_tokenizer, jobs, interventions, params, scorers, tmp_path)
+    methods_eval = pd.concat([reused, jobs], ignore_index=True)
+    out = cmp.comparison_results(
+        params, rows, methods_eval,
+        pd.DataFrame(columns=["split", "direction", "layer", "alpha", "item", "correct"]),
+        cmp.picks_record(picks, 0, searches, matched))
+    section = Methods.model_validate(out)
+    assert [m.method for m in section.methods] == [CAA, "ablation", "prompt", "random"]
+    assert all(m.search is not None and m.matched is not None for m in section.methods)
+    n_points = sum(mt.has_point(p) for p in matched.values())
+    assert len(section.pairwise) == n_points * (n_points - 1) // 2
+    ablation = section.methods[1]
+    assert ablation.eval is not None and ablation.matched.eval_perplexity_increase is not None
+    assert ablation.matched.eval_benign_perplexity_increase is not None
+    assert section.goal is not None and section.goal.status in ("met", "not_met",
+                                                                "undecidable")
