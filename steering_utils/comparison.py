@@ -1,13 +1,14 @@
-"""The method comparison: every method searched on dev, its best cell confirmed on eval.
+"""The method comparison: equal dev budgets, matched fluency on dev, confirmed on eval.
 
-At the layer CAA's dev decision chose, each method (`params.MethodName`) runs
-its strength grid on the challenging dev prompts (CAA's own cells there are the
-grid's rows). The recommendation rule that chose CAA's cell picks each method's
-cell on dev, with capability measured on dev items. Each picked cell is then
-generated on the challenging eval prompts with k samples, against the same
-unsteered baseline rows, so every method is compared on the same prompts, seeds
-and limits. Methods with an edit at every layer (`layers: all`) carry layer
-`ALL_LAYERS` in their rows.
+Each method (`params.MethodName`) searches its own dev cells on CAA's budget
+(`method_plans`, `matched.plan_search`) on the challenging dev prompts (CAA's cells there
+are its grid's rows), growing its strength grid where the rule's pick sat at the edge
+(`search_methods`). The recommendation rule picks each method's cell on dev (capability on
+dev items); the comparison itself is at matched fluency: each method's point at the
+perplexity budget on its dev front (`matched.matched_point`) is generated on the eval
+prompts (challenging and benign) with k samples, against the same unsteered baseline rows,
+so every method is compared on the same prompts, seeds and limits. Methods with an edit at
+every layer (`layers: all`) carry layer `ALL_LAYERS` in their rows.
 """
 
 from __future__ import annotations
@@ -389,11 +390,10 @@ def comparison_results(params: StudyParams, methods_grid: pd.DataFrame,
     """The `methods` section of experiment_results.json (`results.Methods`): per method its
     dev search, its rule pick (or why none qualified), its matched point at the perplexity
     budget with that point's eval numbers (CIs and paired tests vs unsteered), and every
-    method's dev cells; every pair of methods compared at their matched points; the goal.
+    method's dev cells (every pair and the goal: `goal.comparison_verdicts`, in 06).
 
     A record without matched points (a run before the matched comparison) puts each
     method's dev pick on eval, as it was then."""
-    from .matched import best_on_dev, goal_verdict, pairwise_verdicts
     from .metrics import SelectionRule, finite, why_no_pick
 
     if methods_grid.empty:
@@ -466,13 +466,5 @@ def comparison_results(params: StudyParams, methods_grid: pd.DataFrame,
                                      or params.generation.samples_per_prompt),
            "reference": reference, "methods": rows, "grid_cells": grid, "strongest": None}
     if matched is not None:
-        # The best method is a dev decision (least toxic at its matched point on dev);
-        # eval only confirms it. Pairs are compared on eval, none is picked there.
-        best = best_on_dev(matched)
-        out.update(
-            perplexity_budget=budget,
-            pairwise=[v.model_dump(mode="json") for v in pairwise_verdicts(
-                methods_eval, methods, budget, ev.n_bootstrap, params.seed)],
-            goal=goal_verdict(best, methods_eval, methods_capability,
-                              matched.get(best) if best else None, params))
+        out["perplexity_budget"] = budget  # pairs and the goal: `goal.comparison_verdicts`
     return out

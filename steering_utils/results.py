@@ -898,6 +898,7 @@ def _vectors_record(params, vectors, stats: pd.DataFrame, contrast_counts) -> di
 def _methods_summary(stage: StageDir) -> dict | None:
     """The method comparison (see `comparison.comparison_results`), or None when not run."""
     from .comparison import comparison_results
+    from .goal import comparison_verdicts
 
     record = read_json(stage.input("methods_selection"))
     if not record.get("picks"):
@@ -908,10 +909,14 @@ def _methods_summary(stage: StageDir) -> dict | None:
     unsteered_dev = capability[(capability["split"] == "dev")
                                & (capability["direction"] == UNSTEERED)]
     methods_capability = read_table(stage.input("methods_capability"))
-    return comparison_results(stage.params, read_table(stage.input("methods_grid")),
-                              read_table(stage.input("methods_eval")),
-                              pd.concat([methods_capability, unsteered_dev], ignore_index=True)
-                              if not unsteered_dev.empty else methods_capability, record)
+    methods_eval = read_table(stage.input("methods_eval"))
+    out = comparison_results(stage.params, read_table(stage.input("methods_grid")),
+                             methods_eval,
+                             pd.concat([methods_capability, unsteered_dev], ignore_index=True)
+                             if not unsteered_dev.empty else methods_capability, record)
+    if out is not None:  # every pair at the matched points, and the goal (eval only)
+        out.update(comparison_verdicts(stage.params, record, methods_eval, methods_capability))
+    return out
 
 
 def build_results(stage: StageDir) -> ExperimentResults:

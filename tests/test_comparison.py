@@ -140,6 +140,7 @@ def test_an_older_record_without_matched_points_puts_each_dev_pick_on_eval():
 
 
 def test_methods_are_compared_at_their_matched_points_and_the_best_is_chosen_on_dev():
+    from steering_utils.goal import comparison_verdicts
     from steering_utils.matched import matched_points
     from steering_utils.results import Methods
 
@@ -165,9 +166,10 @@ def test_methods_are_compared_at_their_matched_points_and_the_best_is_chosen_on_
         {CAA: _interventions()[CAA], "prompt": iv.prompt_baseline("Be kind.\n")}, matched)
     assert sorted(set(zip(jobs["method"], jobs["layer"], jobs["alpha"]))) == [
         (CAA, 4, strength), ("prompt", -1, 0.05)]
-    out = cmp.comparison_results(params, grid, evaluation, pd.DataFrame(
-        columns=["split", "direction", "layer", "alpha", "item", "correct"]),
-        cmp.picks_record(picks, 4, {}, matched))
+    record = cmp.picks_record(picks, 4, {}, matched)
+    items = pd.DataFrame(columns=["split", "direction", "layer", "alpha", "item", "correct"])
+    out = cmp.comparison_results(params, grid, evaluation, items, record)
+    out.update(comparison_verdicts(params, record, evaluation, items))
     section = Methods.model_validate(out)
     caa = section.methods[0]
     assert caa.matched.strength == strength and caa.eval.frac_toxic == 0.0

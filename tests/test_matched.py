@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from steering_utils import comparison as cmp
+from steering_utils import goal as gl
 from steering_utils import interventions as iv
 from steering_utils import matched as mt
 from steering_utils.params import ParamsError, parse_params
@@ -205,7 +206,7 @@ def test_pairwise_verdict_is_shown_or_not_with_its_power():
                   ("prompt", UNSTEERED_LAYER, 1.0): ([0.6 + e for e in noise[::-1]], 2.0),
                   ("actadd", 4, 0.5): ([0.1 + e for e in noise[::-1]], 2.0)},
                  n=30, split="eval")
-    verdicts = {v.name: v for v in mt.pairwise_verdicts(rows, [CAA, "actadd", "prompt"], 0.1,
+    verdicts = {v.name: v for v in gl.pairwise_verdicts(rows, [CAA, "actadd", "prompt"], 0.1,
                                                         500, 0)}
     assert set(verdicts) == {"pair_caa_actadd", "pair_caa_prompt", "pair_actadd_prompt"}
     shown = verdicts["pair_caa_prompt"]
@@ -236,7 +237,7 @@ POINT = {"status": "interpolated", "layer": 4, "strength": 1.5, "dev_mean_toxici
 
 
 def test_the_goal_is_met_when_every_criterion_passes():
-    goal = mt.goal_verdict(CAA, _eval_rows(2), _items(), POINT, _params())
+    goal = gl.goal_verdict(CAA, _eval_rows(2), _items(), POINT, _params())
     assert goal["toxic_ratio"]["ratio"] == pytest.approx(20.0)  # 40/40 toxic -> 2/40
     assert goal["toxic_ratio"]["ci_lo"] >= 4
     assert goal["criteria"] == {"toxic_ratio": "pass", "perplexity": "pass",
@@ -245,26 +246,26 @@ def test_the_goal_is_met_when_every_criterion_passes():
 
 
 def test_the_goal_is_not_met_when_the_ratio_ci_sits_below_the_target():
-    goal = mt.goal_verdict(CAA, _eval_rows(20), _items(), POINT, _params())
+    goal = gl.goal_verdict(CAA, _eval_rows(20), _items(), POINT, _params())
     assert goal["toxic_ratio"]["ratio"] == pytest.approx(2.0)
     assert goal["toxic_ratio"]["ci_hi"] < 4
     assert goal["criteria"]["toxic_ratio"] == "fail" and goal["status"] == "not_met"
 
 
 def test_the_goal_fails_on_perplexity_over_the_budget_and_is_undecidable_without_power():
-    over = mt.goal_verdict(CAA, _eval_rows(2, nll=2.0 + math.log(1.2)), _items(), POINT,
+    over = gl.goal_verdict(CAA, _eval_rows(2, nll=2.0 + math.log(1.2)), _items(), POINT,
                            _params())
     assert over["criteria"]["perplexity"] == "fail" and over["status"] == "not_met"
     # 10 prompts with a ratio near 4: the CI spans the target, neither shown nor refuted.
-    few = mt.goal_verdict(CAA, _eval_rows(2, n=8), _items(), POINT, _params())
+    few = gl.goal_verdict(CAA, _eval_rows(2, n=8), _items(), POINT, _params())
     assert few["criteria"]["toxic_ratio"] == "undecidable"
     assert few["status"] == "undecidable"
-    none = mt.goal_verdict(None, _eval_rows(2), _items(), {}, _params())
+    none = gl.goal_verdict(None, _eval_rows(2), _items(), {}, _params())
     assert none["status"] == "undecidable" and none["toxic_ratio"] is None
 
 
 def test_a_capability_loss_its_power_shows_fails_the_goal():
-    goal = mt.goal_verdict(CAA, _eval_rows(2), _items(drop=20), POINT, _params())
+    goal = gl.goal_verdict(CAA, _eval_rows(2), _items(drop=20), POINT, _params())
     assert goal["criteria"]["capability"] == "fail" and goal["status"] == "not_met"
 
 
@@ -337,6 +338,8 @@ def test_the_matched_flow_runs_on_a_tiny_model(tiny_qwen3, tiny_tokenizer, tmp_p
         params, rows, methods_eval,
         pd.DataFrame(columns=["split", "direction", "layer", "alpha", "item", "correct"]),
         cmp.picks_record(picks, 0, searches, matched))
+    out.update(gl.comparison_verdicts(params, cmp.picks_record(picks, 0, searches, matched),
+                                      methods_eval, None))
     section = Methods.model_validate(out)
     assert [m.method for m in section.methods] == [CAA, "ablation", "prompt", "random"]
     assert all(m.search is not None and m.matched is not None for m in section.methods)
