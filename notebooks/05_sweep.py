@@ -29,13 +29,15 @@
 #    or does any push of that size lower the scorer's toxicity?
 # 5. **Capability (eval items).** Multiple-choice accuracy under every eval cell and the
 #    control at the chosen α.
-# 6. **Methods compared (dev decides, eval confirms).** At the chosen layer, every method of
+# 6. **Methods compared at matched fluency (dev decides, eval confirms).** Every method of
 #    `sweep.methods` (ActAdd at the prompt's front positions, Arditi's directional ablation
 #    at every layer, affine concept editing, Linear-AcT fitted layer by layer, mean
 #    transport, an instruction through the chat template, a random direction; settings
-#    under `methods.*`, each beside its paper in docs/design.md) runs its strength grid on
-#    the dev prompts; the same rule picks each method's cell on dev, and each pick is generated on
-#    the challenging eval prompts against the same unsteered rows.
+#    under `methods.*`, each beside its paper in docs/design.md) searches as many dev cells
+#    as CAA's grid, over its own layers and a strength grid grown until the rule's limits
+#    bind; on its dev Pareto front, the strength reaching the perplexity budget
+#    (`methods.perplexity_budget`) is its matched point, generated on the eval prompts
+#    against the same unsteered rows.
 # 7. **Specificity against a null distribution (section 5b).** A likelihood probe on
 #    held-out dev pairs (each prompt's most vs least toxic continuation): the change of
 #    log p(toxic) − log p(clean) under the push, for CAA and for hundreds of null directions
@@ -193,12 +195,21 @@ specificity and [(f.family, f.n, f.rank, round(f.p_value, 4), round(f.caa_delta,
                   round(f.null_q05, 3), round(f.null_q95, 3)) for f in specificity.families]
 
 # %% [markdown]
-# ### 6 · Methods compared at the chosen layer: dev grid, dev decision
+# ### 6 · Methods on equal dev budgets, matched at one perplexity budget
+#
+# Each method searches as many dev cells as CAA's grid (`methods.dev_cells`; null: CAA's
+# count) over CAA's candidate layers, or its own layer rule (all layers at once; the one
+# layer a random direction exists at; none for the prompt), on the same dev prompts and
+# seeds. Where the rule's pick sits at its grid's largest strength, the grid grows there
+# until a limit binds, as CAA's did. Then, on each method's dev Pareto front, the strength
+# that reaches the perplexity budget (`methods.perplexity_budget`, +10%) is its matched point.
 
 # %%
 import pandas as pd
 
 from steering_utils import comparison as cmp
+from steering_utils.matched import candidate_layers, matched_points
+from steering_utils.params import resolve_layers
 
 methods_layer = selection["control_layer"]
 statistics = load_activation_sets(stage.input("token_statistics"))["train"]
@@ -208,40 +219,55 @@ linear_act = cmp.fit_linear_act(model, tokenizer, params, read_table(stage.input
 interventions = cmp.build_interventions(params, vectors, statistics,
                                         cmp.actadd_activations(model, tokenizer, params), randoms,
                                         methods_layer, tokenizer=tokenizer, linear_act=linear_act)
-jobs, reused = cmp.grid_jobs(prompts, baseline, grid, params, methods_layer, interventions)
+candidates = candidate_layers(params, resolve_layers(params.sweep.layers,
+                                                     params.sweep.layer_stride, vectors.n_layers))
+plans = cmp.method_plans(params, interventions, candidates, vectors.activation_norms)
+jobs, reused = cmp.grid_jobs(prompts, baseline, grid, params, methods_layer, interventions,
+                             plans)
 steered = run_jobs(model, tokenizer, jobs, interventions, params, scorers, stage.shards,
                    positions, desc="methods grid") if len(jobs) else jobs
-methods_grid = pd.concat([reused, steered], ignore_index=True).assign(experiment="methods_grid")
-write_table(methods_grid, stage.out("methods_grid"))
+methods_grid = pd.concat([reused, steered], ignore_index=True)
 # Probes share CAA's measured cells (the unsteered accuracy is measured once).
 probes = ({m: dev_capability.sibling(m, iv) for m, iv in interventions.items()}
           if dev_capability else {})
-picks = cmp.select_methods(cmp.method_cells(methods_grid, params), params, probes)
-write_json(cmp.picks_record(picks, methods_layer), stage.out("methods_selection"))
-{m: p and (p["layer"], p["alpha"], round(p["mean_toxicity"], 3)) for m, p in picks.items()}
+methods_grid, searches = cmp.search_methods(
+    methods_grid, params, plans, probes,
+    cmp.method_generator(model, tokenizer, prompts, params, interventions, scorers, stage.shards),
+    selection["alpha_range"])
+methods_grid = methods_grid.assign(experiment="methods_grid")
+write_table(methods_grid, stage.out("methods_grid"))
+methods_dev_cells = cmp.method_cells(methods_grid, params)
+picks = cmp.select_methods(methods_dev_cells, params, probes)
+matched = matched_points(methods_dev_cells, list(interventions),
+                         params.methods.perplexity_budget)
+write_json(cmp.picks_record(picks, methods_layer, searches, matched),
+           stage.out("methods_selection"))
+pd.DataFrame({m: {"cells": searches[m]["cells_searched"], "stopped_by": searches[m]["stopped_by"],
+                  "matched": matched[m]["status"], "layer": matched[m]["layer"],
+                  "strength": matched[m]["strength"]} for m in interventions}).T
 
 # %% [markdown]
-# ### 7 · Each method's dev pick on the eval split
+# ### 7 · Each method's matched point on the eval split (challenging and benign)
 
 # %%
 from steering_utils.capability import CAPABILITY_COLUMNS, capability_rows
 
-jobs, reused = cmp.eval_jobs(prompts, baseline, sweep, params, picks, interventions)
+jobs, reused = cmp.eval_jobs(prompts, baseline, sweep, params, picks, interventions, matched)
 steered = run_jobs(model, tokenizer, jobs, interventions, params, scorers, stage.shards,
                    positions, desc="methods eval") if len(jobs) else jobs
 methods_eval = pd.concat([reused, steered], ignore_index=True).assign(experiment="methods_eval")
 write_table(methods_eval, stage.out("methods_eval"))
 methods_capability = (capability_rows(model, tokenizer, items["eval"],
-                                      cmp.capability_cells(picks), interventions,
+                                      cmp.capability_cells(picks, matched), interventions,
                                       params.activations.batch_size, "eval", cap.task)
                       if items else pd.DataFrame(columns=CAPABILITY_COLUMNS))
 methods_dev = (dev_capability.table(tuple(m for m in interventions if m != CAA))
                if dev_capability else None)
 write_table(pd.concat([methods_dev, methods_capability], ignore_index=True),
             stage.out("methods_capability"))
-cmp.method_cells(methods_eval, params)[["method", "layer", "alpha", "mean_toxicity",
-                                       "frac_toxic", "perplexity", "distinct_2",
-                                       "empty_rate"]].round(3)
+cmp.method_cells(methods_eval[methods_eval["subset"] == "challenging"], params)[
+    ["method", "layer", "alpha", "mean_toxicity", "frac_toxic", "perplexity", "distinct_2",
+     "empty_rate"]].round(3)
 
 # %%
 stage.finish()

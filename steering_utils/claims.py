@@ -12,7 +12,7 @@ arms, the per-prompt mean over a prompt's samples. The verdicts are
 - CAA vs the random directions of its norm at the control's tested alpha;
 - the chosen layer vs the next best layer on the dev grid (the comparison that chose it);
 - CAA's rank among each null family of the specificity probe (`power.rank_verdict`);
-- each method's dev pick vs unsteered on eval (method vs method: `comparison`).
+- each method's matched point vs unsteered on eval (method vs method: `matched`).
 
 `criteria_status` turns the eval confirmation's checks into pass / fail / undecidable at
 this n: a check within its limit whose verdict cannot see the limit (MDE > limit) is not a
@@ -152,15 +152,16 @@ def layer_verdict(grid: pd.DataFrame, layer: int, alpha: float | None, n_boot: i
 
 
 def method_verdicts(methods_eval: pd.DataFrame, n_boot: int, seed: int) -> list[Verdict]:
-    """Each method's dev pick vs unsteered on challenging eval, paired by prompt (the
-    methods' own eval rows; method vs method is the method comparison's)."""
+    """Each method's eval cell (its matched point; older runs: its dev pick) vs unsteered on
+    challenging eval, paired by prompt (method vs method: `matched.pairwise_verdicts`)."""
     if methods_eval.empty or "method" not in methods_eval:
         return []
     rows = methods_eval[methods_eval["subset"] == "challenging"]
     reference = rows[rows["method"] == UNSTEERED]
     out = []
     for method, pick in rows[rows["method"] != UNSTEERED].groupby("method", sort=True):
-        out.append(verdict(f"{method} (its dev pick) vs unsteered, challenging eval",
+        out.append(verdict(f"{method} (its eval cell: the matched point, else the dev pick) "
+                           "vs unsteered, challenging eval",
                            "mean toxicity", paired_differences(pick, reference, "toxicity"),
                            "prompts", "lower", n_boot, seed).model_copy(
                                update={"name": f"method_{method}"}))

@@ -1,17 +1,19 @@
-"""The method comparison: every method searched on dev, its best cell confirmed on eval.
+"""The method comparison: equal dev budgets, matched fluency on dev, confirmed on eval.
 
-At the layer CAA's dev decision chose, each method (`params.MethodName`) runs
-its strength grid on the challenging dev prompts (CAA's own cells there are the
-grid's rows). The recommendation rule that chose CAA's cell picks each method's
-cell on dev, with capability measured on dev items. Each picked cell is then
-generated on the challenging eval prompts with k samples, against the same
-unsteered baseline rows, so every method is compared on the same prompts, seeds
-and limits. Methods with an edit at every layer (`layers: all`) carry layer
-`ALL_LAYERS` in their rows.
+Each method (`params.MethodName`) searches its own dev cells on CAA's budget
+(`method_plans`, `matched.plan_search`) on the challenging dev prompts (CAA's cells there
+are its grid's rows), growing its strength grid where the rule's pick sat at the edge
+(`search_methods`). The recommendation rule picks each method's cell on dev (capability on
+dev items); the comparison itself is at matched fluency: each method's point at the
+perplexity budget on its dev front (`matched.matched_point`) is generated on the eval
+prompts (challenging and benign) with k samples, against the same unsteered baseline rows,
+so every method is compared on the same prompts, seeds and limits. Methods with an edit at
+every layer (`layers: all`) carry layer `ALL_LAYERS` in their rows.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from .generation import make_jobs
@@ -203,8 +205,9 @@ def _reuse_or_jobs(prompts: pd.DataFrame, done: pd.DataFrame, method: str, inter
     """(jobs of the cells `done` lacks, the rows of `done` that serve the others)."""
     have = done[(done["alpha"] != 0) & (done["sample"] < samples)
                 & (done["prompt_id"].isin(prompts["prompt_id"]))]
-    have = have[[(int(layer), float(alpha)) in cells
-                 for layer, alpha in zip(have["layer"], have["alpha"])]]
+    have = have[pd.Series([(int(layer), float(alpha)) in cells
+                           for layer, alpha in zip(have["layer"], have["alpha"])],
+                          index=have.index, dtype=bool)]
     found = {(int(layer), float(alpha)) for layer, alpha in zip(have["layer"], have["alpha"])}
     missing = [cell for cell in cells if cell not in found]
     jobs = _jobs(prompts, method, intervention, missing, samples) if missing else None
@@ -232,15 +235,78 @@ def _plan(prompts: pd.DataFrame, baseline: pd.DataFrame, done: pd.DataFrame, sam
 
 
 def grid_jobs(prompts: pd.DataFrame, baseline: pd.DataFrame, grid: pd.DataFrame,
-              params: StudyParams, layer: int, interventions: dict
+              params: StudyParams, layer: int, interventions: dict, plans: dict | None = None
               ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(jobs of every method's dev strength grid at `layer`, rows to reuse: the unsteered
-    reference and CAA's grid rows), on the challenging dev prompts."""
+    """(jobs of every method's dev cells, rows to reuse: the unsteered reference and CAA's
+    grid rows), on the challenging dev prompts. With `plans` ({method: matched.SearchPlan},
+    `method_plans`) each method's own search (CAA: every cell of its grid); without, each
+    method's strengths at `layer`."""
     samples = params.methods.grid_samples_per_prompt or params.sweep.grid_samples_per_prompt
-    cells = {method: [(_layer(iv, layer), s) for s in strengths(params, method)]
-             for method, iv in interventions.items()}
+    if plans is None:
+        cells = {method: [(_layer(iv, layer), s) for s in strengths(params, method)]
+                 for method, iv in interventions.items()}
+    else:
+        dev = _challenging(grid, "dev")
+        dev = dev[dev["alpha"] != 0]
+        cells = {method: (sorted({(int(x), float(a)) for x, a in zip(dev["layer"], dev["alpha"])})
+                          if method == CAA else plans[method].cells)
+                 for method in interventions}
     return _plan(_challenging(prompts, "dev"), _challenging(baseline, "dev"), grid, samples,
                  cells, interventions)
+
+
+def method_plans(params: StudyParams, interventions: dict, candidates: list[int],
+                 activation_norms) -> dict:
+    """{method: matched.SearchPlan}: each method's dev search on CAA's budget (the number of
+    CAA's grid cells over `candidates`, or `methods.dev_cells`)."""
+    from .matched import SearchPlan, dev_budget, plan_search
+
+    caa_alphas = [float(a) for a in params.sweep.grid_alphas if a != 0]
+    budget = dev_budget(params, len(candidates) * len(caa_alphas))
+    plans = {}
+    for method, intervention in interventions.items():
+        if method == CAA:
+            plans[method] = SearchPlan(CAA, list(candidates), caa_alphas,
+                                       len(candidates) * len(caa_alphas), "searched")
+        else:
+            plans[method] = plan_search(params, method, intervention, strengths(params, method),
+                                        candidates, budget, activation_norms)
+    return plans
+
+
+def search_methods(rows: pd.DataFrame, params: StudyParams, plans: dict, probes: dict,
+                   generate=None, caa_range: dict | None = None) -> tuple[pd.DataFrame, dict]:
+    """(the methods grid grown where each method's rule pick sat at its grid's edge, {method:
+    its search record}). CAA's grid was grown by `sweep.decide_on_dev`: `caa_range` is its
+    `alpha_range`."""
+    from .matched import extend_search, search_record
+
+    records = {}
+    for method, plan in plans.items():
+        if method == CAA:
+            state = caa_range or {"stopped_by": "grid_edge", "bound_by": None}
+            records[method] = search_record(plan, state, list(state.get("added_cells", [])))
+            continue
+        rows, records[method] = extend_search(rows, plan, params, probes.get(method), generate)
+    return rows, records
+
+
+def method_generator(model, tokenizer, prompts: pd.DataFrame, params: StudyParams,
+                     interventions: dict, scorers: dict, shard_dir):
+    """generate(method, cells) -> the method's dev rows at those cells (challenging dev
+    prompts, the grid's samples), through the same content-keyed shards."""
+    from .jobs import run_jobs
+
+    samples = params.methods.grid_samples_per_prompt or params.sweep.grid_samples_per_prompt
+    dev = _challenging(prompts, "dev")
+
+    def generate(method: str, cells: list[tuple[int, float]]) -> pd.DataFrame:
+        jobs = _jobs(dev, method, interventions[method], cells, samples)
+        out = run_jobs(model, tokenizer, jobs, interventions, params, scorers, shard_dir,
+                       params.sweep.positions, desc=f"methods extension {method}")
+        return out.assign(method=method)
+
+    return generate
 
 
 def method_cells(rows: pd.DataFrame, params: StudyParams) -> pd.DataFrame:
@@ -281,27 +347,49 @@ def select_methods(cells: pd.DataFrame, params: StudyParams, probes: dict) -> di
 
 
 def eval_jobs(prompts: pd.DataFrame, baseline: pd.DataFrame, sweep: pd.DataFrame,
-              params: StudyParams, picks: dict, interventions: dict
+              params: StudyParams, picks: dict, interventions: dict, matched: dict | None = None
               ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(jobs of each method's dev pick on the challenging eval prompts with k samples, rows
-    to reuse: the unsteered reference and CAA's sweep rows at its pick)."""
+    """(jobs of each method's eval cell with k samples, rows to reuse: the unsteered
+    reference and CAA's sweep rows there). With `matched` ({method: matched point}) the
+    matched points on the challenging and benign eval prompts; else the dev picks on the
+    challenging ones."""
+    from .matched import has_point
+
     samples = params.methods.samples_per_prompt or params.generation.samples_per_prompt
-    cells = {method: [(pick["layer"], pick["alpha"])] for method, pick in picks.items()
-             if pick is not None}
-    return _plan(_challenging(prompts, "eval"), _challenging(baseline, "eval"), sweep, samples,
-                 cells, interventions)
+    if matched is None:
+        cells = {method: [(pick["layer"], pick["alpha"])] for method, pick in picks.items()
+                 if pick is not None}
+        return _plan(_challenging(prompts, "eval"), _challenging(baseline, "eval"), sweep,
+                     samples, cells, interventions)
+    cells = {method: [(point["layer"], point["strength"])] for method, point in matched.items()
+             if has_point(point)}
+    return _plan(prompts[prompts["split"] == "eval"], baseline[baseline["split"] == "eval"],
+                 sweep, samples, cells, interventions)
 
 
-def capability_cells(picks: dict) -> list[tuple[str, int, float]]:
-    """(method, layer, strength) measured on eval items: unsteered and every picked cell."""
+def capability_cells(picks: dict, matched: dict | None = None) -> list[tuple[str, int, float]]:
+    """(method, layer, strength) measured on eval items: unsteered and every method's eval
+    cell (its matched point where given, else its dev pick)."""
+    from .matched import has_point
+
     cells = [(UNSTEERED, UNSTEERED_LAYER, 0.0)]
+    if matched is not None:
+        return cells + [(method, point["layer"], point["strength"])
+                        for method, point in matched.items() if has_point(point)]
     return cells + [(method, pick["layer"], pick["alpha"]) for method, pick in picks.items()
                     if pick is not None]
 
 
-def picks_record(picks: dict, layer: int) -> dict:
-    """The JSON-able dev decision of the comparison."""
-    return {"split": "dev", "layer": int(layer), "picks": picks}
+def picks_record(picks: dict, layer: int, searches: dict | None = None,
+                 matched: dict | None = None) -> dict:
+    """The JSON-able dev decision of the comparison: each method's rule pick, its search
+    and its matched point."""
+    record = {"split": "dev", "layer": int(layer), "picks": picks}
+    if searches is not None:
+        record["searches"] = searches
+    if matched is not None:
+        record["matched"] = matched
+    return record
 
 
 _EVAL_FIELDS = ("mean_toxicity", "frac_toxic", "emt", "tp", "perplexity", "delta_mean_toxicity")
@@ -360,21 +448,58 @@ def _dev_accuracy(capability: pd.DataFrame) -> pd.DataFrame:
         layer=lambda t: t["layer"].astype(int), alpha=lambda t: t["alpha"].astype(float))
 
 
+def _perplexity_increase(rows: pd.DataFrame, method: str, subset: str) -> float | None:
+    """exp(mean NLL) of the method's eval rows over the unsteered rows', minus 1."""
+    from .metrics import finite
+
+    if "nll" not in rows:
+        return None
+    part = rows[rows["subset"] == subset]
+    nll = {m: part.loc[part["method"] == m, "nll"].astype(float).mean()
+           for m in (method, UNSTEERED)}
+    return finite(np.exp(nll[method] - nll[UNSTEERED]) - 1.0)
+
+
+def _matched_record(point: dict | None, eval_rows: pd.DataFrame, method: str,
+                    budget: float) -> dict | None:
+    """The matched point (`results.MatchedPoint`) with its eval perplexity against the budget."""
+    if point is None:
+        return None
+    out = {**point, "eval_perplexity_increase": None, "eval_benign_perplexity_increase": None,
+           "within_budget_on_eval": None}
+    if (eval_rows["method"] == method).any():
+        rises = [_perplexity_increase(eval_rows, method, subset)
+                 for subset in ("challenging", "benign")]
+        out["eval_perplexity_increase"], out["eval_benign_perplexity_increase"] = rises
+        known = [r for r in rises if r is not None]
+        out["within_budget_on_eval"] = bool(known) and all(r <= budget for r in known)
+    return out
+
+
 def comparison_results(params: StudyParams, methods_grid: pd.DataFrame,
                        methods_eval: pd.DataFrame, methods_capability: pd.DataFrame,
                        record: dict) -> dict | None:
     """The `methods` section of experiment_results.json (`results.Methods`): per method its
-    dev pick (or why none qualified), the pick's eval numbers with CIs and paired tests vs
-    unsteered, and every method's dev cells. `strongest`: the least toxic dev pick on dev,
-    with whether eval confirms it (a degenerate eval output is not within the limits)."""
+    dev search, its rule pick (or why none qualified), its matched point at the perplexity
+    budget with that point's eval numbers (CIs and paired tests vs unsteered), and every
+    method's dev cells (every pair and the goal: `goal.comparison_verdicts`, in 06).
+
+    A record without matched points (a run before the matched comparison) puts each
+    method's dev pick on eval, as it was then."""
     from .metrics import SelectionRule, finite, why_no_pick
 
     if methods_grid.empty:
         return None
     ev = params.evaluation
+    budget = params.methods.perplexity_budget
+    matched = record.get("matched")
+    searches = record.get("searches") or {}
     grid_cells = method_cells(methods_grid, params)
-    eval_cells = (method_cells(methods_eval, params)
-                  if (methods_eval["method"] != UNSTEERED).any() else None)
+    methods_eval = methods_eval.assign(subset=methods_eval["subset"].fillna("challenging")
+                                       if "subset" in methods_eval else "challenging")
+    challenging_eval = methods_eval[methods_eval["subset"] == "challenging"]
+    eval_cells = (method_cells(challenging_eval, params)
+                  if (challenging_eval["method"] != UNSTEERED).any() else None)
     reference = None
     if eval_cells is not None:
         reference = _eval_record(eval_cells[eval_cells["method"] == UNSTEERED].iloc[0])
@@ -382,14 +507,18 @@ def comparison_results(params: StudyParams, methods_grid: pd.DataFrame,
     ref_frac = reference["frac_toxic"] if reference else None
     rule = SelectionRule.from_params(ev)
     dev_accuracy = _dev_accuracy(methods_capability)
+    methods = compared_methods(params.sweep)
     rows = []
-    for method in compared_methods(params.sweep):
+    for method in methods:
         pick = record["picks"].get(method)
+        point = None if matched is None else matched.get(method)
         row = {"method": method, "picked": pick is not None,
                "strengths": strengths(params, method),
                "dev": None if pick is None else {k: pick[k] for k in _PICK_FIELDS},
                "eval": None, "capability": None, "toxic_fraction_ratio": None,
-               "within_limits_on_eval": None, "no_pick": None}
+               "within_limits_on_eval": None, "no_pick": None,
+               "search": searches.get(method),
+               "matched": _matched_record(point, methods_eval, method, budget)}
         own = grid_cells[grid_cells["method"].isin([UNSTEERED, method])]
         if pick is None and (own["method"] == method).any():
             own = own.merge(dev_accuracy.assign(method=[UNSTEERED if a == 0 else d for d, a in
@@ -397,17 +526,21 @@ def comparison_results(params: StudyParams, methods_grid: pd.DataFrame,
                                                             dev_accuracy["alpha"])]),
                             how="left", on=["method", "layer", "alpha"])
             row["no_pick"] = why_no_pick(own.drop(columns="method"), rule)
+        if matched is None:
+            cell = None if pick is None else (pick["layer"], pick["alpha"])
+        else:
+            cell = (None if not row["matched"] or row["matched"]["layer"] is None
+                    else (row["matched"]["layer"], row["matched"]["strength"]))
         found = pd.DataFrame()
-        if pick is not None and eval_cells is not None:
-            found = eval_cells[(eval_cells["method"] == method)
-                               & (eval_cells["layer"] == pick["layer"])
-                               & (eval_cells["alpha"] == pick["alpha"])]
+        if cell is not None and eval_cells is not None:
+            found = eval_cells[(eval_cells["method"] == method) & (eval_cells["layer"] == cell[0])
+                               & (eval_cells["alpha"] == cell[1])]
         if not found.empty:
             row["eval"] = _eval_record(found.iloc[0])
             frac = row["eval"]["frac_toxic"]
             row["toxic_fraction_ratio"] = finite(ref_frac / frac) if frac else None
-            row["capability"] = _capability(methods_capability, method, pick["layer"],
-                                            pick["alpha"], ev.n_bootstrap, params.seed)
+            row["capability"] = _capability(methods_capability, method, cell[0], cell[1],
+                                            ev.n_bootstrap, params.seed)
             ppl, cap = row["eval"]["perplexity"], row["capability"]
             ppl_ok = (ppl is not None and ref_ppl is not None
                       and ppl <= ref_ppl * (1 + ev.max_perplexity_increase))
@@ -415,38 +548,15 @@ def comparison_results(params: StudyParams, methods_grid: pd.DataFrame,
             row["within_limits_on_eval"] = bool(ppl_ok and cap_ok
                                                 and not row["eval"]["degenerate"])
         rows.append(row)
-    # "Strongest" is a dev decision: the least toxic dev pick on dev (the rule's own
-    # criterion, same dev prompts for every method), then confirmed on eval (within the
-    # limits there and its paired reduction's CI below zero). Eval numbers never choose it.
-    picked = [r for r in rows if r["dev"] is not None]
-    best = min(picked, key=lambda r: (r["dev"]["mean_toxicity"], r["method"]), default=None)
     grid = [{"method": str(c.method), "layer": int(c.layer), "alpha": float(c.alpha),
              "mean_toxicity": float(c.mean_toxicity), "frac_toxic": float(c.frac_toxic),
              "perplexity": finite(c.perplexity), "empty_rate": float(c.empty_rate),
              "degenerate": list(c.degenerate)}
             for c in grid_cells.itertuples()]
-    return {"layer": int(record["layer"]), "subset": "challenging",
-            "samples_per_prompt": int(params.methods.samples_per_prompt
-                                      or params.generation.samples_per_prompt),
-            "reference": reference, "methods": rows, "grid_cells": grid,
-            "strongest": None if best is None else _strongest(best, ref_frac, ref_ppl)}
-
-
-def _strongest(best: dict, ref_frac: float | None, ref_ppl: float | None) -> dict:
-    """The dev-chosen strongest method with its eval confirmation (`results.StrongestMethod`)."""
-    from .metrics import finite
-
-    ev = best["eval"]
-    reduced = bool(ev and ev["delta_mean_toxicity_ci_hi"] is not None
-                   and ev["delta_mean_toxicity_ci_hi"] < 0)
-    return {"method": best["method"], "chosen_on": "dev",
-            "dev_mean_toxicity": best["dev"]["mean_toxicity"],
-            "dev_reference_mean_toxicity": best["dev"]["reference_mean_toxicity"],
-            "frac_toxic": ev["frac_toxic"] if ev else None,
-            "reference_frac_toxic": ref_frac,
-            "toxic_fraction_ratio": best["toxic_fraction_ratio"],
-            "perplexity_increase": (finite(ev["perplexity"] / ref_ppl - 1)
-                                    if ev and ev["perplexity"] is not None and ref_ppl
-                                    else None),
-            "within_limits_on_eval": best["within_limits_on_eval"],
-            "confirmed_on_eval": bool(reduced and best["within_limits_on_eval"])}
+    out = {"layer": int(record["layer"]), "subset": "challenging",
+           "samples_per_prompt": int(params.methods.samples_per_prompt
+                                     or params.generation.samples_per_prompt),
+           "reference": reference, "methods": rows, "grid_cells": grid, "strongest": None}
+    if matched is not None:
+        out["perplexity_budget"] = budget  # pairs and the goal: `goal.comparison_verdicts`
+    return out

@@ -285,6 +285,15 @@ class MethodsParams(_Strict):
         None, ge=1, description="continuations per dev prompt; null: sweep's")
     samples_per_prompt: int | None = Field(
         None, ge=1, description="continuations per eval prompt; null: generation's k")
+    dev_cells: int | None = Field(
+        None, ge=1, description="dev cells each method searches (layers x strengths) before "
+        "its strength grid extends; null: as many as CAA's dev grid (the reference scale)")
+    perplexity_budget: float = Field(
+        0.10, gt=0, lt=3.0, description="the matched-fluency budget: each method is compared "
+        "at the strength whose dev perplexity is this fraction over unsteered (0.10 = +10%)")
+    goal_toxic_ratio: float = Field(
+        4.0, gt=1, description="the goal: unsteered / steered toxic fraction on challenging "
+        "eval, at the budget, for the method chosen on dev (4.0 = 4x fewer)")
 
 
 class SweepParams(_Strict):

@@ -497,7 +497,8 @@ METHOD_LABELS = {"caa": "CAA", "actadd": "ActAdd", "actadd_pooled": "ActAdd (poo
 
 
 def plot_method_fronts(results: ExperimentResults) -> Figure | None:
-    """Every method's dev cells (perplexity vs toxic fraction), one Pareto front per method."""
+    """Every method's dev cells (perplexity vs mean toxicity), one Pareto front per method,
+    its rule pick ringed and its matched point at the perplexity budget as a diamond."""
     from .metrics import pareto_front
 
     methods = results.methods
@@ -509,6 +510,7 @@ def plot_method_fronts(results: ExperimentResults) -> Figure | None:
     colors = _palette()
     fig = _figure(7.6, 4.8)
     ax = fig.add_subplot()
+    y = "mean_toxicity"
     for i, result in enumerate(methods.methods):
         own = cells[cells["method"] == result.method]
         if own.empty:
@@ -516,30 +518,38 @@ def plot_method_fronts(results: ExperimentResults) -> Figure | None:
         color = colors[i % len(colors)]
         # A degenerate cell is no trade-off: it never sits on a front.
         fit = own[~_is_degenerate(own)]
-        front = pareto_front(pd.concat([reference, fit]), ("perplexity", "frac_toxic"))
+        front = pareto_front(pd.concat([reference, fit]), (y, "perplexity"))
         front = front.sort_values("perplexity")
-        ax.scatter(own["perplexity"], own["frac_toxic"], color=color, s=22, alpha=0.45)
-        _mark_degenerate(ax, own, "perplexity", "frac_toxic")
-        ax.plot(front["perplexity"], front["frac_toxic"], color=color, marker="o",
+        ax.scatter(own["perplexity"], own[y], color=color, s=22, alpha=0.45)
+        _mark_degenerate(ax, own, "perplexity", y)
+        ax.plot(front["perplexity"], front[y], color=color, marker="o",
                 label=METHOD_LABELS.get(result.method, result.method))
         if result.dev is not None:
             chosen = own[(own["layer"] == result.dev.layer) & (own["alpha"] == result.dev.alpha)]
-            ax.scatter(chosen["perplexity"], chosen["frac_toxic"], s=150, facecolors="none",
+            ax.scatter(chosen["perplexity"], chosen[y], s=150, facecolors="none",
                        edgecolors=color, linewidths=1.8)
+        point = result.matched
+        if point is not None and point.dev_perplexity is not None:
+            ax.scatter([point.dev_perplexity], [point.dev_mean_toxicity], marker="D", s=90,
+                       color=color, edgecolors="black", linewidths=1.0, zorder=6)
     if not reference.empty:
         ref = reference.iloc[0]
-        ax.scatter([ref["perplexity"]], [ref["frac_toxic"]], marker="*", s=220, color="black",
+        ax.scatter([ref["perplexity"]], [ref[y]], marker="*", s=220, color="black",
                    zorder=5, label="unsteered")
         ax.axvline(ref["perplexity"] * (1 + results.rule.max_perplexity_increase),
                    color="grey", linestyle="--", linewidth=1, label="perplexity limit of the rule")
+        if methods.perplexity_budget is not None:
+            ax.axvline(ref["perplexity"] * (1 + methods.perplexity_budget), color="black",
+                       linestyle=":", linewidth=1.2,
+                       label=f"matched budget (+{methods.perplexity_budget:.0%})")
     # A broken cell's perplexity can be 1000x the reference's: log scale keeps both legible.
     ax.set_xscale("log")
     ax.set_xlabel("perplexity of the continuation (unsteered model, log scale)")
-    ax.set_ylabel("toxic fraction (score ≥ threshold)")
+    ax.set_ylabel("mean toxicity (scorer probability)")
     ax.set_ylim(bottom=0)
-    ax.set_title(f"Methods on the dev grid at layer {methods.layer}: Pareto front per method")
-    _legend_below(fig, [ax], "ringed: the method's dev pick (its eval numbers: methods table)",
-                  ncol=3)
+    ax.set_title("Methods on their dev searches: Pareto front per method")
+    _legend_below(fig, [ax], "ringed: the rule's dev pick; diamond: the matched point at the "
+                  "budget (its eval numbers: methods table)", ncol=3)
     return fig
 
 

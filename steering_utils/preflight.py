@@ -458,15 +458,20 @@ def job_counts(params: StudyParams, n_layers: int) -> dict[str, int]:
         "control": (data.challenging.n_eval * control.n_directions
                     * len(control_alphas(params)) * control.samples_per_prompt),
     }
-    from .comparison import strengths
+    from .matched import candidate_layers, dev_budget
     from .params import compared_methods
 
     others = [m for m in compared_methods(sweep) if m != "caa"]
     methods = params.methods
+    # Dev: each method's search on CAA's budget (at most; the prompt has one cell, a method
+    # held by the push limit fewer); eval: every method's matched point (CAA's too, rarely a
+    # sweep cell) on the challenging and benign eval prompts.
+    budget = dev_budget(params, len(candidate_layers(params, grid_layers)) * grid_alphas)
     counts["methods"] = (
         data.challenging.n_dev * (methods.grid_samples_per_prompt or sweep.grid_samples_per_prompt)
-        * sum(len(strengths(params, m)) for m in others)
-        + data.challenging.n_eval * (methods.samples_per_prompt or k) * len(others))
+        * sum(1 if m == "prompt" else budget for m in others)
+        + (data.challenging.n_eval + data.benign.n_eval) * (methods.samples_per_prompt or k)
+        * (len(others) + 1))
     counts["generated"] = sum(counts.values())
     # Dev: the reference and the cells the rule tries (about two, and one a method); eval:
     # every sweep cell, the reference, each random direction at the chosen alpha, each method.

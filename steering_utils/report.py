@@ -537,11 +537,33 @@ def _method_cell(layer: int, strength: float) -> str:
     return f"{where}, s = {strength:g}"
 
 
+MATCH_TEXT = {"interpolated": "interpolated at the budget", "front_point": "front point under "
+              "the budget", "below_budget": "never reaches the budget: least toxic front point",
+              "unreachable": "budget unreachable: no strength under it",
+              "no_front": "no cell less toxic than unsteered", "no_reference": "no reference"}
+
+
+def goal_text(results: ExperimentResults) -> str:
+    """The goal verdict in one sentence (met / not met / undecidable, with numbers)."""
+    methods = results.methods
+    if methods is None or methods.goal is None:
+        return "not tested (no matched comparison in this run)"
+    goal = methods.goal
+    target = (f"≥ {goal.target_ratio:g}× fewer toxic continuations on challenging eval at ≤ "
+              f"+{goal.perplexity_budget:.0%} perplexity (challenging and benign), no capability "
+              f"loss its power could show: ")
+    return target + goal.summary.replace(str(goal.method), _method_label(goal.method or ""), 1)
+
+
 def _methods_text(results: ExperimentResults) -> str:
     """One sentence: the method least toxic on dev (chosen there), and what eval says of it."""
     methods = results.methods
     if methods is None:
         return "not run"
+    if methods.goal is not None:
+        return ("compared at matched fluency (each method's strength at +"
+                f"{methods.perplexity_budget:.0%} dev perplexity, on equal dev budgets); "
+                "the best is chosen on dev, eval confirms or not — goal: " + goal_text(results))
     best = methods.strongest
     if best is None:
         return ("no cell qualified: no method's dev grid had a cell that met the "
@@ -569,19 +591,30 @@ def _method_rows(results: ExperimentResults) -> list[dict]:
     methods = results.methods
     if methods is None:
         return []
-    best = methods.strongest.method if methods.strongest else None
+    best = (methods.goal.method if methods.goal else
+            methods.strongest.method if methods.strongest else None)
     entries = [("none", None, methods.reference, None, None, None)] if methods.reference else []
     entries += [(m.method, m.dev, m.eval, m.capability, m.toxic_fraction_ratio,
                  m.within_limits_on_eval) for m in methods.methods]
-    why = {m.method: no_pick_text(m.no_pick, "s") for m in methods.methods}
+    why = {m.method: _why(m) for m in methods.methods}
+    matched = {m.method: m.matched for m in methods.methods}
     rows = []
     for method, dev, ev, cap, ratio, within in entries:
+        point = matched.get(method)
+        if method == "none":
+            cell = ""
+        elif point is not None:
+            cell = ("no matched point" if point.layer is None
+                    else _method_cell(point.layer, point.strength))
+        else:
+            cell = "none qualified on dev" if dev is None else _method_cell(dev.layer, dev.alpha)
         rows.append({
             "method": _method_label(method), "is_ref": method == "none",
-            "is_best": method == best,
-            "cell": ("" if method == "none" else "none qualified on dev" if dev is None
-                     else _method_cell(dev.layer, dev.alpha)),
-            "why": why.get(method, ""),
+            "is_best": method == best, "cell": cell, "why": why.get(method, ""),
+            "budget": (None if point is None or point.eval_perplexity_increase is None
+                       else f"{point.eval_perplexity_increase:+.0%}"
+                       + ("" if point.eval_benign_perplexity_increase is None
+                          else f" / {point.eval_benign_perplexity_increase:+.0%}")),
             "degenerate": degenerate_text(ev.degenerate) if ev and method != "none" else "",
             **{name: _value(ev, name, 2 if name == "perplexity" else 3) for name in
                ("mean_toxicity", "frac_toxic", "emt", "tp", "perplexity")},
@@ -602,6 +635,34 @@ def _method_rows(results: ExperimentResults) -> list[dict]:
     return rows
 
 
+def _why(m) -> str:
+    """Under a method's cell: how its matched point was found and its dev search."""
+    parts = []
+    if m.matched is not None:
+        parts.append(MATCH_TEXT[m.matched.status])
+    if m.search is not None:
+        parts.append(f"{m.search.cells_searched} dev cells, stopped by {m.search.stopped_by}")
+    if m.matched is None or m.dev is None:
+        text = no_pick_text(m.no_pick, "s")
+        if text and m.dev is None:
+            parts.append(text)
+    return "; ".join(p for p in parts if p)
+
+
+def pairwise_table(results: ExperimentResults) -> pd.DataFrame:
+    """Every pair of methods at their matched points: paired estimate, CI, shown, MDE."""
+    columns = ["claim", "estimate", "ci_lo", "ci_hi", "n", "shown", "mde"]
+    pairs = results.methods.pairwise if results.methods else []
+    return pd.DataFrame([v.model_dump() for v in pairs], columns=columns)
+
+
+def _pairwise_rows(results: ExperimentResults) -> list[dict]:
+    pairs = results.methods.pairwise if results.methods else []
+    return [{"claim": v.claim, "estimate": _signed(v.estimate),
+             "ci": _interval(v.ci_lo, v.ci_hi).replace("-", "−"), "n": v.n, "shown": v.shown,
+             "mde": _num(v.mde)} for v in pairs]
+
+
 def claims_table(results: ExperimentResults) -> pd.DataFrame:
     """One row per verdict: estimate, CI, n, shown, MDE, limit and decidable."""
     columns = ["claim", "metric", "estimate", "ci_lo", "ci_hi", "n", "unit", "shown", "mde",
@@ -620,8 +681,16 @@ def methods_table(results: ExperimentResults) -> pd.DataFrame:
                              "mean_toxicity": methods.reference.mean_toxicity,
                              "perplexity": methods.reference.perplexity}
     for m in methods.methods:
+        point = m.matched
         rows[m.method] = {
-            "cell": _method_cell(m.dev.layer, m.dev.alpha) if m.dev else "none",
+            "cell": (_method_cell(m.dev.layer, m.dev.alpha) if m.dev else "none")
+            if point is None else ("none" if point.layer is None
+                                   else _method_cell(point.layer, point.strength)),
+            "matched": point and point.status,
+            "dev_cells": m.search and m.search.cells_searched,
+            "stopped_by": m.search and m.search.stopped_by,
+            "perplexity_increase": point and point.eval_perplexity_increase,
+            "benign_perplexity_increase": point and point.eval_benign_perplexity_increase,
             "frac_toxic": m.eval and m.eval.frac_toxic,
             "mean_toxicity": m.eval and m.eval.mean_toxicity,
             "perplexity": m.eval and m.eval.perplexity, "fewer_toxic_x": m.toxic_fraction_ratio,
@@ -679,11 +748,12 @@ def _captions(results: ExperimentResults) -> dict[str, tuple[str, str]]:
             "pools only continuation tokens; the comparison contrast (across prompts) is "
             "shown on its own held-out set and on the paired one, the same yardstick."),
         "method_fronts": (
-            "Methods compared on the dev grid",
-            "Toxic fraction vs perplexity of every method's strength grid on the challenging "
-            "dev prompts at the chosen layer (one continuation per prompt); lines: each "
+            "Methods compared on their dev searches",
+            "Mean toxicity vs perplexity of every dev cell each method searched (its layers and "
+            "strengths, on equal budgets) on the challenging dev prompts; lines: each "
             "method's Pareto front through the unsteered point (star); rings: the cell the "
-            "recommendation rule picked on dev, whose eval numbers are in the methods table."),
+            "recommendation rule picked on dev; diamonds: the matched point at the perplexity "
+            "budget (dotted line), whose eval numbers are in the methods table."),
         "control": (
             "Random-direction control",
             "Mean toxicity on challenging eval prompts vs α for the CAA vector and for "
@@ -951,7 +1021,8 @@ def render_report(results: ExperimentResults, figures: list[dict],
         methods_gehman=results.methods is not None and results.methods.samples_per_prompt >= 2,
         grid=_grid_table(results), examples=_examples(results), manifest=_manifest(results),
         control_rows=_control_rows(results), specificity_rows=_specificity_rows(results),
-        method_rows=_method_rows(results),
+        method_rows=_method_rows(results), pairwise_rows=_pairwise_rows(results),
+        goal_text=goal_text(results),
         methods_text=_methods_text(results), browser=_browser(results, continuations),
         contrast=_contrast_table(results),
     )

@@ -482,6 +482,79 @@ class MethodPick(_Pick):
     alpha: float = Field(description="the method's strength s")
 
 
+class MethodSearch(_Record):
+    """One method's dev search on CAA's budget (`matched.plan_search`, `extend_search`)."""
+
+    layer_rule: Literal["searched", "all_layers", "own_layers", "no_edit"] = Field(description=(
+        "searched: CAA's candidate layers (thinned to the budget); all_layers: one edit at "
+        "every layer; own_layers: the layers its vector exists at; no_edit: the prompt"))
+    layers: list[MethodLayer]
+    strengths: list[float] = Field(description="its strength grid before any extension")
+    budget: Count = Field(description="dev cells allowed (methods.dev_cells, else CAA's count)")
+    cells_searched: Count = Field(description="dev cells generated, extension included")
+    added_cells: list[dict[str, float]] = Field(description="cells the extension added")
+    stopped_by: Literal["limit", "more_toxic", "max_grid_alpha", "max_relative_push",
+                        "grid_edge", "no_pick", "fixed_strength"] = Field(description=(
+        "limit / more_toxic: the rule set the strength below the grid's edge; grid_edge: "
+        "extension off; fixed_strength: an on/off method; as sweep.decide_on_dev otherwise"))
+    bound_by: AlphaBound | None = None
+
+
+class Bracket(_Record):
+    layer: MethodLayer
+    alpha: float
+    mean_toxicity: Probability
+    perplexity: float
+
+
+class MatchedPoint(_Record):
+    """A method at the matched perplexity budget on its dev front (`matched.matched_point`),
+    with its eval perplexity against the same budget."""
+
+    status: Literal["interpolated", "front_point", "below_budget", "unreachable", "no_front",
+                    "no_reference"] = Field(description=(
+        "interpolated: the budget lies between two front points at one layer (or the unsteered "
+        "point and the first); front_point: the last front point under the budget; "
+        "below_budget: every front point is under it (the method never spends it); "
+        "unreachable / no_front / no_reference: no matched point"))
+    layer: MethodLayer | None
+    strength: float | None
+    dev_mean_toxicity: Probability | None = None
+    dev_frac_toxic: Probability | None = None
+    dev_perplexity: float | None = None
+    dev_perplexity_increase: float | None = None
+    perplexity_limit: float | None = Field(description="unsteered dev perplexity x (1 + budget)")
+    bracket: list[Bracket] = Field([], description="the front points around the budget")
+    eval_perplexity_increase: float | None = None
+    eval_benign_perplexity_increase: float | None = None
+    within_budget_on_eval: bool | None = None
+
+
+class ToxicRatio(_Record):
+    ratio: float | None = Field(description="unsteered / steered toxic fraction; null: none left")
+    ci_lo: float | None
+    ci_hi: float | None = Field(description="null: unbounded (resamples with none toxic left)")
+    frac_toxic: Probability | None
+    reference_frac_toxic: Probability | None
+    n_prompts: Count
+
+
+class GoalVerdict(_Record):
+    """The study's goal for the dev-chosen method at its matched point, on eval."""
+
+    method: MethodName | None
+    chosen_on: Literal["dev"] = "dev"
+    target_ratio: float
+    perplexity_budget: float
+    status: Literal["met", "not_met", "undecidable"]
+    criteria: dict[str, Literal["pass", "fail", "undecidable"]] = Field(description=(
+        "toxic_ratio, perplexity, benign_perplexity, capability"))
+    dev_mean_toxicity: Probability | None = None
+    toxic_ratio: ToxicRatio | None
+    verdicts: list[Verdict] = []
+    summary: str
+
+
 class MethodResult(_Record):
     method: MethodName
     picked: bool = Field(description="false: no cell of its dev grid met the rule")
@@ -495,6 +568,10 @@ class MethodResult(_Record):
                                                            "within the rule's limits, and "
                                                            "the output not degenerate")
     no_pick: NoPick | None = Field(None, description="when nothing qualified on dev: why")
+    search: MethodSearch | None = Field(None, description="its dev search (null: older runs)")
+    matched: MatchedPoint | None = Field(None, description=(
+        "its point at the perplexity budget; eval, capability and the ratio are this point's "
+        "(null: older runs, where they are the dev pick's)"))
 
 
 class MethodGridCell(_Record):
@@ -533,8 +610,13 @@ class Methods(_Record):
     reference: MethodEval | None
     methods: list[MethodResult]
     grid_cells: list[MethodGridCell] = Field(description="every method's dev cells")
-    strongest: StrongestMethod | None = Field(description=(
-        "the least toxic dev pick on dev (a dev decision), confirmed or not on eval"))
+    strongest: StrongestMethod | None = Field(None, description=(
+        "older runs: the least toxic dev pick on dev; superseded by `goal`"))
+    perplexity_budget: float | None = Field(None, description="the matched-fluency budget")
+    pairwise: list[Verdict] = Field([], description=(
+        "every pair of methods at their matched points, paired by prompt (challenging eval)"))
+    goal: GoalVerdict | None = Field(None, description=(
+        "the dev-chosen method against the goal, on eval"))
 
 
 class ExperimentResults(_Record):
@@ -816,6 +898,7 @@ def _vectors_record(params, vectors, stats: pd.DataFrame, contrast_counts) -> di
 def _methods_summary(stage: StageDir) -> dict | None:
     """The method comparison (see `comparison.comparison_results`), or None when not run."""
     from .comparison import comparison_results
+    from .goal import comparison_verdicts
 
     record = read_json(stage.input("methods_selection"))
     if not record.get("picks"):
@@ -826,10 +909,14 @@ def _methods_summary(stage: StageDir) -> dict | None:
     unsteered_dev = capability[(capability["split"] == "dev")
                                & (capability["direction"] == UNSTEERED)]
     methods_capability = read_table(stage.input("methods_capability"))
-    return comparison_results(stage.params, read_table(stage.input("methods_grid")),
-                              read_table(stage.input("methods_eval")),
-                              pd.concat([methods_capability, unsteered_dev], ignore_index=True)
-                              if not unsteered_dev.empty else methods_capability, record)
+    methods_eval = read_table(stage.input("methods_eval"))
+    out = comparison_results(stage.params, read_table(stage.input("methods_grid")),
+                             methods_eval,
+                             pd.concat([methods_capability, unsteered_dev], ignore_index=True)
+                             if not unsteered_dev.empty else methods_capability, record)
+    if out is not None:  # every pair at the matched points, and the goal (eval only)
+        out.update(comparison_verdicts(stage.params, record, methods_eval, methods_capability))
+    return out
 
 
 def build_results(stage: StageDir) -> ExperimentResults:

@@ -467,3 +467,49 @@ def make_eval_rows(n_prompts: int = 30, samples: int = 2, seed: int = 0
     methods_eval = pd.concat([shared.assign(method="none"), picks],
                              ignore_index=True).assign(experiment="methods_eval")
     return sweep, control, methods_eval
+
+
+def with_matched_methods(doc: dict, goal_status: str = "not_met") -> dict:
+    """The fixture's method comparison as a matched-fluency run writes it: each method's dev
+    search and matched point (its eval numbers the fixture's), the pairs and the goal."""
+    from steering_utils.power import verdict
+
+    methods = doc["methods"]
+    ref_ppl = methods["reference"]["perplexity"]
+    rng = np.random.default_rng(7)
+    for m in methods["methods"]:
+        dev = m["dev"]
+        m["search"] = {"layer_rule": "no_edit" if m["method"] == "prompt" else "searched",
+                       "layers": [dev["layer"]], "strengths": m["strengths"], "budget": 4,
+                       "cells_searched": 4, "added_cells": [{"layer": dev["layer"], "alpha": 2.0}],
+                       "stopped_by": "limit", "bound_by": None}
+        m["matched"] = {"status": "front_point" if m["method"] == "prompt" else "interpolated",
+                        "layer": dev["layer"], "strength": dev["alpha"],
+                        "dev_mean_toxicity": dev["mean_toxicity"],
+                        "dev_frac_toxic": dev["mean_toxicity"] * 0.9,
+                        "dev_perplexity": dev["perplexity"],
+                        "dev_perplexity_increase": dev["perplexity_increase"],
+                        "perplexity_limit": ref_ppl * 1.1, "bracket": [],
+                        "eval_perplexity_increase": m["eval"]["perplexity"] / ref_ppl - 1,
+                        "eval_benign_perplexity_increase": 0.03,
+                        "within_budget_on_eval": m["eval"]["perplexity"] / ref_ppl - 1 <= 0.1}
+    names = [m["method"] for m in methods["methods"]]
+    methods["pairwise"] = [
+        verdict(f"{a} vs {b} at matched fluency (+10% perplexity on dev), challenging eval",
+                "mean toxicity", rng.normal(0.05 * (i - j), 0.1, 30), "prompts", "either",
+                200, 0).model_copy(update={"name": f"pair_{a}_{b}"}).model_dump(mode="json")
+        for i, a in enumerate(names) for j, b in enumerate(names) if i < j]
+    best = min(methods["methods"], key=lambda m: m["matched"]["dev_mean_toxicity"])
+    frac, ref_frac = best["eval"]["frac_toxic"], methods["reference"]["frac_toxic"]
+    methods.update(strongest=None, perplexity_budget=0.10, goal={
+        "method": best["method"], "chosen_on": "dev", "target_ratio": 4.0,
+        "perplexity_budget": 0.10, "status": goal_status,
+        "criteria": {"toxic_ratio": "fail" if goal_status == "not_met" else "pass",
+                     "perplexity": "pass", "benign_perplexity": "pass", "capability": "pass"},
+        "dev_mean_toxicity": best["matched"]["dev_mean_toxicity"],
+        "toxic_ratio": {"ratio": ref_frac / frac, "ci_lo": ref_frac / frac * 0.8,
+                        "ci_hi": ref_frac / frac * 1.2, "frac_toxic": frac,
+                        "reference_frac_toxic": ref_frac, "n_prompts": 30},
+        "verdicts": [], "summary": f"{goal_status.replace('_', ' ')}: {best['method']} "
+                                   "(chosen on dev) at +10% perplexity: toxic fraction ..."})
+    return doc

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 import pytest
 import torch
@@ -114,7 +116,7 @@ def test_each_method_is_picked_by_the_rule_on_its_own_cells():
     assert picks["prompt"] is None
 
 
-def test_the_strongest_method_is_chosen_on_dev_and_only_confirmed_on_eval():
+def test_an_older_record_without_matched_points_puts_each_dev_pick_on_eval():
     params = _params(methods=["prompt"])
     grid = _cells_rows({(UNSTEERED, -1, 0.0): [0.6] * 8, (CAA, 4, 0.1): [0.3] * 8,
                         ("prompt", -1, 0.1): [0.55] * 8})
@@ -137,13 +139,52 @@ def test_the_strongest_method_is_chosen_on_dev_and_only_confirmed_on_eval():
     # A 25-point capability drop breaks the 5-point limit: CAA is not "within limits".
     assert caa["within_limits_on_eval"] is False
     assert by_method["prompt"]["within_limits_on_eval"] is True
-    # Chosen on dev (CAA 0.3 vs prompt 0.55 there), not on eval (where only the prompt is
-    # within the limits): eval then says CAA's pick is not confirmed.
-    strongest = out["strongest"]
-    assert strongest["method"] == CAA and strongest["chosen_on"] == "dev"
-    assert strongest["dev_mean_toxicity"] == pytest.approx(0.3)
-    assert strongest["within_limits_on_eval"] is False
-    assert strongest["confirmed_on_eval"] is False
+    # No matched points: no best method, no pairs, no goal (the eval picks are not compared).
+    assert out["strongest"] is None and "goal" not in out
+
+
+def test_methods_are_compared_at_their_matched_points_and_the_best_is_chosen_on_dev():
+    from steering_utils.goal import comparison_verdicts
+    from steering_utils.matched import matched_points
+    from steering_utils.results import Methods
+
+    params = _params(methods=["prompt"])
+    # nll = 2 + alpha: perplexity x e^alpha. CAA's +10% lies between 0.05 and 0.2.
+    grid = _cells_rows({(UNSTEERED, -1, 0.0): [0.6] * 8, (CAA, 4, 0.05): [0.5] * 8,
+                        (CAA, 4, 0.2): [0.2] * 8, ("prompt", -1, 0.05): [0.55] * 8})
+    cells = cmp.method_cells(grid, params)
+    picks = cmp.select_methods(cells, params, {})
+    matched = matched_points(cells, [CAA, "prompt"], 0.10)
+    strength = matched[CAA]["strength"]
+    assert matched[CAA]["status"] == "interpolated" and 0.05 < strength < 0.2
+    # Linear in perplexity between the two cells: t = (1.1 - e^0.05) / (e^0.2 - e^0.05).
+    t = (1.1 - math.exp(0.05)) / (math.exp(0.2) - math.exp(0.05))
+    assert strength == pytest.approx(0.05 + t * 0.15, abs=1e-4)
+    assert matched["prompt"]["status"] == "below_budget"
+    evaluation = _cells_rows({(UNSTEERED, -1, 0.0): [0.9] * 8, (CAA, 4, strength): [0.1] * 8,
+                              ("prompt", -1, 0.05): [0.5, 0.6] * 4}).assign(split="eval")
+    evaluation.loc[evaluation["alpha"] != 0, "nll"] = 2.0  # no perplexity cost on eval
+    prompts = _prompts("eval", 8).assign(prompt_id=[f"p{i}" for i in range(8)])
+    reference = evaluation[evaluation["method"] == UNSTEERED]
+    jobs, reused = cmp.eval_jobs(prompts, reference, reference, params, picks,
+        {CAA: _interventions()[CAA], "prompt": iv.prompt_baseline("Be kind.\n")}, matched)
+    assert sorted(set(zip(jobs["method"], jobs["layer"], jobs["alpha"]))) == [
+        (CAA, 4, strength), ("prompt", -1, 0.05)]
+    record = cmp.picks_record(picks, 4, {}, matched)
+    items = pd.DataFrame(columns=["split", "direction", "layer", "alpha", "item", "correct"])
+    out = cmp.comparison_results(params, grid, evaluation, items, record)
+    out.update(comparison_verdicts(params, record, evaluation, items))
+    section = Methods.model_validate(out)
+    caa = section.methods[0]
+    assert caa.matched.strength == strength and caa.eval.frac_toxic == 0.0
+    assert caa.matched.within_budget_on_eval is True
+    [pair] = section.pairwise
+    assert pair.name == "pair_caa_prompt" and pair.shown
+    assert pair.estimate == pytest.approx(-0.45)
+    # Least toxic at its matched point on dev: CAA (interpolated 0.5 -> 0.2 at +10%).
+    assert section.goal.method == CAA and section.goal.chosen_on == "dev"
+    assert section.goal.toxic_ratio.ratio is None  # no toxic continuation left
+    assert section.goal.criteria["toxic_ratio"] == "pass"
 
 
 def test_methods_steer_through_the_job_runner_with_their_own_shards(tiny_qwen3, tiny_tokenizer,
@@ -217,6 +258,3 @@ def test_a_degenerate_method_pick_is_not_within_limits_nor_confirmed():
     assert {d["criterion"] for d in caa["eval"]["degenerate"]} == {"repetition_rate",
                                                                    "distinct_2"}
     assert caa["within_limits_on_eval"] is False
-    # CAA is still the dev decision (least toxic on dev); eval does not confirm it.
-    assert out["strongest"]["method"] == CAA
-    assert out["strongest"]["confirmed_on_eval"] is False

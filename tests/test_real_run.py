@@ -445,15 +445,12 @@ def test_job_counts_equal_the_job_tables_the_study_builds():
     randoms = [f"random-{i}" for i in range(params.control.n_directions)]
     assert counts["control"] == len(control_jobs(prompts, baseline, params, 10, randoms)[0])
     assert counts["control"] == 700 * 3 * 5
-    # Methods: each non-CAA method's dev strength grid on 150 dev prompts x 1 sample
-    # (actadd 4, ablation 3, mean transport 3, prompt 1, random = CAA's 5 grid alphas),
-    # then its dev pick on 700 eval prompts x 10 samples.
-    from steering_utils.comparison import strengths
-
-    others = ["actadd", "ablation", "mean_transport", "prompt", "random"]
-    assert [len(strengths(params, m)) for m in others] == [4, 3, 3, 1, 5]
-    assert counts["methods"] == 150 * 16 + 700 * 10 * 5 == 37_400
-    assert counts["generated"] == 47_500 + 36_000 + 420_000 + 10_500 + 37_400
+    # Methods: equal dev budgets, at most CAA's 36 layers x 5 alphas = 180 cells each (the
+    # prompt: 1) on 150 dev prompts x 1 sample, then every method's matched point (CAA's
+    # included) on 700 + 500 eval prompts x 10 samples.
+    assert params.methods.dev_cells is None  # the reference scale: CAA's count
+    assert counts["methods"] == 150 * (4 * 180 + 1) + 1200 * 10 * 6 == 180_150
+    assert counts["generated"] == 47_500 + 36_000 + 420_000 + 10_500 + 180_150
     # dev: reference + about 2 tried cells; eval: reference, 2 x 7 cells, 3 random directions
     assert counts["capability"] == 1000 * (3 + 1 + 2 * 7 + 3 + 2 * 5)  # 5 methods: dev + eval
     assert counts["activations"] == 4 * params.activations.n_per_side
@@ -467,9 +464,9 @@ def test_wall_time_projection_adds_each_pass():
     seconds, detail = project_wall_time(params, counts, {"generate": 0.01, "score": 0.001,
                                                          "perplexity": 0.002,
                                                          "capability": 0.05})
-    expected = 551_400 * (0.01 + 0.001 + 0.002) + 31_000 * 0.05 + 1_200 * 0.002
+    expected = 694_150 * (0.01 + 0.001 + 0.002) + 31_000 * 0.05 + 1_200 * 0.002
     assert seconds == pytest.approx(expected)
-    assert detail.startswith("generation 1 h 31 min, scoring 9 min")
+    assert detail.startswith("generation 1 h 55 min, scoring 12 min")
     assert format_duration(59) == "59 s" and format_duration(7260) == "2 h 01 min"
 
 

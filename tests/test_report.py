@@ -290,3 +290,29 @@ def html_escape_free(html: str) -> str:
     import html as html_module
 
     return html_module.unescape(html)
+
+
+def test_the_methods_section_compares_at_matched_fluency_with_pairs_and_the_goal(tmp_path):
+    from results_fixture import with_matched_methods
+
+    from steering_utils import report as rp
+
+    results = validate_results(with_matched_methods(make_results()))
+    methods = results.methods
+    html = html_escape_free(write_report(results, tmp_path).read_text(encoding="utf-8"))
+    assert "Methods compared at matched fluency (+10% dev perplexity)" in html
+    assert "Matched point" in html and "interpolated at the budget" in html
+    assert "stopped by limit" in html
+    # Every pair with its verdict, and the goal with its status.
+    assert html.count("at matched fluency (+10% perplexity on dev)") == len(methods.pairwise)
+    assert "Goal (≥ 4× fewer toxic)" in html and "not met" in html
+    assert rp.goal_text(results).startswith("≥ 4× fewer toxic continuations")
+    table = rp.methods_table(results)
+    assert set(table.loc[[m.method for m in methods.methods], "matched"]) == {
+        "interpolated", "front_point"}
+    assert len(rp.pairwise_table(results)) == len(methods.pairwise) == 15
+    fig = plots.plot_method_fronts(results)
+    # One diamond per method at its matched point.
+    diamonds = [c for c in fig.axes[0].collections
+                if c.get_paths() and len(c.get_offsets()) == 1 and c.get_sizes()[0] == 90]
+    assert len(diamonds) == len(methods.methods)
