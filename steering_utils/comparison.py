@@ -21,14 +21,15 @@ from .sweep import check_additive_push
 
 
 def build_interventions(params: StudyParams, vectors, statistics: dict, actadd: dict,
-                        randoms: dict, layer: int | None = None) -> dict:
+                        randoms: dict, layer: int | None = None, conditional=None) -> dict:
     """{method: intervention} of every compared method (CAA: its SteeringVectors).
 
     `statistics`: `interventions.token_statistics` of the train contrast; `actadd`: the
     captured activations {'toxic', 'clean'} of ActAdd's two texts; `randoms`: the
     control's random directions (the comparison's `random` is the first). With `layer`
     (the comparison's), ActAdd's strengths are held to `sweep.max_relative_push` there
-    before anything is generated.
+    before anything is generated. `conditional`: conditional CAA's gated intervention
+    (`conditional.build_gate`, its threshold set on dev); without it the method is left out.
     """
     from . import interventions as iv
 
@@ -56,6 +57,12 @@ def build_interventions(params: StudyParams, vectors, statistics: dict, actadd: 
             if not randoms:
                 raise ValueError("sweep.methods: 'random' needs control.n_directions >= 1")
             out[method] = randoms[sorted(randoms)[0]]
+        elif method == "conditional_caa" and conditional is not None:
+            if layer is not None:
+                check_additive_push(method, strengths(params, method), vectors.directions,
+                                    vectors.activation_norms, [layer],
+                                    params.sweep.max_relative_push)
+            out[method] = conditional
     return out
 
 

@@ -159,7 +159,8 @@ class VectorParams(_Strict):
                              "stability and bootstrap resamples of the held-out pair accuracy")
 
 
-MethodName = Literal["caa", "actadd", "ablation", "mean_transport", "prompt", "random"]
+MethodName = Literal["caa", "actadd", "ablation", "mean_transport", "prompt", "random",
+                     "conditional_caa"]
 
 
 def _strength_grid(strengths: list[float]) -> list[float]:
@@ -215,6 +216,34 @@ class RandomMethodParams(_Strict):
         return None if strengths is None else _strength_grid(strengths)
 
 
+class ConditionalParams(_Strict):
+    """Conditional CAA (CAST, Lee et al. 2024): CAA only on prompts whose activation at the
+    condition layer points along the toxicity direction past a threshold chosen on dev."""
+
+    strengths: list[float] | None = Field(
+        None, description="CAA alphas searched on dev; null: the CAA grid's alphas")
+    condition_layer: Literal["chosen"] | int = Field(
+        "chosen", description="layer whose pooled prompt activation is projected on the CAA "
+        "vector there; chosen: the comparison's (CAA's chosen) layer")
+    threshold: Literal["youden", "benign_quantile"] = Field(
+        "youden", description="youden: the cut that maximises (challenging dev gated on) - "
+        "(benign dev gated on); benign_quantile: the benign dev projections' quantile")
+    benign_quantile: float = Field(
+        0.9, gt=0, lt=1, description="benign_quantile only: ~1 - this of benign dev is gated on")
+
+    @field_validator("strengths")
+    @classmethod
+    def _grid(cls, strengths: list[float] | None) -> list[float] | None:
+        return None if strengths is None else _strength_grid(strengths)
+
+    @field_validator("condition_layer")
+    @classmethod
+    def _layer(cls, layer):
+        if isinstance(layer, int) and layer < 0:
+            raise ValueError(f"{layer} is negative; use chosen or a decoder layer index >= 0")
+        return layer
+
+
 class MethodsParams(_Strict):
     """The methods compared with CAA (`sweep.methods` says which run), at the chosen layer."""
 
@@ -223,6 +252,7 @@ class MethodsParams(_Strict):
     mean_transport: TransportParams = TransportParams()
     prompt: PromptParams = PromptParams()
     random: RandomMethodParams = RandomMethodParams()
+    conditional_caa: ConditionalParams = ConditionalParams()
     grid_samples_per_prompt: int | None = Field(
         None, ge=1, description="continuations per dev prompt; null: sweep's")
     samples_per_prompt: int | None = Field(
@@ -402,6 +432,17 @@ class StudyParams(_Strict):
                 f"activations.label_scorer: {act.label_scorer!r} also evaluates (scorer.name); "
                 f"use {' or '.join(others)}, or set "
                 "activations.allow_label_scorer_is_evaluator: true")
+        return self
+
+    @model_validator(mode="after")
+    def _conditional_has_benign_dev(self) -> StudyParams:
+        # The gate's threshold is set on dev prompts of both subsets, never on eval.
+        if ("conditional_caa" in compared_methods(self.sweep)
+                and self.data.benign.n_dev < 1):
+            raise ValueError(
+                "data.benign.n_dev: 0, but methods.conditional_caa sets its gate's threshold "
+                "on benign dev prompts; set data.benign.n_dev >= 1 (e.g. 8), or leave "
+                "conditional_caa out of sweep.methods")
         return self
 
     def section_hash(self, *sections: str) -> str:

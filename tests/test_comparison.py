@@ -47,7 +47,7 @@ def _interventions(n_layers=3, d=8):
 
 def test_all_methods_are_compared_by_default_caa_first():
     assert compared_methods(_params().sweep) == ["caa", "actadd", "ablation", "mean_transport",
-                                                 "prompt", "random"]
+                                                 "prompt", "random", "conditional_caa"]
     assert compared_methods(_params(methods=["prompt"]).sweep) == ["caa", "prompt"]
     with pytest.raises(ParamsError, match="sweep.methods"):
         _params(methods=["steer-harder"])
