@@ -102,13 +102,19 @@ def build_gate(model, tokenizer, prompts: pd.DataFrame, vectors, params: StudyPa
                layer: int):
     """(the conditional intervention, its record): projections of every dev and eval prompt,
     the threshold from the dev ones (eval plays no part), each prompt's gate; (None, None)
-    when conditional_caa is not in `sweep.methods`."""
+    when conditional_caa is not in `sweep.methods`, (None, {'skipped': why}) without benign
+    dev prompts."""
     from .gating import ConditionalIntervention
     from .params import compared_methods
     from .steering import LayerEdit
 
     if METHOD not in compared_methods(params.sweep):
         return None, None
+    rows = prompts[prompts["split"].isin(["dev", "eval"])].reset_index(drop=True)
+    if not ((rows["split"] == "dev") & (rows["subset"] == "benign")).any():
+        # Only under `sweep.methods: all` (named, params refuse it): said in the record.
+        return None, {"skipped": "no benign dev prompts (data.benign.n_dev: 0) to set the "
+                                 "gate's threshold on"}
     at = condition_layer(params, layer, vectors.n_layers)
     direction = vectors.directions[at].float()
     spec = params.methods.conditional_caa
@@ -116,7 +122,6 @@ def build_gate(model, tokenizer, prompts: pd.DataFrame, vectors, params: StudyPa
         METHOD, LayerEdit(shift=-vectors.directions.float()),
         metadata={"condition_layer": at, "projection": PROJECTION},
         condition_layer=at, condition=direction, last_n=params.activations.pool_last_tokens)
-    rows = prompts[prompts["split"].isin(["dev", "eval"])].reset_index(drop=True)
     projection = intervention.project(model, tokenizer, list(rows["text"]))
     dev = rows["split"] == "dev"
     record = choose_threshold(projection[dev & (rows["subset"] == "challenging")],

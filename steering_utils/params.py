@@ -436,9 +436,10 @@ class StudyParams(_Strict):
 
     @model_validator(mode="after")
     def _conditional_has_benign_dev(self) -> StudyParams:
-        # The gate's threshold is set on dev prompts of both subsets, never on eval.
-        if ("conditional_caa" in compared_methods(self.sweep)
-                and self.data.benign.n_dev < 1):
+        # The gate's threshold is set on dev prompts of both subsets, never on eval. Named
+        # explicitly, conditional CAA needs them; under `all` it is skipped without them.
+        named = self.sweep.methods != "all" and "conditional_caa" in self.sweep.methods
+        if named and self.data.benign.n_dev < 1:
             raise ValueError(
                 "data.benign.n_dev: 0, but methods.conditional_caa sets its gate's threshold "
                 "on benign dev prompts; set data.benign.n_dev >= 1 (e.g. 8), or leave "

@@ -491,7 +491,7 @@ def plot_control(results: ExperimentResults) -> Figure | None:
 
 METHOD_LABELS = {"caa": "CAA", "actadd": "ActAdd", "ablation": "directional ablation",
                  "mean_transport": "mean transport", "prompt": "instruction prompt",
-                 "random": "random direction"}
+                 "random": "random direction", "conditional_caa": "conditional CAA"}
 
 
 def plot_method_fronts(results: ExperimentResults) -> Figure | None:

@@ -178,8 +178,12 @@ def test_params_name_the_field_and_the_fix():
         _params({"condition_layer": -1})
     with pytest.raises(ParamsError, match="methods.conditional_caa.threshold"):
         _params({"threshold": "median"})
-    with pytest.raises(ParamsError, match="data.benign.n_dev"):
-        _params(benign={"n_dev": 0})
+    named = _default()
+    named["sweep"]["methods"] = ["conditional_caa"]
+    named["data"]["benign"]["n_dev"] = 0
+    with pytest.raises(ParamsError, match="data.benign.n_dev: 0, but methods.conditional_caa"):
+        parse_params(named)
+    _params(benign={"n_dev": 0})  # under `all`, skipped (build_gate says why), not an error
     named = _params({"condition_layer": 40})
     with pytest.raises(ParamsError, match=r"methods.conditional_caa.condition_layer: 40 out of "
                                           r"range .* 30 decoder layers"):
@@ -211,6 +215,9 @@ def test_build_gate_sets_the_threshold_on_dev_only(toy, tiny_tokenizer):
     assert interventions[cond.METHOD] is gate
     off = params.model_copy(update={"sweep": params.sweep.model_copy(update={"methods": []})})
     assert cond.build_gate(model, tiny_tokenizer, prompts, vectors, off, 0) == (None, None)
+    no_benign_dev = prompts[~((prompts["split"] == "dev") & (prompts["subset"] == "benign"))]
+    skipped, why = cond.build_gate(model, tiny_tokenizer, no_benign_dev, vectors, params, 0)
+    assert skipped is None and "data.benign.n_dev" in why["skipped"]
 
 
 def test_capability_items_are_gated_on_their_question_prompt(toy, tiny_tokenizer):
@@ -258,7 +265,7 @@ def test_eval_jobs_generate_only_what_no_stage_made():
         CAA: 8 * k, cond.METHOD: 4 * k, UNSTEERED: 8 * k}
 
 
-def test_summary_reports_the_effect_on_challenging_and_the_cost_on_benign():
+def _summary():
     params = _params()
     prompts = _eval_prompts()
     gated = {"c0": True, "c1": True, "c2": True, "c3": False,
@@ -282,7 +289,11 @@ def test_summary_reports_the_effect_on_challenging_and_the_cost_on_benign():
                                + [cond.METHOD] * 4, "layer": 6, "alpha": 2.0,
                                "item": list(range(4)) * 3,
                                "correct": [1, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0]})
-    found = cond.summarize(pd.concat([reference, caa, conditional]), record, capability, params)
+    return cond.summarize(pd.concat([reference, caa, conditional]), record, capability, params)
+
+
+def test_summary_reports_the_effect_on_challenging_and_the_cost_on_benign():
+    found = _summary()
     shares = {g.subset: g.share for g in found.gated}
     assert shares == {"challenging": 0.75, "benign": 0.25, "capability": 0.25}
     arms = {(a.method, a.subset): a for a in found.arms}
@@ -296,3 +307,17 @@ def test_summary_reports_the_effect_on_challenging_and_the_cost_on_benign():
     assert found.capability.accuracy == {UNSTEERED: 0.5, CAA: 0.0, cond.METHOD: 0.25}
     assert [v.estimate for v in found.capability.verdicts] == [-50.0, -25.0]
     assert found.eval_auroc == pytest.approx(0.75)  # (9 above + 6 ties / 2) / 16
+
+
+def test_results_carry_the_section_and_the_report_shows_it():
+    from steering_utils.report import render_report
+    from steering_utils.results import validate_results
+    from tests.results_fixture import make_results
+
+    document = make_results()
+    assert validate_results(document).conditional is None  # optional: older documents hold
+    document["conditional"] = _summary().model_dump(mode="json")
+    html = render_report(validate_results(document), figures=[])
+    assert 'id="conditional"' in html and "arXiv:2409.05907" in html
+    assert "conditional CAA vs CAA (layer 6, α = 2), benign eval" in html
+    assert "Youden" in html
