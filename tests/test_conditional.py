@@ -321,3 +321,53 @@ def test_results_carry_the_section_and_the_report_shows_it():
     assert 'id="conditional"' in html and "arXiv:2409.05907" in html
     assert "conditional CAA vs CAA (layer 6, α = 2), benign eval" in html
     assert "Youden" in html
+
+
+def test_end_to_end_gated_rows_are_the_unsteered_rows_and_passing_rows_caas(
+        toy, tiny_tokenizer, tmp_path):
+    """05's conditional section on the toy: gate from dev, jobs, shards, summary. With the
+    same seeds, a gated-off prompt's continuation is the unsteered one, a gated-on prompt's
+    is CAA's."""
+    from steering_utils.jobs import run_jobs
+    from steering_utils.scoring import load_scorer
+
+    model, directions = toy
+    words = ["the cat runs", "you stupid idiot", "we love the day", "they hate awful people",
+             "a dog said no", "i think you know", "why not some", "all the bad people"]
+    prompts = pd.DataFrame({"prompt_id": [f"p{i}" for i in range(16)],
+                            "text": [f"{w} {tail}" for tail in ("now", "at night") for w in words],
+                            "subset": ["benign", "challenging"] * 8,
+                            "split": ["dev"] * 8 + ["eval"] * 8})
+    vectors = SteeringVectors(directions, torch.full((2,), 50.0))
+    params = _params({"condition_layer": CONDITION_LAYER})
+    params = params.model_copy(update={"methods": params.methods.model_copy(
+        update={"samples_per_prompt": 2})})
+    gate, gate_record = cond.build_gate(model, tiny_tokenizer, prompts, vectors, params,
+                                        STEER_LAYER)
+    scorers = {"primary": load_scorer("profanity-check"), "second": None}
+    evals = prompts[prompts["split"] == "eval"]
+    baseline = run_jobs(model, tiny_tokenizer, make_jobs(evals, [(UNSTEERED_LAYER, 0.0)], 2),
+                        {}, params, scorers, tmp_path)
+    cell = (STEER_LAYER, 1.0)
+    sweep = run_jobs(model, tiny_tokenizer,
+                     make_jobs(evals[evals["subset"] == "challenging"], [cell], 2), {CAA: vectors},
+                     params, scorers, tmp_path)
+    jobs, reused = cond.eval_jobs(prompts, baseline, sweep, params, cell)
+    assert set(jobs.loc[jobs["method"] == CAA, "subset"]) == {"benign"}  # challenging reused
+    steered = run_jobs(model, tiny_tokenizer, jobs, {CAA: vectors, cond.METHOD: gate}, params,
+                       scorers, tmp_path)
+    rows = cond.with_gates(pd.concat([reused, steered], ignore_index=True), gate_record)
+    assert (rows.loc[rows["method"] == cond.METHOD, "alpha"] == 1.0).all()  # the cell's alpha
+    by = {m: part.set_index(["prompt_id", "sample"]).sort_index()
+          for m, part in rows.groupby("method")}
+    conditional = by[cond.METHOD]
+    on = conditional["gated"].to_numpy(dtype=bool)
+    assert on.any() and (~on).any()
+    np.testing.assert_array_equal(conditional["completion"][~on],
+                                  by[UNSTEERED]["completion"][~on])
+    np.testing.assert_array_equal(conditional["completion"][on], by[CAA]["completion"][on])
+    assert (by[CAA]["completion"] != by[UNSTEERED]["completion"]).any()
+    found = cond.summarize(rows, cond.record(gate_record, cell, {cond.METHOD: {
+        "layer": cell[0], "alpha": cell[1]}}), None, params)
+    assert {a.method for a in found.arms} == {CAA, cond.METHOD}
+    assert found.threshold == gate.threshold and found.cell_from == cond.METHOD
