@@ -469,7 +469,10 @@ def job_counts(params: StudyParams, n_layers: int) -> dict[str, int]:
     counts["methods"] = (
         data.challenging.n_dev * (methods.grid_samples_per_prompt or sweep.grid_samples_per_prompt)
         * sum(len(strengths(params, m)) for m in others)
-        + data.challenging.n_eval * (methods.samples_per_prompt or k) * len(others))
+        + data.challenging.n_eval * (methods.samples_per_prompt or k) * len(others)
+        # conditional CAA also runs at its pick on the benign eval prompts (CAA's rows there
+        # come from the sweep)
+        + data.benign.n_eval * (methods.samples_per_prompt or k) * ("conditional_caa" in others))
     counts["generated"] = sum(counts.values())
     # Dev: the reference and the cells the rule tries (about two, and one a method); eval:
     # every sweep cell, the reference, each random direction at the chosen alpha, each method.
