@@ -189,6 +189,11 @@ def test_params_name_the_field_and_the_fix():
                                           r"range .* 30 decoder layers"):
         cond.condition_layer(named, 12, 30)
     assert cond.condition_layer(_params({"condition_layer": 3}), 12, 30) == 3
+    from steering_utils.preflight import check_layers
+
+    with pytest.raises(ParamsError, match=r"methods.conditional_caa.condition_layer: \[40\] out "
+                                          r"of range for a model with 30"):
+        check_layers(named)  # `make check`, before any stage runs (the offline model: 30)
     assert cond.condition_layer(params, 12, 30) == 12  # chosen: the comparison's layer
 
 
