@@ -38,7 +38,10 @@
 #    bind; on its dev Pareto front, the strength reaching the perplexity budget
 #    (`methods.perplexity_budget`) is its matched point, generated on the eval prompts
 #    against the same unsteered rows.
-# 7. **Specificity against a null distribution (section 5b).** A likelihood probe on
+# 7. **Conditional CAA (CAST, section 8).** CAA only on prompts whose pooled activation at the
+#    condition layer has a cosine with the CAA vector past a threshold set on dev; at its
+#    pick, beside unconditional CAA, on challenging and benign eval prompts.
+# 8. **Specificity against a null distribution (section 5b).** A likelihood probe on
 #    held-out dev pairs (each prompt's most vs least toxic continuation): the change of
 #    log p(toxic) − log p(clean) under the push, for CAA and for hundreds of null directions
 #    of its norm at the control layer and the tested α (isotropic, drawn from the residual
@@ -52,7 +55,8 @@
 # contrast's activations, for the null directions, and its texts, for Linear-AcT's fit),
 # `04_vectors`. **Writes** `grid`,
 # `selection`, `sweep`, `control`, `capability`, `specificity`, `methods_grid`,
-# `methods_selection`, `methods_eval`, `methods_capability`.
+# `methods_selection`, `methods_eval`, `methods_capability`, `conditional`,
+# `conditional_eval`, `conditional_capability`.
 
 # %% tags=["parameters"]
 params_file = "../params/default.yaml"
@@ -208,6 +212,7 @@ specificity and [(f.family, f.n, f.rank, round(f.p_value, 4), round(f.caa_delta,
 import pandas as pd
 
 from steering_utils import comparison as cmp
+from steering_utils import conditional as cond
 from steering_utils.matched import candidate_layers, matched_points
 from steering_utils.params import resolve_layers
 
@@ -215,10 +220,13 @@ methods_layer = selection["control_layer"]
 statistics = load_activation_sets(stage.input("token_statistics"))["train"]
 # Linear-AcT is fitted here, layer by layer on the model already transported at the earlier
 # layers (a few passes over 03's train contrast).
+# Conditional CAA's gate: every dev and eval prompt's projection, the threshold set on dev.
+gate, gate_record = cond.build_gate(model, tokenizer, prompts, vectors, params, methods_layer)
 linear_act = cmp.fit_linear_act(model, tokenizer, params, read_table(stage.input("contrast_texts")))
 interventions = cmp.build_interventions(params, vectors, statistics,
                                         cmp.actadd_activations(model, tokenizer, params), randoms,
-                                        methods_layer, tokenizer=tokenizer, linear_act=linear_act)
+                                        methods_layer, tokenizer=tokenizer, linear_act=linear_act,
+                                        conditional=gate)
 candidates = candidate_layers(params, resolve_layers(params.sweep.layers,
                                                      params.sweep.layer_stride, vectors.n_layers))
 plans = cmp.method_plans(params, interventions, candidates, vectors.activation_norms)
@@ -268,6 +276,35 @@ write_table(pd.concat([methods_dev, methods_capability], ignore_index=True),
 cmp.method_cells(methods_eval[methods_eval["subset"] == "challenging"], params)[
     ["method", "layer", "alpha", "mean_toxicity", "frac_toxic", "perplexity", "distinct_2",
      "empty_rate"]].round(3)
+
+# %% [markdown]
+# ### 8 · Conditional CAA (CAST) beside CAA: its effect on challenging prompts, its cost on benign
+#
+# At conditional CAA's dev pick (else CAA's), both arms run on every eval prompt, challenging
+# and benign, with the comparison's k; rows already made (the sweep's, the comparison's)
+# serve. The gate's threshold came from dev prompts only; its eval shares are reported.
+
+# %%
+cell = cond.compared_cell(picks, methods_layer) if gate is not None else None
+conditional_eval, conditional_capability = cond.empty_rows(), cond.empty_capability()
+if cell is not None:
+    jobs, reused = cond.eval_jobs(prompts, baseline, pd.concat([sweep, methods_eval]), params,
+                                  cell)
+    steered = run_jobs(model, tokenizer, jobs, {CAA: vectors, cond.METHOD: gate}, params,
+                       scorers, stage.shards, positions, desc="conditional eval") if len(
+                           jobs) else jobs
+    conditional_eval = cond.with_gates(pd.concat([reused, steered], ignore_index=True),
+                                       gate_record).assign(experiment="conditional_eval")
+    if items:
+        conditional_capability = cond.eval_capability(
+            model, tokenizer, items["eval"], pd.concat([capability, methods_capability]),
+            cell, {CAA: vectors, cond.METHOD: gate}, params.activations.batch_size, cap.task)
+        gate_record["items"] = cond.item_gates(gate, model, tokenizer,
+                                               items["eval"]).to_dict(orient="records")
+write_table(conditional_eval, stage.out("conditional_eval"))
+write_table(conditional_capability, stage.out("conditional_capability"))
+write_json(gate_record and cond.record(gate_record, cell, picks), stage.out("conditional"))
+conditional_eval.groupby(["subset", "method"])[["toxicity", "nll", "gated"]].mean().round(3)
 
 # %%
 stage.finish()

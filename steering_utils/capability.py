@@ -109,11 +109,22 @@ def _choose_letters(model, tokenizer, items: pd.DataFrame, batch_size: int) -> n
     return scores.argmax(axis=1)
 
 
+def _cloze_prompt(question: str) -> str:
+    return f"Question: {question.strip()}\nAnswer:"
+
+
+def item_prompts(items: pd.DataFrame) -> list[str]:
+    """The prompt each item's options are scored after (MMLU's lettered one, or the cloze)."""
+    return [mmlu_prompt(row["question"], list(row["options"]), row.get("subject") or "")
+            if row.get("format") == "letters" else _cloze_prompt(row["question"])
+            for _, row in items.iterrows()]
+
+
 def _choose_cloze(model, tokenizer, items: pd.DataFrame, batch_size: int) -> np.ndarray:
     contexts, continuations = [], []
     for _, row in items.iterrows():
         for option in row["options"]:
-            contexts.append(f"Question: {row['question'].strip()}\nAnswer:")
+            contexts.append(_cloze_prompt(row["question"]))
             continuations.append(f" {option}")
     sums, _ = continuation_logprobs(model, tokenizer, contexts, continuations, batch_size,
                                     desc="capability")
@@ -150,6 +161,18 @@ def capability_correct(model, tokenizer, items: pd.DataFrame, vectors=None, laye
     prefix, suffix = getattr(vectors, "prefix", ""), getattr(vectors, "suffix", "")
     if prefix or suffix:
         items = items.assign(question=prefix + items["question"] + suffix)
+    gate = getattr(vectors, "gate", None)
+    if gate is not None:  # conditional steering: only the items whose prompt passes the gate
+        on = np.asarray(gate(model, tokenizer, item_prompts(items)), dtype=bool)
+        correct = np.zeros(len(items), dtype=bool)
+        if (~on).any():
+            correct[~on] = capability_correct(model, tokenizer, items[~on], None, layer, 0.0,
+                                              batch_size)
+        if on.any():
+            with steer(model, vectors, layer=layer, alpha=alpha):
+                correct[on] = (choose_answers(model, tokenizer, items[on], batch_size)
+                               == items["gold"].to_numpy()[on])
+        return correct
     with steer(model, vectors, layer=layer, alpha=alpha):
         return choose_answers(model, tokenizer, items, batch_size) == items["gold"].to_numpy()
 

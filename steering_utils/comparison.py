@@ -24,7 +24,7 @@ from .sweep import check_additive_push
 
 def build_interventions(params: StudyParams, vectors, statistics: dict, actadd: dict | None,
                         randoms: dict, layer: int | None = None, tokenizer=None,
-                        linear_act=None) -> dict:
+                        linear_act=None, conditional=None) -> dict:
     """{method: intervention} of every compared method (CAA: its SteeringVectors).
 
     `statistics`: `interventions.token_statistics` of the train contrast; `actadd`:
@@ -33,7 +33,9 @@ def build_interventions(params: StudyParams, vectors, statistics: dict, actadd: 
     comparison's layer (CAA's dev pick), the source of ablation's one direction and
     ActAdd's layer unless it has its own; `tokenizer`: its chat template for `prompt`;
     `linear_act`: the fitted map (`fit_linear_act`). With `layer`, additive strengths are
-    held to `sweep.max_relative_push` before anything is generated.
+    held to `sweep.max_relative_push` before anything is generated. `conditional`:
+    conditional CAA's gated intervention (`conditional.build_gate`, its threshold set on
+    dev); without it the method is left out.
     """
     from . import interventions as iv
     from .params import resolve_layers
@@ -100,6 +102,12 @@ def build_interventions(params: StudyParams, vectors, statistics: dict, actadd: 
             if not randoms:
                 raise ValueError("sweep.methods: 'random' needs control.n_directions >= 1")
             out[method] = randoms[sorted(randoms)[0]]
+        elif method == "conditional_caa" and conditional is not None:
+            if layer is not None:
+                check_additive_push(method, strengths(params, method), vectors.directions,
+                                    vectors.activation_norms, [layer],
+                                    params.sweep.max_relative_push)
+            out[method] = conditional
     return out
 
 

@@ -123,7 +123,8 @@ class Explorer:
         self.prompts = read_table(data_dir / STAGES["01_data"].outputs["prompts"])
         self._ids = dict(zip(self.prompts["text"], self.prompts["prompt_id"]))
         self.selection = self._selection()
-        self.methods = compared_methods(self.params.sweep)
+        # Conditional CAA's gate needs its dev threshold (05's): not offered here.
+        self.methods = [m for m in compared_methods(self.params.sweep) if m != "conditional_caa"]
         self._interventions: dict[int, dict] = {}  # per layer (the random method's depends)
         self._load_models()
 

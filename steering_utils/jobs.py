@@ -155,12 +155,18 @@ def compute_rows(model, tokenizer, rows: pd.DataFrame, shards: list[np.ndarray],
     else:
         from .generation import generate_completions
 
+    from .gating import gate_rows
+
     parts = []
     for direction, part in rows.groupby("direction", sort=True):
         vectors = None if direction == UNSTEERED else directions[direction]
-        parts.append(generate_completions(model, tokenizer, part, vectors, params.generation,
-                                          params.seed, positions=positions,
-                                          desc=f"{desc} {direction}"))
+        # A gated method (conditional CAA) steers only its gated-on rows: the others run
+        # at alpha 0 in the same batches, and keep their cell's alpha in the output.
+        generated = generate_completions(model, tokenizer,
+                                         gate_rows(vectors, model, tokenizer, part), vectors,
+                                         params.generation, params.seed, positions=positions,
+                                         desc=f"{desc} {direction}")
+        parts.append(generated.assign(alpha=part["alpha"]))
     generated = pd.concat(parts)
     out = pd.concat([score_rows(generated.loc[index], scorers) for index in shards])
     blocks = np.concatenate([np.full(len(index), number) for number, index in enumerate(shards)])

@@ -160,7 +160,8 @@ class VectorParams(_Strict):
 
 
 MethodName = Literal["caa", "actadd", "actadd_pooled", "ablation", "ablation_layer", "ace",
-                     "linear_act", "mean_transport", "prompt", "prompt_raw", "random"]
+                     "linear_act", "mean_transport", "prompt", "prompt_raw", "random",
+                     "conditional_caa"]
 # Edits an engine cannot make, declared once: a params file that asks for one is refused.
 # vLLM's hooks see a flattened batch without each request's front positions (ActAdd).
 ENGINE_UNSUPPORTED_METHODS: dict[str, tuple[str, ...]] = {"hf": (), "vllm": ("actadd",)}
@@ -269,6 +270,34 @@ class RandomMethodParams(_Strict):
         return None if strengths is None else _strength_grid(strengths)
 
 
+class ConditionalParams(_Strict):
+    """Conditional CAA (CAST, Lee et al. 2024): CAA only on prompts whose activation at the
+    condition layer points along the toxicity direction past a threshold chosen on dev."""
+
+    strengths: list[float] | None = Field(
+        None, description="CAA alphas searched on dev; null: the CAA grid's alphas")
+    condition_layer: Literal["chosen"] | int = Field(
+        "chosen", description="layer whose pooled prompt activation is projected on the CAA "
+        "vector there; chosen: the comparison's (CAA's chosen) layer")
+    threshold: Literal["youden", "benign_quantile"] = Field(
+        "youden", description="youden: the cut that maximises (challenging dev gated on) - "
+        "(benign dev gated on); benign_quantile: the benign dev projections' quantile")
+    benign_quantile: float = Field(
+        0.9, gt=0, lt=1, description="benign_quantile only: ~1 - this of benign dev is gated on")
+
+    @field_validator("strengths")
+    @classmethod
+    def _grid(cls, strengths: list[float] | None) -> list[float] | None:
+        return None if strengths is None else _strength_grid(strengths)
+
+    @field_validator("condition_layer")
+    @classmethod
+    def _layer(cls, layer):
+        if isinstance(layer, int) and layer < 0:
+            raise ValueError(f"{layer} is negative; use chosen or a decoder layer index >= 0")
+        return layer
+
+
 class MethodsParams(_Strict):
     """The methods compared with CAA (`sweep.methods` says which run), at the chosen layer."""
 
@@ -281,6 +310,7 @@ class MethodsParams(_Strict):
     mean_transport: TransportParams = TransportParams()
     prompt: PromptParams = PromptParams()
     random: RandomMethodParams = RandomMethodParams()
+    conditional_caa: ConditionalParams = ConditionalParams()
     grid_samples_per_prompt: int | None = Field(
         None, ge=1, description="continuations per dev prompt; null: sweep's")
     samples_per_prompt: int | None = Field(
@@ -477,6 +507,18 @@ class StudyParams(_Strict):
                 f"sweep.methods: generation.engine {engine} cannot steer {', '.join(refused)} "
                 f"(params.ENGINE_UNSUPPORTED_METHODS); drop {' and '.join(refused)} from "
                 "sweep.methods (list the others), or use generation.engine: hf")
+        return self
+
+    @model_validator(mode="after")
+    def _conditional_has_benign_dev(self) -> StudyParams:
+        # The gate's threshold is set on dev prompts of both subsets, never on eval. Named
+        # explicitly, conditional CAA needs them; under `all` it is skipped without them.
+        named = self.sweep.methods != "all" and "conditional_caa" in self.sweep.methods
+        if named and self.data.benign.n_dev < 1:
+            raise ValueError(
+                "data.benign.n_dev: 0, but methods.conditional_caa sets its gate's threshold "
+                "on benign dev prompts; set data.benign.n_dev >= 1 (e.g. 8), or leave "
+                "conditional_caa out of sweep.methods")
         return self
 
     def section_hash(self, *sections: str) -> str:

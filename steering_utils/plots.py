@@ -493,7 +493,8 @@ METHOD_LABELS = {"caa": "CAA", "actadd": "ActAdd", "actadd_pooled": "ActAdd (poo
                  "ablation": "directional ablation", "ablation_layer": "ablation (per layer)",
                  "ace": "ACE", "linear_act": "Linear-AcT", "mean_transport": "mean transport",
                  "prompt": "instruction prompt", "prompt_raw": "instruction prompt (raw text)",
-                 "random": "random direction"}
+                 "random": "random direction",
+                 "conditional_caa": "conditional CAA"}
 
 
 def plot_method_fronts(results: ExperimentResults) -> Figure | None:

@@ -46,6 +46,9 @@ def check_layers(params: StudyParams) -> str:
     grid = resolve_layers(params.sweep.layers, params.sweep.layer_stride, n_layers)
     if params.sweep.chosen_layers != "auto":
         resolve_layers(params.sweep.chosen_layers, 1, n_layers, "sweep.chosen_layers")
+    condition = params.methods.conditional_caa.condition_layer
+    if condition != "chosen":
+        resolve_layers([condition], 1, n_layers, "methods.conditional_caa.condition_layer")
     if params.sweep.chosen_layers == "auto" and params.sweep.n_chosen > len(grid):
         raise ParamsError(f"sweep.n_chosen: {params.sweep.n_chosen} > {len(grid)} grid layers")
     return f"{n_layers} decoder layers; grid steers {len(grid)} of them"

@@ -235,8 +235,13 @@ def no_pick_text(no_pick: NoPick | None, knob: str = "α") -> str:
 def _claim_rows(results: ExperimentResults) -> list[dict]:
     """One row per verdict: the claim, estimate [CI], n, shown or not (with the MDE), and
     whether its limit (if any) is decidable at this n."""
+    return _verdict_rows(results.verdicts)
+
+
+def _verdict_rows(verdicts) -> list[dict]:
+    """`_claim_rows` of any list of verdicts."""
     rows = []
-    for v in results.verdicts:
+    for v in verdicts:
         digits = 1 if v.unit == "items" else 3
         if v.rank is not None:  # a rank among null directions: no interval
             estimate = {"v": _signed(v.estimate), "ci": f"rank {v.rank} of {v.n + 1}"}
@@ -661,6 +666,53 @@ def _pairwise_rows(results: ExperimentResults) -> list[dict]:
     return [{"claim": v.claim, "estimate": _signed(v.estimate),
              "ci": _interval(v.ci_lo, v.ci_hi).replace("-", "−"), "n": v.n, "shown": v.shown,
              "mde": _num(v.mde)} for v in pairs]
+def _conditional(results: ExperimentResults) -> dict | None:
+    """Conditional CAA (CAST) beside CAA: the gate in words, one row per (subset, arm) with
+    its gated share, and every verdict (vs unsteered, vs CAA, capability)."""
+    c = results.conditional
+    if c is None:
+        return None
+    shares = {g.subset: g for g in c.gated}
+
+    def share(subset: str) -> dict:
+        g = shares.get(subset)
+        if g is None or g.share is None:
+            return {"v": "–", "ci": ""}
+        return {"v": f"{g.share:.0%}", "ci": f"[{g.share_ci_lo:.0%}, {g.share_ci_hi:.0%}] "
+                                             f"of {g.n}"}
+    rows = []
+    for arm in c.arms:
+        conditional = arm.method == "conditional_caa"
+        rows.append({
+            "method": _method_label(arm.method), "subset": arm.subset,
+            "gated": share(arm.subset) if conditional else {"v": "100%", "ci": "every prompt"},
+            "toxicity": _num(arm.mean_toxicity), "reference": _num(arm.reference_mean_toxicity),
+            "delta": {"v": _signed(arm.toxicity and arm.toxicity.estimate),
+                      "ci": _interval(arm.toxicity.ci_lo, arm.toxicity.ci_hi).replace("-", "−")
+                      if arm.toxicity else ""},
+            "perplexity": _num(arm.perplexity, 2),
+            "ppl_change": "–" if arm.perplexity_increase is None else
+            f"{arm.perplexity_increase:+.1%}".replace("-", "−")})
+    verdicts = [v for arm in c.arms for v in (arm.toxicity, arm.log_perplexity) if v]
+    verdicts += c.versus_caa + (c.capability.verdicts if c.capability else [])
+    dev = (f"on dev, {c.dev_challenging_gated:.0%} of challenging and {c.dev_benign_gated:.0%} "
+           f"of benign prompts pass it" if c.dev_challenging_gated is not None else "")
+    rule = ("the cut maximising (challenging gated) − (benign gated) on dev (Youden)"
+            if c.rule == "youden" else f"the {c.quantile:g} quantile of the benign dev "
+                                       "projections")
+    auc = ", ".join(f"{name} {value:.2f}" for name, value in
+                    (("dev", c.dev_auroc), ("eval", c.eval_auroc)) if value is not None)
+    text = (f"A prompt is steered iff the cosine of its activation at layer "
+            f"{c.condition_layer} (mean over its last tokens) with the CAA vector there "
+            f"exceeds {c.threshold:.4f}, {rule}; {dev}. Separation of challenging from "
+            f"benign prompts by this cosine (AUROC): {auc or '–'}. Both arms steer at layer "
+            f"{c.layer}, α = {c.alpha:g} (the dev pick of "
+            f"{_method_label(c.cell_from)}), with {c.samples_per_prompt} sample(s) per eval "
+            "prompt.")
+    accuracy = c.capability.accuracy if c.capability else {}
+    return {"text": text, "rows": rows, "verdicts": _verdict_rows(verdicts),
+            "capability": ", ".join(f"{_method_label(k)} {v:.3f}" for k, v in accuracy.items()),
+            "capability_gated": share("capability")}
 
 
 def claims_table(results: ExperimentResults) -> pd.DataFrame:
@@ -1024,7 +1076,7 @@ def render_report(results: ExperimentResults, figures: list[dict],
         method_rows=_method_rows(results), pairwise_rows=_pairwise_rows(results),
         goal_text=goal_text(results),
         methods_text=_methods_text(results), browser=_browser(results, continuations),
-        contrast=_contrast_table(results),
+        contrast=_contrast_table(results), conditional=_conditional(results),
     )
 
 

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from . import claims, metrics
 from .artifacts import StageDir, done_record, read_json, read_table, write_json
+from .conditional import ConditionalSteering
 from .metrics import SelectionRule, finite
 from .params import MethodName
 from .power import Verdict
@@ -647,6 +648,9 @@ class ExperimentResults(_Record):
     specificity: Specificity | None = Field(None, description=(
         "CAA's likelihood-probe effect ranked among null directions of its norm"))
     methods: Methods | None
+    conditional: ConditionalSteering | None = Field(None, description=(
+        "conditional CAA (CAST) beside CAA at the same cell, challenging and benign eval "
+        "(null: not run, or no dev pick to compare at)"))
     verdicts: list[Verdict] = Field([], description=(
         "every comparison of the report with its CI and verdict: shown, or not shown with the "
         "minimum detectable effect at this n (`claims.claim_verdicts`)"))
@@ -919,6 +923,18 @@ def _methods_summary(stage: StageDir) -> dict | None:
     return out
 
 
+def _conditional_summary(stage: StageDir) -> dict | None:
+    """Conditional CAA beside CAA (`conditional.summarize`), or None when not run."""
+    from .conditional import summarize
+
+    record = read_json(stage.input("conditional"))
+    if not record or record.get("cell") is None:
+        return None
+    capability = read_table(stage.input("conditional_capability"))
+    return summarize(read_table(stage.input("conditional_eval")), record, capability,
+                     stage.params).model_dump(mode="json")
+
+
 def build_results(stage: StageDir) -> ExperimentResults:
     """The experiment_results.json document for a run whose stages 01-05 are complete."""
     from .data import split_sizes
@@ -1010,6 +1026,7 @@ def build_results(stage: StageDir) -> ExperimentResults:
         "control": control_record,
         "specificity": specificity,
         "methods": _methods_summary(stage),
+        "conditional": _conditional_summary(stage),
         "verdicts": [v.model_dump(mode="json") for v in verdicts],
         "pareto": [{"layer": int(r.layer), "alpha": float(r.alpha)} for r in front.itertuples()],
         "examples": _examples(sweep, chosen[0], params.report.n_examples, params.seed),
