@@ -68,8 +68,9 @@ class Passes:
 
 def _lengths(tokenizer, texts, special: bool = True) -> list[int]:
     texts = list(texts)
-    return [len(ids) for ids in tokenizer(texts, add_special_tokens=special)["input_ids"]] \
-        if texts else []
+    if not texts:
+        return []
+    return [len(ids) for ids in tokenizer(texts, add_special_tokens=special)["input_ids"]]
 
 
 def _scored(tokenizer, contexts, continuations, max_tokens: int) -> Passes:
@@ -87,7 +88,10 @@ def new_rows(tables: list[pd.DataFrame], seen: set) -> pd.DataFrame:
     rows = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=ROW_KEY)
     keys = [(str(d), int(la), float(a), str(p), int(s)) for d, la, a, p, s in
             rows[list(ROW_KEY)].itertuples(index=False)]
-    fresh = [key not in seen and not seen.add(key) for key in keys]
+    fresh = []
+    for key in keys:
+        fresh.append(key not in seen)
+        seen.add(key)
     return rows[fresh]
 
 
@@ -326,10 +330,10 @@ def floor_report(run_dir: str | Path, end_to_end: float | None = None) -> str:
         lines.append(f"{'runner':<15}{end_to_end:>9.1f}{'':>41}{floor_s:>9.2f}"
                      f"{end_to_end / floor_s:>11.1f}  (kernels and loading included)")
     lines.append("by kind: items, token-forwards, logit positions")
-    for stage, kinds in work.items():
+    for stage in STAGE_NAMES:
         for kind in KINDS:
-            if kind in kinds:
-                p = kinds[kind]
+            if kind in work.get(stage, {}):
+                p = work[stage][kind]
                 lines.append(f"  {stage:<15}{kind:<13}{p.items:>8,} {_unit(kind):<9}"
                              f"{p.tokens:>12,.0f}{p.logits:>10,.0f}")
     return "\n".join(lines)
