@@ -278,9 +278,10 @@ def stage_walls(run_dir: Path) -> dict[str, float]:
 
 # --- the rate and the table ----------------------------------------------------------------
 
-def matmul_rate(inner: int, outer: int, rows: int = GEMM_ROWS, repeats: int = 5) -> float:
+def matmul_rate(inner: int, outer: int, rows: int = GEMM_ROWS, repeats: int = 10) -> float:
     """FLOP/s of a fp32 GEMM [rows × inner] @ [inner × outer] on torch's threads, best of
-    `repeats` timings of about 0.2 s each."""
+    `repeats` timings of about 0.2 s each (the best: a floor assumes the machine's best rate,
+    and on a shared machine the best window is the least disturbed)."""
     import torch
 
     a, b = torch.randn(rows, inner), torch.randn(inner, outer)

@@ -135,9 +135,12 @@ def bench_grid(params, model, tokenizer, prompts, vectors) -> dict:
 
 def bench_study() -> tuple[dict, str]:
     """(c) the default study in a fresh run folder, (d) the same command again; (e) its floor."""
+    from steering_utils.params import load_params
+
     work = Path(tempfile.mkdtemp(prefix="bench-study-"))
+    params_file = ROOT / "params" / "default.yaml"
     command = [sys.executable, "-m", "steering_utils.runner", "--params",
-               str(ROOT / "params" / "default.yaml"), "--runs-root", str(work / "runs"),
+               str(params_file), "--runs-root", str(work / "runs"),
                "--reports-root", str(work / "reports")]
     started = time.perf_counter()
     subprocess.run(command, check=True, cwd=ROOT)
@@ -147,9 +150,7 @@ def bench_study() -> tuple[dict, str]:
     started = time.perf_counter()
     subprocess.run(command, check=True, cwd=ROOT)
     second = time.perf_counter() - started
-    from steering_utils.params import load_params
-
-    floor = floor_report(work / "runs" / load_params(command[4]).run_name, end_to_end=first)
+    floor = floor_report(work / "runs" / load_params(params_file).run_name, end_to_end=first)
     shutil.rmtree(work, ignore_errors=True)
     return {"default study (s)": first, "peak RSS of one process (GiB)": peak_gib,
             "re-run, all stages skipped (s)": second}, floor
