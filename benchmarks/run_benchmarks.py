@@ -2,6 +2,11 @@
 
     python benchmarks/run_benchmarks.py            # all (the end-to-end part takes minutes)
     python benchmarks/run_benchmarks.py --quick    # skip the end-to-end study (c, d)
+    python benchmarks/run_benchmarks.py --floor-only --run runs/default   # (e) of a run made
+
+(e) the compute floor of the study run in (c), or of --run: wall / floor per stage and in
+    total, the floor being its token-forwards x 2N FLOPs over a fp32 GEMM rate measured
+    here (benchmarks/floor.py)
 
 (a) steering overhead: steered vs plain generation at the same batch (target <= 1.05x)
 (b) grid speed-up: a per-cell loop of generate calls vs mixed-cell batches, same work
@@ -22,6 +27,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from floor import floor_report  # benchmarks/floor.py: a script's folder is on its path
 
 ROOT = Path(__file__).resolve().parent.parent
 REPEATS = 3
@@ -126,11 +133,14 @@ def bench_grid(params, model, tokenizer, prompts, vectors) -> dict:
             "identical continuations": same}
 
 
-def bench_study() -> dict:
-    """(c) the default study in a fresh run folder, (d) the same command again."""
+def bench_study() -> tuple[dict, str]:
+    """(c) the default study in a fresh run folder, (d) the same command again; (e) its floor."""
+    from steering_utils.params import load_params
+
     work = Path(tempfile.mkdtemp(prefix="bench-study-"))
+    params_file = ROOT / "params" / "default.yaml"
     command = [sys.executable, "-m", "steering_utils.runner", "--params",
-               str(ROOT / "params" / "default.yaml"), "--runs-root", str(work / "runs"),
+               str(params_file), "--runs-root", str(work / "runs"),
                "--reports-root", str(work / "reports")]
     started = time.perf_counter()
     subprocess.run(command, check=True, cwd=ROOT)
@@ -140,21 +150,33 @@ def bench_study() -> dict:
     started = time.perf_counter()
     subprocess.run(command, check=True, cwd=ROOT)
     second = time.perf_counter() - started
+    floor = floor_report(work / "runs" / load_params(params_file).run_name, end_to_end=first)
     shutil.rmtree(work, ignore_errors=True)
     return {"default study (s)": first, "peak RSS of one process (GiB)": peak_gib,
-            "re-run, all stages skipped (s)": second}
+            "re-run, all stages skipped (s)": second}, floor
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="skip the end-to-end study")
+    parser.add_argument("--floor-only", action="store_true",
+                        help="only (e), the compute floor of the run folder given by --run")
+    parser.add_argument("--run", help="(e) of this finished run folder (runs/<run_name>) "
+                        "instead of the study run in (c)")
     args = parser.parse_args()
-    table = {"load": bench_load()}
+    if args.floor_only:
+        if not args.run:
+            parser.error("--floor-only needs --run runs/<run_name>")
+        print(floor_report(args.run))
+        return
+    table, floor = {"load": bench_load()}, None
     setup = _setup()
     table["(a) steering overhead"] = bench_overhead(*setup)
     table["(b) grid: per-cell loop vs mixed-cell batches"] = bench_grid(*setup)
-    if not args.quick:
-        table["(c, d) default study"] = bench_study()
+    if not args.quick and not args.run:
+        table["(c, d) default study"], floor = bench_study()
+    if args.run:
+        floor = floor_report(args.run)
     import torch
 
     print(f"\nbenchmarks on {torch.get_num_threads()} CPU threads, torch {torch.__version__}")
@@ -163,6 +185,8 @@ def main() -> None:
         for name, value in rows.items():
             shown = f"{value:.3f}" if isinstance(value, float) else str(value)
             print(f"  {name:<40} {shown}")
+    if floor:
+        print(f"\n(e) compute floor\n{floor}")
 
 
 if __name__ == "__main__":
