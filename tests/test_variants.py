@@ -380,3 +380,39 @@ def test_method_params_errors_name_the_field_and_fix():
         LinearActParams(strengths=[0.0])
     with pytest.raises(ValueError):
         ActAddParams(layer=-1)
+
+
+def test_method_rows_carry_actadds_own_layer_and_the_templated_prompt(tiny_tokenizer):
+    import copy
+
+    from steering_utils.generation import make_jobs
+    from steering_utils.stages import ALL_LAYERS, UNSTEERED_LAYER
+
+    raw = _default()
+    raw["sweep"]["methods"] = ["caa", "actadd", "ablation", "prompt"]
+    raw["methods"]["actadd"] = {"strengths": [1.0, 3.0], "layer": 2}
+    params = parse_params(raw)
+    n_layers, d = 3, 8
+    directions = _randn(n_layers, d, seed=11)
+    chat = copy.deepcopy(tiny_tokenizer)
+    chat.chat_template = _TEMPLATE
+    interventions = {"caa": SteeringVectors(directions, torch.ones(n_layers)),
+                     "actadd": iv.actadd_front(_randn(n_layers, 2, d), _randn(n_layers, 2, d), 2),
+                     "ablation": iv.directional_ablation(directions[1], n_layers, 1),
+                     "prompt": iv.chat_prompt(chat, "Be kind.")}
+    dev = pd.DataFrame({"prompt_id": ["d0", "d1"], "text": ["you are", "the cat"],
+                        "subset": "challenging", "split": "dev"})
+    baseline = make_jobs(dev, [(UNSTEERED_LAYER, 0.0)], 1).assign(
+        completion="a", toxicity=0.5, nll=2.0, experiment="baseline")
+    grid = make_jobs(dev, [(1, 1.0), (1, 2.0)], 1).assign(completion="x", toxicity=0.1,
+                                                          nll=2.0, experiment="grid")
+    jobs, _ = cmp.grid_jobs(dev, baseline, grid, params, 1, interventions)
+    cells = {m: sorted(set(zip(part["layer"], part["alpha"])))
+             for m, part in jobs.groupby("method")}
+    assert cells["actadd"] == [(2, 1.0), (2, 3.0)]  # its own layer, not the comparison's
+    assert cells["ablation"] == [(ALL_LAYERS, 1.0)]
+    assert cells["prompt"] == [(UNSTEERED_LAYER, 1.0)]
+    prompt_rows = jobs[jobs["method"] == "prompt"]
+    assert list(prompt_rows["prompt"]) == [
+        "<system>Be kind.</system><user>you are</user><assistant>",
+        "<system>Be kind.</system><user>the cat</user><assistant>"]
