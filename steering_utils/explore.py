@@ -217,6 +217,8 @@ class Explorer:
         params = self.params if seed == self.params.seed else self.params.model_copy(
             update={"seed": seed})
         steering = self.intervention(method, layer) if alpha != 0 else None
+        if getattr(steering, "layer", None) is not None:  # a method's own layer (ActAdd's)
+            layer = int(steering.layer)
         prefix, suffix = getattr(steering, "prefix", ""), getattr(steering, "suffix", "")
         direction = UNSTEERED if steering is None else method
         row = pd.DataFrame([{

@@ -15,8 +15,8 @@ Mean transport: gain = sd_clean / sd_toxic - 1, shift = mu_clean - (gain + 1) * 
 One term is positional: `front` ([n_layers, n, d], ActAdd) adds s * front[layer, i] at the
 i-th real token of each row (left padding skipped, read from the model call's attention
 mask), i < n, in calls that see the whole sequence (the prefill); decode steps under the
-KV cache (calls of length 1) are never edited by it. It ignores `positions`: the front
-positions are the method.
+KV cache (calls of length 1 past position 0) are never edited by it. It ignores
+`positions`: the front positions are the method.
 
 `layer` and `alpha` are scalars or one value per batch row, so one batch can mix
 cells of a layer x alpha sweep. An edit with `all_layers` acts at every layer it has
@@ -96,16 +96,19 @@ class _LayerHook:
     def _front_delta(self, hidden: torch.Tensor) -> torch.Tensor | None:
         """[B, T, d]: coef * front[i] at each row's i-th real token, in full-sequence calls."""
         batch, length = hidden.shape[:2]
-        if length == 1:  # a decode step under the KV cache: never a front position
-            return None
-        mask = self.calls.get("attention_mask")
+        mask, given = self.calls.get("attention_mask"), self.calls.get("position_ids")
+        steps = torch.arange(length, device=hidden.device)[None, :]
         if torch.is_tensor(mask) and mask.dim() == 2 and mask.shape[1] == length:
-            offset = mask.to(torch.long).argmax(dim=1).to(hidden.device)  # first real token
-        else:  # no usable mask: no padding
-            offset = torch.zeros(batch, dtype=torch.long, device=hidden.device)
+            # The whole sequence, padded: positions count from each row's first real token.
+            index = steps - mask.to(torch.long).argmax(dim=1).to(hidden.device)[:, None]
+        elif length > 1:  # the whole sequence without padding (no mask, or an all-ones one)
+            index = steps.expand(batch, -1)
+        elif torch.is_tensor(given) and given.numel() == batch and not torch.any(given):
+            index = torch.zeros(batch, 1, dtype=torch.long, device=hidden.device)  # 1-token prompt
+        else:  # a decode step under the KV cache: never a front position
+            return None
         front = self.front.to(device=hidden.device, dtype=hidden.dtype)
-        index = torch.arange(length, device=hidden.device)[None, :] - offset[:, None]  # [B, T]
-        inside = (index >= 0) & (index < front.shape[0])
+        inside = (index >= 0) & (index < front.shape[0])  # [B, T]
         added = front[index.clamp(0, front.shape[0] - 1)] * inside[..., None]
         coef = self.coef.to(device=hidden.device, dtype=hidden.dtype)[:, None, None]
         return coef * added
@@ -223,6 +226,7 @@ def steer(
             def remember_mask(module, args, kwargs):
                 calls["attention_mask"] = kwargs.get(
                     "attention_mask", args[1] if len(args) > 1 else None)
+                calls["position_ids"] = kwargs.get("position_ids")
             handles.append(model.register_forward_pre_hook(remember_mask, with_kwargs=True))
         for index in targets:
             coef = torch.tensor(

@@ -83,7 +83,7 @@ def test_actadd_edits_each_rows_first_real_tokens_only(tiny_qwen3, tiny_tokenize
 def test_actadd_never_edits_decode_steps_under_the_kv_cache(tiny_qwen3, tiny_tokenizer):
     """Decode calls (length 1) are untouched; the edited prefill's KV carries the edit, so
     cached generation equals a cache-free recompute that edits the front positions only."""
-    _, _, method = _front(tiny_qwen3, layer=1, seed=4)
+    toxic, clean, method = _front(tiny_qwen3, layer=1, seed=4)
     batch = tiny_tokenizer(TEXTS, return_tensors="pt", padding=True)
     seen = []  # (call length, raw layer-1 output, steered output)
     layer = decoder_layers(tiny_qwen3)[1]
@@ -102,7 +102,11 @@ def test_actadd_never_edits_decode_steps_under_the_kv_cache(tiny_qwen3, tiny_tok
         raw.remove()
     lengths = [s[0].shape[1] for s in seen]
     assert lengths[0] == batch["input_ids"].shape[1] and lengths[1:] == [1, 1, 1]
-    assert not torch.equal(seen[0][0], seen[0][1])  # the prefill was edited
+    # The prefill was edited at each row's first two real tokens (generate's padding mask).
+    expected = seen[0][0].clone()
+    for row, pad in enumerate((batch["attention_mask"] == 0).sum(1).tolist()):
+        expected[row, pad:pad + 2] -= 3.0 * (toxic[1] - clean[1])
+    torch.testing.assert_close(seen[0][1], expected)
     for step_raw, step_steered in seen[1:]:
         assert torch.equal(step_raw, step_steered)  # decode steps were not
     # Cache-free: every step recomputes the whole sequence; only the front is edited.
@@ -118,6 +122,29 @@ def test_actadd_never_edits_decode_steps_under_the_kv_cache(tiny_qwen3, tiny_tok
         plain = tiny_qwen3.generate(**batch, max_new_tokens=4, do_sample=False,
                                     pad_token_id=0, eos_token_id=None)
     assert not torch.equal(plain, cached)
+
+
+def test_actadd_edits_a_one_token_prompts_prefill_but_not_its_decode_steps(tiny_qwen3,
+                                                                         tiny_tokenizer):
+    toxic, clean, method = _front(tiny_qwen3, n_front=2, layer=0, seed=12)
+    batch = tiny_tokenizer(["the", "cat"], return_tensors="pt", padding=True)
+    layer = decoder_layers(tiny_qwen3)[0]
+    seen = []
+    raw = layer.register_forward_hook(lambda m, a, out: seen.append([out.clone()]))
+    try:
+        with steer(tiny_qwen3, method, layer=0, alpha=1.0):
+            after = layer.register_forward_hook(lambda m, a, out: seen[-1].append(out))
+            try:
+                tiny_qwen3.generate(**batch, max_new_tokens=3, do_sample=False,
+                                    pad_token_id=0, eos_token_id=None)
+            finally:
+                after.remove()
+    finally:
+        raw.remove()
+    assert [s[0].shape[1] for s in seen] == [1, 1, 1]
+    torch.testing.assert_close(seen[0][1], seen[0][0] - (toxic[0, :1] - clean[0, :1]))
+    for step_raw, step_steered in seen[1:]:  # the second front position is a decode step
+        assert torch.equal(step_raw, step_steered)
 
 
 def test_actadd_positions_ignore_the_generated_only_setting(tiny_qwen3, tiny_tokenizer):
@@ -380,3 +407,39 @@ def test_method_params_errors_name_the_field_and_fix():
         LinearActParams(strengths=[0.0])
     with pytest.raises(ValueError):
         ActAddParams(layer=-1)
+
+
+def test_method_rows_carry_actadds_own_layer_and_the_templated_prompt(tiny_tokenizer):
+    import copy
+
+    from steering_utils.generation import make_jobs
+    from steering_utils.stages import ALL_LAYERS, UNSTEERED_LAYER
+
+    raw = _default()
+    raw["sweep"]["methods"] = ["caa", "actadd", "ablation", "prompt"]
+    raw["methods"]["actadd"] = {"strengths": [1.0, 3.0], "layer": 2}
+    params = parse_params(raw)
+    n_layers, d = 3, 8
+    directions = _randn(n_layers, d, seed=11)
+    chat = copy.deepcopy(tiny_tokenizer)
+    chat.chat_template = _TEMPLATE
+    interventions = {"caa": SteeringVectors(directions, torch.ones(n_layers)),
+                     "actadd": iv.actadd_front(_randn(n_layers, 2, d), _randn(n_layers, 2, d), 2),
+                     "ablation": iv.directional_ablation(directions[1], n_layers, 1),
+                     "prompt": iv.chat_prompt(chat, "Be kind.")}
+    dev = pd.DataFrame({"prompt_id": ["d0", "d1"], "text": ["you are", "the cat"],
+                        "subset": "challenging", "split": "dev"})
+    baseline = make_jobs(dev, [(UNSTEERED_LAYER, 0.0)], 1).assign(
+        completion="a", toxicity=0.5, nll=2.0, experiment="baseline")
+    grid = make_jobs(dev, [(1, 1.0), (1, 2.0)], 1).assign(completion="x", toxicity=0.1,
+                                                          nll=2.0, experiment="grid")
+    jobs, _ = cmp.grid_jobs(dev, baseline, grid, params, 1, interventions)
+    cells = {m: sorted(set(zip(part["layer"], part["alpha"])))
+             for m, part in jobs.groupby("method")}
+    assert cells["actadd"] == [(2, 1.0), (2, 3.0)]  # its own layer, not the comparison's
+    assert cells["ablation"] == [(ALL_LAYERS, 1.0)]
+    assert cells["prompt"] == [(UNSTEERED_LAYER, 1.0)]
+    prompt_rows = jobs[jobs["method"] == "prompt"]
+    assert list(prompt_rows["prompt"]) == [
+        "<system>Be kind.</system><user>you are</user><assistant>",
+        "<system>Be kind.</system><user>the cat</user><assistant>"]
