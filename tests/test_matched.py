@@ -243,6 +243,8 @@ def test_the_goal_is_met_when_every_criterion_passes():
     assert goal["criteria"] == {"toxic_ratio": "pass", "perplexity": "pass",
                                 "benign_perplexity": "pass", "capability": "pass"}
     assert goal["status"] == "met" and goal["summary"].startswith("met")
+    assert goal["confirmed_on_eval"] is True
+    assert goal["verdicts"][0]["name"] == "goal_toxicity_caa" and goal["verdicts"][0]["shown"]
 
 
 def test_the_goal_is_not_met_when_the_ratio_ci_sits_below_the_target():
@@ -256,6 +258,7 @@ def test_the_goal_fails_on_perplexity_over_the_budget_and_is_undecidable_without
     over = gl.goal_verdict(CAA, _eval_rows(2, nll=2.0 + math.log(1.2)), _items(), POINT,
                            _params())
     assert over["criteria"]["perplexity"] == "fail" and over["status"] == "not_met"
+    assert over["confirmed_on_eval"] is False  # reduced, but over the budget
     # 10 prompts with a ratio near 4: the CI spans the target, neither shown nor refuted.
     few = gl.goal_verdict(CAA, _eval_rows(2, n=8), _items(), POINT, _params())
     assert few["criteria"]["toxic_ratio"] == "undecidable"
