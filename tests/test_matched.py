@@ -72,6 +72,11 @@ def test_no_point_reachable_is_reported_as_such():
     assert over["status"] == "unreachable" and over["strength"] is None
     assert over["perplexity_limit"] == pytest.approx(11.0)
     assert not mt.has_point(over)
+    # Any on/off method (its plan has no edit), whatever its name; a knob interpolates.
+    chat = _cells([REFERENCE, ("chat", UNSTEERED_LAYER, 1.0, 0.3, 12.0)])
+    plans = {"chat": mt.SearchPlan("chat", [UNSTEERED_LAYER], [1.0], 1, "no_edit")}
+    assert mt.matched_points(chat, ["chat"], 0.10, plans)["chat"]["status"] == "unreachable"
+    assert mt.matched_point(chat, "chat", 0.10)["status"] == "interpolated"
     # More toxic than unsteered everywhere: no steered point on the front.
     worse = mt.matched_point(_cells([REFERENCE, ("ablation", ALL_LAYERS, 1.0, 0.7, 10.2)]),
                              "ablation", 0.10)
@@ -323,7 +328,7 @@ def test_the_matched_flow_runs_on_a_tiny_model(tiny_qwen3, tiny_tokenizer, tmp_p
         assert record["cells_searched"] == len(plans[method].cells) + len(record["added_cells"])
     cells = cmp.method_cells(rows, params)
     picks = cmp.select_methods(cells, params, {})
-    matched = mt.matched_points(cells, list(interventions), 0.5)
+    matched = mt.matched_points(cells, list(interventions), 0.5, plans)
     assert all(p["status"] in (*mt.MATCHED_STATUSES, "unreachable", "no_front")
                for p in matched.values())
     # A random toy's toxicity barely moves: one hand-made point carries the eval plumbing.
