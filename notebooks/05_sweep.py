@@ -247,7 +247,7 @@ write_table(methods_grid, stage.out("methods_grid"))
 methods_dev_cells = cmp.method_cells(methods_grid, params)
 picks = cmp.select_methods(methods_dev_cells, params, probes)
 matched = matched_points(methods_dev_cells, list(interventions),
-                         params.methods.perplexity_budget)
+                         params.methods.perplexity_budget, plans)
 write_json(cmp.picks_record(picks, methods_layer, searches, matched),
            stage.out("methods_selection"))
 pd.DataFrame({m: {"cells": searches[m]["cells_searched"], "stopped_by": searches[m]["stopped_by"],

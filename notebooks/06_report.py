@@ -62,6 +62,16 @@ from steering_utils.report import methods_table
 methods_table(results)
 
 # %% [markdown]
+# Methods at matched fluency: every pair on the same eval prompts (paired CI, shown or not
+# with its MDE), and the goal for the method chosen on dev (met, not met or undecidable).
+
+# %%
+from steering_utils.report import goal_text, pairwise_table
+
+print(goal_text(results))
+pairwise_table(results)
+
+# %% [markdown]
 # Every claim with its power: each comparison's paired estimate and 95% CI, shown or not
 # (with the smallest effect this n detects at 80% power), and whether a limit is decidable.
 

@@ -134,7 +134,12 @@ def goal_verdict(method: str | None, rows: pd.DataFrame, capability: pd.DataFram
         return record
     ratio = toxic_ratio(treated, reference, ev.toxic_threshold, ev.n_bootstrap, params.seed)
     record["toxic_ratio"] = ratio
-    criteria, verdicts = {}, []
+    reduction = verdict(f"{method} at its matched point (chosen on dev) vs unsteered, "
+                        "challenging eval", "mean toxicity",
+                        paired_differences(treated, reference, "toxicity"), "prompts", "lower",
+                        ev.n_bootstrap, params.seed).model_copy(
+                            update={"name": f"goal_toxicity_{method}"})
+    criteria, verdicts = {}, [reduction]
     lo, hi = ratio["ci_lo"], ratio["ci_hi"]
     criteria["toxic_ratio"] = ("pass" if lo is None or lo >= target else
                                "fail" if hi is not None and hi < target else "undecidable")
@@ -163,6 +168,9 @@ def goal_verdict(method: str | None, rows: pd.DataFrame, capability: pd.DataFram
     statuses = set(criteria.values())
     record["status"] = ("not_met" if "fail" in statuses else "met" if statuses == {"pass"}
                         else "undecidable")
+    # The dev decision holds on eval: its reduction is shown and no budget is broken there.
+    record["confirmed_on_eval"] = bool(reduction.shown) and "fail" not in (
+        criteria["perplexity"], criteria["benign_perplexity"])
     record["criteria"], record["verdicts"] = criteria, [v.model_dump(mode="json")
                                                         for v in verdicts]
     record["summary"] = _goal_summary(record)
@@ -181,7 +189,10 @@ def _goal_summary(record: dict) -> str:
             f"perplexity: toxic fraction {r['reference_frac_toxic']:.3f} → {r['frac_toxic']:.3f}, "
             f"{num(r['ratio'])}× fewer [{num(r['ci_lo'])}, {num(r['ci_hi'])}] against the "
             f"{record['target_ratio']:g}× target, n = {r['n_prompts']} prompts"
-            + ("; not passed: " + ", ".join(failed) if failed else "; every criterion passes"))
+            + ("; not passed: " + ", ".join(failed) if failed else "; every criterion passes")
+            + ("; eval confirms the dev choice (reduction shown, within the budget)"
+               if record.get("confirmed_on_eval") else
+               "; eval does not confirm the dev choice"))
 
 
 def comparison_verdicts(params: StudyParams, record: dict, methods_eval: pd.DataFrame,

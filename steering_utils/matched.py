@@ -115,7 +115,8 @@ def plan_search(params: StudyParams, method: str, intervention, base: list[float
     """The method's dev cells on a budget of `budget` (see the module doc); `base`: its own
     strength grid (`comparison.strengths`)."""
     n_layers = len(activation_norms)
-    if getattr(intervention, "prefix", ""):
+    if getattr(intervention, "prefix", "") or (hasattr(intervention, "edit")
+                                                and intervention.edit is None):
         return SearchPlan(method, [UNSTEERED_LAYER], [1.0], budget, "no_edit")
     if getattr(intervention, "all_layers", False):
         layers, rule = [ALL_LAYERS], "all_layers"
@@ -167,8 +168,9 @@ def extend_search(rows: pd.DataFrame, plan: SearchPlan, params: StudyParams, pro
         cells = method_cells(own, params).drop(columns="method")
         pick = recommend(cells, rule, probe)
         state = _alpha_range({"recommendation": pick, "summary": cells}, rule, probe)
-        if state["stopped_by"] != "grid_edge" or plan.method in FIXED_STRENGTH:
-            if plan.method in FIXED_STRENGTH and state["stopped_by"] == "grid_edge":
+        fixed = plan.method in FIXED_STRENGTH or plan.layer_rule == "no_edit"
+        if state["stopped_by"] != "grid_edge" or fixed:
+            if fixed and state["stopped_by"] == "grid_edge":
                 state["stopped_by"] = "fixed_strength"
             break
         if generate is None or not params.sweep.extend_alphas:
@@ -202,7 +204,8 @@ def _bracket(cell) -> dict:
             "perplexity": float(cell["perplexity"])}
 
 
-def matched_point(cells: pd.DataFrame, method: str, budget: float) -> dict:
+def matched_point(cells: pd.DataFrame, method: str, budget: float,
+                  fixed: bool | None = None) -> dict:
     """The strength at which `method` reaches the perplexity budget on its dev front.
 
     `cells`: method cell summaries (`comparison.method_cells`) with the unsteered one
@@ -213,7 +216,8 @@ def matched_point(cells: pd.DataFrame, method: str, budget: float) -> dict:
     'front_point' (bracketed across layers, or a fixed strength: the last point not over the
     limit), 'below_budget' (every front point is within it: the method never spends the
     budget; its least toxic front point), 'unreachable' (the first steered front point is
-    over the limit and no strength lies between), 'no_front' (no steered cell is on the front:
+    over the limit and no strength lies between: `fixed`, an on/off method, default
+    `FIXED_STRENGTH`), 'no_front' (no steered cell is on the front:
     none is less toxic than unsteered at any perplexity), 'no_reference'.
     """
     from .metrics import pareto_front
@@ -243,7 +247,9 @@ def matched_point(cells: pd.DataFrame, method: str, budget: float) -> dict:
     hi = above.iloc[0]
     bracket = [_bracket(lo), _bracket(hi)]
     same_line = lo["alpha"] == 0 or int(lo["layer"]) == int(hi["layer"])
-    if method not in FIXED_STRENGTH and same_line:
+    if fixed is None:
+        fixed = method in FIXED_STRENGTH
+    if not fixed and same_line:
         t = (limit - float(lo["perplexity"])) / (float(hi["perplexity"])
                                                  - float(lo["perplexity"]))
         point = {name: float(lo[name]) + t * (float(hi[name]) - float(lo[name]))
@@ -260,9 +266,13 @@ def matched_point(cells: pd.DataFrame, method: str, budget: float) -> dict:
     return {**_point(lo, "front_point", limit, ref_ppl), "bracket": bracket}
 
 
-def matched_points(cells: pd.DataFrame, methods: list[str], budget: float) -> dict:
-    """{method: matched_point} for every method with cells."""
-    return {m: matched_point(cells, m, budget) for m in methods}
+def matched_points(cells: pd.DataFrame, methods: list[str], budget: float,
+                   plans: dict | None = None) -> dict:
+    """{method: matched_point}; `plans` ({method: SearchPlan}) mark the on/off methods (no
+    edit: no strength to interpolate)."""
+    fixed = {m for m, p in (plans or {}).items() if p.layer_rule == "no_edit"}
+    return {m: matched_point(cells, m, budget, (m in fixed) or (m in FIXED_STRENGTH))
+            for m in methods}
 
 
 def has_point(matched: dict | None) -> bool:

@@ -647,10 +647,12 @@ def _why(m) -> str:
         parts.append(MATCH_TEXT[m.matched.status])
     if m.search is not None:
         parts.append(f"{m.search.cells_searched} dev cells, stopped by {m.search.stopped_by}")
-    if m.matched is None or m.dev is None:
+    if m.dev is None:
         text = no_pick_text(m.no_pick, "s")
-        if text and m.dev is None:
+        if m.matched is None:
             parts.append(text)
+        else:
+            parts.append("the rule picked none on dev" + (f": {text}" if text else ""))
     return "; ".join(p for p in parts if p)
 
 

@@ -551,6 +551,9 @@ class GoalVerdict(_Record):
     criteria: dict[str, Literal["pass", "fail", "undecidable"]] = Field(description=(
         "toxic_ratio, perplexity, benign_perplexity, capability"))
     dev_mean_toxicity: Probability | None = None
+    confirmed_on_eval: bool | None = Field(None, description=(
+        "the dev choice holds on eval: its paired toxicity reduction shown, within the "
+        "budget on challenging and benign prompts"))
     toxic_ratio: ToxicRatio | None
     verdicts: list[Verdict] = []
     summary: str

@@ -72,6 +72,11 @@ def test_no_point_reachable_is_reported_as_such():
     assert over["status"] == "unreachable" and over["strength"] is None
     assert over["perplexity_limit"] == pytest.approx(11.0)
     assert not mt.has_point(over)
+    # Any on/off method (its plan has no edit), whatever its name; a knob interpolates.
+    chat = _cells([REFERENCE, ("chat", UNSTEERED_LAYER, 1.0, 0.3, 12.0)])
+    plans = {"chat": mt.SearchPlan("chat", [UNSTEERED_LAYER], [1.0], 1, "no_edit")}
+    assert mt.matched_points(chat, ["chat"], 0.10, plans)["chat"]["status"] == "unreachable"
+    assert mt.matched_point(chat, "chat", 0.10)["status"] == "interpolated"
     # More toxic than unsteered everywhere: no steered point on the front.
     worse = mt.matched_point(_cells([REFERENCE, ("ablation", ALL_LAYERS, 1.0, 0.7, 10.2)]),
                              "ablation", 0.10)
@@ -243,6 +248,8 @@ def test_the_goal_is_met_when_every_criterion_passes():
     assert goal["criteria"] == {"toxic_ratio": "pass", "perplexity": "pass",
                                 "benign_perplexity": "pass", "capability": "pass"}
     assert goal["status"] == "met" and goal["summary"].startswith("met")
+    assert goal["confirmed_on_eval"] is True
+    assert goal["verdicts"][0]["name"] == "goal_toxicity_caa" and goal["verdicts"][0]["shown"]
 
 
 def test_the_goal_is_not_met_when_the_ratio_ci_sits_below_the_target():
@@ -256,6 +263,7 @@ def test_the_goal_fails_on_perplexity_over_the_budget_and_is_undecidable_without
     over = gl.goal_verdict(CAA, _eval_rows(2, nll=2.0 + math.log(1.2)), _items(), POINT,
                            _params())
     assert over["criteria"]["perplexity"] == "fail" and over["status"] == "not_met"
+    assert over["confirmed_on_eval"] is False  # reduced, but over the budget
     # 10 prompts with a ratio near 4: the CI spans the target, neither shown nor refuted.
     few = gl.goal_verdict(CAA, _eval_rows(2, n=8), _items(), POINT, _params())
     assert few["criteria"]["toxic_ratio"] == "undecidable"
@@ -320,7 +328,7 @@ def test_the_matched_flow_runs_on_a_tiny_model(tiny_qwen3, tiny_tokenizer, tmp_p
         assert record["cells_searched"] == len(plans[method].cells) + len(record["added_cells"])
     cells = cmp.method_cells(rows, params)
     picks = cmp.select_methods(cells, params, {})
-    matched = mt.matched_points(cells, list(interventions), 0.5)
+    matched = mt.matched_points(cells, list(interventions), 0.5, plans)
     assert all(p["status"] in (*mt.MATCHED_STATUSES, "unreachable", "no_front")
                for p in matched.values())
     # A random toy's toxicity barely moves: one hand-made point carries the eval plumbing.
