@@ -183,7 +183,10 @@ def test_params_name_the_field_and_the_fix():
     named["data"]["benign"]["n_dev"] = 0
     with pytest.raises(ParamsError, match="data.benign.n_dev: 0, but methods.conditional_caa"):
         parse_params(named)
-    _params(benign={"n_dev": 0})  # under `all`, skipped (build_gate says why), not an error
+    under_all = _default()
+    under_all["sweep"]["methods"] = "all"
+    under_all["data"]["benign"]["n_dev"] = 0
+    parse_params(under_all)  # under `all`, skipped (build_gate says why), not an error
     named = _params({"condition_layer": 40})
     with pytest.raises(ParamsError, match=r"methods.conditional_caa.condition_layer: 40 out of "
                                           r"range .* 30 decoder layers"):
