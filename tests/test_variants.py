@@ -483,3 +483,19 @@ def test_new_methods_run_through_job_shards_keyed_by_their_content(tiny_qwen3, t
     assert other.fingerprint != methods["actadd"][0].fingerprint
     assert iv.actadd_front(toxic.clone(), clean.clone(), 1).fingerprint == \
         methods["actadd"][0].fingerprint
+
+
+def test_capture_stopped_after_the_deepest_layer_equals_the_full_pass(tiny_qwen3,
+                                                                      tiny_tokenizer):
+    full = capture_activations(tiny_qwen3, tiny_tokenizer, TEXTS, layers=[1, 0])
+    stopped = capture_activations(tiny_qwen3, tiny_tokenizer, TEXTS, layers=[1, 0],
+                                  stop_early=True)
+    for key in full:
+        assert torch.equal(full[key], stopped[key]), key
+    calls = []
+    hook = decoder_layers(tiny_qwen3)[2].register_forward_hook(lambda *a: calls.append(1))
+    try:
+        capture_activations(tiny_qwen3, tiny_tokenizer, TEXTS, layers=[1], stop_early=True)
+    finally:
+        hook.remove()
+    assert calls == []  # the layer above the deepest captured one never ran
