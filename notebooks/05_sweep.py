@@ -285,7 +285,7 @@ cmp.method_cells(methods_eval[methods_eval["subset"] == "challenging"], params)[
 # serve. The gate's threshold came from dev prompts only; its eval shares are reported.
 
 # %%
-cell = cond.compared_cell(picks, methods_layer) if gate is not None else None
+cell = cond.compared_cell(picks, methods_layer, matched) if gate is not None else None
 conditional_eval, conditional_capability = cond.empty_rows(), cond.empty_capability()
 if cell is not None:
     jobs, reused = cond.eval_jobs(prompts, baseline, pd.concat([sweep, methods_eval]), params,

@@ -54,14 +54,17 @@ def encode_for_pooling(tokenizer, texts: list[str], contexts: list[str] | None =
 def capture_activations(model, tokenizer, texts: list[str], last_n: int = 32,
                         batch_size: int = 16, layers: list[int] | None = None,
                         desc: str = "activations",
-                        contexts: list[str] | None = None) -> dict[str, torch.Tensor]:
+                        contexts: list[str] | None = None,
+                        stop_early: bool = False) -> dict[str, torch.Tensor]:
     """{'pooled': [n, L, d] mean over the pooled tokens, 'token_norm': [n, L] mean per-token
     residual norm over the same tokens}, fp32 on CPU, rows in input order; and the token
     moments of the whole set: 'token_sum', 'token_sq_sum' ([L, d], float64) and
     'token_count' ([1]) over every pooled token (mean transport's statistics).
 
     Pools the last `last_n` real tokens of each text; with `contexts` (one prompt per
-    text) the model reads context + text and pools the text's tokens only.
+    text) the model reads context + text and pools the text's tokens only. `stop_early`:
+    the forward pass stops after the deepest captured layer (the layers above are not
+    needed: Linear-AcT's fit captures one layer at a time).
     """
     if not texts:
         raise ValueError("capture_activations: no texts")
@@ -76,6 +79,7 @@ def capture_activations(model, tokenizer, texts: list[str], last_n: int = 32,
     token_sum = torch.zeros(len(layers), hidden_size, dtype=torch.float64)
     token_sq_sum = torch.zeros(len(layers), hidden_size, dtype=torch.float64)
     state: dict = {}
+    deepest = max(range(len(layers)), key=lambda slot: layers[slot])
 
     def hook(slot):
         def capture(module, args, output):
@@ -87,6 +91,8 @@ def capture_activations(model, tokenizer, texts: list[str], last_n: int = 32,
             state["norm"][:, slot] = ((hidden.norm(dim=-1) * weights).sum(1) / count).cpu()
             state["sum"][slot] = weighted.sum((0, 1)).double().cpu()
             state["sq_sum"][slot] = (weighted * hidden).sum((0, 1)).double().cpu()
+            if stop_early and slot == deepest:
+                raise _StopForward
         return capture
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -104,8 +110,11 @@ def capture_activations(model, tokenizer, texts: list[str], last_n: int = 32,
                      sum=torch.zeros(len(layers), hidden_size, dtype=torch.float64),
                      sq_sum=torch.zeros(len(layers), hidden_size, dtype=torch.float64))
         device = input_device(model)
-        model(input_ids=input_ids.to(device), attention_mask=mask.to(device),
-              position_ids=position_ids(mask).to(device), use_cache=False)
+        try:
+            model(input_ids=input_ids.to(device), attention_mask=mask.to(device),
+                  position_ids=position_ids(mask).to(device), use_cache=False)
+        except _StopForward:  # every captured layer has run (stop_early)
+            pass
         # Added once the whole forward ran: a batch that ran out of memory half-way (and is
         # retried smaller) leaves no partial sums behind.
         token_sum.add_(state["sum"])
@@ -127,6 +136,10 @@ def capture_activations(model, tokenizer, texts: list[str], last_n: int = 32,
     return {"pooled": pooled, "token_norm": token_norm, "token_sum": token_sum,
             "token_sq_sum": token_sq_sum,
             "token_count": torch.tensor([float(sum(counts))], dtype=torch.float64)}
+
+
+class _StopForward(Exception):
+    """Raised by the deepest capture hook to end a forward pass early (stop_early)."""
 
 
 CONTRAST_COLUMNS = ["set", "contrast", "prompt_id", "context", "text", "toxicity"]

@@ -166,7 +166,7 @@ def fit_linear_act(model, tokenizer, params: StudyParams, contrast: pd.DataFrame
                 pooled.append(capture_activations(
                     model, tokenizer, list(rows["text"]), act.pool_last_tokens,
                     act.batch_size, layers=[layer], desc=f"linear_act {side} L{layer}",
-                    contexts=contexts)["pooled"][:, 0])
+                    contexts=contexts, stop_early=True)["pooled"][:, 0])
         return tuple(pooled)
 
     return iv.fit_linear_act(capture, layers, n_layers,

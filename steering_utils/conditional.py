@@ -136,13 +136,19 @@ def build_gate(model, tokenizer, prompts: pd.DataFrame, vectors, params: StudyPa
 
 # --- eval: conditional beside unconditional CAA, challenging and benign ---------------------
 
-def compared_cell(picks: dict, layer: int) -> tuple[int, float] | None:
-    """(layer, alpha) of the eval comparison: conditional CAA's dev pick, else CAA's (the
-    comparison's); None when neither qualified on dev."""
+def compared_cell(picks: dict, layer: int, matched: dict | None = None
+                  ) -> tuple[int, float] | None:
+    """(layer, alpha) of the eval comparison, all decided on dev: conditional CAA's rule pick,
+    else CAA's; where the rule picked neither, conditional CAA's matched-fluency point, else
+    CAA's (`matched.matched_points`); None when none exists."""
     for method in (METHOD, "caa"):
         pick = picks.get(method)
         if pick is not None:
             return int(pick["layer"]), float(pick["alpha"])
+    for method in (METHOD, "caa"):
+        point = (matched or {}).get(method) or {}
+        if point.get("strength") is not None and point.get("layer") is not None:
+            return int(point["layer"]), float(point["strength"])
     return None
 
 

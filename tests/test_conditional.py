@@ -379,3 +379,16 @@ def test_end_to_end_gated_rows_are_the_unsteered_rows_and_passing_rows_caas(
         "layer": cell[0], "alpha": cell[1]}}), None, params)
     assert {a.method for a in found.arms} == {CAA, cond.METHOD}
     assert found.threshold == gate.threshold and found.cell_from == cond.METHOD
+
+
+def test_the_compared_cell_is_a_dev_decision_the_rule_pick_then_the_matched_point():
+    caa_pick = {"layer": 6, "alpha": 2.0}
+    matched = {"caa": {"status": "interpolated", "layer": 6, "strength": 0.34},
+               cond.METHOD: {"status": "interpolated", "layer": 12, "strength": 0.7},
+               "actadd": {"status": "no_front", "layer": None, "strength": None}}
+    assert cond.compared_cell({cond.METHOD: None, "caa": caa_pick}, 6, matched) == (6, 2.0)
+    assert cond.compared_cell({cond.METHOD: None, "caa": None}, 6, matched) == (12, 0.7)
+    del matched[cond.METHOD]
+    assert cond.compared_cell({}, 6, matched) == (6, 0.34)
+    assert cond.compared_cell({}, 6, {"caa": {"status": "no_front", "layer": None,
+                                              "strength": None}}) is None

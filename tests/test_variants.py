@@ -444,3 +444,59 @@ def test_method_rows_carry_actadds_own_layer_and_the_templated_prompt(tiny_token
     assert list(prompt_rows["prompt"]) == [
         "<system>Be kind.</system><user>you are</user><assistant>",
         "<system>Be kind.</system><user>the cat</user><assistant>"]
+
+
+def test_new_methods_run_through_job_shards_keyed_by_their_content(tiny_qwen3, tiny_tokenizer,
+                                                                   tmp_path):
+    import copy
+
+    from steering_utils.generation import make_jobs
+    from steering_utils.jobs import run_jobs
+    from steering_utils.scoring import load_scorer
+    from steering_utils.stages import ALL_LAYERS, UNSTEERED_LAYER
+
+    raw = _default()
+    raw["generation"].update(max_new_tokens=3, batch_size=4)
+    params = parse_params(raw)
+    n_layers, d = _sizes(tiny_qwen3)
+    directions = _randn(n_layers, d, seed=13)
+    chat = copy.deepcopy(tiny_tokenizer)
+    chat.chat_template = _TEMPLATE
+    toxic, clean = _randn(n_layers, 2, d, seed=14), _randn(n_layers, 2, d, seed=15)
+    methods = {"actadd": (iv.actadd_front(toxic, clean, 1), 1),
+               "ablation": (iv.directional_ablation(directions[1], n_layers, 1), ALL_LAYERS),
+               "ace": (iv.ace(directions, _randn(n_layers, d, seed=16)), 1),
+               "linear_act": (iv.linear_act(torch.full((n_layers, d), -0.5),
+                                            torch.ones(n_layers, d), [0, 2]), ALL_LAYERS),
+               "prompt": (iv.chat_prompt(chat, "be kind"), UNSTEERED_LAYER)}
+    prompts = pd.DataFrame({"prompt_id": ["p0", "p1"], "text": ["you are a", "the cat"]})
+    jobs = pd.concat([make_jobs(prompts, [(layer, 1.0)], 1, direction=name)
+                      .assign(prompt=lambda t, m=method: [m.wrap(x) for x in t["prompt"]])
+                      for name, (method, layer) in methods.items()], ignore_index=True)
+    scorers = {"primary": load_scorer("profanity-check"), "second": None}
+    directions_by_name = {name: method for name, (method, _) in methods.items()}
+    out = run_jobs(tiny_qwen3, tiny_tokenizer, jobs, directions_by_name, params, scorers,
+                   tmp_path)
+    assert len(out) == 10 and out["nll"].notna().all()
+    assert len(list(tmp_path.glob("*.parquet"))) == 5  # one shard per method's cell
+    # Another ActAdd pair is another shard; the same one is reused.
+    other = iv.actadd_front(toxic, clean + 1, 1)
+    assert other.fingerprint != methods["actadd"][0].fingerprint
+    assert iv.actadd_front(toxic.clone(), clean.clone(), 1).fingerprint == \
+        methods["actadd"][0].fingerprint
+
+
+def test_capture_stopped_after_the_deepest_layer_equals_the_full_pass(tiny_qwen3,
+                                                                      tiny_tokenizer):
+    full = capture_activations(tiny_qwen3, tiny_tokenizer, TEXTS, layers=[1, 0])
+    stopped = capture_activations(tiny_qwen3, tiny_tokenizer, TEXTS, layers=[1, 0],
+                                  stop_early=True)
+    for key in full:
+        assert torch.equal(full[key], stopped[key]), key
+    calls = []
+    hook = decoder_layers(tiny_qwen3)[2].register_forward_hook(lambda *a: calls.append(1))
+    try:
+        capture_activations(tiny_qwen3, tiny_tokenizer, TEXTS, layers=[1], stop_early=True)
+    finally:
+        hook.remove()
+    assert calls == []  # the layer above the deepest captured one never ran
