@@ -1,4 +1,4 @@
-"""Shards on a Ray cluster: the `execution: {mode: ray}` path of `jobs.run_jobs`.
+"""Shards on a Ray cluster: the `execution: {mode: ray}` executor (`executors.RayExecutor`).
 
     execution: {mode: ray, address: local, workers: 2, cpus_per_worker: 1}
 
@@ -52,6 +52,7 @@ class ShardWorker:
         import ray
         import torch
 
+        from .engines import make_engine
         from .models import load_model
         from .params import apply_environment
         from .scoring import load_scorers
@@ -60,10 +61,7 @@ class ShardWorker:
         torch.set_num_threads(params.execution.cpus_per_worker)
         self.model, self.tokenizer = load_model(params.model)
         self.scorers = load_scorers(params.scorer)
-        if params.generation.engine == "vllm":
-            from .vllm_engine import load_engine
-
-            load_engine(self.model, params.model)  # this worker's engine, cached for its life
+        make_engine(params).load(self.model)  # vLLM: this worker's engine, kept for its life
         self.index = index
         with warnings.catch_warnings():  # Ray 2.60 warns inside its own property
             warnings.simplefilter("ignore")
@@ -72,7 +70,7 @@ class ShardWorker:
     def compute(self, rows: pd.DataFrame, shards: list[np.ndarray], directions: dict,
                 params: StudyParams, positions: str, desc: str) -> tuple[pd.DataFrame, dict]:
         """(the rows with their results, which worker incarnation computed them)."""
-        from .jobs import compute_rows
+        from .rows import compute_rows
 
         out = compute_rows(self.model, self.tokenizer, rows, shards, directions, params,
                            self.scorers, positions, desc)
@@ -204,9 +202,9 @@ def shutdown() -> None:
 def _group_rows(todo: list[tuple[str, np.ndarray]], params: StudyParams, workers: int) -> int:
     """Rows a group holds at most: as in a local run, but enough groups to keep every worker
     busy (results do not depend on grouping: rows are seeded one by one)."""
-    from .jobs import GROUP_ROWS, GROUP_ROWS_VLLM
+    from .engines import make_engine
 
-    most = GROUP_ROWS_VLLM if params.generation.engine == "vllm" else GROUP_ROWS
+    most = make_engine(params).group_rows
     return max(1, min(most, math.ceil(sum(len(rows) for _, rows in todo) / workers)))
 
 
@@ -221,7 +219,7 @@ def run_on_cluster(jobs: pd.DataFrame, todo: list[tuple[str, np.ndarray]], paths
     from ray.exceptions import RayActorError, RayTaskError
     from tqdm.auto import tqdm
 
-    from .jobs import group_shards
+    from .rows import group_shards
 
     pool = _pool(params)
     groups = group_shards(todo, _group_rows(todo, params, len(pool.actors)))

@@ -105,16 +105,15 @@ def context_length(config) -> int | None:
 def check_context(params: StudyParams) -> str:
     """The longest prompt of the run plus max_new_tokens fits the model's context."""
     from .data import load_prompts
+    from .engines import make_engine
     from .models import load_model_config, load_tokenizer
 
     limit = context_length(load_model_config(params.model))
     source = "max_position_embeddings"
-    if params.generation.engine == "vllm":
-        from .vllm_engine import max_model_len
-
-        engine_limit = max_model_len()
-        if limit is None or engine_limit < limit:
-            limit, source = engine_limit, "the vLLM engine's max_model_len"
+    engine = make_engine(params)
+    engine_limit = engine.max_tokens()
+    if engine_limit is not None and (limit is None or engine_limit < limit):
+        limit, source = engine_limit, f"the {engine.label} engine's max_model_len"
     new = params.generation.max_new_tokens
     if limit is None:
         return "the model config names no context length: not checked"
@@ -384,43 +383,16 @@ def check_disk(params: StudyParams, runs_root: Path) -> str:
 
 def check_engine(params: StudyParams) -> str:
     """The generation engine: vllm needs its environment (make setup-vllm) and safetensors."""
-    if params.generation.engine == "hf":
-        return "hf: transformers generate with steering hooks"
-    from .vllm_engine import check_model_source, notebook_kernel
+    from .engines import make_engine
 
-    check_model_source(params.model)
-    return (f"vllm: steered per request; notebooks run in the kernel {notebook_kernel()!r} "
-            "(.venv-vllm)")
+    return make_engine(params).check(params.model)
 
 
 def check_execution(params: StudyParams) -> str:
-    """execution.mode ray: Ray where the notebooks run, and GPUs the workers can have."""
-    ex = params.execution
-    if ex.mode == "local":
-        return "local: shards computed in each notebook's process"
-    from .cluster import require_ray
-    from .models import pick_device
+    """Where shards run: ray needs Ray where the notebooks run, and GPUs its workers can have."""
+    from .executors import make_executor
 
-    if ex.gpus_per_worker == 0 and pick_device(params.model.device).startswith("cuda"):
-        raise ParamsError(f"execution.gpus_per_worker: 0 leaves the Ray workers without a GPU, "
-                          f"while model.device: {params.model.device} uses one here; set "
-                          "execution.gpus_per_worker: 1 (or model.device: cpu)")
-    if ex.address == "local" and ex.gpus_per_worker:
-        import torch
-
-        have = torch.cuda.device_count()
-        if have < ex.gpus_per_worker:
-            raise ParamsError(f"execution.gpus_per_worker: {ex.gpus_per_worker:g} GPU a worker, "
-                              f"this machine has {have}; lower it, or join a cluster with "
-                              "execution.address: auto")
-    python = None  # the notebooks' python: this one, or the vLLM environment's
-    if params.generation.engine == "vllm":
-        from .vllm_engine import PROJECT_ROOT, VLLM_VENV
-
-        python = str(PROJECT_ROOT / VLLM_VENV / "bin" / "python")
-    require_ray(python)
-    return (f"ray at {ex.address}: {ex.workers} workers x ({ex.cpus_per_worker} CPU, "
-            f"{ex.gpus_per_worker:g} GPU), each loading the model once")
+    return make_executor(params).check()
 
 
 def validate_run(params: StudyParams) -> None:
@@ -624,6 +596,7 @@ class _DeepChecks:
 
         from .capability import choose_answers, load_items
         from .data import read_source
+        from .engines import make_engine
         from .generation import generate_completions, make_jobs, start_batch_size
         from .likelihood import continuation_nll
         from .models import input_device, num_decoder_layers
@@ -679,9 +652,7 @@ class _DeepChecks:
                 f"{counts['control']:,}, methods {counts['methods']:,}) x {gen.max_new_tokens} "
                 f"tokens at {tokens_per_s:,.0f} tokens/s (batch {len(jobs)}, half steered), "
                 f"{counts['capability']:,} capability answers, {counts['activations']:,} "
-                "activation texts" + ("; generation timed on the HF engine, vLLM's is faster "
-                                      "(benchmarks/vllm_vs_hf.py)"
-                                      if gen.engine == "vllm" else ""))
+                "activation texts" + make_engine(params).timing_note)
 
 
 def run_checks(params: StudyParams, runs_root: Path, echo: Callable[[str], None] = print,

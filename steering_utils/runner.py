@@ -75,10 +75,12 @@ class RunStopped(Exception):
 
 def _kernel_name(params: StudyParams | None = None) -> str:
     """The kernel that runs the notebooks: the vLLM environment's for engine: vllm."""
-    if params is not None and params.generation.engine == "vllm":
-        from .vllm_engine import notebook_kernel  # ParamsError naming `make setup-vllm`
+    if params is not None:
+        from .engines import make_engine
 
-        return notebook_kernel(PROJECT_ROOT)
+        kernel = make_engine(params).kernel(PROJECT_ROOT)  # vLLM: ParamsError naming the setup
+        if kernel is not None:
+            return kernel
     from jupyter_client.kernelspec import KernelSpecManager
 
     specs = KernelSpecManager().find_kernel_specs()

@@ -4,7 +4,7 @@
 
 Same job table in and same table out (a `completion` column) as
 `generation.generate_completions`, the HF engine, which stays the reference;
-`jobs.run_jobs` picks the engine from `generation.engine`.
+`engines.make_engine` picks the engine from `generation.engine`.
 
 Steering. Each job row is one vLLM request; its (layer, alpha, positions) travels in
 `SamplingParams.extra_args`. Inside the worker a pre-hook on the model reads the
@@ -39,7 +39,7 @@ other's. Greedy when temperature is 0.
 
 vLLM pins transformers below the main environment's: it runs in the second
 environment made by `make setup-vllm`, whose Jupyter kernel the runner picks for a
-vllm run (`notebook_kernel`).
+vllm run (`vllm_kernel.notebook_kernel`).
 """
 
 from __future__ import annotations
@@ -54,9 +54,6 @@ import pandas as pd
 
 from .params import GenerationParams, ModelParams, ParamsError
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-VLLM_VENV = ".venv-vllm"
-VLLM_KERNEL = "steering-study-vllm"
 STEER_KEY = "steering_utils.steer"  # SamplingParams.extra_args key: (layer, alpha, positions)
 # On a GPU the HF model of the same run stays loaded (perplexity, activations,
 # capability): leave it room. STEERING_VLLM_GPU_MEMORY overrides.
@@ -79,20 +76,6 @@ def max_model_len() -> int:
     except ValueError:
         raise ParamsError(f"STEERING_VLLM_MAX_MODEL_LEN={raw!r}: give a number of tokens, "
                           f"e.g. {MAX_MODEL_LEN}") from None
-
-
-def notebook_kernel(project_root: Path = PROJECT_ROOT) -> str:
-    """Name of the vLLM environment's Jupyter kernel, made findable; ParamsError if absent."""
-    share = Path(project_root) / VLLM_VENV / "share" / "jupyter"
-    if not (share / "kernels" / VLLM_KERNEL / "kernel.json").is_file():
-        raise ParamsError(
-            f"generation.engine: vllm needs the vLLM environment and its kernel "
-            f"{VLLM_KERNEL!r} (not found under {share}); run `make setup-vllm`"
-        )
-    paths = [p for p in os.environ.get("JUPYTER_PATH", "").split(os.pathsep) if p]
-    if str(share) not in paths:
-        os.environ["JUPYTER_PATH"] = os.pathsep.join([str(share), *paths])
-    return VLLM_KERNEL
 
 
 def check_model_source(spec: ModelParams) -> None:
