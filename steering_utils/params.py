@@ -404,6 +404,38 @@ class StudyParams(_Strict):
                 "activations.allow_label_scorer_is_evaluator: true")
         return self
 
+    @model_validator(mode="after")
+    def _splits_feed_the_contrast(self) -> StudyParams:
+        """Enough train prompts and continuations for the contrast, a dev split for the grid."""
+        act, gen, data = self.activations, self.generation, self.data
+        k = gen.train_samples_per_prompt or gen.samples_per_prompt  # per train prompt
+        # samples_per_prompt, not k: the held-out dev pairs come from the dev split's samples.
+        if "paired" in (act.contrast, act.comparison) and gen.samples_per_prompt < 2:
+            raise ValueError("activations.contrast: 'paired' compares continuations of the same "
+                             "prompt; set generation.samples_per_prompt >= 2 (or use "
+                             "'completions')")
+        if act.contrast == "paired":
+            if data.challenging.n_train < act.min_pairs:
+                raise ValueError(f"data.challenging.n_train: the paired contrast needs at least "
+                                 f"activations.min_pairs = {act.min_pairs} train prompts (one "
+                                 "pair each at most); raise n_train or lower min_pairs")
+        elif act.contrast == "completions":
+            have = data.challenging.n_train * k
+            if have < 2 * act.n_per_side:
+                raise ValueError(
+                    f"activations.n_per_side: {act.n_per_side} a side needs "
+                    f"{2 * act.n_per_side} train continuations; data.challenging.n_train x "
+                    f"generation.samples_per_prompt = {have}. Lower n_per_side or raise n_train")
+        else:
+            have = min(data.challenging.n_train, data.benign.n_train)
+            if have < act.n_per_side:
+                raise ValueError(f"activations.n_per_side: {act.n_per_side} > {have} train "
+                                 "prompts of a subset (contrast: prompts); raise data.*.n_train")
+        if data.challenging.n_dev == 0:
+            raise ValueError("data.challenging.n_dev: the layer x alpha grid runs on the dev "
+                             "split; give it at least 4 prompts")
+        return self
+
     def section_hash(self, *sections: str) -> str:
         """Short sha256 of the named top-level sections (all when none named)."""
         dumped = self.model_dump(mode="json")
@@ -679,7 +711,7 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = (),
 def _format_error(err: ValidationError, source: str) -> str:
     lines = []
     for item in err.errors():
-        field = ".".join(_clip(str(p), 60) for p in item["loc"]) or "(top level)"
+        field = ".".join(_clip(str(p), 60) for p in item["loc"])
         if item["type"] == "extra_forbidden":
             fix = "remove it or check its spelling against params/default.yaml"
             lines.append(f"{field}: unknown key; {fix}")
@@ -687,7 +719,8 @@ def _format_error(err: ValidationError, source: str) -> str:
             given = item.get("input")
             shown = "" if isinstance(given, dict) else f" (got {_short(given)})"
             message = _clip(item["msg"].removeprefix("Value error, "))  # pydantic's wrapper
-            lines.append(f"{field}: {message}{shown}")
+            # A rule across sections (a model validator) names its own fields.
+            lines.append(f"{field}: {message}{shown}" if field else f"{message}{shown}")
     if len(lines) > _SHOWN_ERRORS:
         lines = [*lines[:_SHOWN_ERRORS], f"and {len(lines) - _SHOWN_ERRORS} more"]
     return f"{source}: " + "; ".join(lines)

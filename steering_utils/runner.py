@@ -102,7 +102,7 @@ def _job_counts(params: StudyParams) -> dict[str, int] | None:
     """The params' job counts for progress and ETA; None if the model config cannot be read
     (validate_run has read it already: the estimate is a courtesy, never a reason to stop)."""
     from .models import load_model_config, num_decoder_layers
-    from .preflight import job_counts
+    from .workload import job_counts
 
     try:
         return job_counts(params, num_decoder_layers(load_model_config(params.model)))
@@ -210,8 +210,8 @@ def run_study(params_file: str | Path, runs_root: str | Path = "runs",
     Raises ParamsError before any work on bad params, RunLocked when another runner
     holds the run, RunStopped (with the user's line) when a stage fails or is interrupted.
     """
+    from .checks import check_folders, validate_run
     from .params import apply_environment
-    from .preflight import check_folders, validate_run
 
     params_file = Path(params_file).resolve()
     params = load_params(params_file)

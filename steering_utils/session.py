@@ -40,8 +40,8 @@ class NotebookStage(StageDir):
 def open_stage(params_file: str | Path, runs_root: str | Path, stage: str,
                reports_root: str | Path = "../reports") -> NotebookStage:
     """The stage, after the runner's checks on these params (raises on what they refuse)."""
+    from .checks import check_folders, validate_run
     from .params import apply_environment, load_params
-    from .preflight import check_folders, validate_run
 
     params = load_params(params_file)
     apply_environment(params)

@@ -29,8 +29,9 @@ from .notebooks import NOTEBOOKS, read_stage_notebook
 
 PACKAGE = "steering_utils"
 PACKAGE_DIR = Path(__file__).resolve().parent
-RUNTIME_MODULES = frozenset({"runner", "preflight", "cluster", "executors", "vllm_kernel",
-                             "runlock", "manifest", "notebooks", "sources", "progress"})
+RUNTIME_MODULES = frozenset({"runner", "preflight", "checks", "smoke", "memory", "workload",
+                             "cluster", "executors", "vllm_kernel", "runlock", "manifest",
+                             "notebooks", "sources", "progress"})
 DISPLAY_MODULES = frozenset({"plots"})
 # jobs plans and checks shards; rows.compute_rows (imported by jobs) shapes a generated row.
 ROWS_MODULE = "jobs"

@@ -22,8 +22,8 @@ import pytest
 from conftest import ROOT, runner_command
 
 from steering_utils.artifacts import stage_key
+from steering_utils.checks import check_execution
 from steering_utils.params import ParamsError, load_params, parse_params
-from steering_utils.preflight import check_execution
 from steering_utils.stages import STAGE_NAMES
 from tests.test_params import _default
 

@@ -641,8 +641,8 @@ def test_an_alpha_past_the_relative_push_limit_stops_05_before_any_generation(sm
                                                                              tmp_path):
     """Issue 20, item 5: |alpha|·||v||/||h|| is checked against 04's norms, by the preflight
     and by 05 before it generates anything; the error names the field, layer, value and limit."""
+    from steering_utils.checks import check_push
     from steering_utils.params import ParamsError, load_params
-    from steering_utils.preflight import check_push
 
     work, _ = smoke_run
     shutil.copytree(work / "runs", tmp_path / "runs")
