@@ -88,7 +88,7 @@ def check_context(params: StudyParams) -> str:
             f"{lengths[longest] + new} > the model's context of {limit} tokens "
             f"({source}); lower max_new_tokens to at most "
             f"{limit - lengths[longest]} or use shorter prompts"
-            + (f" (or set STEERING_VLLM_MAX_MODEL_LEN={lengths[longest] + new})"
+            + (f" (or set generation.vllm.max_model_len: {lengths[longest] + new})"
                if source != "max_position_embeddings" else ""))
     return f"longest prompt {lengths[longest]} + {new} new tokens <= {limit} positions"
 
@@ -129,7 +129,7 @@ def check_capability(params: StudyParams, deep: bool = False) -> str:
     cap = params.evaluation.capability
     local = cap.path is not None and Path(cap.path).exists()
     if cap.task == "none" or (cap.task == "mmlu_hub" and not deep and not local):
-        return f"task {cap.task} (loaded in deep mode: DEEP=1)" if cap.task != "none" else \
+        return f"task {cap.task} (loaded in deep mode: --deep)" if cap.task != "none" else \
             "task none"
     from .capability import chance_accuracy, item_splits, scoring_format
 

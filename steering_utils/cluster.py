@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from .artifacts import digest, params_fields, write_table
+from .extras import MissingExtra
 from .params import ParamsError, StudyParams
 from .progress import add_rows
 
@@ -87,7 +88,7 @@ _POOLS: dict[str, _Pool] = {}  # this process's pool (one at a time), by _LOADED
 
 
 def require_ray(python: str | None = None) -> None:
-    """ParamsError naming the fix when Ray is not installed here (or in `python`'s env)."""
+    """MissingExtra naming the fix when Ray is not installed here (or in `python`'s env)."""
     # Not resolved: a venv's python is a link to the base interpreter, outside the venv.
     if python is None or Path(python).absolute() == Path(sys.executable).absolute():
         found = importlib.util.find_spec("ray") is not None
@@ -95,9 +96,9 @@ def require_ray(python: str | None = None) -> None:
     else:
         found = subprocess.run([python, "-c", "import ray"], capture_output=True).returncode == 0
     if not found:
-        raise ParamsError(f"execution.mode: ray needs Ray, which is not installed for {python}; "
-                          "run `make setup-ray` (pip install -e '.[ray]'), or set "
-                          "execution.mode: local")
+        raise MissingExtra(f"execution.mode: ray needs Ray, which is not installed for {python}",
+                           "setup-ray", pip="pip install -e '.[ray]'",
+                           instead="set execution.mode: local")
 
 
 def _connect(params: StudyParams) -> None:

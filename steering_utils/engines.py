@@ -60,6 +60,7 @@ class Engine:
         raise NotImplementedError
 
     timing_note = ""  # what preflight's HF-timed wall-time projection says of this engine
+    extra = ""  # the optional install it needs: `make setup-<extra>`
 
 
 class HFEngine(Engine):
@@ -79,6 +80,7 @@ class HFEngine(Engine):
 class VLLMEngine(Engine):
     name = "vllm"
     label = "vLLM"
+    extra = "vllm"
     group_rows = GROUP_ROWS_VLLM
     timing_note = "; generation timed on the HF engine, vLLM's is faster (benchmarks/vllm_vs_hf.py)"
 
@@ -92,10 +94,11 @@ class VLLMEngine(Engine):
     def load(self, model):
         from .vllm_engine import load_engine
 
-        load_engine(model, self.params.model)  # the worker's engine, cached for its life
+        # the worker's engine, cached for its life
+        load_engine(model, self.params.model, self.params.generation.vllm)
 
     def kernel(self, project_root=None):
-        from .vllm_kernel import notebook_kernel  # ParamsError naming `make setup-vllm`
+        from .vllm_kernel import notebook_kernel  # MissingExtra naming `make setup-vllm`
 
         return notebook_kernel(project_root)
 
@@ -105,9 +108,7 @@ class VLLMEngine(Engine):
         return notebook_python(project_root)
 
     def max_tokens(self):
-        from .vllm_engine import max_model_len
-
-        return max_model_len()
+        return self.params.generation.vllm.max_model_len
 
     def check(self, spec):
         from .vllm_engine import check_model_source

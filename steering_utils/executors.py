@@ -39,6 +39,7 @@ class ShardWork:
 
 class Executor:
     name = ""
+    extra = ""  # the optional install it needs: `make setup-<extra>`
 
     def __init__(self, params: StudyParams):
         self.params = params
@@ -81,6 +82,7 @@ class LocalExecutor(Executor):
 
 class RayExecutor(Executor):
     name = "ray"
+    extra = "ray"
 
     def run(self, work):
         from .cluster import run_on_cluster
@@ -124,3 +126,14 @@ EXECUTORS: dict[str, type[Executor]] = {"local": LocalExecutor, "ray": RayExecut
 def make_executor(params: StudyParams) -> Executor:
     """The executor `execution.mode` names (the one place that reads it)."""
     return EXECUTORS[params.execution.mode](params)
+
+
+def setup_targets(params: StudyParams) -> list[str]:
+    """The make targets that install what these params' engine and executor need (the
+    Makefile's `report` runs them first): setup-vllm, setup-ray and, for both, the vLLM
+    environment's Ray (setup-vllm-ray)."""
+    from .engines import make_engine
+
+    extras = [e for e in (make_engine(params).extra, make_executor(params).extra) if e]
+    return [f"setup-{e}" for e in extras] + (["setup-" + "-".join(extras)]
+                                             if len(extras) > 1 else [])

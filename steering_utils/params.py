@@ -93,6 +93,17 @@ class DataParams(_Strict):
     benign_max_toxicity: float = Field(0.1, gt=0, le=1)
 
 
+class VLLMParams(_Strict):
+    """The vLLM engine's room (generation.engine: vllm): how much it holds, never what it
+    writes (rows are seeded one by one), so part of no key (`stages.EXECUTION_ONLY`)."""
+
+    max_model_len: int = Field(2048, ge=16, description="most tokens (prompt + continuation) "
+                               "the engine holds; with chunked prefill off, also the most one "
+                               "step may hold. Preflight checks the run's prompts against it")
+    gpu_memory: float = Field(0.5, gt=0, le=1, description="share of the GPU's memory the "
+                              "engine takes (the run's HF model stays loaded beside it)")
+
+
 class GenerationParams(_Strict):
     temperature: float = Field(0.7, ge=0, description="0 means greedy")
     top_p: float = Field(0.9, gt=0, le=1)
@@ -106,6 +117,7 @@ class GenerationParams(_Strict):
     engine: Literal["hf", "vllm"] = Field(
         "hf", description="hf: transformers generate with steering hooks (the reference); "
         "vllm: steering_utils.vllm_engine, run in the vLLM environment (make setup-vllm)")
+    vllm: VLLMParams = VLLMParams()
 
 
 ScorerName = Literal["unbiased-toxic-roberta", "jigsaw-bilstm", "profanity-check", "tox-block"]
@@ -368,6 +380,14 @@ RUN_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 STALE_SUFFIX = ".stale-"
 
 
+class CheckParams(_Strict):
+    """`make check` (preflight); read by no stage."""
+
+    deep: bool | Literal["auto"] = Field(
+        "auto", description="also load the model, steer, generate and project the wall time; "
+        "auto: when the model's weights are on this machine (--deep / --no-deep override)")
+
+
 class StudyParams(_Strict):
     run_name: str = Field(description="folder name under runs/ and reports/")
     seed: int = Field(0, ge=0, lt=2**63)
@@ -385,6 +405,7 @@ class StudyParams(_Strict):
     evaluation: EvaluationParams = EvaluationParams()
     report: ReportParams = ReportParams()
     execution: ExecutionParams = ExecutionParams()
+    check: CheckParams = CheckParams()
 
     @field_validator("run_name")
     @classmethod

@@ -12,7 +12,6 @@ test (`smoke`: load the model, steer, generate, project the wall time). Deep mod
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -69,8 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs-root", default="runs", type=Path)
     parser.add_argument("--reports-root", default="reports", type=Path)
     parser.add_argument("--deep", action=argparse.BooleanOptionalAction, default=None,
-                        help="load the model and time it (default: DEEP=1/0, else when the "
-                             "weights are on this machine)")
+                        help="load the model and time it (default: the params' check.deep; "
+                             "auto: when the weights are on this machine)")
     args = parser.parse_args(argv)
     try:
         params = load_params(args.params)
@@ -78,10 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"FAIL  params     {err}")
         return 1
     apply_environment(params)
-    deep = args.deep
-    if deep is None and os.environ.get("DEEP"):
-        deep = os.environ["DEEP"] not in ("0", "false", "no", "")
-    if deep is None:
+    deep = args.deep if args.deep is not None else params.check.deep
+    if deep == "auto":
         from .smoke import weights_are_local
 
         try:

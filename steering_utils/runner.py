@@ -41,6 +41,7 @@ from .artifacts import (
     stage_key,
     stage_seconds,
 )
+from .extras import MissingExtra
 from .notebooks import KERNEL_NAME, NOTEBOOKS, PROJECT_ROOT, read_stage_notebook
 from .params import ParamsError, StudyParams, load_params, run_path
 from .progress import PROGRESS_ENV, RunClock, StageProgress, expected_rows, stage_work
@@ -78,7 +79,7 @@ def _kernel_name(params: StudyParams | None = None) -> str:
     if params is not None:
         from .engines import make_engine
 
-        kernel = make_engine(params).kernel(PROJECT_ROOT)  # vLLM: ParamsError naming the setup
+        kernel = make_engine(params).kernel(PROJECT_ROOT)  # vLLM: MissingExtra naming the setup
         if kernel is not None:
             return kernel
     from jupyter_client.kernelspec import KernelSpecManager
@@ -207,8 +208,9 @@ def run_study(params_file: str | Path, runs_root: str | Path = "runs",
               echo=print, wait: bool = False) -> Path:
     """Run every stage not yet complete; returns the report folder.
 
-    Raises ParamsError before any work on bad params, RunLocked when another runner
-    holds the run, RunStopped (with the user's line) when a stage fails or is interrupted.
+    Raises ParamsError before any work on bad params (MissingExtra on a missing install),
+    RunLocked when another runner holds the run, RunStopped (with the user's line) when a
+    stage fails or is interrupted.
     """
     from .checks import check_folders, validate_run
     from .params import apply_environment
@@ -392,6 +394,9 @@ def main(argv: list[str] | None = None) -> int:
         run_study(args.params, args.runs_root, args.reports_root, args.force, wait=args.wait)
     except ParamsError as err:
         print(f"params error: {err}", file=sys.stderr)
+        return EXIT_PARAMS
+    except MissingExtra as err:  # the params are fine, this environment lacks an install
+        print(f"missing install: {err}", file=sys.stderr)
         return EXIT_PARAMS
     except RunStopped as err:
         print(err.line, file=sys.stderr)

@@ -27,7 +27,9 @@ RUN_MANIFEST = "run_manifest.json"  # runs/<run_name>/: the manifest of the run,
 
 # Fields that change how fast a stage runs, never what it writes (rows are seeded
 # one by one, so a continuation does not depend on its batch).
-EXECUTION_ONLY = ("generation.batch_size", "scorer.batch_size", "activations.batch_size")
+EXECUTION_ONLY = ("generation.batch_size", "scorer.batch_size", "activations.batch_size",
+                  "generation.vllm")  # the vLLM engine's context and memory share
+# The `check` section (make check's deep mode) is read by no stage: it writes nothing.
 # The `execution` section (in-process or Ray) is read by no stage for the same reason: it
 # decides where shards are computed, never what they hold.
 

@@ -43,30 +43,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .params import GenerationParams, ModelParams, ParamsError
+from .params import GenerationParams, ModelParams, ParamsError, VLLMParams
 from .vllm_hooks import STEER_KEY, install_steering, set_edit
 
-# On a GPU the HF model of the same run stays loaded (perplexity, activations,
-# capability): leave it room. STEERING_VLLM_GPU_MEMORY overrides.
-GPU_MEMORY_FRACTION = 0.5
 CPU_KV_CACHE_GIB = 2  # VLLM_CPU_KVCACHE_SPACE unless set: ample for 20-token continuations
-# Longest prompt + continuation (STEERING_VLLM_MAX_MODEL_LEN overrides); with chunked
-# prefill off it is also the most tokens one step may hold.
-MAX_MODEL_LEN = 2048
 KV_BLOCK_TOKENS = 32  # vLLM's CPU default (128) is longer than most prompts here
 
 _ENGINES: dict[tuple, object] = {}
-
-
-def max_model_len() -> int:
-    """The most tokens (prompt + continuation) the engine holds: STEERING_VLLM_MAX_MODEL_LEN,
-    else MAX_MODEL_LEN. Preflight checks the run's prompts against it."""
-    raw = os.environ.get("STEERING_VLLM_MAX_MODEL_LEN", str(MAX_MODEL_LEN))
-    try:
-        return int(raw)
-    except ValueError:
-        raise ParamsError(f"STEERING_VLLM_MAX_MODEL_LEN={raw!r}: give a number of tokens, "
-                          f"e.g. {MAX_MODEL_LEN}") from None
 
 
 def check_model_source(spec: ModelParams) -> None:
@@ -132,22 +115,27 @@ def _prepare_environment() -> None:
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
 
 
-def load_engine(model, spec: ModelParams | None = None, **overrides):
+def load_engine(model, spec: ModelParams | None = None, room: VLLMParams | None = None,
+                **overrides):
     """A vLLM `LLM` for the model (cached per folder, dtype and options), steering installed.
 
     `model` is the HF model of the run (its dtype is used) or a folder; `spec` (the
-    run's model params) names the folder when given. `overrides` go to `LLM(...)`;
-    `enforce_eager=False` makes an unsteerable engine (CUDA graphs), for benchmarks.
+    run's model params) names the folder when given; `room` (generation.vllm) sizes the
+    engine: its context and GPU memory share (the defaults when None). `overrides` go to
+    `LLM(...)`; `enforce_eager=False` makes an unsteerable engine (CUDA graphs), for
+    benchmarks.
     """
+    room = room or VLLMParams()
     folder, options = _model_folder(model, spec)
     dtype = overrides.pop("dtype", None) or _dtype_name(model)
-    key = (folder, dtype, tuple(sorted({**options, **overrides}.items())))
+    key = (folder, dtype, room.max_model_len, room.gpu_memory,
+           tuple(sorted({**options, **overrides}.items())))
     if key in _ENGINES:
         return _ENGINES[key]
     _prepare_environment()
     from vllm import LLM
 
-    max_len = max_model_len()
+    max_len = room.max_model_len
     settings = dict(
         model=folder, tokenizer=folder, dtype=dtype, enforce_eager=True, seed=0,
         # The study passes every sampling setting itself: the model's saved defaults
@@ -159,8 +147,7 @@ def load_engine(model, spec: ModelParams | None = None, **overrides):
         # prompts also keep a row's numbers independent of how its batch was cut.
         enable_chunked_prefill=False, max_model_len=max_len,
         max_num_batched_tokens=max(max_len, 4096),
-        gpu_memory_utilization=float(os.environ.get("STEERING_VLLM_GPU_MEMORY",
-                                                    GPU_MEMORY_FRACTION)),
+        gpu_memory_utilization=room.gpu_memory,
         **options,
     )
     settings.update(overrides)
@@ -227,7 +214,7 @@ def generate_outputs(model, tokenizer, jobs: pd.DataFrame, vectors, gen: Generat
 
     from .steering import LayerEdit, as_edit
 
-    llm = engine if engine is not None else load_engine(model, spec)
+    llm = engine if engine is not None else load_engine(model, spec, gen.vllm)
     # SteeringVectors, a tensor of directions, or an intervention of the method comparison
     # (one without an edit, the prompt baseline, generates unsteered).
     edit = as_edit(vectors)
@@ -249,7 +236,7 @@ def generate_outputs(model, tokenizer, jobs: pd.DataFrame, vectors, gen: Generat
     if longest > limit:
         raise ParamsError(f"generation.engine: vllm: a prompt plus max_new_tokens needs "
                           f"{longest} tokens, the engine holds {limit}; set "
-                          f"STEERING_VLLM_MAX_MODEL_LEN={longest} or shorten the prompts")
+                          f"generation.vllm.max_model_len: {longest} or shorten the prompts")
     cpu = None if edit is None else LayerEdit(
         *(None if t is None else t.detach().to("cpu", torch.float32)
           for t in (edit.shift, edit.gain, edit.unit)), all_layers=edit.all_layers)

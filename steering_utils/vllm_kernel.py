@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .params import ParamsError
+from .extras import MissingExtra
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 VLLM_VENV = ".venv-vllm"
@@ -19,13 +19,11 @@ VLLM_KERNEL = "steering-study-vllm"
 
 
 def notebook_kernel(project_root: Path | None = None) -> str:
-    """Name of the vLLM environment's Jupyter kernel, made findable; ParamsError if absent."""
+    """Name of the vLLM environment's Jupyter kernel, made findable; MissingExtra if absent."""
     share = Path(project_root or PROJECT_ROOT) / VLLM_VENV / "share" / "jupyter"
     if not (share / "kernels" / VLLM_KERNEL / "kernel.json").is_file():
-        raise ParamsError(
-            f"generation.engine: vllm needs the vLLM environment and its kernel "
-            f"{VLLM_KERNEL!r} (not found under {share}); run `make setup-vllm`"
-        )
+        raise MissingExtra(f"generation.engine: vllm needs the vLLM environment and its "
+                           f"kernel {VLLM_KERNEL!r} (not found under {share})", "setup-vllm")
     paths = [p for p in os.environ.get("JUPYTER_PATH", "").split(os.pathsep) if p]
     if str(share) not in paths:
         os.environ["JUPYTER_PATH"] = os.pathsep.join([str(share), *paths])

@@ -97,7 +97,7 @@ def test_max_new_tokens_beyond_the_models_context_is_refused():
 
 
 def test_a_vllm_run_is_checked_against_the_engines_max_model_len(monkeypatch):
-    """vLLM holds fewer tokens than the model's positions (STEERING_VLLM_MAX_MODEL_LEN):
+    """vLLM holds fewer tokens than the model's positions (generation.vllm.max_model_len):
     a run that fits the model but not the engine stops in preflight, not mid-sweep."""
     from steering_utils.checks import check_context
     from steering_utils.params import ParamsError, parse_params
@@ -105,9 +105,9 @@ def test_a_vllm_run_is_checked_against_the_engines_max_model_len(monkeypatch):
     data = _default()
     data["generation"].update(engine="vllm", max_new_tokens=20)
     assert "new tokens <= 2048" in check_context(parse_params(data))
-    monkeypatch.setenv("STEERING_VLLM_MAX_MODEL_LEN", "30")  # fits 20 new, no long prompt
+    data["generation"]["vllm"] = {"max_model_len": 30}  # fits 20 new, no long prompt
     with pytest.raises(ParamsError, match=r"context of 30 tokens \(the vLLM engine's "
-                                          r"max_model_len\).*STEERING_VLLM_MAX_MODEL_LEN=\d+"):
+                                          r"max_model_len\).*generation.vllm.max_model_len: \d+"):
         check_context(parse_params(data))
     data["generation"]["engine"] = "hf"
     assert "new tokens <=" in check_context(parse_params(data))

@@ -42,11 +42,12 @@ def standin_file(assets, tmp_path_factory):
     return standins.standin_params(assets, tmp_path_factory.mktemp("params") / "qwen3.yaml")
 
 
-def _preflight(params_file: Path, tmp_path: Path, **env) -> subprocess.CompletedProcess:
+def _preflight(params_file: Path, tmp_path: Path, *flags: str,
+               **env) -> subprocess.CompletedProcess:
     """`make check PARAMS=...` as the Makefile runs it, in a fresh process."""
     return subprocess.run(
         [sys.executable, "-m", "steering_utils.preflight", "--params", str(params_file),
-         "--runs-root", str(tmp_path / "runs")],
+         "--runs-root", str(tmp_path / "runs"), *flags],
         cwd=ROOT, capture_output=True, text=True, timeout=900,
         env={**os.environ, "HF_HUB_OFFLINE": "1", **env},
     )
@@ -152,7 +153,7 @@ def test_make_check_deep_on_the_standins_passes_every_line(standin_file, tmp_pat
 
 
 def test_make_check_with_the_hub_ids_offline_fails_on_the_first_hub_line(tmp_path):
-    done = _preflight(ROOT / "params" / "qwen3-8b.yaml", tmp_path, DEEP="1")
+    done = _preflight(ROOT / "params" / "qwen3-8b.yaml", tmp_path, "--deep")  # make's DEEP=1
     assert done.returncode == 1
     lines = done.stdout.splitlines()
     assert lines[0].startswith("ok    params")

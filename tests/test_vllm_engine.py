@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 import torch
 
+from steering_utils.extras import MissingExtra
 from steering_utils.generation import make_jobs
 from steering_utils.params import GenerationParams, ParamsError, load_params, parse_params
 from steering_utils.steering import steer
@@ -132,7 +133,7 @@ def test_run_jobs_dispatches_to_the_engine_of_the_params(tiny_qwen3, tiny_tokeni
 
 def test_a_vllm_run_needs_the_vllm_kernel_and_says_how_to_make_it(tmp_path, monkeypatch):
     monkeypatch.setenv("JUPYTER_PATH", "")
-    with pytest.raises(ParamsError, match="make setup-vllm"):
+    with pytest.raises(MissingExtra, match="make setup-vllm"):
         notebook_kernel(tmp_path)
     spec = tmp_path / ".venv-vllm" / "share" / "jupyter" / "kernels" / "steering-study-vllm"
     spec.mkdir(parents=True)
