@@ -110,3 +110,16 @@ ALL_LAYERS = -2  # layer value of rows whose method edits every layer
 UNSTEERED = "none"  # direction of unsteered rows
 CAA = "caa"  # direction of rows steered by the CAA vector
 RANDOM_PREFIX = "random-"  # random-<seed>: the random-direction control
+
+
+def hook_layer(layer: int) -> int:
+    """A row's layer as a steering hook indexes it: UNSTEERED_LAYER and ALL_LAYERS name no
+    single layer (an unsteered row is not shifted; an all-layer edit acts at every layer),
+    so they index layer 0, whose entry such a row never reads."""
+    layer = int(layer)
+    if layer in (UNSTEERED_LAYER, ALL_LAYERS):
+        return 0
+    if layer < 0:
+        raise ValueError(f"layer {layer}: a row's layer is 0 or more, UNSTEERED_LAYER "
+                         f"({UNSTEERED_LAYER}) or ALL_LAYERS ({ALL_LAYERS})")
+    return layer

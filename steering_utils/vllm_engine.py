@@ -44,6 +44,7 @@ import numpy as np
 import pandas as pd
 
 from .params import GenerationParams, ModelParams, ParamsError, VLLMParams
+from .stages import hook_layer
 from .vllm_hooks import STEER_KEY, install_steering, set_edit
 
 CPU_KV_CACHE_GIB = 2  # VLLM_CPU_KVCACHE_SPACE unless set: ample for 20-token continuations
@@ -182,7 +183,7 @@ def _requests(encoded: list[list[int]], rows: pd.DataFrame, edit, gen: Generatio
     for ids, pid, sample, layer, alpha in zip(encoded, rows["prompt_id"], rows["sample"],
                                               rows["layer"], rows["alpha"]):
         alpha = float(alpha) if edit is not None else 0.0
-        layer = max(int(layer), 0)
+        layer = hook_layer(layer)
         if (layer, alpha) not in salts:
             salts[layer, alpha] = cache_salt(_salt_basis(edit, layer), layer, alpha, positions)
         prompt = TokensPrompt(prompt_token_ids=list(ids))

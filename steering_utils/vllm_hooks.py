@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .stages import UNSTEERED_LAYER
+
 STEER_KEY = "steering_utils.steer"  # SamplingParams.extra_args key: (layer, alpha, positions)
 
 
@@ -53,7 +55,7 @@ class _SteeringState:
         for rid in req_ids:
             state = runner.requests.get(rid)
             extra = getattr(getattr(state, "sampling_params", None), "extra_args", None) or {}
-            layer, alpha, positions = extra.get(STEER_KEY, (-1, 0.0, "all"))
+            layer, alpha, positions = extra.get(STEER_KEY, (UNSTEERED_LAYER, 0.0, "all"))
             cells.append((layer, alpha, positions == "generated",
                           state.num_prompt_tokens if state is not None else 0))
         alphas = np.array([c[1] for c in cells], dtype=np.float64)

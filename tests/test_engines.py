@@ -14,7 +14,7 @@ from steering_utils.extras import MissingExtra
 from steering_utils.generation import make_jobs
 from steering_utils.jobs import plan_shards
 from steering_utils.params import ParamsError, parse_params
-from steering_utils.stages import CAA, STAGE_NAMES
+from steering_utils.stages import ALL_LAYERS, CAA, STAGE_NAMES, UNSTEERED_LAYER, hook_layer
 from tests.test_jobs import PROMPTS
 from tests.test_params import _default
 
@@ -74,3 +74,9 @@ def test_a_missing_install_is_not_a_params_error(tmp_path):
         with pytest.raises(MissingExtra, match=r"; run `make setup-(ray|vllm)`") as err:
             missing()
         assert not isinstance(err.value, ParamsError) and "\n" not in str(err.value)
+
+
+def test_the_special_layer_values_index_no_real_layer_and_others_are_refused():
+    assert [hook_layer(x) for x in (UNSTEERED_LAYER, ALL_LAYERS, 0, 7)] == [0, 0, 0, 7]
+    with pytest.raises(ValueError, match="layer -3: a row's layer is 0 or more"):
+        hook_layer(-3)  # once silently steered at layer 0
