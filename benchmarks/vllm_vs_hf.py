@@ -28,7 +28,6 @@ eager engine the study steers with: the cost of eager mode.
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from pathlib import Path
 
@@ -135,8 +134,9 @@ def main() -> None:
     params = load_params(args.params)
     apply_environment(params)
     on_cuda = torch.cuda.is_available() and params.model.device in ("auto", "cuda")
+    room = params.generation.vllm
     if on_cuda:  # the HF model, the eager engine and the CUDA-graph engine share the GPU
-        os.environ.setdefault("STEERING_VLLM_GPU_MEMORY", "0.3")
+        room = room.model_copy(update={"gpu_memory": min(room.gpu_memory, 0.3)})
     model, tokenizer = load_model(params.model)
     vectors, source = _vectors(model, args.runs_root, args.vectors)
     prompts = load_prompts(params.data, params.seed)
@@ -151,7 +151,7 @@ def main() -> None:
           f"{model.dtype} on {model.device}, torch threads {torch.get_num_threads()}")
 
     started = time.perf_counter()
-    llm = vllm_engine.load_engine(model, params.model)
+    llm = vllm_engine.load_engine(model, params.model, room)
     print(f"vLLM engine start-up: {time.perf_counter() - started:.1f} s")
 
     def hf(rows, vecs, seed=params.seed, desc="HF"):
@@ -190,7 +190,7 @@ def main() -> None:
     if on_cuda:
         try:
             _graphs_vs_eager(jobs, llm, vllm, vllm_engine.load_engine(
-                model, params.model, enforce_eager=False), tokenizer)
+                model, params.model, room, enforce_eager=False), tokenizer)
         except Exception as err:  # a second engine in one process is vLLM's edge case
             print(f"vLLM with CUDA graphs: not measured ({type(err).__name__}: {err})")
 

@@ -29,7 +29,7 @@ runs_root = "../runs"
 reports_root = "../reports"
 
 # %%
-from steering_utils.artifacts import open_stage
+from steering_utils.session import open_stage
 
 stage = open_stage(params_file, runs_root, "01_data", reports_root)
 params = stage.params

@@ -14,7 +14,7 @@
 # prompt, pick a layer, a method and α, and read the continuation with its toxicity
 # (the run's scorers) and its perplexity under the unsteered model.
 #
-# Each click makes one row exactly as the sweep makes its rows (`jobs.compute_rows`: the
+# Each click makes one row exactly as the sweep makes its rows (`rows.compute_rows`: the
 # same generation, per-row seed, steering hook, scorers and perplexity). A prompt of the
 # run, with the same sample, seed, layer and α, gives back the sweep's continuation; a
 # typed prompt gets a random stream of its own, the same for the same text, so moving α

@@ -427,24 +427,19 @@ class StageDir:
             )
         return folder
 
-    def finish(self) -> None:
-        """Write the manifest and the done marker (last: its presence means complete); let go
-        of the stage's Ray workers, if it had any. The marker records the key's parts and a
-        digest of the folder's contents, which dependants' keys read."""
-        from .cluster import shutdown
-        from .manifest import run_manifest
-
-        # Ray stops in the cell, not at kernel exit, where a slow stop would be cut short.
-        shutdown()
+    def finish(self, run: dict | None = None) -> None:
+        """Write the stage's manifest and the done marker (last: its presence means complete).
+        The marker records the key's parts and a digest of the folder's contents, which
+        dependants' keys read. `run`: the run manifest's summary the stage manifest keeps
+        (`session.NotebookStage.finish` builds it; this module builds no manifest)."""
         self._check_writable()
         seconds = round(time.time() - self.started, 2)
         finished = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        run = run_manifest(self.run, self.params)
-        write_json({"stage": self.name, "key": self.hash, "seconds": seconds,
-                    "finished_utc": finished, "key_parts": self.parts,
-                    "run": {name: run[name] for name in ("created_utc", "git_commit", "device",
-                                                         "params_hash")}},
-                   self.path / MANIFEST_FILE)
+        record = {"stage": self.name, "key": self.hash, "seconds": seconds,
+                  "finished_utc": finished, "key_parts": self.parts}
+        if run is not None:
+            record["run"] = run
+        write_json(record, self.path / MANIFEST_FILE)
         if SHARDS_FILE in self.spec.outputs.values():
             _write_shards_record(self)
         if self in _OPEN_STAGES:
@@ -480,21 +475,6 @@ def shards_record(folder: str | Path) -> set[str] | None:
         return set(read_json(folder / SHARDS_FILE)["shards"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
-
-
-def open_stage(params_file: str | Path, runs_root: str | Path, stage: str,
-               reports_root: str | Path = "../reports") -> StageDir:
-    """Load params, apply their environment (offline mode) and make the runner's checks
-    (`preflight.validate_run`, `check_folders`), so a notebook opened in Lab stops on what
-    the runner stops on; then open the stage."""
-    from .params import apply_environment, load_params
-    from .preflight import check_folders, validate_run
-
-    params = load_params(params_file)
-    apply_environment(params)
-    validate_run(params)
-    check_folders(params, Path(runs_root).resolve(), Path(reports_root).resolve())
-    return StageDir(runs_root, params, stage)
 
 
 def is_complete(folder: Path, expected_hash: str) -> bool:

@@ -1,4 +1,4 @@
-"""Shards on a Ray cluster: the `execution: {mode: ray}` path of `jobs.run_jobs`.
+"""Shards on a Ray cluster: the `execution: {mode: ray}` executor (`executors.RayExecutor`).
 
     execution: {mode: ray, address: local, workers: 2, cpus_per_worker: 1}
 
@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from .artifacts import digest, params_fields, write_table
+from .extras import MissingExtra
 from .params import ParamsError, StudyParams
 from .progress import add_rows
 
@@ -52,6 +53,7 @@ class ShardWorker:
         import ray
         import torch
 
+        from .engines import make_engine
         from .models import load_model
         from .params import apply_environment
         from .scoring import load_scorers
@@ -60,10 +62,7 @@ class ShardWorker:
         torch.set_num_threads(params.execution.cpus_per_worker)
         self.model, self.tokenizer = load_model(params.model)
         self.scorers = load_scorers(params.scorer)
-        if params.generation.engine == "vllm":
-            from .vllm_engine import load_engine
-
-            load_engine(self.model, params.model)  # this worker's engine, cached for its life
+        make_engine(params).load(self.model)  # vLLM: this worker's engine, kept for its life
         self.index = index
         with warnings.catch_warnings():  # Ray 2.60 warns inside its own property
             warnings.simplefilter("ignore")
@@ -72,7 +71,7 @@ class ShardWorker:
     def compute(self, rows: pd.DataFrame, shards: list[np.ndarray], directions: dict,
                 params: StudyParams, positions: str, desc: str) -> tuple[pd.DataFrame, dict]:
         """(the rows with their results, which worker incarnation computed them)."""
-        from .jobs import compute_rows
+        from .rows import compute_rows
 
         out = compute_rows(self.model, self.tokenizer, rows, shards, directions, params,
                            self.scorers, positions, desc)
@@ -89,7 +88,7 @@ _POOLS: dict[str, _Pool] = {}  # this process's pool (one at a time), by _LOADED
 
 
 def require_ray(python: str | None = None) -> None:
-    """ParamsError naming the fix when Ray is not installed here (or in `python`'s env)."""
+    """MissingExtra naming the fix when Ray is not installed here (or in `python`'s env)."""
     # Not resolved: a venv's python is a link to the base interpreter, outside the venv.
     if python is None or Path(python).absolute() == Path(sys.executable).absolute():
         found = importlib.util.find_spec("ray") is not None
@@ -97,9 +96,9 @@ def require_ray(python: str | None = None) -> None:
     else:
         found = subprocess.run([python, "-c", "import ray"], capture_output=True).returncode == 0
     if not found:
-        raise ParamsError(f"execution.mode: ray needs Ray, which is not installed for {python}; "
-                          "run `make setup-ray` (pip install -e '.[ray]'), or set "
-                          "execution.mode: local")
+        raise MissingExtra(f"execution.mode: ray needs Ray, which is not installed for {python}",
+                           "setup-ray", pip="pip install -e '.[ray]'",
+                           instead="set execution.mode: local")
 
 
 def _connect(params: StudyParams) -> None:
@@ -204,9 +203,9 @@ def shutdown() -> None:
 def _group_rows(todo: list[tuple[str, np.ndarray]], params: StudyParams, workers: int) -> int:
     """Rows a group holds at most: as in a local run, but enough groups to keep every worker
     busy (results do not depend on grouping: rows are seeded one by one)."""
-    from .jobs import GROUP_ROWS, GROUP_ROWS_VLLM
+    from .engines import make_engine
 
-    most = GROUP_ROWS_VLLM if params.generation.engine == "vllm" else GROUP_ROWS
+    most = make_engine(params).group_rows
     return max(1, min(most, math.ceil(sum(len(rows) for _, rows in todo) / workers)))
 
 
@@ -221,7 +220,7 @@ def run_on_cluster(jobs: pd.DataFrame, todo: list[tuple[str, np.ndarray]], paths
     from ray.exceptions import RayActorError, RayTaskError
     from tqdm.auto import tqdm
 
-    from .jobs import group_shards
+    from .rows import group_shards
 
     pool = _pool(params)
     groups = group_shards(todo, _group_rows(todo, params, len(pool.actors)))

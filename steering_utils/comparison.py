@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from .generation import make_jobs
+from .matched import method_cells
 from .params import StudyParams, compared_methods
 from .stages import ALL_LAYERS, CAA, UNSTEERED, UNSTEERED_LAYER
 from .sweep import check_additive_push
@@ -227,13 +228,13 @@ def _plan(prompts: pd.DataFrame, baseline: pd.DataFrame, done: pd.DataFrame, sam
     reference = baseline[(baseline["sample"] < samples)
                          & baseline["prompt_id"].isin(prompts["prompt_id"])]
     reused, jobs = [reference.assign(method=UNSTEERED)], []
-    for method, method_cells in cells.items():
+    for method, its_cells in cells.items():
         if method == CAA:  # CAA's rows of the grid or the sweep serve where they exist
             todo, have = _reuse_or_jobs(prompts, done, method, interventions[method],
-                                        method_cells, samples)
+                                        its_cells, samples)
             reused.append(have)
         else:
-            todo = _jobs(prompts, method, interventions[method], method_cells, samples)
+            todo = _jobs(prompts, method, interventions[method], its_cells, samples)
         if todo is not None:
             jobs.append(todo)
     reused_rows = pd.concat(reused, ignore_index=True)
@@ -315,29 +316,6 @@ def method_generator(model, tokenizer, prompts: pd.DataFrame, params: StudyParam
         return out.assign(method=method)
 
     return generate
-
-
-def method_cells(rows: pd.DataFrame, params: StudyParams) -> pd.DataFrame:
-    """Cell summaries (`metrics.summarize_cells`) per method, each with the unsteered
-    reference cell; column `method` ('none' for the reference), column `degenerate`
-    (`metrics.degenerate_checks` against the reference). With no method's rows (nothing
-    qualified on dev, so nothing went to eval) only the reference cell."""
-    from .metrics import flag_degenerate, summarize_cells
-
-    ev = params.evaluation
-    reference = rows[rows["method"] == UNSTEERED]
-    parts = list(rows[rows["method"] != UNSTEERED].groupby("method", sort=False))
-    if not parts:
-        parts = [(UNSTEERED, reference.iloc[:0])]
-    frames = []
-    for method, part in parts:
-        cells = summarize_cells(pd.concat([reference, part]).assign(experiment="methods"),
-                                ev.toxic_threshold, ev.n_bootstrap, params.seed)
-        frames.append(cells.assign(method=[UNSTEERED if a == 0 else method
-                                           for a in cells["alpha"]]))
-    table = pd.concat(frames, ignore_index=True)
-    table = table.drop_duplicates(subset=["method", "layer", "alpha"]).reset_index(drop=True)
-    return table.assign(degenerate=flag_degenerate(table, keys=()))
 
 
 def select_methods(cells: pd.DataFrame, params: StudyParams, probes: dict) -> dict:

@@ -5,7 +5,7 @@
 
 `Explorer` loads what a finished run made (its params, the 01_data prompts, the 04_vectors
 directions and token statistics) with the run's model and scorers, and makes one
-continuation per call through the study's own row path, `jobs.compute_rows`: the same
+continuation per call through the study's own row path, `rows.compute_rows`: the same
 generation, per-row seed, steering hook, scorers and perplexity as the sweep's shards. So a
 prompt of the run (matched by its text, which gives back its prompt id), a sample index, a
 layer and an alpha give the very continuation the sweep generated for that row; a typed
@@ -202,7 +202,7 @@ class Explorer:
             seed: int | None = None) -> Continuation:
         """One continuation of `prompt`, steered by `method` at `layer` with strength `alpha`,
         with its scores and perplexity, made as the sweep makes a row."""
-        from .jobs import compute_rows
+        from .rows import compute_rows
 
         if not prompt:
             raise ValueError("prompt: empty; type a prompt")

@@ -19,7 +19,7 @@ import torch
 from .batching import map_batches
 from .models import input_device
 from .params import GenerationParams
-from .stages import CAA, UNSTEERED
+from .stages import CAA, UNSTEERED, hook_layer
 from .steering import steer
 
 JOB_COLUMNS = ("prompt_id", "prompt", "sample", "layer", "alpha")
@@ -175,7 +175,7 @@ def _generate_batch(model, tokenizer, rows: pd.DataFrame, vectors, gen: Generati
     )
     processors = LogitsProcessorList([SeededSampler(seeds, gen.temperature, gen.top_p)])
     alphas = rows["alpha"].astype(float).tolist()
-    layers = [max(int(layer), 0) for layer in rows["layer"]]
+    layers = [hook_layer(layer) for layer in rows["layer"]]
     steered = vectors is not None and any(alphas)
     with torch.inference_mode(), _only_our_generation_config(model, config):
         if steered:

@@ -6,16 +6,18 @@ alpha and the steering direction's name. Rows are cut into shards per cell
 that made it: its rows, the params fields that decide a row's text and scores
 (model, generation, scorer, seed), the steering positions, the contents of its
 steering direction, and the source of the code that shapes a row (`sources.rows_code`:
-this module, generation, steering, scoring, likelihood, models, the vLLM engine...).
+`rows.compute_rows` and what it reaches: engines, generation, steering, scoring,
+likelihood, models, the vLLM engine...).
 A shard made under other params or other code is therefore never read back, while a
 shard whose rows and recipe are unchanged is reused by any stage and any later params
 version (changing one alpha recomputes that alpha's shards only).
 Several pending shards are generated together (rows of different cells share
-batches), then written one file per shard. `generation.engine` picks who generates:
-transformers with steering hooks (`generation`), or vLLM steered per request
-(`vllm_engine`); the engine is part of `generation`, so of every shard's key.
-`execution.mode` picks where: in this process, or on a pool of Ray actors (`cluster`);
-it is part of no key, since a shard's contents depend only on its rows and recipe.
+batches), then written one file per shard. The engine (`engines.make_engine`, from
+`generation.engine`) is who generates: transformers with steering hooks, or vLLM steered
+per request; it is part of `generation`, so of every shard's key. The executor
+(`executors.make_executor`, from `execution.mode`) is where: in this process, or on a
+pool of Ray actors (`cluster`); it is part of no key, since a shard's contents depend
+only on its rows and recipe.
 """
 
 from __future__ import annotations
@@ -25,20 +27,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .artifacts import digest, input_files, params_fields, read_table, record_shards, write_table
+from .artifacts import digest, input_files, params_fields, read_table, record_shards
+from .executors import ShardWork, make_executor
 from .params import StudyParams
-from .progress import add_rows, start_rows
+from .progress import start_rows
+from .rows import RESULT_COLUMNS  # rows.compute_rows makes them (a stage's code reaches it)
 from .sources import rows_code
 from .stages import ARTIFACT_VERSION, UNSTEERED
 
 SHARD_ROWS = 256  # rows per shard at most: an interruption loses at most one group of work
-GROUP_ROWS = 256  # rows generated together (several small shards share batches)
-# vLLM batches continuously: a longer queue keeps its batch full (the group's tail
-# runs at a shrinking batch). Rows are seeded one by one, so results do not change.
-GROUP_ROWS_VLLM = 2048
 ROW_KEY = ("direction", "layer", "alpha", "prompt_id", "sample")
 RECIPE_FIELDS = ("seed", "model", "generation", "scorer")
-RESULT_COLUMNS = ("completion", "toxicity", "toxicity_second", "nll")
 
 
 def plan_shards(jobs: pd.DataFrame, params: StudyParams, fingerprints: dict[str, str],
@@ -75,10 +74,10 @@ def run_jobs(model, tokenizer, jobs: pd.DataFrame, directions: dict, params: Stu
     """Jobs with completion, toxicity (and toxicity_second) and nll, in the jobs' row order.
 
     `directions` maps each direction name in `jobs["direction"]` to its SteeringVectors
-    (none needed for unsteered rows). Finished shards in `shard_dir` are reused. With
-    `execution.mode: ray` the missing shards are computed by a pool of Ray actors, each
-    holding its own model and scorers (`cluster.run_on_cluster`); `model`, `tokenizer` and
-    `scorers` are then not used here.
+    (none needed for unsteered rows). Finished shards in `shard_dir` are reused; the missing
+    ones are computed by the params' executor (`executors.make_executor`): here, or on a
+    pool of Ray actors, each holding its own model and scorers (`model`, `tokenizer` and
+    `scorers` are then not used here).
     """
     if jobs.empty:
         raise ValueError(f"run_jobs ({desc}): the job table is empty; check the split sizes")
@@ -91,34 +90,12 @@ def run_jobs(model, tokenizer, jobs: pd.DataFrame, directions: dict, params: Stu
     paths = {key: shard_dir / f"{key}.parquet" for key, _ in plan}
     todo = [(key, rows) for key, rows in plan if not paths[key].is_file()]
     start_rows(desc, len(jobs), reused=len(jobs) - sum(len(rows) for _, rows in todo))
-    if todo and params.execution.mode == "ray":
-        from .cluster import run_on_cluster
-
-        run_on_cluster(jobs, todo, paths, directions, params, positions, desc, len(plan))
-    elif todo:
-        groups = group_shards(todo, GROUP_ROWS_VLLM if params.generation.engine == "vllm"
-                              else GROUP_ROWS)
-        for number, group in enumerate(groups, start=1):
-            rows = jobs.iloc[np.concatenate([index for _, index in group])]
-            out = compute_rows(model, tokenizer, rows, [index for _, index in group], directions,
-                               params, scorers, positions, f"{desc} [{number}/{len(groups)}]")
-            for key, index in group:
-                write_table(out.loc[index], paths[key])
-            add_rows(len(rows))
+    if todo:
+        make_executor(params).run(ShardWork(jobs, todo, paths, directions, params, positions,
+                                            desc, len(plan), model, tokenizer, scorers))
     parts = [_checked(read_table(paths[key]), jobs.iloc[index], paths[key]) for key, index in plan]
     table = pd.concat(parts)
     return table.loc[jobs.index]
-
-
-def group_shards(todo: list[tuple[str, np.ndarray]],
-                 max_rows: int) -> list[list[tuple[str, np.ndarray]]]:
-    """Consecutive shards packed into groups of at most `max_rows` rows (a shard is never cut)."""
-    groups: list[list[tuple[str, np.ndarray]]] = []
-    for item in todo:
-        if not groups or sum(len(r) for _, r in groups[-1]) + len(item[1]) > max_rows:
-            groups.append([])
-        groups[-1].append(item)
-    return groups
 
 
 def _checked(shard: pd.DataFrame, expected: pd.DataFrame, path: Path) -> pd.DataFrame:
@@ -130,46 +107,3 @@ def _checked(shard: pd.DataFrame, expected: pd.DataFrame, path: Path) -> pd.Data
                            "rerun (it was written by other code or edited by hand)")
     results = [c for c in RESULT_COLUMNS if c in shard.columns]
     return expected.assign(**{c: shard[c].to_numpy() for c in results})
-
-
-def compute_rows(model, tokenizer, rows: pd.DataFrame, shards: list[np.ndarray],
-                 directions: dict, params: StudyParams, scorers: dict, positions: str,
-                 desc: str) -> pd.DataFrame:
-    """The rows with completion, toxicity (and toxicity_second) and nll, computed here.
-
-    `shards` partitions `rows.index`. The rows of all shards are generated together
-    (rows are seeded one by one, so a continuation does not depend on its batch); scores
-    and perplexity are computed shard by shard, since a padded batch's float rounding
-    depends on its rows: a shard's numbers then never depend on the shards it was grouped
-    with, and a local, a Ray and a resumed run, which group shards differently, agree.
-    """
-    from .likelihood import continuation_nll
-    from .scoring import score_rows
-
-    if params.generation.engine == "vllm":
-        from functools import partial
-
-        from .vllm_engine import generate_completions
-
-        generate_completions = partial(generate_completions, spec=params.model)
-    else:
-        from .generation import generate_completions
-
-    from .gating import gate_rows
-
-    parts = []
-    for direction, part in rows.groupby("direction", sort=True):
-        vectors = None if direction == UNSTEERED else directions[direction]
-        # A gated method (conditional CAA) steers only its gated-on rows: the others run
-        # at alpha 0 in the same batches, and keep their cell's alpha in the output.
-        generated = generate_completions(model, tokenizer,
-                                         gate_rows(vectors, model, tokenizer, part), vectors,
-                                         params.generation, params.seed, positions=positions,
-                                         desc=f"{desc} {direction}")
-        parts.append(generated.assign(alpha=part["alpha"]))
-    generated = pd.concat(parts)
-    out = pd.concat([score_rows(generated.loc[index], scorers) for index in shards])
-    blocks = np.concatenate([np.full(len(index), number) for number, index in enumerate(shards)])
-    out["nll"] = continuation_nll(model, tokenizer, list(out["prompt"]), list(out["completion"]),
-                                  blocks=blocks)
-    return out.loc[rows.index]

@@ -151,13 +151,35 @@ def search_record(plan: SearchPlan, state: dict, added: list[dict]) -> dict:
             "bound_by": state.get("bound_by")}
 
 
+def method_cells(rows: pd.DataFrame, params: StudyParams) -> pd.DataFrame:
+    """Cell summaries (`metrics.summarize_cells`) per method, each with the unsteered
+    reference cell; column `method` ('none' for the reference), column `degenerate`
+    (`metrics.degenerate_checks` against the reference). With no method's rows (nothing
+    qualified on dev, so nothing went to eval) only the reference cell."""
+    from .metrics import flag_degenerate, summarize_cells
+
+    ev = params.evaluation
+    reference = rows[rows["method"] == UNSTEERED]
+    parts = list(rows[rows["method"] != UNSTEERED].groupby("method", sort=False))
+    if not parts:
+        parts = [(UNSTEERED, reference.iloc[:0])]
+    frames = []
+    for method, part in parts:
+        cells = summarize_cells(pd.concat([reference, part]).assign(experiment="methods"),
+                                ev.toxic_threshold, ev.n_bootstrap, params.seed)
+        frames.append(cells.assign(method=[UNSTEERED if a == 0 else method
+                                           for a in cells["alpha"]]))
+    table = pd.concat(frames, ignore_index=True)
+    table = table.drop_duplicates(subset=["method", "layer", "alpha"]).reset_index(drop=True)
+    return table.assign(degenerate=flag_degenerate(table, keys=()))
+
+
 def extend_search(rows: pd.DataFrame, plan: SearchPlan, params: StudyParams, probe=None,
                   generate=None) -> tuple[pd.DataFrame, dict]:
     """(the methods' dev rows with this method's grid grown where the rule asked for it, its
     `search_record`). `rows`: the methods grid rows (column `method`, the unsteered
     reference 'none'); `generate(method, cells)` makes dev rows; `probe(layer, s)`: dev
     capability under the method (lazily)."""
-    from .comparison import method_cells
     from .metrics import SelectionRule, recommend
     from .sweep import _alpha_range
 
@@ -208,7 +230,7 @@ def matched_point(cells: pd.DataFrame, method: str, budget: float,
                   fixed: bool | None = None) -> dict:
     """The strength at which `method` reaches the perplexity budget on its dev front.
 
-    `cells`: method cell summaries (`comparison.method_cells`) with the unsteered one
+    `cells`: method cell summaries (`method_cells`) with the unsteered one
     ('none'). The front: the method's non-degenerate cells and the unsteered one, not
     dominated on (mean toxicity, perplexity), by perplexity. Status:
     'interpolated' (the limit lies between two front points at one layer, or between the

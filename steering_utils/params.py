@@ -93,6 +93,17 @@ class DataParams(_Strict):
     benign_max_toxicity: float = Field(0.1, gt=0, le=1)
 
 
+class VLLMParams(_Strict):
+    """The vLLM engine's room (generation.engine: vllm): how much it holds, never what it
+    writes (rows are seeded one by one), so part of no key (`stages.EXECUTION_ONLY`)."""
+
+    max_model_len: int = Field(2048, ge=16, description="most tokens (prompt + continuation) "
+                               "the engine holds; with chunked prefill off, also the most one "
+                               "step may hold. Preflight checks the run's prompts against it")
+    gpu_memory: float = Field(0.5, gt=0, le=1, description="share of the GPU's memory the "
+                              "engine takes (the run's HF model stays loaded beside it)")
+
+
 class GenerationParams(_Strict):
     temperature: float = Field(0.7, ge=0, description="0 means greedy")
     top_p: float = Field(0.9, gt=0, le=1)
@@ -106,6 +117,7 @@ class GenerationParams(_Strict):
     engine: Literal["hf", "vllm"] = Field(
         "hf", description="hf: transformers generate with steering hooks (the reference); "
         "vllm: steering_utils.vllm_engine, run in the vLLM environment (make setup-vllm)")
+    vllm: VLLMParams = VLLMParams()
 
 
 ScorerName = Literal["unbiased-toxic-roberta", "jigsaw-bilstm", "profanity-check", "tox-block"]
@@ -465,6 +477,14 @@ RUN_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 STALE_SUFFIX = ".stale-"
 
 
+class CheckParams(_Strict):
+    """`make check` (preflight); read by no stage."""
+
+    deep: bool | Literal["auto"] = Field(
+        "auto", description="also load the model, steer, generate and project the wall time; "
+        "auto: when the model's weights are on this machine (--deep / --no-deep override)")
+
+
 class StudyParams(_Strict):
     run_name: str = Field(description="folder name under runs/ and reports/")
     seed: int = Field(0, ge=0, lt=2**63)
@@ -482,6 +502,7 @@ class StudyParams(_Strict):
     evaluation: EvaluationParams = EvaluationParams()
     report: ReportParams = ReportParams()
     execution: ExecutionParams = ExecutionParams()
+    check: CheckParams = CheckParams()
 
     @field_validator("run_name")
     @classmethod
@@ -519,6 +540,38 @@ class StudyParams(_Strict):
                 "data.benign.n_dev: 0, but methods.conditional_caa sets its gate's threshold "
                 "on benign dev prompts; set data.benign.n_dev >= 1 (e.g. 8), or leave "
                 "conditional_caa out of sweep.methods")
+        return self
+
+    @model_validator(mode="after")
+    def _splits_feed_the_contrast(self) -> StudyParams:
+        """Enough train prompts and continuations for the contrast, a dev split for the grid."""
+        act, gen, data = self.activations, self.generation, self.data
+        k = gen.train_samples_per_prompt or gen.samples_per_prompt  # per train prompt
+        # samples_per_prompt, not k: the held-out dev pairs come from the dev split's samples.
+        if "paired" in (act.contrast, act.comparison) and gen.samples_per_prompt < 2:
+            raise ValueError("activations.contrast: 'paired' compares continuations of the same "
+                             "prompt; set generation.samples_per_prompt >= 2 (or use "
+                             "'completions')")
+        if act.contrast == "paired":
+            if data.challenging.n_train < act.min_pairs:
+                raise ValueError(f"data.challenging.n_train: the paired contrast needs at least "
+                                 f"activations.min_pairs = {act.min_pairs} train prompts (one "
+                                 "pair each at most); raise n_train or lower min_pairs")
+        elif act.contrast == "completions":
+            have = data.challenging.n_train * k
+            if have < 2 * act.n_per_side:
+                raise ValueError(
+                    f"activations.n_per_side: {act.n_per_side} a side needs "
+                    f"{2 * act.n_per_side} train continuations; data.challenging.n_train x "
+                    f"generation.samples_per_prompt = {have}. Lower n_per_side or raise n_train")
+        else:
+            have = min(data.challenging.n_train, data.benign.n_train)
+            if have < act.n_per_side:
+                raise ValueError(f"activations.n_per_side: {act.n_per_side} > {have} train "
+                                 "prompts of a subset (contrast: prompts); raise data.*.n_train")
+        if data.challenging.n_dev == 0:
+            raise ValueError("data.challenging.n_dev: the layer x alpha grid runs on the dev "
+                             "split; give it at least 4 prompts")
         return self
 
     def section_hash(self, *sections: str) -> str:
@@ -796,7 +849,7 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = (),
 def _format_error(err: ValidationError, source: str) -> str:
     lines = []
     for item in err.errors():
-        field = ".".join(_clip(str(p), 60) for p in item["loc"]) or "(top level)"
+        field = ".".join(_clip(str(p), 60) for p in item["loc"])
         if item["type"] == "extra_forbidden":
             fix = "remove it or check its spelling against params/default.yaml"
             lines.append(f"{field}: unknown key; {fix}")
@@ -804,7 +857,8 @@ def _format_error(err: ValidationError, source: str) -> str:
             given = item.get("input")
             shown = "" if isinstance(given, dict) else f" (got {_short(given)})"
             message = _clip(item["msg"].removeprefix("Value error, "))  # pydantic's wrapper
-            lines.append(f"{field}: {message}{shown}")
+            # A rule across sections (a model validator) names its own fields.
+            lines.append(f"{field}: {message}{shown}" if field else f"{message}{shown}")
     if len(lines) > _SHOWN_ERRORS:
         lines = [*lines[:_SHOWN_ERRORS], f"and {len(lines) - _SHOWN_ERRORS} more"]
     return f"{source}: " + "; ".join(lines)

@@ -10,7 +10,7 @@ A notebook run in Lab has no such variable: nothing is written and the usual tqd
 The file is replaced atomically, read errors count as "nothing new", and the runner stops
 polling when papermill returns, so a crashed kernel cannot hang the runner.
 
-The whole-run ETA (`run_eta`) is arithmetic on the params' job counts (`preflight.job_counts`):
+The whole-run ETA (`run_eta`) is arithmetic on the params' job counts (`workload.job_counts`):
 the remaining stages' rows times the measured seconds per row, plus each stage's fixed cost
 (kernel start, model and scorer loading, writing) measured on the stages already run.
 """
@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .params import StudyParams
-from .preflight import format_duration
 
 PROGRESS_ENV = "STEERING_PROGRESS_FILE"
 EVERY_S = 60.0  # a progress line at most this often when stdout is not a terminal
@@ -35,6 +34,13 @@ ROW_STAGES = ("02_baseline", "05_sweep")  # the stages whose job tables report r
 MODEL_STAGES = ("02_baseline", "03_activations", "05_sweep")  # load the model: a larger fixed cost
 
 _tables: list[dict] = []  # this kernel's tables, in the order they started
+
+
+def format_duration(seconds: float) -> str:
+    """'3 h 05 min', '12 min', '40 s'."""
+    if seconds >= 3600:
+        return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60):02d} min"
+    return f"{seconds / 60:.0f} min" if seconds >= 60 else f"{seconds:.0f} s"
 
 
 def start_rows(table: str, total: int, reused: int = 0) -> None:

@@ -41,6 +41,7 @@ from .artifacts import (
     stage_key,
     stage_seconds,
 )
+from .extras import MissingExtra
 from .notebooks import KERNEL_NAME, NOTEBOOKS, PROJECT_ROOT, read_stage_notebook
 from .params import ParamsError, StudyParams, load_params, run_path
 from .progress import PROGRESS_ENV, RunClock, StageProgress, expected_rows, stage_work
@@ -75,10 +76,12 @@ class RunStopped(Exception):
 
 def _kernel_name(params: StudyParams | None = None) -> str:
     """The kernel that runs the notebooks: the vLLM environment's for engine: vllm."""
-    if params is not None and params.generation.engine == "vllm":
-        from .vllm_engine import notebook_kernel  # ParamsError naming `make setup-vllm`
+    if params is not None:
+        from .engines import make_engine
 
-        return notebook_kernel(PROJECT_ROOT)
+        kernel = make_engine(params).kernel(PROJECT_ROOT)  # vLLM: MissingExtra naming the setup
+        if kernel is not None:
+            return kernel
     from jupyter_client.kernelspec import KernelSpecManager
 
     specs = KernelSpecManager().find_kernel_specs()
@@ -100,7 +103,7 @@ def _job_counts(params: StudyParams) -> dict[str, int] | None:
     """The params' job counts for progress and ETA; None if the model config cannot be read
     (validate_run has read it already: the estimate is a courtesy, never a reason to stop)."""
     from .models import load_model_config, num_decoder_layers
-    from .preflight import job_counts
+    from .workload import job_counts
 
     try:
         return job_counts(params, num_decoder_layers(load_model_config(params.model)))
@@ -205,11 +208,12 @@ def run_study(params_file: str | Path, runs_root: str | Path = "runs",
               echo=print, wait: bool = False) -> Path:
     """Run every stage not yet complete; returns the report folder.
 
-    Raises ParamsError before any work on bad params, RunLocked when another runner
-    holds the run, RunStopped (with the user's line) when a stage fails or is interrupted.
+    Raises ParamsError before any work on bad params (MissingExtra on a missing install),
+    RunLocked when another runner holds the run, RunStopped (with the user's line) when a
+    stage fails or is interrupted.
     """
+    from .checks import check_folders, validate_run
     from .params import apply_environment
-    from .preflight import check_folders, validate_run
 
     params_file = Path(params_file).resolve()
     params = load_params(params_file)
@@ -390,6 +394,9 @@ def main(argv: list[str] | None = None) -> int:
         run_study(args.params, args.runs_root, args.reports_root, args.force, wait=args.wait)
     except ParamsError as err:
         print(f"params error: {err}", file=sys.stderr)
+        return EXIT_PARAMS
+    except MissingExtra as err:  # the params are fine, this environment lacks an install
+        print(f"missing install: {err}", file=sys.stderr)
         return EXIT_PARAMS
     except RunStopped as err:
         print(err.line, file=sys.stderr)

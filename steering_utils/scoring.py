@@ -272,9 +272,10 @@ class ProfanityScorer:
         try:
             from profanity_check import predict_prob
         except ImportError as err:
-            raise ImportError(
-                "scorer.name: profanity-check needs alt-profanity-check==1.9.1; run `make setup`"
-            ) from err
+            from .extras import MissingExtra
+
+            raise MissingExtra("scorer.name: profanity-check needs alt-profanity-check==1.9.1",
+                               "setup") from err
         self._predict_prob = predict_prob
 
     def score(self, texts: Sequence[str]) -> np.ndarray:

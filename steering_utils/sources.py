@@ -14,8 +14,8 @@ closure honest, each for a stated reason:
   notebook, not in the stage's folder): a notebook's own import of one does not count, while
   the same module reached through package code (the report stage's figures) does.
 
-Generation shards are keyed by `rows_code()`: `jobs`, whose `compute_rows` makes a row, and
-the modules it reaches.
+Generation shards are keyed by `rows_code()`: `jobs`, which plans the shards, `rows`, whose
+`compute_rows` makes a row, and the modules they reach.
 """
 
 from __future__ import annotations
@@ -29,10 +29,12 @@ from .notebooks import NOTEBOOKS, read_stage_notebook
 
 PACKAGE = "steering_utils"
 PACKAGE_DIR = Path(__file__).resolve().parent
-RUNTIME_MODULES = frozenset({"runner", "preflight", "cluster", "runlock", "manifest",
+RUNTIME_MODULES = frozenset({"runner", "preflight", "checks", "smoke", "memory", "workload",
+                             "cluster", "executors", "vllm_kernel", "runlock", "manifest",
                              "notebooks", "sources", "progress"})
 DISPLAY_MODULES = frozenset({"plots"})
-ROWS_MODULE = "jobs"  # compute_rows: the function that shapes a generated row
+# jobs plans and checks shards; rows.compute_rows (imported by jobs) shapes a generated row.
+ROWS_MODULE = "jobs"
 # Package data a module renders into what its stage writes: hashed with the module's source,
 # so a template edit re-runs the report as a module edit would.
 MODULE_DATA = {"report": "templates"}
@@ -176,6 +178,6 @@ def stage_code(stage: str, folder: Path = NOTEBOOKS) -> dict:
 
 
 def rows_code() -> dict[str, str]:
-    """{path: source hash} of the modules that shape a generated row: `jobs` (whose
-    `compute_rows` makes rows) and what it imports, the code part of every shard's key."""
+    """{path: source hash} of the modules that shape a generated row: `jobs`, `rows` (whose
+    `compute_rows` makes rows) and what they import, the code part of every shard's key."""
     return module_hashes(closure([ROWS_MODULE]))

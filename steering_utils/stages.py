@@ -27,7 +27,9 @@ RUN_MANIFEST = "run_manifest.json"  # runs/<run_name>/: the manifest of the run,
 
 # Fields that change how fast a stage runs, never what it writes (rows are seeded
 # one by one, so a continuation does not depend on its batch).
-EXECUTION_ONLY = ("generation.batch_size", "scorer.batch_size", "activations.batch_size")
+EXECUTION_ONLY = ("generation.batch_size", "scorer.batch_size", "activations.batch_size",
+                  "generation.vllm")  # the vLLM engine's context and memory share
+# The `check` section (make check's deep mode) is read by no stage: it writes nothing.
 # The `execution` section (in-process or Ray) is read by no stage for the same reason: it
 # decides where shards are computed, never what they hold.
 
@@ -110,3 +112,16 @@ ALL_LAYERS = -2  # layer value of rows whose method edits every layer
 UNSTEERED = "none"  # direction of unsteered rows
 CAA = "caa"  # direction of rows steered by the CAA vector
 RANDOM_PREFIX = "random-"  # random-<seed>: the random-direction control
+
+
+def hook_layer(layer: int) -> int:
+    """A row's layer as a steering hook indexes it: UNSTEERED_LAYER and ALL_LAYERS name no
+    single layer (an unsteered row is not shifted; an all-layer edit acts at every layer),
+    so they index layer 0, whose entry such a row never reads."""
+    layer = int(layer)
+    if layer in (UNSTEERED_LAYER, ALL_LAYERS):
+        return 0
+    if layer < 0:
+        raise ValueError(f"layer {layer}: a row's layer is 0 or more, UNSTEERED_LAYER "
+                         f"({UNSTEERED_LAYER}) or ALL_LAYERS ({ALL_LAYERS})")
+    return layer

@@ -8,8 +8,8 @@ import copy
 import pytest
 
 from steering_utils.artifacts import StageDir, is_complete, stage_folder, stage_key
+from steering_utils.checks import check_sizes
 from steering_utils.params import load_params, parse_params
-from steering_utils.preflight import check_sizes
 from steering_utils.stages import STAGE_NAMES, STAGES, producer, upstream
 from tests.test_params import PARAMS, _default
 

@@ -22,8 +22,9 @@ import pytest
 from conftest import ROOT, runner_command
 
 from steering_utils.artifacts import stage_key
+from steering_utils.checks import check_execution
+from steering_utils.extras import MissingExtra
 from steering_utils.params import ParamsError, load_params, parse_params
-from steering_utils.preflight import check_execution
 from steering_utils.stages import STAGE_NAMES
 from tests.test_params import _default
 
@@ -67,7 +68,7 @@ def test_ray_missing_is_named_with_its_fix_before_any_stage(tmp_path):
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "bare")],
                    check=True)
     python = str(tmp_path / "bare" / "bin" / "python")
-    with pytest.raises(ParamsError, match=r"execution.mode: ray needs Ray, which is not "
+    with pytest.raises(MissingExtra, match=r"execution.mode: ray needs Ray, which is not "
                                           r"installed for .*bare/bin/python; run `make setup-ray`"):
         require_ray(python)
 

@@ -192,7 +192,7 @@ def test_params_name_the_field_and_the_fix():
                                           r"range .* 30 decoder layers"):
         cond.condition_layer(named, 12, 30)
     assert cond.condition_layer(_params({"condition_layer": 3}), 12, 30) == 3
-    from steering_utils.preflight import check_layers
+    from steering_utils.checks import check_layers
 
     with pytest.raises(ParamsError, match=r"methods.conditional_caa.condition_layer: \[40\] out "
                                           r"of range for a model with 30"):

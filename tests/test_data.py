@@ -14,6 +14,7 @@ from tests.test_params import _default
 
 def _data(**subsets):
     raw = _default()
+    raw["activations"]["min_pairs"] = 2  # small train splits still feed a paired contrast
     for name, spec in subsets.items():
         raw["data"][name] = spec
     return parse_params(raw)
@@ -60,6 +61,7 @@ def test_rtp_hub_loader_on_a_local_copy(tmp_path):
     raw["data"]["benign_max_toxicity"] = 0.25
     raw["data"]["challenging"] = {"source": "rtp_hub", "n_train": 5, "n_dev": 5, "n_eval": 10}
     raw["data"]["benign"] = {"source": "rtp_hub", "n_train": 2, "n_dev": 0, "n_eval": 4}
+    raw["activations"]["min_pairs"] = 2  # the 5 train prompts give a paired contrast enough
     params = parse_params(raw)
     challenging = read_source(params.data, "challenging")
     benign = read_source(params.data, "benign")

@@ -189,6 +189,7 @@ def test_a_dataset_folder_is_keyed_by_the_data_files_datasets_loads(tmp_path):
     raw = _default()
     raw["data"]["rtp_dataset"] = str(folder)
     raw["data"]["challenging"] = {"source": "rtp_hub", "n_train": 5, "n_dev": 5, "n_eval": 10}
+    raw["activations"]["min_pairs"] = 2  # 5 train prompts feed the paired contrast
     params = parse_params(raw)
     before = stage_key(params, "01_data")
     assert dataset_files(folder) == ["prompts.jsonl"]

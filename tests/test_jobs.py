@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
+from steering_utils.engines import HFEngine
 from steering_utils.generation import make_jobs
 from steering_utils.jobs import run_jobs
 from steering_utils.params import parse_params
@@ -42,16 +43,16 @@ def _run(model, tokenizer, jobs, params, scorers, folder, vectors=None):
 
 def _calls(monkeypatch) -> list[int]:
     """Row counts of every generation group the runner computes (not reads back)."""
-    import steering_utils.jobs as jobs_module
+    import steering_utils.rows as rows_module
 
     calls: list[int] = []
-    compute = jobs_module.compute_rows
+    compute = rows_module.compute_rows
 
     def counting(model, tokenizer, rows, *args, **kwargs):
         calls.append(len(rows))
         return compute(model, tokenizer, rows, *args, **kwargs)
 
-    monkeypatch.setattr(jobs_module, "compute_rows", counting)
+    monkeypatch.setattr(rows_module, "compute_rows", counting)
     return calls
 
 
@@ -60,7 +61,7 @@ def test_shards_resume_and_equal_a_fresh_run(tiny_qwen3, tiny_tokenizer, tmp_pat
     import steering_utils.jobs as jobs_module
 
     monkeypatch.setattr(jobs_module, "SHARD_ROWS", 4)
-    monkeypatch.setattr(jobs_module, "GROUP_ROWS", 4)
+    monkeypatch.setattr(HFEngine, "group_rows", 4)
     params = _params()
     jobs = make_jobs(PROMPTS, [(-1, 0.0), (1, 2.0)], samples=2)  # 2 cells x 10 rows
     fresh = _run(tiny_qwen3, tiny_tokenizer, jobs, params, scorers, tmp_path / "a")
@@ -148,7 +149,7 @@ def test_a_shard_does_not_depend_on_the_shards_grouped_with_it(tiny_qwen3, tiny_
     together = _run(tiny_qwen3, tiny_tokenizer, jobs, params, scorers, tmp_path / "together")
     groups = []
     for rows in (3, 7):  # one shard a group; shards of different cells and lengths mixed
-        monkeypatch.setattr(jobs_module, "GROUP_ROWS", rows)
+        monkeypatch.setattr(HFEngine, "group_rows", rows)
         calls = _calls(monkeypatch)
         grouped = _run(tiny_qwen3, tiny_tokenizer, jobs, params, scorers, tmp_path / str(rows))
         pd.testing.assert_frame_equal(grouped, together, check_exact=True)

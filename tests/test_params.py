@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from steering_utils.checks import check_layers, check_sizes, validate_run
 from steering_utils.params import ParamsError, load_params, parse_params, resolve_layers
-from steering_utils.preflight import check_layers, check_sizes, validate_run
 
 PARAMS = Path(__file__).resolve().parent.parent / "params"
 

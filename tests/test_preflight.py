@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import yaml
 
+from steering_utils.memory import estimate_memory_gib
 from steering_utils.params import ModelParams, load_params
-from steering_utils.preflight import estimate_memory_gib, main, run_checks
+from steering_utils.preflight import main, run_checks
 from tests.test_params import _default
 
 
@@ -75,9 +76,9 @@ def test_run_checks_echoes_each_line(tmp_path):
 # --- issue 15: context length and writable folders ---------------------------------------
 
 def test_max_new_tokens_beyond_the_models_context_is_refused():
+    from steering_utils.checks import check_context, context_length, validate_run
     from steering_utils.models import load_model_config
     from steering_utils.params import ParamsError, parse_params
-    from steering_utils.preflight import check_context, context_length, validate_run
 
     data = _default()
     limit = context_length(load_model_config(parse_params(data).model))
@@ -96,18 +97,18 @@ def test_max_new_tokens_beyond_the_models_context_is_refused():
 
 
 def test_a_vllm_run_is_checked_against_the_engines_max_model_len(monkeypatch):
-    """vLLM holds fewer tokens than the model's positions (STEERING_VLLM_MAX_MODEL_LEN):
+    """vLLM holds fewer tokens than the model's positions (generation.vllm.max_model_len):
     a run that fits the model but not the engine stops in preflight, not mid-sweep."""
+    from steering_utils.checks import check_context
     from steering_utils.params import ParamsError, parse_params
-    from steering_utils.preflight import check_context
 
     data = _default()
     data["generation"].update(engine="vllm", max_new_tokens=20)
     data["sweep"]["methods"].remove("actadd")  # vLLM cannot steer it
     assert "new tokens <= 2048" in check_context(parse_params(data))
-    monkeypatch.setenv("STEERING_VLLM_MAX_MODEL_LEN", "30")  # fits 20 new, no long prompt
+    data["generation"]["vllm"] = {"max_model_len": 30}  # fits 20 new, no long prompt
     with pytest.raises(ParamsError, match=r"context of 30 tokens \(the vLLM engine's "
-                                          r"max_model_len\).*STEERING_VLLM_MAX_MODEL_LEN=\d+"):
+                                          r"max_model_len\).*generation.vllm.max_model_len: \d+"):
         check_context(parse_params(data))
     data["generation"]["engine"] = "hf"
     assert "new tokens <=" in check_context(parse_params(data))

@@ -193,7 +193,7 @@ def test_the_smoke_run_prints_one_line_per_stage_its_rows_an_eta_and_no_transpor
         smoke_run):
     from steering_utils.artifacts import STAGES
     from steering_utils.params import load_params
-    from steering_utils.preflight import job_counts
+    from steering_utils.workload import job_counts
     from tests.conftest import SMOKE
 
     work, stdout = smoke_run

@@ -42,11 +42,12 @@ def standin_file(assets, tmp_path_factory):
     return standins.standin_params(assets, tmp_path_factory.mktemp("params") / "qwen3.yaml")
 
 
-def _preflight(params_file: Path, tmp_path: Path, **env) -> subprocess.CompletedProcess:
+def _preflight(params_file: Path, tmp_path: Path, *flags: str,
+               **env) -> subprocess.CompletedProcess:
     """`make check PARAMS=...` as the Makefile runs it, in a fresh process."""
     return subprocess.run(
         [sys.executable, "-m", "steering_utils.preflight", "--params", str(params_file),
-         "--runs-root", str(tmp_path / "runs")],
+         "--runs-root", str(tmp_path / "runs"), *flags],
         cwd=ROOT, capture_output=True, text=True, timeout=900,
         env={**os.environ, "HF_HUB_OFFLINE": "1", **env},
     )
@@ -89,7 +90,7 @@ def test_benign_prompts_are_never_challenging(assets, standin_file):
 
 
 def test_qwen3_params_fit_the_real_counts_and_oversized_ones_get_sizes_that_fit(standin_file):
-    from steering_utils.preflight import check_sizes
+    from steering_utils.checks import check_sizes
 
     params = load_params(standin_file)
     wanted = sum(getattr(params.data.challenging, f"n_{s}") for s in ("train", "dev", "eval"))
@@ -145,14 +146,14 @@ def test_make_check_deep_on_the_standins_passes_every_line(standin_file, tmp_pat
     by = {line.split()[1]: line for line in lines}
     assert "alpha 0 left them equal" in by["steering"] and "layers 0:" in by["steering"]
     from steering_utils.params import load_params
-    from steering_utils.preflight import job_counts
+    from steering_utils.workload import job_counts
     generated = job_counts(load_params(standin_file), 2)["generated"]  # 2 stand-in layers
     assert "for the full run" in by["wall"] and f"{generated:,} generated rows" in by["wall"]
     assert "unbiased-toxic-roberta" in by["scorer"]
 
 
 def test_make_check_with_the_hub_ids_offline_fails_on_the_first_hub_line(tmp_path):
-    done = _preflight(ROOT / "params" / "qwen3-8b.yaml", tmp_path, DEEP="1")
+    done = _preflight(ROOT / "params" / "qwen3-8b.yaml", tmp_path, "--deep")  # make's DEEP=1
     assert done.returncode == 1
     lines = done.stdout.splitlines()
     assert lines[0].startswith("ok    params")
@@ -162,7 +163,7 @@ def test_make_check_with_the_hub_ids_offline_fails_on_the_first_hub_line(tmp_pat
 
 def test_deep_mode_is_the_default_only_when_the_weights_are_here(assets):
     from steering_utils.params import ModelParams
-    from steering_utils.preflight import weights_are_local
+    from steering_utils.smoke import weights_are_local
 
     assert weights_are_local(ModelParams(name="m", source="local", path=str(assets["model"])))
     assert not weights_are_local(ModelParams(name="m", source="hub", path="no-such/model-x"))
@@ -190,25 +191,25 @@ def test_cpu_bf16_on_an_8b_model_stops_before_any_work(assets, tmp_path):
 def test_parameter_count_of_qwen3_8b_matches_a_meta_device_model():
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    from steering_utils.preflight import _approx_params
+    from steering_utils.memory import approx_params
 
     config = Qwen3Config(**QWEN3_8B)
     with torch.device("meta"):
         model = Qwen3ForCausalLM(config)
     actual = sum(p.numel() for p in model.parameters())
     assert 8.15e9 < actual < 8.25e9  # the published ~8.19B
-    assert abs(_approx_params(config) - actual) / actual < 0.05
-    assert _approx_params(config) == actual  # exact for Qwen3, in fact
+    assert abs(approx_params(config) - actual) / actual < 0.05
+    assert approx_params(config) == actual  # exact for Qwen3, in fact
     tied = Qwen3Config(**{**QWEN3_8B, "tie_word_embeddings": True})
     with torch.device("meta"):
         tied_actual = sum(p.numel() for p in Qwen3ForCausalLM(tied).parameters())
-    assert _approx_params(tied) == tied_actual == actual - 151_936 * 4096
+    assert approx_params(tied) == tied_actual == actual - 151_936 * 4096
 
 
 def test_parameter_count_of_other_architectures_is_close():
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-    from steering_utils.preflight import _approx_params
+    from steering_utils.memory import approx_params
 
     for config, cls in ((LlamaConfig(vocab_size=1000, hidden_size=64, intermediate_size=160,
                                      num_hidden_layers=3, num_attention_heads=8,
@@ -218,14 +219,14 @@ def test_parameter_count_of_other_architectures_is_close():
                          GPT2LMHeadModel)):
         with torch.device("meta"):
             actual = sum(p.numel() for p in cls(config).parameters())
-        assert abs(_approx_params(config) - actual) / actual < 0.05, type(config).__name__
+        assert abs(approx_params(config) - actual) / actual < 0.05, type(config).__name__
 
 
 def test_memory_plan_counts_the_auto_batch_and_the_log_softmax(standin_file):
     from transformers import Qwen3Config
 
     from steering_utils.likelihood import logprob_spike_gib
-    from steering_utils.preflight import memory_plan
+    from steering_utils.memory import memory_plan
 
     params = load_params(ROOT / "params" / "qwen3-8b.yaml")
     config = Qwen3Config(**QWEN3_8B)
@@ -423,9 +424,9 @@ def test_saved_sampling_defaults_do_not_change_our_generation(assets, tmp_path, 
 
 def test_job_counts_equal_the_job_tables_the_study_builds():
     from steering_utils.generation import make_jobs
-    from steering_utils.preflight import job_counts
     from steering_utils.stages import UNSTEERED_LAYER
     from steering_utils.sweep import control_jobs, grid_jobs, sweep_jobs
+    from steering_utils.workload import job_counts
 
     params = load_params(ROOT / "params" / "qwen3-8b.yaml")
     rows = []
@@ -457,7 +458,7 @@ def test_job_counts_equal_the_job_tables_the_study_builds():
 
 
 def test_wall_time_projection_adds_each_pass():
-    from steering_utils.preflight import format_duration, job_counts, project_wall_time
+    from steering_utils.workload import format_duration, job_counts, project_wall_time
 
     params = load_params(ROOT / "params" / "qwen3-8b.yaml")
     counts = job_counts(params, 36)

@@ -37,9 +37,9 @@ def fake_chain(monkeypatch, tmp_path):
     """
     import papermill
 
-    from steering_utils import preflight
+    from steering_utils import checks
 
-    monkeypatch.setattr(preflight, "validate_run", lambda params: None)
+    monkeypatch.setattr(checks, "validate_run", lambda params: None)
     params = load_params(SMOKE)
     runs, reports = tmp_path / "runs", tmp_path / "reports"
     plan: dict[str, BaseException] = {}
@@ -290,7 +290,7 @@ def test_the_runner_prints_rows_and_the_eta_and_asks_for_ipc_kernels(fake_chain,
     assert re.search(r"  02_baseline     done in [\d.]+ s: 10 rows \(2 reused\), [\d.]+ rows/s",
                      out), out
     from steering_utils.params import load_params
-    from steering_utils.preflight import job_counts
+    from steering_utils.workload import job_counts
     counts = job_counts(load_params(SMOKE), 30)  # the work line: the projected job counts
     assert (f"generated rows (02_baseline {counts['baseline']}, "
             f"05_sweep {counts['generated'] - counts['baseline']})") in out

@@ -63,14 +63,15 @@ def test_runtime_modules_and_type_checking_imports_are_not_followed(closures):
         assert MODULE.format(module) not in every
     # plots imports results under TYPE_CHECKING only; results reaches vectors, report...
     assert "results" not in sources.module_imports("plots")
-    assert "cluster" in sources.module_imports("jobs")  # lazy imports are read
+    assert "cluster" in sources.module_imports("executors")  # lazy imports are read
 
 
 def test_imports_inside_functions_are_part_of_the_closure():
-    assert {"likelihood", "scoring", "vllm_engine", "generation"} <= sources.module_imports("jobs")
+    assert {"likelihood", "scoring"} <= sources.module_imports("rows")
+    assert {"vllm_engine", "generation"} <= sources.module_imports("engines")
     rows = set(sources.rows_code())
-    assert {MODULE.format(m) for m in ("jobs", "generation", "steering", "scoring",
-                                       "likelihood", "models", "vllm_engine")} <= rows
+    assert {MODULE.format(m) for m in ("jobs", "rows", "engines", "generation", "steering",
+                                       "scoring", "likelihood", "models", "vllm_engine")} <= rows
     assert MODULE.format("vectors") not in rows and MODULE.format("report") not in rows
 
 
@@ -164,8 +165,8 @@ def test_a_stage_with_unfinished_inputs_makes_no_folder_and_cannot_write(tmp_pat
 def test_a_notebook_opening_its_stage_makes_the_runners_checks(tmp_path):
     """Before: a notebook opened in Lab skipped preflight.validate_run (a layer out of range
     failed deep inside the sweep instead of at the first cell)."""
-    from steering_utils.artifacts import open_stage
     from steering_utils.params import ParamsError
+    from steering_utils.session import open_stage
     from tests.test_params import PARAMS
 
     bad = tmp_path / "bad.yaml"

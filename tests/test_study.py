@@ -490,7 +490,8 @@ def test_a_report_edit_reruns_the_report_only(smoke_run, tmp_path):
 
 def test_writing_into_a_finished_stage_raises_reading_does_not(smoke_run, tmp_path):
     """Before: re-running a cell in Lab after stage.finish() wrote into the done folder."""
-    from steering_utils.artifacts import StageFinished, open_stage
+    from steering_utils.artifacts import StageFinished
+    from steering_utils.session import open_stage
 
     work, _ = smoke_run
     shutil.copytree(work / "runs", tmp_path / "runs")
@@ -645,8 +646,8 @@ def test_an_alpha_past_the_relative_push_limit_stops_05_before_any_generation(sm
                                                                              tmp_path):
     """Issue 20, item 5: |alpha|·||v||/||h|| is checked against 04's norms, by the preflight
     and by 05 before it generates anything; the error names the field, layer, value and limit."""
+    from steering_utils.checks import check_push
     from steering_utils.params import ParamsError, load_params
-    from steering_utils.preflight import check_push
 
     work, _ = smoke_run
     shutil.copytree(work / "runs", tmp_path / "runs")

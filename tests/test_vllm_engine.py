@@ -19,10 +19,12 @@ import pandas as pd
 import pytest
 import torch
 
+from steering_utils.extras import MissingExtra
 from steering_utils.generation import make_jobs
 from steering_utils.params import GenerationParams, ParamsError, load_params, parse_params
 from steering_utils.steering import steer
-from steering_utils.vllm_engine import cache_salt, check_model_source, notebook_kernel
+from steering_utils.vllm_engine import cache_salt, check_model_source
+from steering_utils.vllm_kernel import notebook_kernel
 from tests.test_params import _default
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -137,7 +139,7 @@ def test_run_jobs_dispatches_to_the_engine_of_the_params(tiny_qwen3, tiny_tokeni
 
 def test_a_vllm_run_needs_the_vllm_kernel_and_says_how_to_make_it(tmp_path, monkeypatch):
     monkeypatch.setenv("JUPYTER_PATH", "")
-    with pytest.raises(ParamsError, match="make setup-vllm"):
+    with pytest.raises(MissingExtra, match="make setup-vllm"):
         notebook_kernel(tmp_path)
     spec = tmp_path / ".venv-vllm" / "share" / "jupyter" / "kernels" / "steering-study-vllm"
     spec.mkdir(parents=True)
@@ -151,9 +153,9 @@ def test_a_vllm_run_needs_the_vllm_kernel_and_says_how_to_make_it(tmp_path, monk
 def test_the_runner_refuses_a_vllm_run_without_the_vllm_env_before_any_stage(tmp_path,
                                                                              monkeypatch, capsys):
     import steering_utils.runner as runner
-    import steering_utils.vllm_engine as vllm_engine
+    import steering_utils.vllm_kernel as vllm_kernel
 
-    monkeypatch.setattr(vllm_engine, "PROJECT_ROOT", tmp_path)  # no .venv-vllm there
+    monkeypatch.setattr(vllm_kernel, "PROJECT_ROOT", tmp_path)  # no .venv-vllm there
     monkeypatch.setattr(runner, "PROJECT_ROOT", tmp_path)
     assert runner.main(["--params", str(ROOT / "params" / "smoke-vllm.yaml"), "--runs-root",
                         str(tmp_path / "runs"), "--reports-root",
