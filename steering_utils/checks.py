@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from .memory import approx_params, memory_plan
-from .params import ParamsError, StudyParams, resolve_layers, run_path
+from .params import ParamsError, StudyParams, compared_methods, resolve_layers, run_path
 from .reportdir import check_replaceable, check_roots
 
 
@@ -49,7 +49,11 @@ def check_sizes(params: StudyParams) -> str:
         if wanted > available:
             raise ParamsError(too_few_prompts(subset, spec, available))
         counts.append(f"{subset} {wanted}/{available}")
-    return "prompts used/available: " + ", ".join(counts)
+    skipped = ("; conditional_caa will be skipped: no benign dev prompts to set its gate's "
+               "threshold on (data.benign.n_dev: 0)"
+               if "conditional_caa" in compared_methods(params.sweep)
+               and params.data.benign.n_dev == 0 else "")
+    return "prompts used/available: " + ", ".join(counts) + skipped
 
 
 def context_length(config) -> int | None:

@@ -112,7 +112,7 @@ def build_gate(model, tokenizer, prompts: pd.DataFrame, vectors, params: StudyPa
         return None, None
     rows = prompts[prompts["split"].isin(["dev", "eval"])].reset_index(drop=True)
     if not ((rows["split"] == "dev") & (rows["subset"] == "benign")).any():
-        # Only under `sweep.methods: all` (named, params refuse it): said in the record.
+        # Skipped, not refused: the record (and the report) say why.
         return None, {"skipped": "no benign dev prompts (data.benign.n_dev: 0) to set the "
                                  "gate's threshold on"}
     at = condition_layer(params, layer, vectors.n_layers)

@@ -531,18 +531,6 @@ class StudyParams(_Strict):
         return self
 
     @model_validator(mode="after")
-    def _conditional_has_benign_dev(self) -> StudyParams:
-        # The gate's threshold is set on dev prompts of both subsets, never on eval. Named
-        # explicitly, conditional CAA needs them; under `all` it is skipped without them.
-        named = self.sweep.methods != "all" and "conditional_caa" in self.sweep.methods
-        if named and self.data.benign.n_dev < 1:
-            raise ValueError(
-                "data.benign.n_dev: 0, but methods.conditional_caa sets its gate's threshold "
-                "on benign dev prompts; set data.benign.n_dev >= 1 (e.g. 8), or leave "
-                "conditional_caa out of sweep.methods")
-        return self
-
-    @model_validator(mode="after")
     def _splits_feed_the_contrast(self) -> StudyParams:
         """Enough train prompts and continuations for the contrast, a dev split for the grid."""
         act, gen, data = self.activations, self.generation, self.data

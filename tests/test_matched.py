@@ -286,7 +286,7 @@ def test_the_matched_flow_runs_on_a_tiny_model(tiny_qwen3, tiny_tokenizer, tmp_p
     from steering_utils.scoring import load_scorer
 
     raw = _default()
-    raw["generation"].update({"max_new_tokens": 4, "batch_size": 8, "samples_per_prompt": 1})
+    raw["generation"].update({"max_new_tokens": 4, "batch_size": 8, "samples_per_prompt": 2})
     raw["sweep"].update({"grid_alphas": [0, 1.0], "methods": ["ablation", "prompt", "random"]})
     raw["methods"].update({"dev_cells": 2, "perplexity_budget": 0.5})
     raw["evaluation"].update({"n_bootstrap": 100, "capability": {"task": "none"}})

@@ -446,14 +446,14 @@ def test_job_counts_equal_the_job_tables_the_study_builds():
     randoms = [f"random-{i}" for i in range(params.control.n_directions)]
     assert counts["control"] == len(control_jobs(prompts, baseline, params, 10, randoms)[0])
     assert counts["control"] == 700 * 3 * 5
-    # Methods: equal dev budgets, at most CAA's 36 layers x 5 alphas = 180 cells each (the
-    # prompt: 1) on 150 dev prompts x 1 sample, then every method's matched point (CAA's
-    # included) on 700 + 500 eval prompts x 10 samples.
+    # Methods: equal dev budgets, at most CAA's 36 layers x 5 alphas = 180 cells each for the
+    # 7 with a strength (the prompt: 1) on 150 dev prompts x 1 sample, then every method's
+    # matched point (CAA's included: 9) on 700 + 500 eval prompts x 10 samples.
     assert params.methods.dev_cells is None  # the reference scale: CAA's count
-    assert counts["methods"] == 150 * (4 * 180 + 1) + 1200 * 10 * 6 == 180_150
-    assert counts["generated"] == 47_500 + 36_000 + 420_000 + 10_500 + 180_150
+    assert counts["methods"] == 150 * (7 * 180 + 1) + 1200 * 10 * 9 == 297_150
+    assert counts["generated"] == 47_500 + 36_000 + 420_000 + 10_500 + 297_150
     # dev: reference + about 2 tried cells; eval: reference, 2 x 7 cells, 3 random directions
-    assert counts["capability"] == 1000 * (3 + 1 + 2 * 7 + 3 + 2 * 5)  # 5 methods: dev + eval
+    assert counts["capability"] == 1000 * (3 + 1 + 2 * 7 + 3 + 2 * 8)  # 8 methods: dev + eval
     assert counts["activations"] == 4 * params.activations.n_per_side
 
 
@@ -465,9 +465,9 @@ def test_wall_time_projection_adds_each_pass():
     seconds, detail = project_wall_time(params, counts, {"generate": 0.01, "score": 0.001,
                                                          "perplexity": 0.002,
                                                          "capability": 0.05})
-    expected = 694_150 * (0.01 + 0.001 + 0.002) + 31_000 * 0.05 + 1_200 * 0.002
+    expected = 811_150 * (0.01 + 0.001 + 0.002) + 37_000 * 0.05 + 1_200 * 0.002
     assert seconds == pytest.approx(expected)
-    assert detail.startswith("generation 1 h 55 min, scoring 12 min")
+    assert detail.startswith("generation 2 h 15 min, scoring 14 min")
     assert format_duration(59) == "59 s" and format_duration(7260) == "2 h 01 min"
 
 
