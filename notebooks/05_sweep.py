@@ -303,7 +303,7 @@ if cell is not None:
                                                items["eval"]).to_dict(orient="records")
 write_table(conditional_eval, stage.out("conditional_eval"))
 write_table(conditional_capability, stage.out("conditional_capability"))
-write_json(gate_record and cond.record(gate_record, cell, picks), stage.out("conditional"))
+write_json(gate_record and cond.record(gate_record, cell, picks, matched), stage.out("conditional"))
 conditional_eval.groupby(["subset", "method"])[["toxicity", "nll", "gated"]].mean().round(3)
 
 # %%

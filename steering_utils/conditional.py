@@ -204,10 +204,14 @@ def empty_capability() -> pd.DataFrame:
     return pd.DataFrame(columns=CAPABILITY_COLUMNS)
 
 
-def record(gate_record: dict, cell: tuple[int, float] | None, picks: dict) -> dict:
+def record(gate_record: dict, cell: tuple[int, float] | None, picks: dict,
+           matched: dict | None = None) -> dict:
     """The JSON-able `conditional` artifact: the gate (threshold, per-prompt and per-item
-    projections) and the eval cell with whose dev pick set it."""
+    projections) and the eval cell with the dev decision that set it (`compared_cell`)."""
     source = next((m for m in (METHOD, "caa") if picks.get(m) is not None), None)
+    if source is None:
+        source = next((f"{m} (matched point)" for m in (METHOD, "caa")
+                       if ((matched or {}).get(m) or {}).get("strength") is not None), None)
     return {**gate_record, "cell": None if cell is None else [int(cell[0]), float(cell[1])],
             "cell_from": source, "items": gate_record.get("items", [])}
 
@@ -297,7 +301,8 @@ class ConditionalSteering(_Record):
 
     layer: int = Field(ge=0, description="the steering layer")
     alpha: float
-    cell_from: str = Field(description="whose dev pick set (layer, alpha): conditional_caa or caa")
+    cell_from: str = Field(description="whose dev decision set (layer, alpha): conditional_caa's "
+                                       "or caa's rule pick, else its matched-fluency point")
     condition_layer: int = Field(ge=0)
     projection: str = Field(PROJECTION, description="cosine of the pooled prompt activation "
                                                     "with the CAA vector at the condition layer")

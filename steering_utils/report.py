@@ -668,6 +668,12 @@ def _pairwise_rows(results: ExperimentResults) -> list[dict]:
     return [{"claim": v.claim, "estimate": _signed(v.estimate),
              "ci": _interval(v.ci_lo, v.ci_hi).replace("-", "−"), "n": v.n, "shown": v.shown,
              "mde": _num(v.mde)} for v in pairs]
+def _cell_source(source: str) -> str:
+    """'caa' -> 'CAA'; 'conditional_caa (matched point)' -> 'conditional CAA (matched point)'."""
+    method, _, rest = source.partition(" ")
+    return f"{_method_label(method)} {rest}".strip()
+
+
 def _conditional(results: ExperimentResults) -> dict | None:
     """Conditional CAA (CAST) beside CAA: the gate in words, one row per (subset, arm) with
     its gated share, and every verdict (vs unsteered, vs CAA, capability)."""
@@ -709,7 +715,7 @@ def _conditional(results: ExperimentResults) -> dict | None:
             f"exceeds {c.threshold:.4f}, {rule}; {dev}. Separation of challenging from "
             f"benign prompts by this cosine (AUROC): {auc or '–'}. Both arms steer at layer "
             f"{c.layer}, α = {c.alpha:g} (the dev pick of "
-            f"{_method_label(c.cell_from)}), with {c.samples_per_prompt} sample(s) per eval "
+            f"{_cell_source(c.cell_from)}), with {c.samples_per_prompt} sample(s) per eval "
             "prompt.")
     accuracy = c.capability.accuracy if c.capability else {}
     return {"text": text, "rows": rows, "verdicts": _verdict_rows(verdicts),

@@ -388,3 +388,12 @@ def test_the_compared_cell_is_a_dev_decision_the_rule_pick_then_the_matched_poin
     assert cond.compared_cell({}, 6, matched) == (6, 0.34)
     assert cond.compared_cell({}, 6, {"caa": {"status": "no_front", "layer": None,
                                               "strength": None}}) is None
+
+
+def test_the_record_names_the_dev_decision_that_set_the_cell():
+    gate = {"threshold": 0.5, "prompts": []}
+    matched = {cond.METHOD: {"layer": 12, "strength": 0.7}, "caa": {"layer": 6, "strength": 0.3}}
+    assert cond.record(gate, (6, 2.0), {"caa": {"layer": 6, "alpha": 2.0}})["cell_from"] == "caa"
+    picked_none = cond.record(gate, (12, 0.7), {cond.METHOD: None, "caa": None}, matched)
+    assert picked_none["cell_from"] == "conditional_caa (matched point)"
+    assert picked_none["cell"] == [12, 0.7]
