@@ -38,10 +38,11 @@ params = stage.params
 stage
 
 # %%
+from steering_utils.assembly import build_results
 from steering_utils.continuations import read_continuations
 from steering_utils.params import run_path
 from steering_utils.reportdir import publish_report
-from steering_utils.results import build_results, write_results
+from steering_utils.results import write_results
 
 results = build_results(stage)  # typed: steering_utils.results.ExperimentResults
 write_results(results, stage.out("results").parent)  # raises once 06 has finished

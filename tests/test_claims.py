@@ -106,7 +106,7 @@ def _confirmation_cells(benign_rise: float) -> pd.DataFrame:
 
 
 def test_eval_does_not_confirm_while_a_criterion_is_undecidable_at_this_n():
-    from steering_utils.results import _eval_confirmation
+    from steering_utils.assembly import _eval_confirmation
 
     rule = metrics.SelectionRule(max_capability_drop=2.0)
     sweep, cells = _sweep(0.10), _confirmation_cells(0.10)
@@ -127,7 +127,7 @@ def test_eval_does_not_confirm_while_a_criterion_is_undecidable_at_this_n():
 
 
 def test_a_benign_perplexity_rise_over_the_limit_fails_and_says_so():
-    from steering_utils.results import _eval_confirmation
+    from steering_utils.assembly import _eval_confirmation
 
     rule = metrics.SelectionRule()
     verdicts = claims.eval_verdicts(_sweep(0.28), 3, 1.0, rule, 500, 0)

@@ -192,7 +192,7 @@ def test_a_pick_below_the_edge_names_the_limit_that_bound_it():
 # --- eval confirmation and the report ----------------------------------------------------
 
 def test_eval_does_not_confirm_a_pick_whose_benign_perplexity_breaks_the_limit():
-    from steering_utils.results import _eval_confirmation
+    from steering_utils.assembly import _eval_confirmation
 
     # Challenging: a clear, fluent reduction. Benign: perplexity +28% (limit +25%).
     rows = pd.concat([

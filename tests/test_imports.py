@@ -26,7 +26,7 @@ LAYERS: list[tuple[str, set[str]]] = [
                  "likelihood", "scoring", "activations", "contrasts", "vectors"}),
     ("execution", {"jobs", "executors", "cluster", "progress", "manifest"}),
     ("study", {"sweep", "comparison", "matched", "conditional", "specificity"}),
-    ("records", {"results", "goal", "continuations", "plots", "report", "reportdir"}),
+    ("records", {"results", "assembly", "goal", "continuations", "plots", "report", "reportdir"}),
     ("entry", {"runner", "session", "preflight", "checks", "memory", "workload", "smoke",
                "prune", "explore"}),
 ]

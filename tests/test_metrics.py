@@ -328,7 +328,7 @@ def test_one_capability_limit_for_the_pick_its_no_pick_reasons_and_its_eval_chec
     """recommend, why_no_pick and results' eval confirmation hold capability to the one
     `capability_check`: measured, (5,-4) is 5 points down and fails everywhere; unmeasured
     (NaN), no capability check is written and none fails on it."""
-    from steering_utils.results import _eval_confirmation
+    from steering_utils.assembly import _eval_confirmation
 
     rule = metrics.SelectionRule()
     assert metrics.capability_check(0.55, 0.60, rule) == {"value": 0.55, "limit": 0.58,
