@@ -143,7 +143,7 @@ def test_gpu_check_runs_on_a_bare_machine_with_only_the_bundle(tmp_path):
     assert figures["tokens_per_s"]["plain"] > 0 and figures["tokens_per_s"]["steered"] > 0
     assert set(figures["passes"]) == {"generate_plain", "generate_steered", "score_roberta",
                                       "perplexity", "capability"}
-    assert figures["projection"]["rows"]["generated"] == 551_400
+    assert figures["projection"]["rows"]["generated"] == 811_150
     assert figures["projection"]["seconds"] > 0
     assert any("jigsaw-bilstm" in s for s in figures["skipped"])
 

@@ -489,6 +489,10 @@ def test_smoke_chain_on_the_standins_writes_a_schema_valid_report(assets, tmp_pa
         activations={"n_per_side": 4, "batch_size": 8, "contrast": "prompts",
                      "comparison": None},
         sweep={"grid_alphas": [0, 2.0], "alphas": [0, 1.0, 2.0], "n_chosen": 1},
+        # a random-weight model's one-token pair pushes layer 0 ~1.6x ||h|| per unit strength:
+        # the real study's ActAdd grid (up to 4) would stop 05 at the push limit, as it should
+        methods={"actadd": {"strengths": [0.5, 1.0], "toxic_text": " hate",
+                            "clean_text": " love"}},
         evaluation={"n_bootstrap": 200, "capability": {"n_items": 8}},
         report={"n_examples": 2},
     )
@@ -530,6 +534,6 @@ def test_gpu_check_tiny_runs_every_pass_on_the_cpu():
     out = done.stdout
     for expected in ("generate plain", "generate steered", "steering overhead", "score ",
                      "perplexity ", "capability ", "projected wall time of "
-                     "params/qwen3-8b.yaml", "551,400 generated rows"):
+                     "params/qwen3-8b.yaml", "811,150 generated rows"):
         assert expected in out, expected
     assert "tokens/s" in out and "MMLU items/s" in out
