@@ -44,7 +44,8 @@ from steering_utils.stages import STAGE_NAMES, STAGES
 ROW_KEY = ("direction", "layer", "alpha", "prompt_id", "sample")
 ANSWER_KEY = ("split", "direction", "layer", "alpha", "item")
 GENERATION_TABLES = {"02_baseline": ("baseline",),
-                     "05_sweep": ("grid", "sweep", "control", "methods_grid", "methods_eval")}
+                     "05_sweep": ("grid", "sweep", "control", "methods_grid", "methods_eval",
+                                  "conditional_eval")}
 KINDS = ("generation", "perplexity", "activations", "capability", "specificity")
 GEMM_ROWS = 256  # token rows of the timed GEMM: a padded batch of prompts
 
@@ -246,7 +247,8 @@ def run_work(run_dir: Path, tokenizer, params, n_layers: int) -> dict[str, dict[
         sides = pd.DataFrame({"set": ["toxic", "clean"], "context": [spec.context] * 2,
                               "text": [spec.toxic_text, spec.clean_text]})
         sweep["activations"] = activation_passes(sides, tokenizer, 10**6)
-    answers = [t for t in (_table(folders, n) for n in ("capability", "methods_capability"))
+    answers = [t for t in (_table(folders, n) for n in ("capability", "methods_capability",
+                                                       "conditional_capability"))
                if t is not None and len(t)]
     if answers:
         cap = params.evaluation.capability
