@@ -23,6 +23,7 @@ files at the same paths. Only the driver writes the run folder, so it need not b
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import subprocess
 import sys
@@ -199,16 +200,13 @@ def shutdown() -> None:
         ray.shutdown()
 
 
-def _group_rows(params: StudyParams) -> int:
-    """Rows a group holds at most: exactly as in a local run (`executors.LocalExecutor`), so
-    each group, and so each generation batch, holds the rows it holds locally. Rows are
-    seeded one by one, but a batch's float rounding depends on its rows: a continuation
-    sampled in another batch can flip a token (seen: 1 of 40 rows when Ray split a local
-    group to keep both workers busy), so a Ray run equals the local one only with the same
-    groups. Workers take whole groups."""
+def _group_rows(todo: list[tuple[str, np.ndarray]], params: StudyParams, workers: int) -> int:
+    """Rows a group holds at most: as in a local run, but enough groups to keep every worker
+    busy (results do not depend on grouping: rows are seeded one by one)."""
     from .engines import make_engine
 
-    return make_engine(params).group_rows
+    most = make_engine(params).group_rows
+    return max(1, min(most, math.ceil(sum(len(rows) for _, rows in todo) / workers)))
 
 
 def run_on_cluster(jobs: pd.DataFrame, todo: list[tuple[str, np.ndarray]], paths: dict[str, Path],
@@ -225,7 +223,7 @@ def run_on_cluster(jobs: pd.DataFrame, todo: list[tuple[str, np.ndarray]], paths
     from .rows import group_shards
 
     pool = _pool(params)
-    groups = group_shards(todo, _group_rows(params))
+    groups = group_shards(todo, _group_rows(todo, params, len(pool.actors)))
     counts = {"shards": len(todo), "groups": len(groups), "workers": len(pool.actors)}
     shared = ray.put(directions or {})
     idle, running, restarted = list(pool.actors), {}, set()
