@@ -26,24 +26,8 @@ from steering_utils.params import (
 )
 from steering_utils.steering import LayerEdit, steer
 from steering_utils.vectors import SteeringVectors
+from tests.test_interventions import TEXTS, _outputs
 from tests.test_params import _default
-
-TEXTS = ["the cat runs at night", "you are a stupid idiot", "we love the day"]
-
-
-def _outputs(model, batch) -> dict[int, torch.Tensor]:
-    captured = {}
-    handles = [layer.register_forward_hook(
-        lambda m, a, out, i=i: captured.__setitem__(
-            i, (out[0] if isinstance(out, tuple) else out).detach().clone()))
-        for i, layer in enumerate(decoder_layers(model))]
-    try:
-        with torch.no_grad():
-            model(**batch)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return captured
 
 
 def _sizes(model) -> tuple[int, int]:
