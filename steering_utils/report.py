@@ -427,6 +427,13 @@ def stability_text(results: ExperimentResults) -> tuple[str, bool | None]:
     if not st.stable:
         text += (" Warning: below 80%, the dev decision is not stable; more dev prompts or "
                  "samples are needed before the pick means much.")
+        if st.projections:
+            text += " Projected on more dev prompts like these: " + "; ".join(
+                f"{p.draw_scale:g}x, {p.cell_share:.0%} (layer {p.layer_share:.0%})"
+                for p in st.projections) + (
+                "." if st.projections[-1].cell_share >= 0.8 else
+                f"; still below 80% at {st.projections[-1].draw_scale:g}x, the leading cells "
+                "are close to a tie (the layer choice matters little there).")
     return text, st.stable
 
 

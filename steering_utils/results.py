@@ -254,6 +254,14 @@ class PickShare(_Record):
     share: Probability
 
 
+class StabilityProjection(_Record):
+    """The pick's stability were the dev set `draw_scale` times as large."""
+
+    draw_scale: float
+    cell_share: Probability
+    layer_share: Probability
+
+
 class Stability(_Record):
     """The dev pick re-decided on resamples of the dev prompts (`metrics.pick_stability`)."""
 
@@ -266,6 +274,9 @@ class Stability(_Record):
     no_pick_share: Probability
     stable: bool = Field(description="cell_share >= 0.8")
     alternatives: list[PickShare] = Field(description="every resample's pick, most often first")
+    projections: list[StabilityProjection] = Field(
+        default_factory=list, description="an unstable pick's stability on 2x, 4x, 8x as many "
+        "dev prompts like these (`sweep.stability_projections`; empty: stable)")
 
 
 class AlphaBound(_Record):

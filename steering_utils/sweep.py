@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pandas as pd
 
@@ -285,10 +287,36 @@ def decide_on_dev(grid: pd.DataFrame, params: StudyParams, capability=None, gene
                                 "added_cells": added, "max_grid_alpha": sweep.max_grid_alpha}
     selection["stability"] = None
     if sweep.stability_resamples:
-        selection["stability"] = pick_stability(
-            grid, rule, capability, sweep.stability_resamples, params.seed,
-            candidates=lambda cells: _candidates(cells, params))
+        def stability(draw_scale: float) -> dict:
+            return pick_stability(grid, rule, capability, sweep.stability_resamples,
+                                  params.seed, candidates=lambda cells: _candidates(cells, params),
+                                  draw_scale=draw_scale)
+
+        selection["stability"] = stability(1.0)
+        selection["stability"]["projections"] = (
+            [] if selection["stability"]["stable"] else stability_projections(stability))
     return grid, selection
+
+
+PROJECTED_DRAW_SCALES = (2.0, 4.0, 8.0)
+
+
+def stability_projections(stability: Callable[[float], dict]) -> list[dict]:
+    """An unstable pick's stability were the dev set 2, 4 and 8 times larger (prompts like
+    these; `metrics.pick_stability`'s `draw_scale`): [{draw_scale, cell_share, layer_share}],
+    stopping at the first scale that reaches `metrics.STABLE_SHARE`. It answers "how many dev
+    prompts would make this decision stable?"; a tie between cells stays a coin flip at any
+    scale, and says so."""
+    from .metrics import STABLE_SHARE
+
+    out = []
+    for scale in PROJECTED_DRAW_SCALES:
+        st = stability(scale)
+        out.append({"draw_scale": scale, "cell_share": st["cell_share"],
+                    "layer_share": st["layer_share"]})
+        if st["cell_share"] >= STABLE_SHARE:
+            break
+    return out
 
 
 def _alpha_range(selection: dict, rule, capability) -> dict:

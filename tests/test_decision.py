@@ -252,6 +252,14 @@ def test_the_report_shows_the_picks_stability_and_warns_below_80_percent():
     assert "Unstable" not in report._headline(firm)
     assert report.stability_text(_report_results()) == (
         "not measured (sweep.stability_resamples: 0)", None)
+    settled = _report_results(stability={**shaky, "projections": [
+        {"draw_scale": 2, "cell_share": 0.6, "layer_share": 0.7},
+        {"draw_scale": 4, "cell_share": 0.85, "layer_share": 0.9}]})
+    assert ("Projected on more dev prompts like these: 2x, 60% (layer 70%); 4x, 85% "
+            "(layer 90%).") in report.stability_text(settled)[0]
+    tied = _report_results(stability={**shaky, "projections": [
+        {"draw_scale": s, "cell_share": 0.5, "layer_share": 0.5} for s in (2, 4, 8)]})
+    assert "still below 80% at 8x" in report.stability_text(tied)[0]
 
 
 def test_the_report_says_whether_a_limit_or_the_grid_set_alpha():
@@ -295,6 +303,22 @@ def test_a_larger_projected_dev_set_steadies_a_close_call_but_not_a_tie():
     tie = _grid(_cell(3, 1.0, 0.2 + noise), _cell(6, 1.0, 0.2 - noise))
     assert 0.35 < metrics.pick_stability(tie, n_resamples=300, seed=7,
                                          draw_scale=8)["cell_share"] < 0.65
+
+    # The sweep's projections: the close call settles at some scale and stops there; the
+    # tie runs through every scale.
+    from steering_utils.sweep import PROJECTED_DRAW_SCALES, stability_projections
+
+    def at(rows):
+        return lambda scale: metrics.pick_stability(rows, n_resamples=300, seed=7,
+                                                    draw_scale=scale)
+
+    settles = stability_projections(at(close))
+    assert settles[-1]["cell_share"] >= 0.8  # it settles, at 8x here ...
+    assert all(p["cell_share"] < 0.8 for p in settles[:-1])  # ... and stops there
+    assert [p["draw_scale"] for p in settles] == list(PROJECTED_DRAW_SCALES[:len(settles)])
+    ties = stability_projections(at(tie))
+    assert [p["draw_scale"] for p in ties] == list(PROJECTED_DRAW_SCALES)
+    assert all(p["cell_share"] < 0.8 for p in ties)
 
 
 def test_a_stable_no_pick_reads_as_such():
