@@ -168,12 +168,33 @@ class Explorer:
         return self.grid_layers[0]
 
     def alphas(self, method: str = CAA) -> list[float]:
-        """The strengths the run tried for a method (CAA: its grid and sweep alphas)."""
+        """The strengths the run tried for a method: the params' grids (CAA: its grid and
+        sweep alphas) and, when 05 finished, every strength 05 generated for it: the
+        alphas its dev grid grew to and, for the other methods, their matched points
+        (interpolated strengths) and grown grids."""
         from .comparison import strengths
 
         if method == CAA:
-            return sorted({*self.params.sweep.grid_alphas, *self.params.sweep.alphas})
-        return sorted({0.0, *strengths(self.params, method)})
+            listed = {*self.params.sweep.grid_alphas, *self.params.sweep.alphas}
+        else:
+            listed = {0.0, *strengths(self.params, method)}
+        return sorted(listed | self._generated_strengths(method))
+
+    def _generated_strengths(self, method: str) -> set[float]:
+        """The strengths 05's rows hold for `method` (empty until 05 finished)."""
+        folder = stage_folder(self.runs_root, self.params, "05_sweep")
+        if not is_complete(folder, folder.name):
+            return set()
+        outputs = STAGES["05_sweep"].outputs
+        tables = ("grid", "sweep") if method == CAA else ("methods_grid", "methods_eval")
+        found: set[float] = set()
+        for name in tables:
+            path = folder / outputs[name]
+            if path.exists():
+                rows = read_table(path)
+                label = "method" if "method" in rows else "direction"
+                found |= {float(a) for a in rows.loc[rows[label] == method, "alpha"]}
+        return found
 
     def intervention(self, method: str, layer: int):
         """What steers a row of `method` at `layer`: the run's own interventions."""

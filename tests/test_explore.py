@@ -154,6 +154,19 @@ def test_every_compared_method_makes_its_comparison_rows(explorer):
     assert set(checked) >= set(explorer.methods) - {"caa"}
 
 
+def test_the_form_offers_every_strength_the_run_generated(explorer):
+    """The slider spans the grown dev alphas and the methods' matched (interpolated)
+    strengths, not only the params' grids."""
+    grid = _stage_table(explorer, "05_sweep", "grid")
+    label = "method" if "method" in grid else "direction"
+    assert set(grid.loc[grid[label] == "caa", "alpha"]) <= set(explorer.alphas("caa"))
+    generated = pd.concat([_stage_table(explorer, "05_sweep", name)
+                           for name in ("methods_grid", "methods_eval")])
+    for method in set(explorer.methods) - {"caa"}:
+        strengths = set(generated.loc[generated["method"] == method, "alpha"])
+        assert strengths and strengths <= set(explorer.alphas(method)), method
+
+
 @pytest.mark.slow
 def test_a_script_prompt_stays_text_and_errors_show_in_the_form(explorer):
     form = explorer.widget()
