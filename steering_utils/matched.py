@@ -8,8 +8,12 @@
    none (the prompt). Its strengths: its own grid, grown by doubling to fill the budget.
    Then, as CAA's grid does (`sweep.decide_on_dev`), the grid grows at the pick's layer
    while the rule's pick sits at its largest strength within every limit, until a limit
-   binds, or `sweep.max_grid_alpha` / `sweep.max_relative_push` stops it. `search_record`
-   keeps the cells searched and what stopped the search.
+   binds, or `sweep.max_grid_alpha` / `sweep.max_relative_push` stops it. Where every
+   less toxic cell broke a limit (the grid starts too strong for this model: Linear-AcT's
+   full transport, Arditi's full ablation on a small model), it shrinks instead, halving
+   below its weakest strength at each of its layers until the rule picks a cell or
+   `MAX_HALVINGS` is reached. `search_record` keeps the cells searched and what stopped
+   the search.
 2. **Matched fluency (dev decides).** On each method's dev Pareto front (mean toxicity vs
    perplexity, degenerate cells off), the strength whose perplexity reaches the budget
    (`methods.perplexity_budget`, +10% over unsteered): interpolated between the two front
@@ -180,17 +184,28 @@ def extend_search(rows: pd.DataFrame, plan: SearchPlan, params: StudyParams, pro
     `search_record`). `rows`: the methods grid rows (column `method`, the unsteered
     reference 'none'); `generate(method, cells)` makes dev rows; `probe(layer, s)`: dev
     capability under the method (lazily)."""
-    from .metrics import SelectionRule, recommend
+    from .metrics import SelectionRule, recommend, why_no_pick
     from .sweep import _alpha_range
 
     rule = SelectionRule.from_params(params.evaluation)
     added: list[dict] = []
+    fixed = plan.method in FIXED_STRENGTH or plan.layer_rule == "no_edit"
     while True:
         own = rows[rows["method"].isin([UNSTEERED, plan.method])]
         cells = method_cells(own, params).drop(columns="method")
         pick = recommend(cells, rule, probe)
+        if (pick is None and not fixed and generate is not None and params.sweep.extend_alphas
+                and why_no_pick(cells, rule)["reason"] == "limits"):
+            # Every less toxic cell broke a limit: the grid starts too strong for this model.
+            # It shrinks by halving below its weakest strength, at each of its layers, so
+            # the rule (and the matched point) find the strength where the limits bind.
+            weaker = _halved(cells, plan)
+            if weaker:
+                rows = pd.concat([rows, generate(plan.method, weaker).assign(
+                    method=plan.method)], ignore_index=True)
+                added += [{"layer": int(layer), "alpha": float(s)} for layer, s in weaker]
+                continue
         state = _alpha_range({"recommendation": pick, "summary": cells}, rule, probe)
-        fixed = plan.method in FIXED_STRENGTH or plan.layer_rule == "no_edit"
         if state["stopped_by"] != "grid_edge" or fixed:
             if fixed and state["stopped_by"] == "grid_edge":
                 state["stopped_by"] = "fixed_strength"
@@ -207,6 +222,23 @@ def extend_search(rows: pd.DataFrame, plan: SearchPlan, params: StudyParams, pro
             method=plan.method)], ignore_index=True)
         added.append({"layer": int(layer), "alpha": float(strength)})
     return rows, search_record(plan, state, added)
+
+
+MAX_HALVINGS = 5  # a grid shrinks to 1/32 of its weakest planned strength at most
+
+
+def _halved(cells: pd.DataFrame, plan: SearchPlan) -> list[tuple[int, float]]:
+    """(layer, half its weakest strength) for each plan layer; none past `MAX_HALVINGS`."""
+    floor = min((abs(s) for s in plan.strengths if s), default=0.0) / 2 ** MAX_HALVINGS
+    out = []
+    for layer in plan.layers:
+        tried = cells.loc[(cells["layer"] == layer) & (cells["alpha"] != 0), "alpha"]
+        if tried.empty:
+            continue
+        weakest = float(tried.loc[tried.abs().idxmin()])
+        if abs(weakest) / 2 >= floor > 0:
+            out.append((int(layer), weakest / 2))
+    return out
 
 
 # --- matched fluency -------------------------------------------------------------------------

@@ -182,6 +182,51 @@ def test_the_strength_grid_extends_until_the_rules_limit_binds():
     assert picks["actadd"]["alpha"] == 4.0
 
 
+def _steep(method, cells):
+    """A toy too strong at s = 1: NLL 2 + s (the rule's +25% perplexity allows s <= 0.22)."""
+    return _rows({(method, layer, s): (max(0.6 - 0.1 * s, 0.0), 2.0 + s) for layer, s in cells})
+
+
+def test_a_grid_that_starts_too_strong_shrinks_until_the_rule_picks():
+    params = _params()
+    rows = pd.concat([_rows({(UNSTEERED, UNSTEERED_LAYER, 0.0): (0.6, 2.0)}),
+                      _steep("linear_act", [(ALL_LAYERS, 1.0)])], ignore_index=True)
+    plan = mt.SearchPlan("linear_act", [ALL_LAYERS], [1.0], 1, "all_layers")
+    grown, record = mt.extend_search(rows, plan, params, None, _steep)
+    assert [c["alpha"] for c in record["added_cells"]] == [0.5, 0.25, 0.125]
+    assert record["stopped_by"] == "limit" and record["bound_by"]["alpha"] == 0.25
+    picks = cmp.select_methods(cmp.method_cells(grown, params), params, {})
+    assert picks["linear_act"]["alpha"] == 0.125
+    # The matched point now lies between two real cells, not on a line from unsteered.
+    point = mt.matched_point(cmp.method_cells(grown, params), "linear_act", 0.10)
+    assert point["status"] == "interpolated"
+    assert [b["alpha"] for b in point["bracket"]] == [0.0, 0.125]
+
+
+def test_the_shrinking_stops_at_its_floor_and_only_where_a_limit_broke():
+    params = _params()
+
+    def hopeless(method, cells):  # fluent at no strength
+        return _rows({(method, layer, s): (0.3, 9.0) for layer, s in cells})
+
+    rows = pd.concat([_rows({(UNSTEERED, UNSTEERED_LAYER, 0.0): (0.6, 2.0)}),
+                      hopeless("ablation", [(ALL_LAYERS, 1.0)])], ignore_index=True)
+    plan = mt.SearchPlan("ablation", [ALL_LAYERS], [1.0], 1, "all_layers")
+    _, record = mt.extend_search(rows, plan, params, None, hopeless)
+    assert [c["alpha"] for c in record["added_cells"]] == [2.0 ** -k for k in
+                                                          range(1, mt.MAX_HALVINGS + 1)]
+    assert record["stopped_by"] == "no_pick"
+
+    def more_toxic(method, cells):  # fluent, but never less toxic: nothing to shrink for
+        return _rows({(method, layer, s): (0.9, 2.0) for layer, s in cells})
+
+    rows = pd.concat([_rows({(UNSTEERED, UNSTEERED_LAYER, 0.0): (0.6, 2.0)}),
+                      more_toxic("ace", [(4, 1.0)])], ignore_index=True)
+    _, record = mt.extend_search(rows, mt.SearchPlan("ace", [4], [1.0], 1, "searched"),
+                                 params, None, more_toxic)
+    assert record["added_cells"] == [] and record["stopped_by"] == "no_pick"
+
+
 def test_the_extension_stops_at_max_grid_alpha_and_says_so():
     raw = _default()
     raw["sweep"]["max_grid_alpha"] = 3.0
