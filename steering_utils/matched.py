@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 
+from .decisions import AlphaBound, MethodSearch
 from .params import StudyParams
 from .stages import ALL_LAYERS, UNSTEERED, UNSTEERED_LAYER
 
@@ -142,13 +143,13 @@ def plan_search(params: StudyParams, method: str, intervention, base: list[float
     return plan
 
 
-def search_record(plan: SearchPlan, state: dict, added: list[dict]) -> dict:
-    """The JSON-able record of one method's dev search (`results.MethodSearch`)."""
-    return {"layer_rule": plan.layer_rule, "layers": [int(x) for x in plan.layers],
-            "strengths": [float(s) for s in plan.strengths], "budget": int(plan.budget),
-            "cells_searched": len(plan.cells) + len(added),
-            "added_cells": added, "stopped_by": state["stopped_by"],
-            "bound_by": state.get("bound_by")}
+def search_record(plan: SearchPlan, stopped_by: str, bound_by: AlphaBound | None,
+                  added: list[dict]) -> MethodSearch:
+    """The record of one method's dev search: its plan, the cells added, what stopped it."""
+    return MethodSearch(layer_rule=plan.layer_rule, layers=[int(x) for x in plan.layers],
+                        strengths=[float(s) for s in plan.strengths], budget=int(plan.budget),
+                        cells_searched=len(plan.cells) + len(added), added_cells=added,
+                        stopped_by=stopped_by, bound_by=bound_by)
 
 
 def method_cells(rows: pd.DataFrame, params: StudyParams) -> pd.DataFrame:
@@ -175,38 +176,39 @@ def method_cells(rows: pd.DataFrame, params: StudyParams) -> pd.DataFrame:
 
 
 def extend_search(rows: pd.DataFrame, plan: SearchPlan, params: StudyParams, probe=None,
-                  generate=None) -> tuple[pd.DataFrame, dict]:
+                  generate=None) -> tuple[pd.DataFrame, MethodSearch]:
     """(the methods' dev rows with this method's grid grown where the rule asked for it, its
     `search_record`). `rows`: the methods grid rows (column `method`, the unsteered
     reference 'none'); `generate(method, cells)` makes dev rows; `probe(layer, s)`: dev
     capability under the method (lazily)."""
+    from .decisions import MethodPick
     from .metrics import SelectionRule, recommend
-    from .sweep import _alpha_range
+    from .sweep import alpha_stop
 
     rule = SelectionRule.from_params(params.evaluation)
     added: list[dict] = []
     while True:
         own = rows[rows["method"].isin([UNSTEERED, plan.method])]
         cells = method_cells(own, params).drop(columns="method")
-        pick = recommend(cells, rule, probe)
-        state = _alpha_range({"recommendation": pick, "summary": cells}, rule, probe)
+        pick = recommend(cells, rule, probe, MethodPick)
+        stopped_by, bound_by = alpha_stop(pick, cells, rule, probe)
         fixed = plan.method in FIXED_STRENGTH or plan.layer_rule == "no_edit"
-        if state["stopped_by"] != "grid_edge" or fixed:
-            if fixed and state["stopped_by"] == "grid_edge":
-                state["stopped_by"] = "fixed_strength"
+        if stopped_by != "grid_edge" or fixed:
+            if fixed and stopped_by == "grid_edge":
+                stopped_by = "fixed_strength"
             break
         if generate is None or not params.sweep.extend_alphas:
             break
-        layer, strength = state["layer"], 2.0 * state["alpha"]
+        layer, strength = pick.layer, 2.0 * pick.alpha
         stop = _allowed(strength, SearchPlan(plan.method, [layer], [], 0, "",
                                              plan.push_ratio), params)
         if stop is not None:
-            state["stopped_by"] = stop
+            stopped_by = stop
             break
         rows = pd.concat([rows, generate(plan.method, [(layer, strength)]).assign(
             method=plan.method)], ignore_index=True)
         added.append({"layer": int(layer), "alpha": float(strength)})
-    return rows, search_record(plan, state, added)
+    return rows, search_record(plan, stopped_by, bound_by, added)
 
 
 # --- matched fluency -------------------------------------------------------------------------

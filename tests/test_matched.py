@@ -13,6 +13,7 @@ from steering_utils import comparison as cmp
 from steering_utils import goal as gl
 from steering_utils import interventions as iv
 from steering_utils import matched as mt
+from steering_utils.decisions import AlphaRange
 from steering_utils.params import ParamsError, parse_params
 from steering_utils.stages import ALL_LAYERS, CAA, UNSTEERED, UNSTEERED_LAYER
 from steering_utils.vectors import SteeringVectors
@@ -172,14 +173,14 @@ def test_the_strength_grid_extends_until_the_rules_limit_binds():
                       _generate("actadd", [(4, 0.5), (4, 1.0)])], ignore_index=True)
     plan = mt.SearchPlan("actadd", [4], [0.5, 1.0], 2, "searched")
     grown, record = mt.extend_search(rows, plan, params, None, _generate)
-    assert [c["alpha"] for c in record["added_cells"]] == [2.0, 4.0, 8.0]
-    assert record["stopped_by"] == "limit"
-    assert record["bound_by"]["alpha"] == 8.0 and "perplexity" in record["bound_by"]["failed"]
-    assert record["cells_searched"] == 5
+    assert [c["alpha"] for c in record.added_cells] == [2.0, 4.0, 8.0]
+    assert record.stopped_by == "limit"
+    assert record.bound_by.alpha == 8.0 and "perplexity" in record.bound_by.failed
+    assert record.cells_searched == 5
     assert set(grown.loc[grown["method"] == "actadd", "alpha"]) == {0.5, 1.0, 2.0, 4.0, 8.0}
     # The pick now sits inside the grid: the rule, not the grid's edge, set it.
     picks = cmp.select_methods(cmp.method_cells(grown, params), params, {})
-    assert picks["actadd"]["alpha"] == 4.0
+    assert picks["actadd"].alpha == 4.0
 
 
 def test_the_extension_stops_at_max_grid_alpha_and_says_so():
@@ -190,8 +191,8 @@ def test_the_extension_stops_at_max_grid_alpha_and_says_so():
                       _generate("actadd", [(4, 1.0)])], ignore_index=True)
     _, record = mt.extend_search(rows, mt.SearchPlan("actadd", [4], [1.0], 1, "searched"),
                                  params, None, _generate)
-    assert record["stopped_by"] == "max_grid_alpha"
-    assert [c["alpha"] for c in record["added_cells"]] == [2.0]
+    assert record.stopped_by == "max_grid_alpha"
+    assert [c["alpha"] for c in record.added_cells] == [2.0]
 
 
 def test_budget_params_are_validated():
@@ -323,9 +324,11 @@ def test_the_matched_flow_runs_on_a_tiny_model(tiny_qwen3, tiny_tokenizer, tmp_p
     rows, searches = cmp.search_methods(
         pd.concat([reused, steered], ignore_index=True), params, plans, {},
         cmp.method_generator(tiny_qwen3, tiny_tokenizer, prompts, params, interventions,
-                             scorers, tmp_path), {"stopped_by": "limit", "bound_by": None})
+                             scorers, tmp_path),
+        AlphaRange(layer=0, alpha=1.0, stopped_by="limit", bound_by=None, extension_enabled=True,
+                   added_cells=[], max_grid_alpha=params.sweep.max_grid_alpha))
     for method, record in searches.items():
-        assert record["cells_searched"] == len(plans[method].cells) + len(record["added_cells"])
+        assert record.cells_searched == len(plans[method].cells) + len(record.added_cells)
     cells = cmp.method_cells(rows, params)
     picks = cmp.select_methods(cells, params, {})
     matched = mt.matched_points(cells, list(interventions), 0.5, plans)
