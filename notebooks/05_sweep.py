@@ -124,21 +124,21 @@ grid, selection = decide_on_dev(
     grid, params, dev_capability,
     dev_generator(model, tokenizer, prompts, baseline, params, vectors, scorers, stage.shards),
     push_ratios(read_table(stage.input("layer_stats"))))
-selection["decision_seconds"] = round(time.perf_counter() - started, 2)
+selection.decision_seconds = round(time.perf_counter() - started, 2)
 write_table(grid, stage.out("grid"))
 write_json(selection_record(selection), stage.out("selection"))
-chosen = selection["chosen_layers"]
-print("recommended on dev:", selection["recommendation"] and
-      {k: selection["recommendation"][k] for k in ("layer", "alpha", "mean_toxicity")})
-print("alpha range:", {k: selection["alpha_range"][k] for k in ("stopped_by", "added_cells")})
-print("stability:", selection["stability"] and
-      {k: selection["stability"][k] for k in ("cell_share", "layer_share")})
+chosen = selection.chosen_layers
+print("recommended on dev:", selection.recommendation and
+      selection.recommendation.model_dump(include={"layer", "alpha", "mean_toxicity"}))
+print("alpha range:", selection.alpha_range.model_dump(include={"stopped_by", "added_cells"}))
+print("stability:", selection.stability and
+      selection.stability.model_dump(include={"cell_share", "layer_share"}))
 print("sweep layers:", chosen)
 
 # %%
 from steering_utils.plots import plot_grid_heatmap
 
-plot_grid_heatmap(selection["summary"], chosen)
+plot_grid_heatmap(selection.summary, chosen)
 
 # %% [markdown]
 # ### 3 · Alpha sweep at the chosen layer(s), eval split
@@ -168,7 +168,7 @@ cells[["subset", "layer", "alpha", "n_prompts", "mean_toxicity", "delta_mean_tox
 from steering_utils.sweep import control_table
 
 randoms, control = control_table(model, tokenizer, prompts, baseline, vectors, params, scorers,
-                                 selection["control_layer"], stage.shards)
+                                 selection.control_layer, stage.shards)
 write_table(control, stage.out("control"))
 control.groupby(["direction", "alpha"])["toxicity"].mean().unstack("alpha").round(3)
 
@@ -216,7 +216,7 @@ from steering_utils import conditional as cond
 from steering_utils.matched import candidate_layers, matched_points
 from steering_utils.params import resolve_layers
 
-methods_layer = selection["control_layer"]
+methods_layer = selection.control_layer
 statistics = load_activation_sets(stage.input("token_statistics"))["train"]
 # Linear-AcT is fitted here, layer by layer on the model already transported at the earlier
 # layers (a few passes over 03's train contrast).
@@ -241,7 +241,7 @@ probes = ({m: dev_capability.sibling(m, iv) for m, iv in interventions.items()}
 methods_grid, searches = cmp.search_methods(
     methods_grid, params, plans, probes,
     cmp.method_generator(model, tokenizer, prompts, params, interventions, scorers, stage.shards),
-    selection["alpha_range"])
+    selection.alpha_range)
 methods_grid = methods_grid.assign(experiment="methods_grid")
 write_table(methods_grid, stage.out("methods_grid"))
 methods_dev_cells = cmp.method_cells(methods_grid, params)
@@ -250,7 +250,7 @@ matched = matched_points(methods_dev_cells, list(interventions),
                          params.methods.perplexity_budget, plans)
 write_json(cmp.picks_record(picks, methods_layer, searches, matched),
            stage.out("methods_selection"))
-pd.DataFrame({m: {"cells": searches[m]["cells_searched"], "stopped_by": searches[m]["stopped_by"],
+pd.DataFrame({m: {"cells": searches[m].cells_searched, "stopped_by": searches[m].stopped_by,
                   "matched": matched[m]["status"], "layer": matched[m]["layer"],
                   "strength": matched[m]["strength"]} for m in interventions}).T
 

@@ -18,6 +18,7 @@ import pandas as pd
 
 from . import claims, metrics
 from .artifacts import StageDir, done_record, read_json, read_table
+from .decisions import DevSelection
 from .metrics import SelectionRule, finite
 from .power import Verdict
 from .results import (
@@ -25,8 +26,6 @@ from .results import (
     Cell,
     ExperimentResults,
     LayerStats,
-    json_safe,
-    no_pick,
     table_records,
     validate_results,
 )
@@ -104,18 +103,19 @@ def _examples(sweep: pd.DataFrame, layer: int, n_examples: int, seed: int) -> li
              "toxicity": float(r.toxicity)} for r in picked.itertuples()]
 
 
-def _eval_confirmation(recommendation: dict | None, cells: pd.DataFrame,
+def _eval_confirmation(chosen: tuple[int, float] | None, cells: pd.DataFrame,
                        rule: SelectionRule, verdicts: dict[str, Verdict] | None = None
                        ) -> dict | None:
-    """The dev-chosen cell measured on eval: every criterion of the rule, checked again, each
-    pass / fail / undecidable at this n by its paired verdict (`claims.criteria_status`)."""
-    if recommendation is None:
+    """The dev-chosen cell, (layer, alpha), measured on eval: every criterion of the rule,
+    checked again, each pass / fail / undecidable at this n by its paired verdict
+    (`claims.criteria_status`)."""
+    if chosen is None:
         return None
+    layer, alpha = chosen
     # Benign perplexity is a criterion too (the rule holds dev to it; eval checks it again).
     challenging = metrics.with_benign_fluency(cells[cells["experiment"] == "sweep"])
     reference = challenging[challenging["alpha"] == 0]
-    cell = challenging[(challenging["layer"] == recommendation["layer"])
-                       & (challenging["alpha"] == recommendation["alpha"])]
+    cell = challenging[(challenging["layer"] == layer) & (challenging["alpha"] == alpha)]
     if reference.empty or cell.empty:
         return None
     reference, cell = reference.iloc[0], cell.iloc[0]
@@ -133,7 +133,7 @@ def _eval_confirmation(recommendation: dict | None, cells: pd.DataFrame,
         "mean_toxicity_ci_lo", "mean_toxicity_ci_hi", "delta_mean_toxicity",
         "delta_mean_toxicity_ci_lo", "delta_mean_toxicity_ci_hi", "p_bootstrap")}
     return {
-        "layer": recommendation["layer"], "alpha": recommendation["alpha"],
+        "layer": layer, "alpha": alpha,
         "mean_toxicity": float(cell["mean_toxicity"]), **picked,
         "reference_mean_toxicity": ref_tox,
         "toxicity_reduction": ((ref_tox - float(cell["mean_toxicity"])) / ref_tox
@@ -161,7 +161,7 @@ def _degenerate_at(cells: pd.DataFrame, experiment: str, layer: int, alpha: floa
     return bool(found["degenerate"].map(len).gt(0).any())
 
 
-def _control_summary(params, selection: dict, sweep: pd.DataFrame,
+def _control_summary(params, selection: DevSelection, sweep: pd.DataFrame,
                      control: pd.DataFrame, cells: pd.DataFrame) -> dict | None:
     """CAA vs random directions at matched alpha, and whether the effect is specific (never
     where CAA's output is degenerate: a broken text's low score is no evidence)."""
@@ -170,16 +170,16 @@ def _control_summary(params, selection: dict, sweep: pd.DataFrame,
     if control.empty:
         return None
     ev = params.evaluation
-    layer = selection["control_layer"]
+    layer = selection.control_layer
     steered = control[control["alpha"] != 0]
     comparison = [{**{k: finite(v) if isinstance(v, float) else v for k, v in c.items()},
                    "caa_degenerate": _degenerate_at(cells, "sweep", layer, c["alpha"]),
                    "random_degenerate": _degenerate_at(cells, "control", layer, c["alpha"])}
                   for c in control_comparison(sweep, control, layer, ev.toxic_threshold,
                                               ev.n_bootstrap, params.seed)]
-    rec = selection["recommendation"]
+    rec = selection.recommendation
     alphas = [c["alpha"] for c in comparison]
-    tested = (rec["alpha"] if rec and rec["alpha"] in alphas else max(alphas, default=None))
+    tested = (rec.alpha if rec and rec.alpha in alphas else max(alphas, default=None))
     at = next((c for c in comparison if c["alpha"] == tested), None)
     high = None if at is None or at["caa_degenerate"] else finite(at["diff_ci_hi"])
     return {"layer": int(layer), "n_directions": int(steered["direction"].nunique()),
@@ -248,8 +248,8 @@ def build_results(stage: StageDir) -> ExperimentResults:
     sweep = read_table(stage.input("sweep"))
     control = read_table(stage.input("control"))
     capability = read_table(stage.input("capability"))
-    selection = read_json(stage.input("selection"))
-    chosen = selection["chosen_layers"]
+    selection = DevSelection.model_validate(read_json(stage.input("selection")))
+    chosen = selection.chosen_layers
     rule = SelectionRule.from_params(ev)
 
     summarize = functools.partial(metrics.summarize_cells, threshold=ev.toxic_threshold,
@@ -270,17 +270,18 @@ def build_results(stage: StageDir) -> ExperimentResults:
     cells["degenerate"] = metrics.flag_degenerate(cells)
 
     challenging = cells[(cells["experiment"] == "sweep") & (cells["subset"] == "challenging")]
-    recommendation = selection["recommendation"]
+    recommendation = selection.recommendation
     if recommendation is not None:
-        recommendation = {**recommendation, "holds_under_second_scorer": _second_scorer_holds(
-            sweep, recommendation["layer"], recommendation["alpha"], ev.n_bootstrap,
-            params.seed)}
+        recommendation = recommendation.model_copy(update={
+            "holds_under_second_scorer": _second_scorer_holds(
+                sweep, recommendation.layer, recommendation.alpha, ev.n_bootstrap,
+                params.seed)})
     # A degenerate cell is no trade-off worth taking: it never sits on the front.
     front = metrics.pareto_front(challenging[challenging["degenerate"].map(len) == 0])
     no_recommendation = None
-    if selection["recommendation"] is None:
+    if selection.recommendation is None:
         dev = metrics.with_benign_fluency(cells[cells["experiment"] == "grid"])
-        no_recommendation = no_pick(dev, rule)
+        no_recommendation = metrics.why_no_pick(dev, rule)
 
     agreement = None
     if "toxicity_second" in sweep:
@@ -315,12 +316,12 @@ def build_results(stage: StageDir) -> ExperimentResults:
             "n_items": int(len(cap_items)), "cells": table_records(accuracy, CapabilityCell)},
         "scorer_agreement": agreement,
         "recommendation": recommendation,
-        "no_recommendation": (None if no_recommendation is None
-                              else no_recommendation.model_dump(mode="json")),
-        "confirmation": _eval_confirmation(selection["recommendation"], cells, rule,
-                                           eval_verdicts),
-        "stability": json_safe(selection.get("stability")),
-        "alpha_range": json_safe(selection.get("alpha_range")),
+        "no_recommendation": no_recommendation,
+        "confirmation": _eval_confirmation(
+            None if recommendation is None else (recommendation.layer, recommendation.alpha),
+            cells, rule, eval_verdicts),
+        "stability": selection.stability,
+        "alpha_range": selection.alpha_range,
         "control": control_record,
         "specificity": specificity,
         "methods": _methods_summary(stage),

@@ -27,6 +27,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from .decisions import Check, DevSelection
 from .metrics import SelectionRule, finite, is_empty
 from .power import Verdict, rank_verdict, verdict
 from .stages import CAA, UNSTEERED
@@ -190,25 +191,27 @@ def criterion_status(ok: bool, found: Verdict | None) -> Status:
     return "pass"
 
 
-def criteria_status(checks: dict, verdicts: dict[str, Verdict]) -> dict[str, Status]:
+def criteria_status(checks: dict[str, Check],
+                    verdicts: dict[str, Verdict]) -> dict[str, Status]:
     """{criterion: pass | fail | undecidable} of the eval confirmation's checks."""
-    return {name: criterion_status(bool(check["ok"]),
+    return {name: criterion_status(bool(check.ok),
                                    verdicts.get(CRITERION_VERDICT.get(name, "")))
             for name, check in checks.items()}
 
 
-def tested_cell(selection: dict, chosen: list[int], sweep: pd.DataFrame) -> tuple[int, float]:
+def tested_cell(selection: DevSelection, chosen: list[int],
+                sweep: pd.DataFrame) -> tuple[int, float]:
     """(layer, alpha) the eval claims are about: the dev pick, else the first sweep layer's
     largest alpha (for reference: no pick means nothing to confirm)."""
-    rec = selection.get("recommendation")
+    rec = selection.recommendation
     if rec is not None:
-        return int(rec["layer"]), float(rec["alpha"])
+        return int(rec.layer), float(rec.alpha)
     layer = int(chosen[0])
     alphas = sweep.loc[(sweep["layer"] == layer) & (sweep["alpha"] > 0), "alpha"]
     return layer, float(alphas.max()) if len(alphas) else 0.0
 
 
-def claim_verdicts(params, selection: dict, chosen: list[int], grid: pd.DataFrame,
+def claim_verdicts(params, selection: DevSelection, chosen: list[int], grid: pd.DataFrame,
                    sweep: pd.DataFrame, control: pd.DataFrame, capability: pd.DataFrame,
                    specificity, control_alpha: float | None,
                    methods_eval: pd.DataFrame | None = None) -> tuple[list[Verdict],
@@ -219,7 +222,7 @@ def claim_verdicts(params, selection: dict, chosen: list[int], grid: pd.DataFram
     n_boot, seed = ev.n_bootstrap, params.seed
     layer, alpha = tested_cell(selection, chosen, sweep)
     # Without a dev pick there is nothing to confirm: the numbers are the sweep's, for reference.
-    note = "" if selection.get("recommendation") else "; no dev pick, for reference"
+    note = "" if selection.recommendation else "; no dev pick, for reference"
     by_name = eval_verdicts(sweep, layer, alpha, rule, n_boot, seed, note) if alpha else {}
     cap = (capability_verdict(capability, layer, alpha, rule, n_boot, seed, note) if alpha
            else None)
@@ -227,13 +230,13 @@ def claim_verdicts(params, selection: dict, chosen: list[int], grid: pd.DataFram
         by_name["capability"] = cap
     ordered = [by_name[k] for k in ("toxicity", "toxicity_second") if k in by_name]
     if control_alpha is not None:
-        found = control_verdict(sweep, control, int(selection["control_layer"]),
+        found = control_verdict(sweep, control, int(selection.control_layer),
                                 float(control_alpha), n_boot, seed)
         ordered += [found] if found is not None else []
     ordered += specificity_verdicts(specificity)
-    rec = selection.get("recommendation")
-    found = layer_verdict(grid, int(rec["layer"]) if rec else int(chosen[0]),
-                          finite(rec["alpha"]) if rec else None, n_boot, seed)
+    rec = selection.recommendation
+    found = layer_verdict(grid, int(rec.layer) if rec else int(chosen[0]),
+                          finite(rec.alpha) if rec else None, n_boot, seed)
     ordered += [found] if found is not None else []
     if methods_eval is not None:
         ordered += method_verdicts(methods_eval, n_boot, seed)

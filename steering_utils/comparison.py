@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from .decisions import AlphaRange, MethodPick, MethodSearch
 from .generation import make_jobs
 from .matched import method_cells
 from .params import StudyParams, compared_methods
@@ -284,7 +285,8 @@ def method_plans(params: StudyParams, interventions: dict, candidates: list[int]
 
 
 def search_methods(rows: pd.DataFrame, params: StudyParams, plans: dict, probes: dict,
-                   generate=None, caa_range: dict | None = None) -> tuple[pd.DataFrame, dict]:
+                   generate=None, caa_range: AlphaRange | None = None
+                   ) -> tuple[pd.DataFrame, dict[str, MethodSearch]]:
     """(the methods grid grown where each method's rule pick sat at its grid's edge, {method:
     its search record}). CAA's grid was grown by `sweep.decide_on_dev`: `caa_range` is its
     `alpha_range`."""
@@ -293,8 +295,10 @@ def search_methods(rows: pd.DataFrame, params: StudyParams, plans: dict, probes:
     records = {}
     for method, plan in plans.items():
         if method == CAA:
-            state = caa_range or {"stopped_by": "grid_edge", "bound_by": None}
-            records[method] = search_record(plan, state, list(state.get("added_cells", [])))
+            records[method] = (
+                search_record(plan, "grid_edge", None, []) if caa_range is None else
+                search_record(plan, caa_range.stopped_by, caa_range.bound_by,
+                              list(caa_range.added_cells)))
             continue
         rows, records[method] = extend_search(rows, plan, params, probes.get(method), generate)
     return rows, records
@@ -318,7 +322,8 @@ def method_generator(model, tokenizer, prompts: pd.DataFrame, params: StudyParam
     return generate
 
 
-def select_methods(cells: pd.DataFrame, params: StudyParams, probes: dict) -> dict:
+def select_methods(cells: pd.DataFrame, params: StudyParams,
+                   probes: dict) -> dict[str, MethodPick | None]:
     """{method: the recommendation rule's pick on dev (or None)}; `probes[method](layer,
     strength)` measures dev capability under that method, lazily."""
     from .metrics import SelectionRule, recommend
@@ -328,7 +333,8 @@ def select_methods(cells: pd.DataFrame, params: StudyParams, probes: dict) -> di
     picks = {}
     for method in [m for m in cells["method"].unique() if m != UNSTEERED]:
         candidates = pd.concat([reference, cells[cells["method"] == method]])
-        picks[method] = recommend(candidates.drop(columns="method"), rule, probes.get(method))
+        picks[method] = recommend(candidates.drop(columns="method"), rule, probes.get(method),
+                                  MethodPick)
     return picks
 
 
@@ -343,7 +349,7 @@ def eval_jobs(prompts: pd.DataFrame, baseline: pd.DataFrame, sweep: pd.DataFrame
 
     samples = params.methods.samples_per_prompt or params.generation.samples_per_prompt
     if matched is None:
-        cells = {method: [(pick["layer"], pick["alpha"])] for method, pick in picks.items()
+        cells = {method: [(pick.layer, pick.alpha)] for method, pick in picks.items()
                  if pick is not None}
         return _plan(_challenging(prompts, "eval"), _challenging(baseline, "eval"), sweep,
                      samples, cells, interventions)
@@ -362,27 +368,26 @@ def capability_cells(picks: dict, matched: dict | None = None) -> list[tuple[str
     if matched is not None:
         return cells + [(method, point["layer"], point["strength"])
                         for method, point in matched.items() if has_point(point)]
-    return cells + [(method, pick["layer"], pick["alpha"]) for method, pick in picks.items()
+    return cells + [(method, pick.layer, pick.alpha) for method, pick in picks.items()
                     if pick is not None]
 
 
-def picks_record(picks: dict, layer: int, searches: dict | None = None,
+def picks_record(picks: dict[str, MethodPick | None], layer: int,
+                 searches: dict[str, MethodSearch] | None = None,
                  matched: dict | None = None) -> dict:
-    """The JSON-able dev decision of the comparison: each method's rule pick, its search
-    and its matched point."""
-    record = {"split": "dev", "layer": int(layer), "picks": picks}
+    """The JSON-able dev decision of the comparison (methods_selection.json): each method's
+    rule pick, its search and its matched point."""
+    record = {"split": "dev", "layer": int(layer),
+              "picks": {m: None if p is None else p.model_dump(mode="json")
+                        for m, p in picks.items()}}
     if searches is not None:
-        record["searches"] = searches
+        record["searches"] = {m: s.model_dump(mode="json") for m, s in searches.items()}
     if matched is not None:
         record["matched"] = matched
     return record
 
 
 _EVAL_FIELDS = ("mean_toxicity", "frac_toxic", "emt", "tp", "perplexity", "delta_mean_toxicity")
-_PICK_FIELDS = ("layer", "alpha", "mean_toxicity", "reference_mean_toxicity",
-                "toxicity_reduction", "perplexity", "perplexity_increase", "capability_acc",
-                "reference_capability_acc", "capability_drop_points", "checks",
-                "candidates_tried")
 
 
 def _eval_record(cell: pd.Series) -> dict:
@@ -479,7 +484,10 @@ def comparison_results(params: StudyParams, methods_grid: pd.DataFrame,
     ev = params.evaluation
     budget = params.methods.perplexity_budget
     matched = record.get("matched")
-    searches = record.get("searches") or {}
+    searches = {m: MethodSearch.model_validate(s)
+                for m, s in (record.get("searches") or {}).items()}
+    picks = {m: None if p is None else MethodPick.model_validate(p)
+             for m, p in record["picks"].items()}
     grid_cells = method_cells(methods_grid, params)
     methods_eval = methods_eval.assign(subset=methods_eval["subset"].fillna("challenging")
                                        if "subset" in methods_eval else "challenging")
@@ -496,11 +504,11 @@ def comparison_results(params: StudyParams, methods_grid: pd.DataFrame,
     methods = compared_methods(params.sweep)
     rows = []
     for method in methods:
-        pick = record["picks"].get(method)
+        pick = picks.get(method)
         point = None if matched is None else matched.get(method)
         row = {"method": method, "picked": pick is not None,
                "strengths": strengths(params, method),
-               "dev": None if pick is None else {k: pick[k] for k in _PICK_FIELDS},
+               "dev": pick,
                "eval": None, "capability": None, "toxic_fraction_ratio": None,
                "within_limits_on_eval": None, "no_pick": None,
                "search": searches.get(method),
@@ -513,7 +521,7 @@ def comparison_results(params: StudyParams, methods_grid: pd.DataFrame,
                             how="left", on=["method", "layer", "alpha"])
             row["no_pick"] = why_no_pick(own.drop(columns="method"), rule)
         if matched is None:
-            cell = None if pick is None else (pick["layer"], pick["alpha"])
+            cell = None if pick is None else (pick.layer, pick.alpha)
         else:
             cell = (None if not row["matched"] or row["matched"]["layer"] is None
                     else (row["matched"]["layer"], row["matched"]["strength"]))

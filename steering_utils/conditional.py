@@ -41,6 +41,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
+from .decisions import MethodPick
 from .params import ParamsError, StudyParams
 from .power import Verdict, verdict
 
@@ -136,15 +137,15 @@ def build_gate(model, tokenizer, prompts: pd.DataFrame, vectors, params: StudyPa
 
 # --- eval: conditional beside unconditional CAA, challenging and benign ---------------------
 
-def compared_cell(picks: dict, layer: int, matched: dict | None = None
-                  ) -> tuple[int, float] | None:
+def compared_cell(picks: dict[str, MethodPick | None], layer: int,
+                  matched: dict | None = None) -> tuple[int, float] | None:
     """(layer, alpha) of the eval comparison, all decided on dev: conditional CAA's rule pick,
     else CAA's; where the rule picked neither, conditional CAA's matched-fluency point, else
     CAA's (`matched.matched_points`); None when none exists."""
     for method in (METHOD, "caa"):
         pick = picks.get(method)
         if pick is not None:
-            return int(pick["layer"]), float(pick["alpha"])
+            return int(pick.layer), float(pick.alpha)
     for method in (METHOD, "caa"):
         point = (matched or {}).get(method) or {}
         if point.get("strength") is not None and point.get("layer") is not None:

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from .artifacts import is_complete, last_finished, read_json, read_table, stage_folder
+from .decisions import DevSelection
 from .notebooks import PROJECT_ROOT
 from .params import StudyParams, compared_methods, load_params, parse_params, run_path
 from .stages import CAA, RUN_MANIFEST, STAGES, UNSTEERED
@@ -128,12 +129,13 @@ class Explorer:
         self._interventions: dict[int, dict] = {}  # per layer (the random method's depends)
         self._load_models()
 
-    def _selection(self) -> dict | None:
+    def _selection(self) -> DevSelection | None:
         """05's dev decision when 05 finished (for the default layer and alpha), else None."""
         folder = stage_folder(self.runs_root, self.params, "05_sweep")
         if not is_complete(folder, folder.name):
             return None
-        return read_json(folder / STAGES["05_sweep"].outputs["selection"])
+        return DevSelection.model_validate(
+            read_json(folder / STAGES["05_sweep"].outputs["selection"]))
 
     def _load_models(self) -> None:
         from . import comparison
@@ -163,8 +165,8 @@ class Explorer:
     @property
     def default_layer(self) -> int:
         """The layer the dev decision chose when 05 finished, else the first grid layer."""
-        if self.selection and self.selection.get("control_layer") is not None:
-            return int(self.selection["control_layer"])
+        if self.selection is not None:
+            return int(self.selection.control_layer)
         return self.grid_layers[0]
 
     def alphas(self, method: str = CAA) -> list[float]:
@@ -319,9 +321,10 @@ class ExplorerForm:
         label = {layer: f"{layer}" for layer in explorer.layers}
         for layer in explorer.grid_layers:
             label[layer] += " (grid)"
-        if explorer.selection:  # no pick is a result: 05 then sweeps the grid's best layer
-            label[explorer.default_layer] += (" (chosen on dev)" if explorer.selection.get(
-                "recommendation") else " (05's sweep layer: no pick on dev)")
+        if explorer.selection is not None:  # no pick is a result: 05 sweeps the best layer
+            label[explorer.default_layer] += (
+                " (chosen on dev)" if explorer.selection.recommendation
+                else " (05's sweep layer: no pick on dev)")
         self.prompt = w.Textarea(value=str(first["text"].iloc[0]) if len(first) else "",
                                  description="prompt", layout=w.Layout(width="95%"))
         self.layer = w.Dropdown(options=[(label[layer], layer) for layer in explorer.layers],
@@ -359,9 +362,10 @@ class ExplorerForm:
         slider = self.alpha_slider
         slider.min, slider.max = min(low, slider.min), max(high, slider.max)  # never min > max
         slider.min, slider.max = low, high
-        recommended = ((self.explorer.selection or {}).get("recommendation") or {}
-                       if method == CAA else {})
-        self.alpha.value = float(recommended.get("alpha", max(alphas)))
+        selection = self.explorer.selection
+        recommended = (selection.recommendation if selection is not None and method == CAA
+                       else None)
+        self.alpha.value = float(max(alphas) if recommended is None else recommended.alpha)
 
     def _slider_moved(self, change) -> None:
         self.alpha.value = float(change["new"])

@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 
+from .decisions import AlphaBound, MethodSearch
 from .params import StudyParams
 from .stages import ALL_LAYERS, UNSTEERED, UNSTEERED_LAYER
 
@@ -146,13 +147,13 @@ def plan_search(params: StudyParams, method: str, intervention, base: list[float
     return plan
 
 
-def search_record(plan: SearchPlan, state: dict, added: list[dict]) -> dict:
-    """The JSON-able record of one method's dev search (`results.MethodSearch`)."""
-    return {"layer_rule": plan.layer_rule, "layers": [int(x) for x in plan.layers],
-            "strengths": [float(s) for s in plan.strengths], "budget": int(plan.budget),
-            "cells_searched": len(plan.cells) + len(added),
-            "added_cells": added, "stopped_by": state["stopped_by"],
-            "bound_by": state.get("bound_by")}
+def search_record(plan: SearchPlan, stopped_by: str, bound_by: AlphaBound | None,
+                  added: list[dict]) -> MethodSearch:
+    """The record of one method's dev search: its plan, the cells added, what stopped it."""
+    return MethodSearch(layer_rule=plan.layer_rule, layers=[int(x) for x in plan.layers],
+                        strengths=[float(s) for s in plan.strengths], budget=int(plan.budget),
+                        cells_searched=len(plan.cells) + len(added), added_cells=added,
+                        stopped_by=stopped_by, bound_by=bound_by)
 
 
 def method_cells(rows: pd.DataFrame, params: StudyParams) -> pd.DataFrame:
@@ -179,13 +180,14 @@ def method_cells(rows: pd.DataFrame, params: StudyParams) -> pd.DataFrame:
 
 
 def extend_search(rows: pd.DataFrame, plan: SearchPlan, params: StudyParams, probe=None,
-                  generate=None) -> tuple[pd.DataFrame, dict]:
+                  generate=None) -> tuple[pd.DataFrame, MethodSearch]:
     """(the methods' dev rows with this method's grid grown where the rule asked for it, its
     `search_record`). `rows`: the methods grid rows (column `method`, the unsteered
     reference 'none'); `generate(method, cells)` makes dev rows; `probe(layer, s)`: dev
     capability under the method (lazily)."""
+    from .decisions import MethodPick
     from .metrics import SelectionRule, recommend, why_no_pick
-    from .sweep import _alpha_range
+    from .sweep import alpha_stop
 
     rule = SelectionRule.from_params(params.evaluation)
     added: list[dict] = []
@@ -193,9 +195,9 @@ def extend_search(rows: pd.DataFrame, plan: SearchPlan, params: StudyParams, pro
     while True:
         own = rows[rows["method"].isin([UNSTEERED, plan.method])]
         cells = method_cells(own, params).drop(columns="method")
-        pick = recommend(cells, rule, probe)
+        pick = recommend(cells, rule, probe, MethodPick)
         if (pick is None and not fixed and generate is not None and params.sweep.extend_alphas
-                and why_no_pick(cells, rule)["reason"] == "limits"):
+                and why_no_pick(cells, rule).reason == "limits"):
             # Every less toxic cell broke a limit: the grid starts too strong for this model.
             # It shrinks by halving below its weakest strength, at each of its layers, so
             # the rule (and the matched point) find the strength where the limits bind.
@@ -205,23 +207,23 @@ def extend_search(rows: pd.DataFrame, plan: SearchPlan, params: StudyParams, pro
                     method=plan.method)], ignore_index=True)
                 added += [{"layer": int(layer), "alpha": float(s)} for layer, s in weaker]
                 continue
-        state = _alpha_range({"recommendation": pick, "summary": cells}, rule, probe)
-        if state["stopped_by"] != "grid_edge" or fixed:
-            if fixed and state["stopped_by"] == "grid_edge":
-                state["stopped_by"] = "fixed_strength"
+        stopped_by, bound_by = alpha_stop(pick, cells, rule, probe)
+        if stopped_by != "grid_edge" or fixed:
+            if fixed and stopped_by == "grid_edge":
+                stopped_by = "fixed_strength"
             break
         if generate is None or not params.sweep.extend_alphas:
             break
-        layer, strength = state["layer"], 2.0 * state["alpha"]
+        layer, strength = pick.layer, 2.0 * pick.alpha
         stop = _allowed(strength, SearchPlan(plan.method, [layer], [], 0, "",
                                              plan.push_ratio), params)
         if stop is not None:
-            state["stopped_by"] = stop
+            stopped_by = stop
             break
         rows = pd.concat([rows, generate(plan.method, [(layer, strength)]).assign(
             method=plan.method)], ignore_index=True)
         added.append({"layer": int(layer), "alpha": float(strength)})
-    return rows, search_record(plan, state, added)
+    return rows, search_record(plan, stopped_by, bound_by, added)
 
 
 MAX_HALVINGS = 5  # a grid shrinks to 1/32 of its weakest planned strength at most

@@ -17,11 +17,21 @@ import re
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
+from .decisions import (
+    CellVerdict,
+    Check,
+    MethodPick,
+    NoPick,
+    PickShare,
+    Recommendation,
+    Stability,
+)
 from .power import LEVEL as CI_LEVEL
 from .power import draw_indices, percentile_interval
 from .stages import UNSTEERED_LAYER
@@ -341,18 +351,18 @@ class SelectionRule:
                    evaluation.max_distinct_drop, evaluation.max_empty_increase)
 
 
-def _check(value, limit, ok_when: str) -> dict:
+def _check(value, limit, ok_when: str) -> Check:
     value, limit = finite(value), finite(limit)
     if limit is None:  # no reference value to hold the cell to
-        return {"value": value, "limit": None, "ok": True}
+        return Check(value=value, limit=None, ok=True)
     if value is None:
-        return {"value": None, "limit": limit, "ok": False}
+        return Check(value=None, limit=limit, ok=False)
     ok = value <= limit if ok_when == "at_most" else value >= limit
-    return {"value": value, "limit": limit, "ok": bool(ok)}
+    return Check(value=value, limit=limit, ok=bool(ok))
 
 
-def capability_check(acc, reference_acc, rule: SelectionRule) -> dict | None:
-    """{value, limit, ok} of a cell's capability accuracy: at least the unsteered accuracy less
+def capability_check(acc, reference_acc, rule: SelectionRule) -> Check | None:
+    """The Check of a cell's capability accuracy: at least the unsteered accuracy less
     `max_capability_drop` points. None when either is not measured (capability task none, a
     cell without items): there is no limit to hold the cell to, so it breaks none."""
     acc, reference_acc = finite(acc), finite(reference_acc)
@@ -361,18 +371,19 @@ def capability_check(acc, reference_acc, rule: SelectionRule) -> dict | None:
     return _check(acc, reference_acc - rule.max_capability_drop / 100.0, "at_least")
 
 
-def fluency_checks(cell, reference, rule: SelectionRule) -> dict:
-    """{criterion: {value, limit, ok}} of one cell's fluency against its unsteered reference.
+def fluency_checks(cell, reference, rule: SelectionRule) -> dict[str, Check]:
+    """{criterion: Check} of one cell's fluency against its unsteered reference.
 
     Perplexity is always checked (a missing value fails: an unmeasured fluency cost is not
     a small one); distinct-2 and the empty rate where the cells carry them.
     """
     ref_ppl = float(reference["perplexity"])
-    checks = {"perplexity": _check(cell.get("perplexity"),
-                                   (1 + rule.max_perplexity_increase) * ref_ppl, "at_most")}
-    checks["perplexity"]["ok"] = checks["perplexity"]["value"] is not None and (
-        checks["perplexity"]["limit"] is None
-        or checks["perplexity"]["value"] <= checks["perplexity"]["limit"])
+    perplexity = _check(cell.get("perplexity"), (1 + rule.max_perplexity_increase) * ref_ppl,
+                        "at_most")
+    # Unlike the other limits, a perplexity with no reference to hold it to still needs a value.
+    perplexity.ok = perplexity.value is not None and (
+        perplexity.limit is None or perplexity.value <= perplexity.limit)
+    checks = {"perplexity": perplexity}
     if "distinct_2" in cell:
         checks["distinct_2"] = _check(cell["distinct_2"], (1 - rule.max_distinct_drop)
                                       * float(reference["distinct_2"]), "at_least")
@@ -407,9 +418,14 @@ def with_benign_fluency(cells: pd.DataFrame) -> pd.DataFrame:
     return challenging.assign(benign_perplexity=values)
 
 
+Pick = TypeVar("Pick", Recommendation, MethodPick)
+
+
 def recommend(cells: pd.DataFrame, rule: SelectionRule = SelectionRule(),
-              capability: Callable[[int, float], float] | None = None) -> dict | None:
-    """The least toxic steered cell within every limit of the rule, or None.
+              capability: Callable[[int, float], float] | None = None,
+              pick: type[Pick] = Recommendation) -> Pick | None:
+    """The least toxic steered cell within every limit of the rule, as `pick` (CAA's
+    `Recommendation`, a compared method's `MethodPick`), or None.
 
     `cells` are one subset's cell summaries including its alpha-0 reference (on dev,
     where the choice is made). Candidates that pass the fluency limits (perplexity,
@@ -443,39 +459,39 @@ def recommend(cells: pd.DataFrame, rule: SelectionRule = SelectionRule(),
         if not float(cell["mean_toxicity"]) < ref_tox:
             break
         checks = fluency_checks(cell, reference, rule)
-        if not all(check["ok"] for check in checks.values()) or degenerate_checks(cell,
-                                                                                  reference):
+        if not all(check.ok for check in checks.values()) or degenerate_checks(cell,
+                                                                               reference):
             continue
         tried += 1
         acc = finite(capability(int(cell["layer"]), float(cell["alpha"]))) if capability else None
         check = capability_check(acc, ref_acc, rule)
         if check is not None:
-            if not check["ok"]:
+            if not check.ok:
                 continue
             checks["capability_acc"] = check
         tox = float(cell["mean_toxicity"])
-        return {
-            "layer": int(cell["layer"]),
-            "alpha": float(cell["alpha"]),
-            "mean_toxicity": tox,
-            "reference_mean_toxicity": ref_tox,
-            "toxicity_reduction": (ref_tox - tox) / ref_tox if ref_tox > 0 else None,
-            "perplexity": finite(cell["perplexity"]),
-            "perplexity_increase": finite(float(cell["perplexity"]) / ref_ppl - 1.0),
-            "capability_acc": acc,
-            "reference_capability_acc": ref_acc,
-            "capability_drop_points": (None if acc is None or ref_acc is None
-                                       else (ref_acc - acc) * 100.0),
-            "checks": checks,
-            "candidates_tried": tried,
-        }
+        return pick(
+            layer=int(cell["layer"]),
+            alpha=float(cell["alpha"]),
+            mean_toxicity=tox,
+            reference_mean_toxicity=ref_tox,
+            toxicity_reduction=(ref_tox - tox) / ref_tox if ref_tox > 0 else None,
+            perplexity=finite(cell["perplexity"]),
+            perplexity_increase=finite(float(cell["perplexity"]) / ref_ppl - 1.0),
+            capability_acc=acc,
+            reference_capability_acc=ref_acc,
+            capability_drop_points=(None if acc is None or ref_acc is None
+                                    else (ref_acc - acc) * 100.0),
+            checks=checks,
+            candidates_tried=tried,
+        )
     return None
 
 
 def why_no_pick(cells: pd.DataFrame, rule: SelectionRule = SelectionRule(),
-                n_best: int = 3) -> dict:
-    """Why `recommend` picked nothing on these cells: {reason, reference_mean_toxicity,
-    best_cells}.
+                n_best: int = 3) -> NoPick:
+    """Why `recommend` picked nothing on these cells: the reason, the reference's mean
+    toxicity and the best cells (`CellVerdict`).
 
     reason: 'no_steered_cell', 'none_less_toxic' (no steered cell is less toxic than the
     unsteered one) or 'limits' (every less toxic cell broke a limit). best_cells: the
@@ -500,12 +516,12 @@ def why_no_pick(cells: pd.DataFrame, rule: SelectionRule = SelectionRule(),
         if check is not None:
             checks["capability_acc"] = check
         degenerate = degenerate_checks(cell, reference)
-        best.append({"layer": int(cell["layer"]), "alpha": float(cell["alpha"]),
-                     "mean_toxicity": float(cell["mean_toxicity"]), "checks": checks,
-                     "degenerate": degenerate,
-                     "failed": [name for name, c in checks.items() if not c["ok"]]
-                     + (["degenerate"] if degenerate else [])})
-    return {"reason": reason, "reference_mean_toxicity": ref_tox, "best_cells": best}
+        best.append(CellVerdict(layer=int(cell["layer"]), alpha=float(cell["alpha"]),
+                                mean_toxicity=float(cell["mean_toxicity"]), checks=checks,
+                                degenerate=degenerate,
+                                failed=[name for name, c in checks.items() if not c.ok]
+                                + (["degenerate"] if degenerate else [])))
+    return NoPick(reason=reason, reference_mean_toxicity=ref_tox, best_cells=best)
 
 
 def spearman(a, b) -> float:
@@ -582,17 +598,16 @@ def pick_stability(rows: pd.DataFrame, rule: SelectionRule = SelectionRule(),
                    capability: Callable[[int, float], float] | None = None,
                    n_resamples: int = 200, seed: int = 0,
                    candidates: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
-                   draw_scale: float = 1.0) -> dict:
-    """How often `recommend` picks the same cell when the dev prompts are resampled:
-    {n_resamples, chosen, cell_share, layer_share, no_pick_share, stable, alternatives}.
+                   draw_scale: float = 1.0) -> Stability:
+    """How often `recommend` picks the same cell when the dev prompts are resampled (its
+    `projections` are left empty: `sweep.stability_projections` makes them).
 
     `rows`: the dev grid's rows (both subsets where benign prompts are on dev; the rule's
     benign perplexity limit is applied as in the decision). Each resample draws the prompts
     of each subset with replacement, recomputes the cells the rule reads and re-applies the
     same rule (with the same `capability`, which depends on items, not prompts).
     `candidates` narrows the cells as the decision did (fixed layers). alternatives: every
-    cell picked in some resample, most often first ({layer, alpha, share}; layer None: no
-    pick).
+    cell picked in some resample, most often first (`PickShare`; layer None: no pick).
 
     `draw_scale` > 1 draws that many times the dev prompts per resample: a projection of the
     stability a dev set that much larger would have, if its prompts were like these (the
@@ -606,7 +621,7 @@ def pick_stability(rows: pd.DataFrame, rule: SelectionRule = SelectionRule(),
         if candidates is not None:
             cells = candidates(cells)
         pick = recommend(cells, rule, capability)
-        return None if pick is None else (pick["layer"], pick["alpha"])
+        return None if pick is None else (pick.layer, pick.alpha)
 
     codes, prompt_ids = _cell_codes(rows)
     full = {s: np.ones(len(ids)) for s, ids in prompt_ids.items()}
@@ -625,12 +640,12 @@ def pick_stability(rows: pd.DataFrame, rule: SelectionRule = SelectionRule(),
     cell_share = sum(p == chosen for p in picks) / n
     layer_share = sum(p is not None and chosen is not None and p[0] == chosen[0]
                       for p in picks) / n
-    return {
-        "n_resamples": int(n_resamples), "seed": int(seed), "draw_scale": float(draw_scale),
-        "chosen": None if chosen is None else {"layer": chosen[0], "alpha": chosen[1]},
-        "cell_share": float(cell_share), "layer_share": float(layer_share),
-        "no_pick_share": float(sum(p is None for p in picks) / n),
-        "stable": bool(cell_share >= STABLE_SHARE),
-        "alternatives": [{"layer": None if by_pick[k] is None else by_pick[k][0],
-                          "alpha": None if by_pick[k] is None else by_pick[k][1],
-                          "share": float(counts[k] / n)} for k in order]}
+    return Stability(
+        n_resamples=int(n_resamples), seed=int(seed), draw_scale=float(draw_scale),
+        chosen=None if chosen is None else {"layer": chosen[0], "alpha": chosen[1]},
+        cell_share=float(cell_share), layer_share=float(layer_share),
+        no_pick_share=float(sum(p is None for p in picks) / n),
+        stable=bool(cell_share >= STABLE_SHARE),
+        alternatives=[PickShare(layer=None if by_pick[k] is None else by_pick[k][0],
+                                alpha=None if by_pick[k] is None else by_pick[k][1],
+                                share=float(counts[k] / n)) for k in order])

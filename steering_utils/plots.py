@@ -146,7 +146,7 @@ DEGENERATE_LABEL = "degenerate output (not a toxicity win)"
 
 
 def _is_degenerate(table: pd.DataFrame) -> pd.Series:
-    """True where a cell's `degenerate` list (results.Degeneracy) is not empty."""
+    """True where a cell's `degenerate` list (decisions.Degeneracy) is not empty."""
     if "degenerate" not in table:
         return pd.Series(False, index=table.index)
     return table["degenerate"].map(lambda d: isinstance(d, list) and len(d) > 0)

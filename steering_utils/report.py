@@ -24,15 +24,13 @@ import pandas as pd
 from .artifacts import atomic_path, write_json
 from .claims import CRITERION_VERDICT
 from .continuations import CONTINUATIONS_FILE, browser_data, browser_json, write_continuations
+from .decisions import Degeneracy, NoPick, Recommendation
 from .hashing import digest
 from .results import (
     Cell,
     Confirmation,
     Control,
-    Degeneracy,
     ExperimentResults,
-    NoPick,
-    Recommendation,
     Rule,
 )
 from .stages import ALL_LAYERS, UNSTEERED_LAYER

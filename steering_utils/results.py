@@ -23,15 +23,28 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from . import claims, metrics
+from . import claims
 from .artifacts import write_json
 from .conditional import ConditionalSteering
-from .metrics import SelectionRule, finite
+from .decisions import (  # the dev decision's records (05 builds them; below this module)
+    AlphaRange,
+    Check,
+    Count,
+    Degenerate,
+    MethodLayer,
+    MethodPick,
+    MethodSearch,
+    NoPick,
+    Probability,
+    Recommendation,
+    Stability,
+    SteeredLayer,
+)
+from .decisions import Record as _Record
 from .params import MethodName
 from .power import Verdict
 from .specificity import Specificity
 from .stages import (
-    ALL_LAYERS,
     RESULTS_FILE,
     UNSTEERED_LAYER,
 )
@@ -39,33 +52,10 @@ from .stages import (
 SCHEMA_FILE = Path(__file__).parent / "schemas" / "experiment_results.schema.json"
 _MAX_ERRORS = 12
 
-Probability = Annotated[float, Field(ge=0, le=1)]
-Count = Annotated[int, Field(ge=0)]
 Layer = Annotated[int, Field(ge=UNSTEERED_LAYER, description=(
     f"{UNSTEERED_LAYER} marks unsteered (alpha 0) cells, shared by every layer"))]
-SteeredLayer = Annotated[int, Field(ge=0)]
 Subset = Literal["challenging", "benign"]
 Experiment = Literal["grid", "sweep", "control"]
-
-
-class _Record(BaseModel):
-    # NaN and inf cannot travel in JSON: a missing number is null.
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-
-class Degeneracy(_Record):
-    """One way a cell's output collapsed against the unsteered cell
-    (`metrics.degenerate_checks`): such a cell is never stated as a toxicity reduction."""
-
-    criterion: Literal["repetition_rate", "empty_rate", "distinct_2", "perplexity"]
-    value: float
-    limit: float = Field(description="repetition, empty rate, perplexity: above it is "
-                                     "degenerate; distinct-2: below it")
-
-
-Degenerate = Annotated[list[Degeneracy], Field(description=(
-    "empty: the output is text; else each criterion on which it collapsed (a loop in most "
-    "continuations, distinct-2 under half the unsteered, perplexity over 4x, half empty)"))]
 
 
 class Cell(_Record):
@@ -175,132 +165,6 @@ class Capability(_Record):
     chance: Probability
     n_items: Count
     cells: list[CapabilityCell]
-
-
-class Check(_Record):
-    value: float | None
-    limit: float | None
-    ok: bool
-
-
-class CellVerdict(_Record):
-    """One of the least toxic dev cells the rule turned down, with every criterion's check."""
-
-    layer: Annotated[int, Field(ge=ALL_LAYERS)]
-    alpha: float
-    mean_toxicity: Probability
-    checks: dict[str, Check]
-    degenerate: Degenerate
-    failed: list[str] = Field(description="criteria it broke (checks' keys, 'degenerate')")
-
-
-class NoPick(_Record):
-    """No cell qualified on dev: why (`metrics.why_no_pick`)."""
-
-    reason: Literal["no_steered_cell", "none_less_toxic", "limits"] = Field(description=(
-        "none_less_toxic: no steered cell is less toxic than unsteered; limits: every less "
-        "toxic cell broke a limit of the rule (best_cells say which)"))
-    reference_mean_toxicity: Probability
-    best_cells: list[CellVerdict] = Field(description="the least toxic cells below the "
-                                                      "reference, least toxic first")
-
-
-def no_pick(cells: pd.DataFrame, rule: SelectionRule) -> NoPick:
-    """Why the rule picked nothing on one subset's dev cells (with their alpha-0 cell)."""
-    return NoPick.model_validate(json_safe(metrics.why_no_pick(cells, rule)))
-
-
-def json_safe(value):
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [json_safe(v) for v in value]
-    if isinstance(value, float | np.floating):
-        return finite(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
-
-
-class _Pick(_Record):
-    """What `metrics.recommend` says of the cell it picked on a dev grid (dev numbers)."""
-
-    mean_toxicity: Probability
-    reference_mean_toxicity: Probability
-    toxicity_reduction: float | None
-    perplexity: float | None
-    perplexity_increase: float | None
-    capability_acc: Probability | None
-    reference_capability_acc: Probability | None
-    capability_drop_points: float | None
-    checks: dict[str, Check]
-    candidates_tried: Count
-
-
-class Recommendation(_Pick):
-    """The cell the rule chose on the dev grid (dev numbers; eval ones are the confirmation)."""
-
-    split: Literal["dev"] = "dev"
-    layer: SteeredLayer
-    alpha: float
-    holds_under_second_scorer: bool | None = None
-
-
-class PickShare(_Record):
-    """One cell the rule picked in some bootstrap resamples of the dev prompts."""
-
-    layer: SteeredLayer | None = Field(description="null: the rule picked nothing")
-    alpha: float | None
-    share: Probability
-
-
-class StabilityProjection(_Record):
-    """The pick's stability were the dev set `draw_scale` times as large."""
-
-    draw_scale: float
-    cell_share: Probability
-    layer_share: Probability
-
-
-class Stability(_Record):
-    """The dev pick re-decided on resamples of the dev prompts (`metrics.pick_stability`)."""
-
-    n_resamples: Count
-    seed: int
-    draw_scale: float = Field(1.0, description="prompts drawn per resample / dev prompts")
-    chosen: dict[str, float] | None = Field(description="{layer, alpha} of the full-dev pick")
-    cell_share: Probability = Field(description="resamples that pick the same cell")
-    layer_share: Probability = Field(description="resamples that pick the same layer")
-    no_pick_share: Probability
-    stable: bool = Field(description="cell_share >= 0.8")
-    alternatives: list[PickShare] = Field(description="every resample's pick, most often first")
-    projections: list[StabilityProjection] = Field(
-        default_factory=list, description="an unstable pick's stability on 2x, 4x, 8x as many "
-        "dev prompts like these (`sweep.stability_projections`; empty: stable)")
-
-
-class AlphaBound(_Record):
-    """The next alpha above the pick at its layer, and why the rule did not take it."""
-
-    alpha: float
-    mean_toxicity: Probability
-    failed: list[str] = Field(description="criteria it broke (empty: within them, more toxic)")
-    checks: dict[str, Check]
-
-
-class AlphaRange(_Record):
-    """What set the pick's alpha: a limit of the rule, or the grid (`sweep.decide_on_dev`)."""
-
-    layer: SteeredLayer | None
-    alpha: float | None
-    stopped_by: Literal["limit", "more_toxic", "max_grid_alpha", "max_relative_push",
-                        "grid_edge", "no_pick"] = Field(description=(
-        "limit / more_toxic: the rule chose alpha below the grid's edge; max_grid_alpha, "
-        "max_relative_push, grid_edge: the grid stopped before any limit bound"))
-    bound_by: AlphaBound | None
-    extension_enabled: bool
-    added_cells: list[dict[str, float]] = Field(description="dev cells the extension added")
-    max_grid_alpha: float
 
 
 class Confirmation(_Record):
@@ -434,10 +298,6 @@ class Rule(_Record):
     max_empty_increase: float
 
 
-MethodLayer = Annotated[int, Field(ge=ALL_LAYERS, description=(
-    f"{ALL_LAYERS}: the method edits every layer; {UNSTEERED_LAYER}: no edit (prompt)"))]
-
-
 class MethodEval(_Record):
     """One method's dev pick (or the unsteered reference) on the challenging eval prompts."""
 
@@ -482,31 +342,6 @@ class MethodCapability(_Record):
     drop_points_ci_hi: float | None
     p_bootstrap: Probability | None
     n_items: Count
-
-
-class MethodPick(_Pick):
-    """The cell the rule picked on the method's dev grid (dev numbers)."""
-
-    layer: MethodLayer
-    alpha: float = Field(description="the method's strength s")
-
-
-class MethodSearch(_Record):
-    """One method's dev search on CAA's budget (`matched.plan_search`, `extend_search`)."""
-
-    layer_rule: Literal["searched", "all_layers", "own_layers", "no_edit"] = Field(description=(
-        "searched: CAA's candidate layers (thinned to the budget); all_layers: one edit at "
-        "every layer; own_layers: the layers its vector exists at; no_edit: the prompt"))
-    layers: list[MethodLayer]
-    strengths: list[float] = Field(description="its strength grid before any extension")
-    budget: Count = Field(description="dev cells allowed (methods.dev_cells, else CAA's count)")
-    cells_searched: Count = Field(description="dev cells generated, extension included")
-    added_cells: list[dict[str, float]] = Field(description="cells the extension added")
-    stopped_by: Literal["limit", "more_toxic", "max_grid_alpha", "max_relative_push",
-                        "grid_edge", "no_pick", "fixed_strength"] = Field(description=(
-        "limit / more_toxic: the rule set the strength below the grid's edge; grid_edge: "
-        "extension off; fixed_strength: an on/off method; as sweep.decide_on_dev otherwise"))
-    bound_by: AlphaBound | None = None
 
 
 class Bracket(_Record):

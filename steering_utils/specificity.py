@@ -34,6 +34,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from .batching import map_batches
+from .decisions import DevSelection
 
 FAMILIES = ("isotropic", "covariance", "shuffled")
 MAX_TOKENS = 512
@@ -394,14 +395,14 @@ def measure_specificity(model, tokenizer, pairs: pd.DataFrame, caa: np.ndarray,
                                                        for f in families))
 
 
-def tested_alpha(selection: dict, params) -> float:
+def tested_alpha(selection: DevSelection, params) -> float:
     """The α the null is tested at: the dev pick's at the control layer, else the control's
     largest, else the sweep's largest."""
     from .sweep import control_alphas
 
-    pick = selection.get("recommendation")
-    if pick and pick["layer"] == selection["control_layer"]:
-        return float(pick["alpha"])
+    pick = selection.recommendation
+    if pick and pick.layer == selection.control_layer:
+        return float(pick.alpha)
     return float(max(control_alphas(params) or params.sweep.alphas))
 
 
@@ -411,8 +412,9 @@ def _generated_toxicity(rows: pd.DataFrame, alpha: float) -> float | None:
 
 
 def run_specificity(model, tokenizer, prompts: pd.DataFrame, baseline: pd.DataFrame,
-                    activations: dict, vectors, selection: dict, params, sweep: pd.DataFrame,
-                    control: pd.DataFrame, randoms: dict) -> Specificity | None:
+                    activations: dict, vectors, selection: DevSelection, params,
+                    sweep: pd.DataFrame, control: pd.DataFrame,
+                    randoms: dict) -> Specificity | None:
     """05's specificity test at the control layer and tested α (None when
     `specificity.probe_pairs` is 0, every family has 0 directions, or the dev split has no
     (toxic, clean) pair: one sample per prompt, say).
@@ -427,7 +429,7 @@ def run_specificity(model, tokenizer, prompts: pd.DataFrame, baseline: pd.DataFr
     counts = spec.null_directions.model_dump()
     if spec.probe_pairs == 0 or not any(counts.values()):
         return None
-    layer = int(selection["control_layer"])
+    layer = int(selection.control_layer)
     alpha = tested_alpha(selection, params)
     caa = vectors.directions[layer].double().numpy()
     nulls, rank = null_directions(activations["train_toxic"]["pooled"][:, layer].double().numpy(),

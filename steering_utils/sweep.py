@@ -15,6 +15,16 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
+from .decisions import (
+    AlphaBound,
+    AlphaRange,
+    AlphaStop,
+    DevSelection,
+    MethodPick,
+    Recommendation,
+    Stability,
+    StabilityProjection,
+)
 from .generation import make_jobs
 from .params import ParamsError, StudyParams, resolve_layers
 from .stages import RANDOM_PREFIX, UNSTEERED_LAYER
@@ -54,15 +64,15 @@ def _dev_jobs(prompts: pd.DataFrame, baseline: pd.DataFrame, params: StudyParams
     return jobs, reference[reference["sample"] < samples]
 
 
-def sweep_alphas(params: StudyParams, selection: dict | None = None) -> list[float]:
+def sweep_alphas(params: StudyParams, selection: DevSelection | None = None) -> list[float]:
     """The eval sweep's alphas: `sweep.alphas` and the dev pick's alpha (which the grown
     grid may have set beyond them), so eval can confirm the pick."""
-    rec = (selection or {}).get("recommendation")
-    return sorted({*map(float, params.sweep.alphas), *([rec["alpha"]] if rec else [])})
+    rec = selection.recommendation if selection is not None else None
+    return sorted({*map(float, params.sweep.alphas), *([rec.alpha] if rec else [])})
 
 
 def sweep_jobs(prompts: pd.DataFrame, baseline: pd.DataFrame, params: StudyParams,
-               layers: list[int], selection: dict | None = None
+               layers: list[int], selection: DevSelection | None = None
                ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(steered jobs of the alpha sweep on both eval subsets, their alpha-0 baseline rows)."""
     evaluation = prompts[prompts["split"] == "eval"]
@@ -209,8 +219,9 @@ def rank_layers(summary: pd.DataFrame, max_perplexity_increase: float) -> list[i
     return [int(layer) for layer in best.index] + [int(layer) for layer in rest]
 
 
-def select_on_dev(grid: pd.DataFrame, params: StudyParams, capability=None) -> dict:
-    """The dev decision: {recommendation (or None), chosen_layers, grid summary records}.
+def select_on_dev(grid: pd.DataFrame, params: StudyParams, capability=None) -> DevSelection:
+    """The dev decision: its recommendation (or None), chosen layers and control layer, with
+    the grid summary the rule read (in memory only).
 
     The recommendation rule runs on the dev grid's challenging cells (with the benign
     cells' perplexity held to the same limit where dev has benign prompts), with
@@ -230,11 +241,11 @@ def select_on_dev(grid: pd.DataFrame, params: StudyParams, capability=None) -> d
     else:
         ranked = rank_layers(summary, ev.max_perplexity_increase)
         if recommendation is not None:
-            ranked = [recommendation["layer"]] + [x for x in ranked
-                                                  if x != recommendation["layer"]]
+            ranked = [recommendation.layer] + [x for x in ranked
+                                               if x != recommendation.layer]
         chosen = ranked[: params.sweep.n_chosen]
-    return {"split": "dev", "recommendation": recommendation, "chosen_layers": chosen,
-            "control_layer": chosen[0], "summary": summary}
+    return DevSelection(recommendation=recommendation, chosen_layers=chosen,
+                        control_layer=chosen[0], summary=summary)
 
 
 def _candidates(cells: pd.DataFrame, params: StudyParams) -> pd.DataFrame:
@@ -245,7 +256,7 @@ def _candidates(cells: pd.DataFrame, params: StudyParams) -> pd.DataFrame:
 
 
 def decide_on_dev(grid: pd.DataFrame, params: StudyParams, capability=None, generate=None,
-                  push_ratio: dict | None = None) -> tuple[pd.DataFrame, dict]:
+                  push_ratio: dict | None = None) -> tuple[pd.DataFrame, DevSelection]:
     """(the dev grid, extended where the rule asked for it; the dev decision with its
     `alpha_range` and `stability` records).
 
@@ -269,78 +280,78 @@ def decide_on_dev(grid: pd.DataFrame, params: StudyParams, capability=None, gene
     selection = select_on_dev(grid, params, capability)
     added = []
     while True:
-        state = _alpha_range(selection, rule, capability)
-        if state["stopped_by"] != "grid_edge" or generate is None or not sweep.extend_alphas:
+        pick = selection.recommendation
+        stopped_by, bound_by = alpha_stop(pick, selection.summary, rule, capability)
+        if stopped_by != "grid_edge" or generate is None or not sweep.extend_alphas:
             break
-        layer, alpha = state["layer"], 2.0 * state["alpha"]
+        layer, alpha = pick.layer, 2.0 * pick.alpha
         if alpha > sweep.max_grid_alpha:
-            state["stopped_by"] = "max_grid_alpha"
+            stopped_by = "max_grid_alpha"
             break
         ratio = (push_ratio or {}).get(layer)
         if ratio is not None and not alpha * ratio <= sweep.max_relative_push:
-            state["stopped_by"] = "max_relative_push"
+            stopped_by = "max_relative_push"
             break
         grid = pd.concat([grid, generate([(layer, alpha)])], ignore_index=True)
         added.append({"layer": layer, "alpha": alpha})
         selection = select_on_dev(grid, params, capability)
-    selection["alpha_range"] = {**state, "extension_enabled": bool(sweep.extend_alphas),
-                                "added_cells": added, "max_grid_alpha": sweep.max_grid_alpha}
-    selection["stability"] = None
+    selection.alpha_range = AlphaRange(
+        layer=None if pick is None else pick.layer, alpha=None if pick is None else pick.alpha,
+        stopped_by=stopped_by, bound_by=bound_by, extension_enabled=bool(sweep.extend_alphas),
+        added_cells=added, max_grid_alpha=sweep.max_grid_alpha)
     if sweep.stability_resamples:
-        def stability(draw_scale: float) -> dict:
+        def stability(draw_scale: float) -> Stability:
             return pick_stability(grid, rule, capability, sweep.stability_resamples,
                                   params.seed, candidates=lambda cells: _candidates(cells, params),
                                   draw_scale=draw_scale)
 
-        selection["stability"] = stability(1.0)
-        selection["stability"]["projections"] = (
-            [] if selection["stability"]["stable"] else stability_projections(stability))
+        selection.stability = stability(1.0)
+        if not selection.stability.stable:
+            selection.stability.projections = stability_projections(stability)
     return grid, selection
 
 
 PROJECTED_DRAW_SCALES = (2.0, 4.0, 8.0)
 
 
-def stability_projections(stability: Callable[[float], dict]) -> list[dict]:
+def stability_projections(stability: Callable[[float], Stability]
+                          ) -> list[StabilityProjection]:
     """An unstable pick's stability were the dev set 2, 4 and 8 times larger (prompts like
-    these; `metrics.pick_stability`'s `draw_scale`): [{draw_scale, cell_share, layer_share}],
-    stopping at the first scale that reaches `metrics.STABLE_SHARE`. It answers "how many dev
-    prompts would make this decision stable?"; a tie between cells stays a coin flip at any
-    scale, and says so."""
+    these; `metrics.pick_stability`'s `draw_scale`), stopping at the first scale that
+    reaches `metrics.STABLE_SHARE`. It answers "how many dev prompts would make this decision
+    stable?"; a tie between cells stays a coin flip at any scale, and says so."""
     from .metrics import STABLE_SHARE
 
     out = []
     for scale in PROJECTED_DRAW_SCALES:
         st = stability(scale)
-        out.append({"draw_scale": scale, "cell_share": st["cell_share"],
-                    "layer_share": st["layer_share"]})
-        if st["cell_share"] >= STABLE_SHARE:
+        out.append(StabilityProjection(draw_scale=scale, cell_share=st.cell_share,
+                                       layer_share=st.layer_share))
+        if st.cell_share >= STABLE_SHARE:
             break
     return out
 
 
-def _alpha_range(selection: dict, rule, capability) -> dict:
-    """What stopped the pick's alpha: {layer, alpha, stopped_by, bound_by (the next alpha's
-    cell: its alpha and failed criteria) or None}."""
+def alpha_stop(pick: Recommendation | MethodPick | None, summary: pd.DataFrame, rule,
+               capability) -> tuple[AlphaStop, AlphaBound | None]:
+    """(what stopped the pick's alpha: no_pick, grid_edge, limit or more_toxic; the next
+    alpha's cell at the pick's layer, with the criteria it failed, or None). `summary`: the
+    cells `pick` was chosen among."""
     from .metrics import degenerate_checks, finite, fluency_checks
 
-    rec = selection["recommendation"]
-    if rec is None:
-        return {"layer": None, "alpha": None, "stopped_by": "no_pick", "bound_by": None}
-    summary = selection["summary"]
-    layer, alpha = rec["layer"], rec["alpha"]
+    if pick is None:
+        return "no_pick", None
+    layer, alpha = pick.layer, pick.alpha
     same = summary[(summary["layer"] == layer) & (summary["alpha"] != 0)]
     sign = 1.0 if alpha > 0 else -1.0
     beyond = same[same["alpha"] * sign > alpha * sign].sort_values(
         "alpha", key=lambda a: a * sign)
-    out = {"layer": int(layer), "alpha": float(alpha), "stopped_by": "grid_edge",
-           "bound_by": None}
     if beyond.empty:  # the pick is the layer's edge: only a larger alpha can bind
-        return out
+        return "grid_edge", None
     cell = beyond.iloc[0]
     reference = summary[summary["alpha"] == 0].mean(numeric_only=True)
     checks = fluency_checks(cell, reference, rule)
-    failed = [name for name, check in checks.items() if not check["ok"]]
+    failed = [name for name, check in checks.items() if not check.ok]
     if degenerate_checks(cell, reference):
         failed.append("degenerate")
     if not failed and capability is not None:
@@ -349,11 +360,9 @@ def _alpha_range(selection: dict, rule, capability) -> dict:
         if acc is not None and ref_acc is not None and \
                 acc < ref_acc - rule.max_capability_drop / 100.0:
             failed.append("capability_acc")
-    out["stopped_by"] = "limit" if failed else "more_toxic"
-    out["bound_by"] = {"alpha": float(cell["alpha"]), "mean_toxicity": float(cell["mean_toxicity"]),
-                       "failed": failed,
-                       "checks": {k: v for k, v in checks.items() if k in failed}}
-    return out
+    bound = AlphaBound(alpha=float(cell["alpha"]), mean_toxicity=float(cell["mean_toxicity"]),
+                       failed=failed, checks={k: v for k, v in checks.items() if k in failed})
+    return ("limit" if failed else "more_toxic"), bound
 
 
 def dev_generator(model, tokenizer, prompts: pd.DataFrame, baseline: pd.DataFrame,
@@ -411,9 +420,9 @@ def control_comparison(sweep: pd.DataFrame, control: pd.DataFrame, layer: int,
     return out
 
 
-def selection_record(selection: dict) -> dict:
-    """The JSON-able part of select_on_dev's result (the grid summary is recomputed later)."""
-    return {k: v for k, v in selection.items() if k != "summary"}
+def selection_record(selection: DevSelection) -> dict:
+    """selection.json: the dev decision as JSON (the grid summary is recomputed later)."""
+    return selection.model_dump(mode="json")
 
 
 def control_table(model, tokenizer, prompts: pd.DataFrame, baseline: pd.DataFrame, vectors,
@@ -431,7 +440,7 @@ def control_table(model, tokenizer, prompts: pd.DataFrame, baseline: pd.DataFram
     return randoms, with_reference(steered, reference, "control")
 
 
-def eval_capability_cells(selection: dict, params: StudyParams,
+def eval_capability_cells(selection: DevSelection, params: StudyParams,
                           randoms: dict) -> list[tuple[str, int, float]]:
     """(direction, layer, alpha) measured on eval items: unsteered, every sweep cell, and each
     random direction at the recommended alpha (else the largest control alpha)."""
@@ -439,16 +448,16 @@ def eval_capability_cells(selection: dict, params: StudyParams,
 
     cells = [(UNSTEERED, UNSTEERED_LAYER, 0.0)]
     cells += [(CAA, layer, alpha) for layer, alpha in steered_cells(
-        selection["chosen_layers"], sweep_alphas(params, selection))]
+        selection.chosen_layers, sweep_alphas(params, selection))]
     alphas = control_alphas(params)
     if randoms and alphas:
-        rec = selection["recommendation"]
-        alpha = rec["alpha"] if rec and rec["alpha"] in alphas else max(alphas)
-        cells += [(name, selection["control_layer"], alpha) for name in randoms]
+        rec = selection.recommendation
+        alpha = rec.alpha if rec and rec.alpha in alphas else max(alphas)
+        cells += [(name, selection.control_layer, alpha) for name in randoms]
     return cells
 
 
-def capability_table(model, tokenizer, items: dict, dev_probe, selection: dict,
+def capability_table(model, tokenizer, items: dict, dev_probe, selection: DevSelection,
                      params: StudyParams, directions: dict) -> pd.DataFrame:
     """Every capability measurement of 05_sweep: the dev cells the decision tried, then eval."""
     from .capability import CAPABILITY_COLUMNS, capability_rows

@@ -114,15 +114,15 @@ def test_eval_does_not_confirm_while_a_criterion_is_undecidable_at_this_n():
     # Capability within its 2-point limit (point drop 0.5), but on 40 items: undecidable.
     verdicts["capability"] = claims.capability_verdict(_capability(40, 200), 3, 1.0, rule, 500,
                                                        0)
-    out = _eval_confirmation({"layer": 3, "alpha": 1.0}, cells, rule, verdicts)
-    assert out["toxicity_reduced"] and out["checks"]["capability_acc"]["ok"]
+    out = _eval_confirmation((3, 1.0), cells, rule, verdicts)
+    assert out["toxicity_reduced"] and out["checks"]["capability_acc"].ok
     assert out["criteria"]["capability_acc"] == "undecidable"
     assert out["criteria"]["benign_perplexity"] == "pass"
     assert out["confirmed"] is False
     # The same with 2000 items: every criterion a decidable pass, confirmed.
     verdicts["capability"] = claims.capability_verdict(_capability(2000, 200), 3, 1.0, rule,
                                                        500, 0)
-    out = _eval_confirmation({"layer": 3, "alpha": 1.0}, cells, rule, verdicts)
+    out = _eval_confirmation((3, 1.0), cells, rule, verdicts)
     assert set(out["criteria"].values()) == {"pass"} and out["confirmed"] is True
 
 
@@ -131,8 +131,7 @@ def test_a_benign_perplexity_rise_over_the_limit_fails_and_says_so():
 
     rule = metrics.SelectionRule()
     verdicts = claims.eval_verdicts(_sweep(0.28), 3, 1.0, rule, 500, 0)
-    out = _eval_confirmation({"layer": 3, "alpha": 1.0}, _confirmation_cells(0.28), rule,
-                             verdicts)
+    out = _eval_confirmation((3, 1.0), _confirmation_cells(0.28), rule, verdicts)
     assert out["criteria"]["benign_perplexity"] == "fail" and not out["confirmed"]
     assert claims.criterion_status(True, verdicts["benign_perplexity"]) == "pass"
 

@@ -111,7 +111,7 @@ def test_each_method_is_picked_by_the_rule_on_its_own_cells():
     cells = cmp.method_cells(rows, params)
     assert set(cells["method"]) == {UNSTEERED, CAA, "prompt"}
     picks = cmp.select_methods(cells, params, {})
-    assert (picks[CAA]["layer"], picks[CAA]["alpha"]) == (4, 0.1)
+    assert (picks[CAA].layer, picks[CAA].alpha) == (4, 0.1)
     assert picks["prompt"] is None
 
 

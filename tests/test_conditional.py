@@ -11,6 +11,7 @@ from steering_utils import conditional as cond
 from steering_utils.activations import capture_activations
 from steering_utils.capability import capability_correct, item_prompts
 from steering_utils.comparison import build_interventions, strengths
+from steering_utils.decisions import MethodPick
 from steering_utils.gating import ConditionalIntervention, gate_rows, prompt_projections
 from steering_utils.generation import generate_completions, make_jobs
 from steering_utils.params import GenerationParams, ParamsError, compared_methods, parse_params
@@ -377,8 +378,16 @@ def test_end_to_end_gated_rows_are_the_unsteered_rows_and_passing_rows_caas(
     assert found.threshold == gate.threshold and found.cell_from == cond.METHOD
 
 
+def _pick(layer: int, alpha: float) -> MethodPick:
+    """A rule pick at (layer, alpha); its dev numbers do not enter the compared cell."""
+    return MethodPick(layer=layer, alpha=alpha, mean_toxicity=0.2, reference_mean_toxicity=0.4,
+                      toxicity_reduction=0.5, perplexity=10.0, perplexity_increase=0.1,
+                      capability_acc=None, reference_capability_acc=None,
+                      capability_drop_points=None, checks={}, candidates_tried=1)
+
+
 def test_the_compared_cell_is_a_dev_decision_the_rule_pick_then_the_matched_point():
-    caa_pick = {"layer": 6, "alpha": 2.0}
+    caa_pick = _pick(6, 2.0)
     matched = {"caa": {"status": "interpolated", "layer": 6, "strength": 0.34},
                cond.METHOD: {"status": "interpolated", "layer": 12, "strength": 0.7},
                "actadd": {"status": "no_front", "layer": None, "strength": None}}

@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from steering_utils import metrics
+from steering_utils.decisions import PickShare
 from steering_utils.stages import UNSTEERED_LAYER
 
 N_PROMPTS = 20
@@ -31,9 +32,9 @@ def test_a_clear_winner_is_picked_in_every_resample():
     rows = _grid(_cell(3, 1.0, np.linspace(0.05, 0.15, N_PROMPTS)),
                  _cell(6, 1.0, np.linspace(0.35, 0.45, N_PROMPTS)))
     out = metrics.pick_stability(rows, n_resamples=100, seed=1)
-    assert out["chosen"] == {"layer": 3, "alpha": 1.0}
-    assert out["cell_share"] == 1.0 and out["layer_share"] == 1.0 and out["stable"]
-    assert out["alternatives"] == [{"layer": 3, "alpha": 1.0, "share": 1.0}]
+    assert out.chosen == {"layer": 3, "alpha": 1.0}
+    assert out.cell_share == 1.0 and out.layer_share == 1.0 and out.stable
+    assert out.alternatives == [PickShare(layer=3, alpha=1.0, share=1.0)]
 
 
 def test_two_tied_cells_split_the_resamples_about_evenly():
@@ -42,11 +43,11 @@ def test_two_tied_cells_split_the_resamples_about_evenly():
     d = np.repeat(np.linspace(0.01, 0.1, N_PROMPTS // 2), 2) * np.tile([1, -1], N_PROMPTS // 2)
     rows = _grid(_cell(3, 1.0, 0.2 + d), _cell(6, 1.0, 0.2 - d))
     out = metrics.pick_stability(rows, n_resamples=400, seed=2)
-    shares = {a["layer"]: a["share"] for a in out["alternatives"]}
+    shares = {a.layer: a.share for a in out.alternatives}
     assert set(shares) == {3, 6} and sum(shares.values()) == pytest.approx(1.0)
     assert 0.4 < shares[3] < 0.6
-    assert out["cell_share"] == pytest.approx(shares[out["chosen"]["layer"]])
-    assert not out["stable"]
+    assert out.cell_share == pytest.approx(shares[out.chosen["layer"]])
+    assert not out.stable
 
 
 def test_a_cell_at_the_perplexity_limit_is_picked_about_half_the_time():
@@ -58,17 +59,17 @@ def test_a_cell_at_the_perplexity_limit_is_picked_about_half_the_time():
     rows = _grid(_cell(3, 2.0, 0.1, nll=1.0 + np.log(1.25) + spread),
                  _cell(3, 1.0, 0.3, nll=1.0))
     out = metrics.pick_stability(rows, n_resamples=400, seed=3)
-    shares = {(a["layer"], a["alpha"]): a["share"] for a in out["alternatives"]}
+    shares = {(a.layer, a.alpha): a.share for a in out.alternatives}
     assert set(shares) == {(3, 2.0), (3, 1.0)}
     assert 0.35 < shares[(3, 2.0)] < 0.65
-    assert out["layer_share"] == 1.0  # the layer is stable even though alpha is not
+    assert out.layer_share == 1.0  # the layer is stable even though alpha is not
 
 
 def test_no_cell_less_toxic_is_a_stable_no_pick():
     rows = _grid(_cell(3, 1.0, 0.7))
     out = metrics.pick_stability(rows, n_resamples=50, seed=4)
-    assert out["chosen"] is None and out["no_pick_share"] == 1.0 and out["cell_share"] == 1.0
-    assert out["alternatives"] == [{"layer": None, "alpha": None, "share": 1.0}]
+    assert out.chosen is None and out.no_pick_share == 1.0 and out.cell_share == 1.0
+    assert out.alternatives == [PickShare(layer=None, alpha=None, share=1.0)]
 
 
 def test_benign_perplexity_joins_the_rule():
@@ -84,18 +85,17 @@ def test_benign_perplexity_joins_the_rule():
     ruled = metrics.with_benign_fluency(cells)
     assert set(ruled["subset"]) == {"challenging"}
     pick = metrics.recommend(ruled)
-    assert (pick["layer"], pick["alpha"]) == (6, 1.0)
-    assert pick["checks"]["benign_perplexity"]["ok"]
+    assert (pick.layer, pick.alpha) == (6, 1.0)
+    assert pick.checks["benign_perplexity"].ok
     why = metrics.why_no_pick(ruled[ruled["layer"] != 6])
-    assert why["reason"] == "limits"
-    assert why["best_cells"][0]["failed"] == ["benign_perplexity"]
-    assert why["best_cells"][0]["checks"]["benign_perplexity"]["value"] == pytest.approx(
-        1.28 * np.e)
+    assert why.reason == "limits"
+    assert why.best_cells[0].failed == ["benign_perplexity"]
+    assert why.best_cells[0].checks["benign_perplexity"].value == pytest.approx(1.28 * np.e)
     # Without benign cells the rule is the challenging one alone: layer 3.
     assert metrics.recommend(metrics.with_benign_fluency(
-        cells[cells["subset"] == "challenging"]))["layer"] == 3
+        cells[cells["subset"] == "challenging"])).layer == 3
     out = metrics.pick_stability(rows, n_resamples=50, seed=5)
-    assert out["chosen"] == {"layer": 6, "alpha": 1.0} and out["cell_share"] == 1.0
+    assert out.chosen == {"layer": 6, "alpha": 1.0} and out.cell_share == 1.0
 
 
 def test_the_stability_pick_is_the_rules_pick_on_the_full_grid():
@@ -106,7 +106,7 @@ def test_the_stability_pick_is_the_rules_pick_on_the_full_grid():
     cells = metrics.summarize_cells(rows.assign(experiment="grid", split="dev"), n_boot=100)
     pick = metrics.recommend(metrics.with_benign_fluency(cells))
     out = metrics.pick_stability(rows, n_resamples=20, seed=6)
-    assert out["chosen"] == {"layer": pick["layer"], "alpha": pick["alpha"]}
+    assert out.chosen == {"layer": pick.layer, "alpha": pick.alpha}
 
 
 # --- the alpha range: the grid grows until a limit binds --------------------------------
@@ -150,31 +150,31 @@ def _decide(params, push_ratio=None):
 def test_the_grid_grows_until_the_perplexity_limit_binds():
     grid, selection, asked = _decide(_params())
     assert asked == [(4, 4.0), (4, 8.0)]
-    rec = selection["recommendation"]
-    assert (rec["layer"], rec["alpha"]) == (4, 4.0)  # not the initial grid's edge, 2
-    bound = selection["alpha_range"]
-    assert bound["stopped_by"] == "limit" and bound["bound_by"]["alpha"] == 8.0
-    assert bound["bound_by"]["failed"] == ["perplexity"]
-    assert bound["added_cells"] == [{"layer": 4, "alpha": 4.0}, {"layer": 4, "alpha": 8.0}]
+    rec = selection.recommendation
+    assert (rec.layer, rec.alpha) == (4, 4.0)  # not the initial grid's edge, 2
+    bound = selection.alpha_range
+    assert bound.stopped_by == "limit" and bound.bound_by.alpha == 8.0
+    assert bound.bound_by.failed == ["perplexity"]
+    assert bound.added_cells == [{"layer": 4, "alpha": 4.0}, {"layer": 4, "alpha": 8.0}]
     assert set(grid["alpha"]) == {0.0, 1.0, 2.0, 4.0, 8.0}
-    assert selection["stability"]["chosen"] == {"layer": 4, "alpha": 4.0}
-    assert selection["stability"]["cell_share"] == 1.0
+    assert selection.stability.chosen == {"layer": 4, "alpha": 4.0}
+    assert selection.stability.cell_share == 1.0
 
 
 def test_with_extension_off_the_grid_edge_is_reported_as_what_set_alpha():
     _, selection, asked = _decide(_params(extend_alphas=False))
-    assert asked == [] and selection["recommendation"]["alpha"] == 2.0
-    assert selection["alpha_range"]["stopped_by"] == "grid_edge"
+    assert asked == [] and selection.recommendation.alpha == 2.0
+    assert selection.alpha_range.stopped_by == "grid_edge"
 
 
 def test_the_extension_stops_at_max_grid_alpha_and_at_the_relative_push():
     _, selection, asked = _decide(_params(max_grid_alpha=4.0))
-    assert asked == [(4, 4.0)] and selection["recommendation"]["alpha"] == 4.0
-    assert selection["alpha_range"]["stopped_by"] == "max_grid_alpha"
+    assert asked == [(4, 4.0)] and selection.recommendation.alpha == 4.0
+    assert selection.alpha_range.stopped_by == "max_grid_alpha"
     # ||v||/||h|| = 0.3 at layer 4: alpha 8 would push 2.4 > sweep.max_relative_push 2.
     _, selection, asked = _decide(_params(max_relative_push=2.0), push_ratio={4: 0.3})
     assert asked == [(4, 4.0)]
-    assert selection["alpha_range"]["stopped_by"] == "max_relative_push"
+    assert selection.alpha_range.stopped_by == "max_relative_push"
 
 
 def test_a_pick_below_the_edge_names_the_limit_that_bound_it():
@@ -182,11 +182,11 @@ def test_a_pick_below_the_edge_names_the_limit_that_bound_it():
 
     grid = _world([(UNSTEERED_LAYER, 0.0), (4, 2.0), (4, 4.0), (4, 8.0)])
     _, selection = decide_on_dev(grid, _params(stability_resamples=0), None, None)
-    assert selection["recommendation"]["alpha"] == 4.0
-    assert selection["alpha_range"]["stopped_by"] == "limit"
-    check = selection["alpha_range"]["bound_by"]["checks"]["perplexity"]
-    assert check["value"] == pytest.approx(np.exp(1.4)) and not check["ok"]
-    assert selection["stability"] is None
+    assert selection.recommendation.alpha == 4.0
+    assert selection.alpha_range.stopped_by == "limit"
+    check = selection.alpha_range.bound_by.checks["perplexity"]
+    assert check.value == pytest.approx(np.exp(1.4)) and not check.ok
+    assert selection.stability is None
 
 
 # --- eval confirmation and the report ----------------------------------------------------
@@ -204,14 +204,14 @@ def test_eval_does_not_confirm_a_pick_whose_benign_perplexity_breaks_the_limit()
     cells = metrics.summarize_cells(rows, n_boot=200)
     cells["capability_acc"] = np.nan
     cells["degenerate"] = metrics.flag_degenerate(cells)
-    out = _eval_confirmation({"layer": 3, "alpha": 1.0}, cells, metrics.SelectionRule())
-    assert out["toxicity_reduced"] and out["checks"]["perplexity"]["ok"]
-    assert out["checks"]["benign_perplexity"] == {
+    out = _eval_confirmation((3, 1.0), cells, metrics.SelectionRule())
+    assert out["toxicity_reduced"] and out["checks"]["perplexity"].ok
+    assert out["checks"]["benign_perplexity"].model_dump() == {
         "value": pytest.approx(1.28 * np.e), "limit": pytest.approx(1.25 * np.e), "ok": False}
     assert out["confirmed"] is False
     # The same cells without the benign subset: confirmed (the benign check made the call).
-    alone = _eval_confirmation({"layer": 3, "alpha": 1.0},
-                               cells[cells["subset"] == "challenging"], metrics.SelectionRule())
+    alone = _eval_confirmation((3, 1.0), cells[cells["subset"] == "challenging"],
+                               metrics.SelectionRule())
     assert alone["confirmed"] is True and "benign_perplexity" not in alone["checks"]
 
 
@@ -298,11 +298,11 @@ def test_a_larger_projected_dev_set_steadies_a_close_call_but_not_a_tie():
     close = _grid(_cell(3, 1.0, 0.18 + noise), _cell(6, 1.0, 0.2 - noise))
     now = metrics.pick_stability(close, n_resamples=300, seed=7)
     larger = metrics.pick_stability(close, n_resamples=300, seed=7, draw_scale=8)
-    assert now["chosen"]["layer"] == 3 and larger["draw_scale"] == 8.0
-    assert now["cell_share"] < 0.8 < larger["cell_share"]
+    assert now.chosen["layer"] == 3 and larger.draw_scale == 8.0
+    assert now.cell_share < 0.8 < larger.cell_share
     tie = _grid(_cell(3, 1.0, 0.2 + noise), _cell(6, 1.0, 0.2 - noise))
     assert 0.35 < metrics.pick_stability(tie, n_resamples=300, seed=7,
-                                         draw_scale=8)["cell_share"] < 0.65
+                                         draw_scale=8).cell_share < 0.65
 
     # The sweep's projections: the close call settles at some scale and stops there; the
     # tie runs through every scale.
@@ -313,12 +313,12 @@ def test_a_larger_projected_dev_set_steadies_a_close_call_but_not_a_tie():
                                                     draw_scale=scale)
 
     settles = stability_projections(at(close))
-    assert settles[-1]["cell_share"] >= 0.8  # it settles, at 8x here ...
-    assert all(p["cell_share"] < 0.8 for p in settles[:-1])  # ... and stops there
-    assert [p["draw_scale"] for p in settles] == list(PROJECTED_DRAW_SCALES[:len(settles)])
+    assert settles[-1].cell_share >= 0.8  # it settles, at 8x here ...
+    assert all(p.cell_share < 0.8 for p in settles[:-1])  # ... and stops there
+    assert [p.draw_scale for p in settles] == list(PROJECTED_DRAW_SCALES[:len(settles)])
     ties = stability_projections(at(tie))
-    assert [p["draw_scale"] for p in ties] == list(PROJECTED_DRAW_SCALES)
-    assert all(p["cell_share"] < 0.8 for p in ties)
+    assert [p.draw_scale for p in ties] == list(PROJECTED_DRAW_SCALES)
+    assert all(p.cell_share < 0.8 for p in ties)
 
 
 def test_a_stable_no_pick_reads_as_such():

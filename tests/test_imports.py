@@ -20,7 +20,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent.parent / PACKAGE
 LAYERS: list[tuple[str, set[str]]] = [
     ("foundation", {"stages", "params", "hashing", "batching", "power", "extras"}),
     ("storage", {"artifacts", "sources", "notebooks", "runlock", "assets"}),
-    ("statistics", {"metrics", "claims"}),
+    ("statistics", {"decisions", "metrics", "claims"}),
     ("compute", {"data", "capability", "models", "steering", "interventions", "gating",
                  "generation", "vllm_engine", "vllm_hooks", "vllm_kernel", "engines", "rows",
                  "likelihood", "scoring", "activations", "contrasts", "vectors"}),

@@ -13,6 +13,7 @@ from steering_utils import comparison as cmp
 from steering_utils import goal as gl
 from steering_utils import interventions as iv
 from steering_utils import matched as mt
+from steering_utils.decisions import AlphaRange
 from steering_utils.params import ParamsError, parse_params
 from steering_utils.stages import ALL_LAYERS, CAA, UNSTEERED, UNSTEERED_LAYER
 from steering_utils.vectors import SteeringVectors
@@ -172,14 +173,14 @@ def test_the_strength_grid_extends_until_the_rules_limit_binds():
                       _generate("actadd", [(4, 0.5), (4, 1.0)])], ignore_index=True)
     plan = mt.SearchPlan("actadd", [4], [0.5, 1.0], 2, "searched")
     grown, record = mt.extend_search(rows, plan, params, None, _generate)
-    assert [c["alpha"] for c in record["added_cells"]] == [2.0, 4.0, 8.0]
-    assert record["stopped_by"] == "limit"
-    assert record["bound_by"]["alpha"] == 8.0 and "perplexity" in record["bound_by"]["failed"]
-    assert record["cells_searched"] == 5
+    assert [c["alpha"] for c in record.added_cells] == [2.0, 4.0, 8.0]
+    assert record.stopped_by == "limit"
+    assert record.bound_by.alpha == 8.0 and "perplexity" in record.bound_by.failed
+    assert record.cells_searched == 5
     assert set(grown.loc[grown["method"] == "actadd", "alpha"]) == {0.5, 1.0, 2.0, 4.0, 8.0}
     # The pick now sits inside the grid: the rule, not the grid's edge, set it.
     picks = cmp.select_methods(cmp.method_cells(grown, params), params, {})
-    assert picks["actadd"]["alpha"] == 4.0
+    assert picks["actadd"].alpha == 4.0
 
 
 def _steep(method, cells):
@@ -193,10 +194,10 @@ def test_a_grid_that_starts_too_strong_shrinks_until_the_rule_picks():
                       _steep("linear_act", [(ALL_LAYERS, 1.0)])], ignore_index=True)
     plan = mt.SearchPlan("linear_act", [ALL_LAYERS], [1.0], 1, "all_layers")
     grown, record = mt.extend_search(rows, plan, params, None, _steep)
-    assert [c["alpha"] for c in record["added_cells"]] == [0.5, 0.25, 0.125]
-    assert record["stopped_by"] == "limit" and record["bound_by"]["alpha"] == 0.25
+    assert [c["alpha"] for c in record.added_cells] == [0.5, 0.25, 0.125]
+    assert record.stopped_by == "limit" and record.bound_by.alpha == 0.25
     picks = cmp.select_methods(cmp.method_cells(grown, params), params, {})
-    assert picks["linear_act"]["alpha"] == 0.125
+    assert picks["linear_act"].alpha == 0.125
     # The matched point now lies between two real cells, not on a line from unsteered.
     point = mt.matched_point(cmp.method_cells(grown, params), "linear_act", 0.10)
     assert point["status"] == "interpolated"
@@ -213,9 +214,9 @@ def test_the_shrinking_stops_at_its_floor_and_only_where_a_limit_broke():
                       hopeless("ablation", [(ALL_LAYERS, 1.0)])], ignore_index=True)
     plan = mt.SearchPlan("ablation", [ALL_LAYERS], [1.0], 1, "all_layers")
     _, record = mt.extend_search(rows, plan, params, None, hopeless)
-    assert [c["alpha"] for c in record["added_cells"]] == [2.0 ** -k for k in
+    assert [c["alpha"] for c in record.added_cells] == [2.0 ** -k for k in
                                                           range(1, mt.MAX_HALVINGS + 1)]
-    assert record["stopped_by"] == "no_pick"
+    assert record.stopped_by == "no_pick"
 
     def more_toxic(method, cells):  # fluent, but never less toxic: nothing to shrink for
         return _rows({(method, layer, s): (0.9, 2.0) for layer, s in cells})
@@ -224,7 +225,7 @@ def test_the_shrinking_stops_at_its_floor_and_only_where_a_limit_broke():
                       more_toxic("ace", [(4, 1.0)])], ignore_index=True)
     _, record = mt.extend_search(rows, mt.SearchPlan("ace", [4], [1.0], 1, "searched"),
                                  params, None, more_toxic)
-    assert record["added_cells"] == [] and record["stopped_by"] == "no_pick"
+    assert record.added_cells == [] and record.stopped_by == "no_pick"
 
 
 def test_the_extension_stops_at_max_grid_alpha_and_says_so():
@@ -235,8 +236,8 @@ def test_the_extension_stops_at_max_grid_alpha_and_says_so():
                       _generate("actadd", [(4, 1.0)])], ignore_index=True)
     _, record = mt.extend_search(rows, mt.SearchPlan("actadd", [4], [1.0], 1, "searched"),
                                  params, None, _generate)
-    assert record["stopped_by"] == "max_grid_alpha"
-    assert [c["alpha"] for c in record["added_cells"]] == [2.0]
+    assert record.stopped_by == "max_grid_alpha"
+    assert [c["alpha"] for c in record.added_cells] == [2.0]
 
 
 def test_budget_params_are_validated():
@@ -368,9 +369,11 @@ def test_the_matched_flow_runs_on_a_tiny_model(tiny_qwen3, tiny_tokenizer, tmp_p
     rows, searches = cmp.search_methods(
         pd.concat([reused, steered], ignore_index=True), params, plans, {},
         cmp.method_generator(tiny_qwen3, tiny_tokenizer, prompts, params, interventions,
-                             scorers, tmp_path), {"stopped_by": "limit", "bound_by": None})
+                             scorers, tmp_path),
+        AlphaRange(layer=0, alpha=1.0, stopped_by="limit", bound_by=None, extension_enabled=True,
+                   added_cells=[], max_grid_alpha=params.sweep.max_grid_alpha))
     for method, record in searches.items():
-        assert record["cells_searched"] == len(plans[method].cells) + len(record["added_cells"])
+        assert record.cells_searched == len(plans[method].cells) + len(record.added_cells)
     cells = cmp.method_cells(rows, params)
     picks = cmp.select_methods(cells, params, {})
     matched = mt.matched_points(cells, list(interventions), 0.5, plans)

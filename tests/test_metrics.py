@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from steering_utils import metrics
+from steering_utils.decisions import Check, NoPick, Recommendation
 
 # 3 prompts x 2 samples. Per prompt (threshold 0.5; a score >= 0.5 is toxic, as in Gehman
 # et al. 2020):
@@ -209,24 +210,25 @@ CELLS = pd.DataFrame({
 
 def test_recommend_respects_limits():
     rec = metrics.recommend(CELLS)
-    assert (rec["layer"], rec["alpha"]) == (3, -4.0)
-    assert rec["mean_toxicity"] == pytest.approx(0.20)
-    assert rec["reference_mean_toxicity"] == pytest.approx(0.40)
-    assert rec["toxicity_reduction"] == pytest.approx(0.5)
-    assert rec["perplexity_increase"] == pytest.approx(0.24)
-    assert rec["capability_drop_points"] == pytest.approx(1.0)
-    assert rec["checks"]["perplexity"] == {"value": 12.4, "limit": 12.5, "ok": True}
-    assert "rule" not in rec  # its sentence is the report's (report.rule_text)
-    json.dumps(rec, allow_nan=False)
-    assert isinstance(rec["layer"], int) and isinstance(rec["alpha"], float)
+    assert isinstance(rec, Recommendation)
+    assert (rec.layer, rec.alpha) == (3, -4.0)
+    assert rec.mean_toxicity == pytest.approx(0.20)
+    assert rec.reference_mean_toxicity == pytest.approx(0.40)
+    assert rec.toxicity_reduction == pytest.approx(0.5)
+    assert rec.perplexity_increase == pytest.approx(0.24)
+    assert rec.capability_drop_points == pytest.approx(1.0)
+    assert rec.checks["perplexity"] == Check(value=12.4, limit=12.5, ok=True)
+    assert "rule" not in rec.model_dump()  # its sentence is the report's (report.rule_text)
+    json.dumps(rec.model_dump(), allow_nan=False)
+    assert isinstance(rec.layer, int) and isinstance(rec.alpha, float)
     # Looser capability limit lets (5,-4) in; looser perplexity limit lets (3,-8) in.
     rule = metrics.SelectionRule
-    assert metrics.recommend(CELLS, rule(max_capability_drop=6.0))["layer"] == 5
+    assert metrics.recommend(CELLS, rule(max_capability_drop=6.0)).layer == 5
     assert metrics.recommend(CELLS, rule(max_perplexity_increase=1.0,
-                                         max_capability_drop=30.0))["alpha"] == -8.0
+                                         max_capability_drop=30.0)).alpha == -8.0
     # Without a capability column the capability check is skipped.
     rec = metrics.recommend(CELLS.drop(columns="capability_acc"))
-    assert (rec["layer"], rec["alpha"]) == (5, -4.0) and rec["capability_acc"] is None
+    assert (rec.layer, rec.alpha) == (5, -4.0) and rec.capability_acc is None
 
 
 def test_recommend_holds_distinct_and_empty_rate_to_their_limits():
@@ -234,10 +236,10 @@ def test_recommend_holds_distinct_and_empty_rate_to_their_limits():
         distinct_2=[0.80, 0.80, 0.80, 0.80, 0.70],  # (5,-4) loses 12.5% of its diversity
         empty_rate=[0.00, 0.00, 0.10, 0.00, 0.00])  # (3,-4) goes silent 10% of the time
     rec = metrics.recommend(cells)
-    assert (rec["layer"], rec["alpha"]) == (3, -2.0)
-    assert metrics.recommend(cells, metrics.SelectionRule(max_distinct_drop=0.2))["layer"] == 5
+    assert (rec.layer, rec.alpha) == (3, -2.0)
+    assert metrics.recommend(cells, metrics.SelectionRule(max_distinct_drop=0.2)).layer == 5
     loose = metrics.SelectionRule(max_distinct_drop=0.2, max_empty_increase=0.2)
-    assert metrics.recommend(cells, loose)["layer"] == 5  # (5,-4) is less toxic than (3,-4)
+    assert metrics.recommend(cells, loose).layer == 5  # (5,-4) is less toxic than (3,-4)
 
 
 def test_recommend_measures_capability_only_for_the_cells_it_tries():
@@ -248,7 +250,7 @@ def test_recommend_measures_capability_only_for_the_cells_it_tries():
         return {(-1, 0.0): 0.60, (5, -4.0): 0.50}.get((layer, alpha), 0.60)
 
     rec = metrics.recommend(CELLS.drop(columns="capability_acc"), capability=capability)
-    assert (rec["layer"], rec["alpha"]) == (3, -4.0)
+    assert (rec.layer, rec.alpha) == (3, -4.0)
     assert asked == [(-1, 0.0), (5, -4.0), (3, -4.0)]  # (3,-8) fails perplexity first
 
 
@@ -292,9 +294,9 @@ def test_a_repetition_blow_up_is_flagged_degenerate_and_never_picked():
     assert flags.iloc[0] == [] and flags.iloc[2] == []
     assert flags.iloc[1] == [{"criterion": "repetition_rate", "value": 0.9, "limit": 0.5}]
     pick = metrics.recommend(DEGENERATE_CELLS)
-    assert (pick["layer"], pick["alpha"]) == (5, 4.0)  # the loop is not the win
+    assert (pick.layer, pick.alpha) == (5, 4.0)  # the loop is not the win
     why = metrics.why_no_pick(DEGENERATE_CELLS[DEGENERATE_CELLS["layer"] != 5])
-    assert why["reason"] == "limits" and why["best_cells"][0]["failed"] == ["degenerate"]
+    assert why.reason == "limits" and why.best_cells[0].failed == ["degenerate"]
 
 
 @pytest.mark.parametrize("column, value, criterion", [
@@ -314,14 +316,14 @@ def test_a_character_loop_is_repetitive_though_it_is_one_word():
 
 def test_why_no_pick_names_the_criteria_the_least_toxic_cells_broke():
     why = metrics.why_no_pick(CELLS, metrics.SelectionRule(max_perplexity_increase=0.05))
-    assert why["reason"] == "limits" and why["reference_mean_toxicity"] == 0.40
-    best = why["best_cells"]
-    assert [(c["layer"], c["alpha"]) for c in best] == [(3, -8.0), (5, -4.0), (3, -4.0)]
-    assert best[0]["failed"] == ["perplexity", "capability_acc"]
-    assert best[0]["checks"]["perplexity"] == {"value": 20.0, "limit": 10.5, "ok": False}
+    assert why.reason == "limits" and why.reference_mean_toxicity == 0.40
+    best = why.best_cells
+    assert [(c.layer, c.alpha) for c in best] == [(3, -8.0), (5, -4.0), (3, -4.0)]
+    assert best[0].failed == ["perplexity", "capability_acc"]
+    assert best[0].checks["perplexity"] == Check(value=20.0, limit=10.5, ok=False)
     worse = CELLS.assign(mean_toxicity=[0.1, 0.3, 0.2, 0.5, 0.4])
-    assert metrics.why_no_pick(worse) == {"reason": "none_less_toxic",
-                                          "reference_mean_toxicity": 0.1, "best_cells": []}
+    assert metrics.why_no_pick(worse) == NoPick(reason="none_less_toxic",
+                                                reference_mean_toxicity=0.1, best_cells=[])
 
 
 def test_one_capability_limit_for_the_pick_its_no_pick_reasons_and_its_eval_check():
@@ -331,26 +333,26 @@ def test_one_capability_limit_for_the_pick_its_no_pick_reasons_and_its_eval_chec
     from steering_utils.assembly import _eval_confirmation
 
     rule = metrics.SelectionRule()
-    assert metrics.capability_check(0.55, 0.60, rule) == {"value": 0.55, "limit": 0.58,
-                                                          "ok": False}
+    assert metrics.capability_check(0.55, 0.60, rule) == Check(value=0.55, limit=0.58,
+                                                               ok=False)
     assert metrics.capability_check(float("nan"), 0.60, rule) is None
     assert metrics.capability_check(0.55, None, rule) is None
     lenient = metrics.SelectionRule(max_perplexity_increase=0.5)
     only = CELLS[CELLS["layer"] != 3]  # the reference and (5,-4)
     assert metrics.recommend(only, lenient) is None  # capability is the only limit it breaks
-    assert metrics.why_no_pick(only, lenient)["best_cells"][0]["failed"] == ["capability_acc"]
+    assert metrics.why_no_pick(only, lenient).best_cells[0].failed == ["capability_acc"]
     rows = only.assign(experiment="sweep", empty_rate=0.0, distinct_2=0.9,
                        delta_mean_toxicity_ci_hi=-0.1, degenerate=[[], []])
     for name in ("mean_toxicity_ci_lo", "mean_toxicity_ci_hi", "delta_mean_toxicity",
                  "delta_mean_toxicity_ci_lo", "p_bootstrap"):
         rows[name] = 0.0
-    confirmation = _eval_confirmation({"layer": 5, "alpha": -4.0}, rows, lenient)
-    assert confirmation["checks"]["capability_acc"]["ok"] is False
+    confirmation = _eval_confirmation((5, -4.0), rows, lenient)
+    assert confirmation["checks"]["capability_acc"].ok is False
     assert confirmation["confirmed"] is False
     unmeasured = only.assign(capability_acc=float("nan"))
     rec = metrics.recommend(unmeasured, lenient)
-    assert (rec["layer"], rec["alpha"]) == (5, -4.0) and "capability_acc" not in rec["checks"]
-    assert metrics.why_no_pick(unmeasured, lenient)["best_cells"][0]["failed"] == []
-    confirmation = _eval_confirmation({"layer": 5, "alpha": -4.0},
-                                      rows.assign(capability_acc=float("nan")), lenient)
+    assert (rec.layer, rec.alpha) == (5, -4.0) and "capability_acc" not in rec.checks
+    assert metrics.why_no_pick(unmeasured, lenient).best_cells[0].failed == []
+    confirmation = _eval_confirmation((5, -4.0), rows.assign(capability_acc=float("nan")),
+                                      lenient)
     assert "capability_acc" not in confirmation["checks"] and confirmation["confirmed"]

@@ -63,12 +63,12 @@ def test_selection_uses_dev_capability_lazily_and_skips_failing_cells():
         return {(-1, 0.0): 0.60, (4, 2.0): 0.40, (8, 2.0): 0.58}.get((layer, alpha), 0.6)
 
     selection = select_on_dev(grid, params, capability)
-    rec = selection["recommendation"]
+    rec = selection.recommendation
     # The least toxic cell (layer 4, alpha 2) loses 20 points on dev: the next one wins.
-    assert (rec["layer"], rec["alpha"]) == (8, 2.0)
+    assert (rec.layer, rec.alpha) == (8, 2.0)
     assert asked == [(-1, 0.0), (4, 2.0), (8, 2.0)]  # cells after the winner never measured
-    assert rec["checks"]["capability_acc"]["ok"] and rec["candidates_tried"] == 2
-    assert selection["chosen_layers"][0] == 8 and selection["split"] == "dev"
+    assert rec.checks["capability_acc"].ok and rec.candidates_tried == 2
+    assert selection.chosen_layers[0] == 8 and selection.split == "dev"
 
 
 def test_selection_rejects_empty_and_degenerate_output():
@@ -78,8 +78,8 @@ def test_selection_rejects_empty_and_degenerate_output():
     loops = _grid_rows({(8, 2.0): [0.01] * 6}, completion="the the the the the the the")
     loops["completion"] = "the the the the the the the"
     selection = select_on_dev(pd.concat([base, empty, loops]), params)
-    rec = selection["recommendation"]
-    assert (rec["layer"], rec["alpha"]) == (4, 1.0)
+    rec = selection.recommendation
+    assert (rec.layer, rec.alpha) == (4, 1.0)
 
 
 def test_random_directions_have_the_caa_norm_at_one_layer_only():
