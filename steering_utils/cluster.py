@@ -58,8 +58,11 @@ class ShardWorker:
         from .params import apply_environment
         from .scoring import load_scorers
 
-        apply_environment(params)  # workers of a running cluster do not inherit the driver's
-        torch.set_num_threads(params.execution.cpus_per_worker)
+        # Workers of a running cluster do not inherit the driver's environment; their torch
+        # threads are the notebook's (execution.torch_threads) where set, so a shard rounds
+        # as it would have in the notebook.
+        torch.set_num_threads(params.execution.torch_threads or params.execution.cpus_per_worker)
+        apply_environment(params)
         self.model, self.tokenizer = load_model(params.model)
         self.scorers = load_scorers(params.scorer)
         make_engine(params).load(self.model)  # vLLM: this worker's engine, kept for its life

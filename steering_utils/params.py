@@ -455,7 +455,12 @@ class ExecutionParams(_Strict):
     workers: int = Field(1, ge=1, description="ray only: actors, each holding the model once")
     gpus_per_worker: float = Field(0, ge=0, description="ray only: GPUs each actor reserves")
     cpus_per_worker: int = Field(1, ge=1, description="ray only: CPUs each actor reserves; "
-                                 "also its torch threads")
+                                 "also its torch threads unless torch_threads is set")
+    torch_threads: int | None = Field(
+        None, ge=1, description="torch CPU threads in the notebook and in every Ray actor "
+        "(null: the notebook keeps torch's default, an actor uses cpus_per_worker). A CPU "
+        "matmul rounds by its thread count: set it where a run's bits must not depend on "
+        "where its shards ran (params/smoke.yaml: 2)")
     max_retries: int = Field(3, ge=0, description="ray only: restarts of a dead actor, and "
                              "retries of the shard group it held")
 
@@ -883,8 +888,13 @@ def resolve_layers(layers: Literal["all"] | list[int], stride: int, n_layers: in
 
 
 def apply_environment(params: StudyParams) -> None:
-    """Make offline params never touch the network (set before hub libraries load)."""
+    """Make offline params never touch the network (set before hub libraries load), and
+    give torch `execution.torch_threads` CPU threads where set."""
     if params.hf_hub_offline:
         os.environ["HF_HUB_OFFLINE"] = "1"
         os.environ["HF_DATASETS_OFFLINE"] = "1"
         os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    if params.execution.torch_threads is not None:
+        import torch
+
+        torch.set_num_threads(params.execution.torch_threads)

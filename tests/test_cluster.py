@@ -197,18 +197,7 @@ def ray_run(tmp_path_factory):
     return work, stdout, killed, seconds
 
 
-# A known defect (2026-12-04): generation on a Ray worker (1 torch thread) and in the notebook
-# (2 threads) rounds logits differently, and one of the smoke chain's 40 method-eval rows
-# (CAA's matched point on a benign prompt) samples another token. Not fixed by grouping
-# shards as the local run does (tried). Fix: the same thread count for generation in both,
-# or compare with that rounding allowed; the test stays, expected to fail until then.
-RAY_ROUNDING = pytest.mark.xfail(
-    strict=False, reason="Ray (1 thread) and local (2 threads) generation round differently: "
-    "1 of 40 method-eval continuations flips (see the comment above)")
-
-
 @pytest.mark.slow
-@RAY_ROUNDING
 def test_the_chain_on_ray_equals_the_local_run_though_a_worker_died(ray_run, smoke_run):
     work, stdout, killed, _ = ray_run
     assert len(killed) == 1, "no Ray worker was caught computing during the sweep"
@@ -227,7 +216,6 @@ def test_the_chain_on_ray_equals_the_local_run_though_a_worker_died(ray_run, smo
 
 
 @pytest.mark.slow
-@RAY_ROUNDING
 def test_a_killed_driver_resumes_from_the_shards_that_landed(ray_run, smoke_run, tmp_path):
     """Stages 01-04 and the baseline's shard from the local run (keys hold no `execution`),
     then the sweep on Ray: the runner, its kernel and its Ray cluster are killed once some
