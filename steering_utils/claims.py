@@ -28,7 +28,14 @@ import numpy as np
 import pandas as pd
 
 from .decisions import Check, DevSelection
-from .metrics import SelectionRule, finite, is_empty
+from .metrics import (
+    SelectionRule,
+    finite,
+    is_empty,
+    recommend,
+    summarize_cells,
+    with_benign_fluency,
+)
 from .power import Verdict, rank_verdict, verdict
 from .stages import CAA, UNSTEERED
 
@@ -131,9 +138,16 @@ def control_verdict(sweep: pd.DataFrame, control: pd.DataFrame, layer: int, alph
 
 
 def layer_verdict(grid: pd.DataFrame, layer: int, alpha: float | None, n_boot: int,
-                  seed: int) -> Verdict | None:
-    """The chosen layer's dev cell (at `alpha`, else its least toxic) vs the least toxic dev
-    cell of any other layer, paired by challenging dev prompt; None with one layer."""
+                  seed: int, rule: SelectionRule | None = None,
+                  toxic_threshold: float = 0.5) -> Verdict | None:
+    """The chosen layer's dev cell (at `alpha`, else its least toxic) vs the next best layer's,
+    paired by challenging dev prompt; None with one layer.
+
+    With `rule`, the next best is the cell the rule would have picked without the chosen
+    layer (within its limits, benign perplexity included; capability, measured per cell
+    in 05, aside): the comparison that chose the layer. Without it, or when no other layer
+    has a cell within the limits (said in the claim), the least toxic cell of any other
+    layer."""
     rows = grid[(grid["subset"] == "challenging") & (grid["alpha"] != 0)]
     means = rows.groupby(["layer", "alpha"])["toxicity"].mean()
     if means.empty or layer not in means.index.get_level_values(0):
@@ -144,8 +158,18 @@ def layer_verdict(grid: pd.DataFrame, layer: int, alpha: float | None, n_boot: i
     if others.empty:
         return None
     other_layer, other_alpha = others.idxmin()
+    which = "the next best"
+    if rule is not None:
+        summary = with_benign_fluency(summarize_cells(grid[grid["layer"] != layer],
+                                                      toxic_threshold, 20, seed))
+        runner_up = recommend(summary, rule)
+        if runner_up is not None:
+            other_layer, other_alpha = runner_up.layer, runner_up.alpha
+            which = "the next best within the rule's limits"
+        else:
+            which = "no other layer within the rule's limits: its least toxic cell"
     return verdict(f"layer {layer} (α = {alpha:g}) vs layer {int(other_layer)} "
-                   f"(α = {float(other_alpha):g}), the next best, dev", "mean toxicity",
+                   f"(α = {float(other_alpha):g}), {which}, dev", "mean toxicity",
                    paired_differences(_cell_rows(rows, "challenging", layer, alpha),
                                       _cell_rows(rows, "challenging", int(other_layer),
                                                  float(other_alpha)), "toxicity"),
@@ -236,7 +260,8 @@ def claim_verdicts(params, selection: DevSelection, chosen: list[int], grid: pd.
     ordered += specificity_verdicts(specificity)
     rec = selection.recommendation
     found = layer_verdict(grid, int(rec.layer) if rec else int(chosen[0]),
-                          finite(rec.alpha) if rec else None, n_boot, seed)
+                          finite(rec.alpha) if rec else None, n_boot, seed, rule,
+                          ev.toxic_threshold)
     ordered += [found] if found is not None else []
     if methods_eval is not None:
         ordered += method_verdicts(methods_eval, n_boot, seed)

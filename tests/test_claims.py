@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from steering_utils import claims, metrics, power
+from steering_utils.metrics import SelectionRule
 from steering_utils.stages import UNSTEERED_LAYER
 
 N = 60
@@ -182,6 +183,17 @@ def test_the_layer_verdict_compares_the_chosen_layer_with_the_next_best():
     assert "layer 3 (α = 1) vs layer 5 (α = 1)" in v.claim
     assert v.estimate == pytest.approx(0.2) and v.shown
     assert claims.layer_verdict(grid[grid["layer"] != 5], 3, 1.0, 300, 0) is None
+    # With the rule: layer 5's least toxic cell breaks the perplexity limit (+25%), so the
+    # cell that chose layer 3 over it is layer 5's next one within the limits.
+    wrecked = pd.concat([grid[grid["layer"] != 5], _rows(5, 1.0, base - 0.3, 3.0, samples=1),
+                         _rows(5, 2.0, base - 0.05, 2.0, samples=1)], ignore_index=True)
+    rule = SelectionRule()
+    v = claims.layer_verdict(wrecked, 3, 1.0, 300, 0, rule)
+    assert "vs layer 5 (α = 2), the next best within the rule's limits" in v.claim
+    assert v.estimate == pytest.approx(-0.05) and v.shown
+    none_within = wrecked[~((wrecked["layer"] == 5) & (wrecked["alpha"] == 2.0))]
+    v = claims.layer_verdict(none_within, 3, 1.0, 300, 0, rule)
+    assert "vs layer 5 (α = 1), no other layer within the rule's limits" in v.claim
 
 
 # --- a real run (the session's smoke run; never run again here) --------------------------
