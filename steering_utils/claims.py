@@ -139,13 +139,14 @@ def control_verdict(sweep: pd.DataFrame, control: pd.DataFrame, layer: int, alph
 
 def layer_verdict(grid: pd.DataFrame, layer: int, alpha: float | None, n_boot: int,
                   seed: int, rule: SelectionRule | None = None,
-                  toxic_threshold: float = 0.5) -> Verdict | None:
+                  toxic_threshold: float = 0.5, capability=None) -> Verdict | None:
     """The chosen layer's dev cell (at `alpha`, else its least toxic) vs the next best layer's,
     paired by challenging dev prompt; None with one layer.
 
     With `rule`, the next best is the cell the rule would have picked without the chosen
-    layer (within its limits, benign perplexity included; capability, measured per cell
-    in 05, aside): the comparison that chose the layer. Without it, or when no other layer
+    layer (within its limits, benign perplexity included, and capability where
+    `capability(layer, alpha)` gives the dev accuracy 05 measured for the cell, NaN where
+    it measured none): the comparison that chose the layer. Without it, or when no other layer
     has a cell within the limits (said in the claim), the least toxic cell of any other
     layer."""
     rows = grid[(grid["subset"] == "challenging") & (grid["alpha"] != 0)]
@@ -162,7 +163,7 @@ def layer_verdict(grid: pd.DataFrame, layer: int, alpha: float | None, n_boot: i
     if rule is not None:
         summary = with_benign_fluency(summarize_cells(grid[grid["layer"] != layer],
                                                       toxic_threshold, 20, seed))
-        runner_up = recommend(summary, rule)
+        runner_up = recommend(summary, rule, capability)
         if runner_up is not None:
             other_layer, other_alpha = runner_up.layer, runner_up.alpha
             which = "the next best within the rule's limits"
@@ -174,6 +175,24 @@ def layer_verdict(grid: pd.DataFrame, layer: int, alpha: float | None, n_boot: i
                                       _cell_rows(rows, "challenging", int(other_layer),
                                                  float(other_alpha)), "toxicity"),
                    "prompts", "either", n_boot, seed).model_copy(update={"name": "layer"})
+
+
+def dev_capability(capability: pd.DataFrame | None):
+    """(layer, alpha) -> the dev accuracy 05 measured for CAA's cell (the unsteered one at
+    alpha 0), NaN where it measured none; None without capability rows."""
+    if capability is None or capability.empty or "split" not in capability:
+        return None
+    dev = capability[(capability["split"] == "dev")
+                     & capability["direction"].isin([CAA, UNSTEERED])]
+    acc = dev.groupby(["layer", "alpha"])["correct"].mean()
+
+    def measured(layer: int, alpha: float) -> float:
+        if alpha == 0:
+            found = acc[acc.index.get_level_values("alpha") == 0]
+            return float(found.iloc[0]) if len(found) else math.nan
+        return float(acc.get((layer, alpha), math.nan))
+
+    return measured
 
 
 def method_verdicts(methods_eval: pd.DataFrame, n_boot: int, seed: int) -> list[Verdict]:
@@ -261,7 +280,7 @@ def claim_verdicts(params, selection: DevSelection, chosen: list[int], grid: pd.
     rec = selection.recommendation
     found = layer_verdict(grid, int(rec.layer) if rec else int(chosen[0]),
                           finite(rec.alpha) if rec else None, n_boot, seed, rule,
-                          ev.toxic_threshold)
+                          ev.toxic_threshold, dev_capability(capability))
     ordered += [found] if found is not None else []
     if methods_eval is not None:
         ordered += method_verdicts(methods_eval, n_boot, seed)
