@@ -166,9 +166,9 @@ def layer_verdict(grid: pd.DataFrame, layer: int, alpha: float | None, n_boot: i
         runner_up = recommend(summary, rule, capability)
         if runner_up is not None:
             other_layer, other_alpha = runner_up.layer, runner_up.alpha
-            which = "the next best within the rule's limits"
+            which = "the next best within the limits of the rule"
         else:
-            which = "no other layer within the rule's limits: its least toxic cell"
+            which = "no other layer within the limits of the rule: its least toxic cell"
     return verdict(f"layer {layer} (α = {alpha:g}) vs layer {int(other_layer)} "
                    f"(α = {float(other_alpha):g}), {which}, dev", "mean toxicity",
                    paired_differences(_cell_rows(rows, "challenging", layer, alpha),

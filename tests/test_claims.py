@@ -189,7 +189,7 @@ def test_the_layer_verdict_compares_the_chosen_layer_with_the_next_best():
                          _rows(5, 2.0, base - 0.05, 2.0, samples=1)], ignore_index=True)
     rule = SelectionRule()
     v = claims.layer_verdict(wrecked, 3, 1.0, 300, 0, rule)
-    assert "vs layer 5 (α = 2), the next best within the rule's limits" in v.claim
+    assert "vs layer 5 (α = 2), the next best within the limits of the rule" in v.claim
     assert v.estimate == pytest.approx(-0.05) and v.shown
     # Capability is one of the limits: a runner-up that lost 10 PIQA points on dev is not one.
     items = pd.DataFrame([{"split": "dev", "direction": d, "layer": layer, "alpha": a,
@@ -197,10 +197,10 @@ def test_the_layer_verdict_compares_the_chosen_layer_with_the_next_best():
                           for d, layer, a, k in (("none", UNSTEERED_LAYER, 0.0, 6),
                                                  ("caa", 5, 2.0, 5)) for i in range(10)])
     v = claims.layer_verdict(wrecked, 3, 1.0, 300, 0, rule, 0.5, claims.dev_capability(items))
-    assert "vs layer 5 (α = 1), no other layer within the rule's limits" in v.claim
+    assert "vs layer 5 (α = 1), no other layer within the limits of the rule" in v.claim
     none_within = wrecked[~((wrecked["layer"] == 5) & (wrecked["alpha"] == 2.0))]
     v = claims.layer_verdict(none_within, 3, 1.0, 300, 0, rule)
-    assert "vs layer 5 (α = 1), no other layer within the rule's limits" in v.claim
+    assert "vs layer 5 (α = 1), no other layer within the limits of the rule" in v.claim
 
 
 # --- a real run (the session's smoke run; never run again here) --------------------------
