@@ -210,9 +210,11 @@ def test_the_smoke_run_prints_one_line_per_stage_its_rows_an_eta_and_no_transpor
                    for key in json.loads(used.read_text())["shards"])
         assert int(done[stage][1]) == rows, stage
     # The job counts project 05 before its dev decision (the methods' and the extension's
-    # rows depend on it): 158 projected, 140 built on the smoke params.
+    # rows depend on it, and a method grid that starts too strong shrinks by up to
+    # matched.MAX_HALVINGS cells: on the smoke params Arditi ablation and Linear-AcT do,
+    # 216 projected and 306 built).
     expected = counts["generated"] - counts["baseline"]
-    assert 0.75 * expected <= int(done["05_sweep"][1]) <= 1.1 * expected
+    assert 0.75 * expected <= int(done["05_sweep"][1]) <= 1.6 * expected
     assert f"{counts['generated']:,} generated rows" in stdout  # the work line
     lines = stdout.splitlines()
     for stage, (seconds, _) in done.items():  # interim lines: at most one a minute
