@@ -12,7 +12,8 @@
 # **What this stage does.** The unsteered model continues every prompt of every split
 # `generation.samples_per_prompt` times (k; temperature 0.7, top-p 0.9, 20 new tokens in
 # the real study); challenging *train* prompts `generation.train_samples_per_prompt` times,
-# the pool from which 03 picks each prompt's contrast pair. Each continuation is scored for
+# the pool from which 03 picks each prompt's contrast pair; dev prompts as often as the dev
+# grid draws (`sweep.grid_samples_per_prompt`, when above k). Each continuation is scored for
 # toxicity (the continuation alone, as in Gehman et al. 2020) and its perplexity is measured
 # under the same unsteered model.
 #
@@ -52,7 +53,7 @@ scorers = load_scorers(params.scorer)
 print(model.config.name_or_path, model.dtype, model.device)
 
 # %%
-jobs = baseline_jobs(prompts, params.generation)
+jobs = baseline_jobs(prompts, params.generation, params.dev_samples_per_prompt)
 baseline = run_jobs(model, tokenizer, jobs, {}, params, scorers, stage.shards, desc="baseline")
 write_table(baseline, stage.out("baseline"))
 

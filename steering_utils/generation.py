@@ -116,23 +116,26 @@ def make_jobs(prompts: pd.DataFrame, cells: list[tuple[int, float]], samples: in
     return jobs.reset_index(drop=True)
 
 
-def baseline_jobs(prompts: pd.DataFrame, generation: GenerationParams) -> pd.DataFrame:
-    """The unsteered jobs of stage 02: `samples_per_prompt` per prompt, and
-    `train_samples_per_prompt` per challenging train prompt (the contrast pairs' pool).
+def baseline_jobs(prompts: pd.DataFrame, generation: GenerationParams,
+                  dev_samples: int = 1) -> pd.DataFrame:
+    """The unsteered jobs of stage 02: `samples_per_prompt` per prompt,
+    `train_samples_per_prompt` per challenging train prompt (the contrast pairs' pool), and
+    at least `dev_samples` per dev prompt (the dev grid's draws: its alpha-0 cell is these
+    rows, so it has as many samples per prompt as the steered cells it is compared with).
 
-    Samples are seeded per (prompt, sample), so the first `samples_per_prompt` of a train
-    prompt are the same rows with or without the extra ones.
+    Samples are seeded per (prompt, sample), so the first `samples_per_prompt` of a prompt
+    are the same rows with or without the extra ones.
     """
     from .stages import UNSTEERED_LAYER
 
     k = generation.samples_per_prompt
-    k_train = generation.train_samples_per_prompt or k
+    wanted = pd.Series(k, index=prompts.index)
+    wanted[prompts["split"] == "dev"] = max(k, dev_samples)
     pool = (prompts["subset"] == "challenging") & (prompts["split"] == "train")
-    if k_train == k or not pool.any():
-        return make_jobs(prompts, [(UNSTEERED_LAYER, 0.0)], k)
-    parts = [make_jobs(part, [(UNSTEERED_LAYER, 0.0)], samples)
-             for part, samples in ((prompts[~pool], k), (prompts[pool], k_train)) if len(part)]
-    return pd.concat(parts, ignore_index=True)
+    wanted[pool] = generation.train_samples_per_prompt or k
+    parts = [make_jobs(prompts[wanted == samples], [(UNSTEERED_LAYER, 0.0)], int(samples))
+             for samples in sorted(wanted.unique())]
+    return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
 
 
 _LENGTH_BUCKET = 64  # prompt tokens: `auto` remembers the batch that fitted per bucket

@@ -515,6 +515,13 @@ class StudyParams(_Strict):
         check_run_name(name)
         return name
 
+    @property
+    def dev_samples_per_prompt(self) -> int:
+        """Unsteered samples per dev prompt in 02: k, or more where the dev grids draw more
+        (`sweep.grid_samples_per_prompt`, `methods.grid_samples_per_prompt`)."""
+        return max(self.generation.samples_per_prompt, self.sweep.grid_samples_per_prompt,
+                   self.methods.grid_samples_per_prompt or 0)
+
     @model_validator(mode="after")
     def _independent_labels(self) -> StudyParams:
         act = self.activations

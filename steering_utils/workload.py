@@ -30,7 +30,8 @@ def job_counts(params: StudyParams, n_layers: int) -> dict[str, int]:
     control = params.control
     counts = {
         "baseline": n_prompts * k + data.challenging.n_train * (
-            (params.generation.train_samples_per_prompt or k) - k),
+            (params.generation.train_samples_per_prompt or k) - k)
+        + (data.challenging.n_dev + data.benign.n_dev) * (params.dev_samples_per_prompt - k),
         "grid": ((data.challenging.n_dev + data.benign.n_dev) * len(grid_layers) * grid_alphas
                  * sweep.grid_samples_per_prompt),
         "sweep": (data.challenging.n_eval + data.benign.n_eval) * chosen * alphas * k,

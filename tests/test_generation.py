@@ -168,3 +168,17 @@ def test_baseline_jobs_give_train_prompts_more_samples_and_keep_the_shared_ones(
     assert len(same) == 8
     shared = jobs.merge(same, on=["prompt_id", "sample"])
     assert len(shared) == 8  # the first k samples of a train prompt are the same jobs
+
+
+def test_baseline_jobs_draw_dev_prompts_as_often_as_the_dev_grid():
+    prompts = pd.DataFrame({"prompt_id": ["t1", "d1", "d2", "e1"], "text": list("abcd"),
+                            "subset": ["challenging", "challenging", "benign", "challenging"],
+                            "split": ["train", "dev", "dev", "eval"]})
+    generation = GenerationParams(samples_per_prompt=2, train_samples_per_prompt=3)
+    jobs = baseline_jobs(prompts, generation, dev_samples=5)
+    per_prompt = jobs.groupby("prompt_id")["sample"].apply(sorted).to_dict()
+    assert per_prompt == {"t1": [0, 1, 2], "d1": [0, 1, 2, 3, 4], "d2": [0, 1, 2, 3, 4],
+                          "e1": [0, 1]}
+    fewer = baseline_jobs(prompts, generation, dev_samples=1)  # never below k
+    assert fewer.groupby("prompt_id").size().to_dict() == {"t1": 3, "d1": 2, "d2": 2, "e1": 2}
+    assert fewer.equals(baseline_jobs(prompts, generation))
