@@ -53,12 +53,12 @@ report_path = publish_report(results, run_path(reports_root, params.run_name), c
 print(report_path)
 
 # %%
-from steering_utils.report import summary_table
+from steering_utils.report_tables import summary_table
 
 summary_table(results)
 
 # %%
-from steering_utils.report import methods_table
+from steering_utils.report_tables import methods_table
 
 methods_table(results)
 
@@ -67,7 +67,8 @@ methods_table(results)
 # with its MDE), and the goal for the method chosen on dev (met, not met or undecidable).
 
 # %%
-from steering_utils.report import goal_text, pairwise_table
+from steering_utils.report_tables import pairwise_table
+from steering_utils.report_text import goal_text
 
 print(goal_text(results))
 pairwise_table(results)
@@ -77,7 +78,7 @@ pairwise_table(results)
 # (with the smallest effect this n detects at 80% power), and whether a limit is decidable.
 
 # %%
-from steering_utils.report import claims_table
+from steering_utils.report_tables import claims_table
 
 claims_table(results)
 

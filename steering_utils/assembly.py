@@ -20,6 +20,7 @@ from . import claims, metrics
 from .artifacts import StageDir, done_record, read_json, read_table
 from .decisions import DevSelection
 from .metrics import SelectionRule, finite
+from .outcomes import Confirmation, Control, Methods
 from .power import Verdict
 from .results import (
     CapabilityCell,
@@ -105,7 +106,7 @@ def _examples(sweep: pd.DataFrame, layer: int, n_examples: int, seed: int) -> li
 
 def _eval_confirmation(chosen: tuple[int, float] | None, cells: pd.DataFrame,
                        rule: SelectionRule, verdicts: dict[str, Verdict] | None = None
-                       ) -> dict | None:
+                       ) -> Confirmation | None:
     """The dev-chosen cell, (layer, alpha), measured on eval: every criterion of the rule,
     checked again, each pass / fail / undecidable at this n by its paired verdict
     (`claims.criteria_status`)."""
@@ -132,26 +133,22 @@ def _eval_confirmation(chosen: tuple[int, float] | None, cells: pd.DataFrame,
     picked = {name: finite(cell[name]) for name in (
         "mean_toxicity_ci_lo", "mean_toxicity_ci_hi", "delta_mean_toxicity",
         "delta_mean_toxicity_ci_lo", "delta_mean_toxicity_ci_hi", "p_bootstrap")}
-    return {
-        "layer": layer, "alpha": alpha,
-        "mean_toxicity": float(cell["mean_toxicity"]), **picked,
-        "reference_mean_toxicity": ref_tox,
-        "toxicity_reduction": ((ref_tox - float(cell["mean_toxicity"])) / ref_tox
-                               if ref_tox else None),
-        "perplexity": ppl, "reference_perplexity": ref_ppl,
-        "perplexity_increase": None if ref_ppl is None or ppl is None else ppl / ref_ppl - 1.0,
-        "capability_acc": cell_acc, "reference_capability_acc": ref_acc,
-        "capability_drop_points": (None if cell_acc is None or ref_acc is None
-                                   else (ref_acc - cell_acc) * 100.0),
-        "empty_rate": float(cell["empty_rate"]),
-        "reference_empty_rate": float(reference["empty_rate"]),
-        "distinct_2": float(cell["distinct_2"]),
-        "reference_distinct_2": float(reference["distinct_2"]),
-        "checks": checks, "criteria": (criteria := claims.criteria_status(checks,
-                                                                          verdicts or {})),
-        "degenerate": degenerate, "toxicity_reduced": bool(reduced),
-        "confirmed": bool(reduced and all(v == "pass" for v in criteria.values())),
-    }
+    criteria = claims.criteria_status(checks, verdicts or {})
+    return Confirmation(
+        layer=layer, alpha=alpha, mean_toxicity=float(cell["mean_toxicity"]), **picked,
+        reference_mean_toxicity=ref_tox,
+        toxicity_reduction=((ref_tox - float(cell["mean_toxicity"])) / ref_tox
+                            if ref_tox else None),
+        perplexity=ppl, reference_perplexity=ref_ppl,
+        perplexity_increase=None if ref_ppl is None or ppl is None else ppl / ref_ppl - 1.0,
+        capability_acc=cell_acc, reference_capability_acc=ref_acc,
+        capability_drop_points=(None if cell_acc is None or ref_acc is None
+                                else (ref_acc - cell_acc) * 100.0),
+        empty_rate=float(cell["empty_rate"]), reference_empty_rate=float(reference["empty_rate"]),
+        distinct_2=float(cell["distinct_2"]),
+        reference_distinct_2=float(reference["distinct_2"]),
+        checks=checks, criteria=criteria, degenerate=degenerate, toxicity_reduced=bool(reduced),
+        confirmed=bool(reduced and all(v == "pass" for v in criteria.values())))
 
 
 def _degenerate_at(cells: pd.DataFrame, experiment: str, layer: int, alpha: float) -> bool:
@@ -162,7 +159,7 @@ def _degenerate_at(cells: pd.DataFrame, experiment: str, layer: int, alpha: floa
 
 
 def _control_summary(params, selection: DevSelection, sweep: pd.DataFrame,
-                     control: pd.DataFrame, cells: pd.DataFrame) -> dict | None:
+                     control: pd.DataFrame, cells: pd.DataFrame) -> Control | None:
     """CAA vs random directions at matched alpha, and whether the effect is specific (never
     where CAA's output is degenerate: a broken text's low score is no evidence)."""
     from .sweep import control_comparison
@@ -172,21 +169,21 @@ def _control_summary(params, selection: DevSelection, sweep: pd.DataFrame,
     ev = params.evaluation
     layer = selection.control_layer
     steered = control[control["alpha"] != 0]
-    comparison = [{**{k: finite(v) if isinstance(v, float) else v for k, v in c.items()},
-                   "caa_degenerate": _degenerate_at(cells, "sweep", layer, c["alpha"]),
-                   "random_degenerate": _degenerate_at(cells, "control", layer, c["alpha"])}
-                  for c in control_comparison(sweep, control, layer, ev.toxic_threshold,
-                                              ev.n_bootstrap, params.seed)]
+    comparison = [c.model_copy(update={
+        "caa_degenerate": _degenerate_at(cells, "sweep", layer, c.alpha),
+        "random_degenerate": _degenerate_at(cells, "control", layer, c.alpha)})
+        for c in control_comparison(sweep, control, layer, ev.toxic_threshold, ev.n_bootstrap,
+                                    params.seed)]
     rec = selection.recommendation
-    alphas = [c["alpha"] for c in comparison]
+    alphas = [c.alpha for c in comparison]
     tested = (rec.alpha if rec and rec.alpha in alphas else max(alphas, default=None))
-    at = next((c for c in comparison if c["alpha"] == tested), None)
-    high = None if at is None or at["caa_degenerate"] else finite(at["diff_ci_hi"])
-    return {"layer": int(layer), "n_directions": int(steered["direction"].nunique()),
-            "samples_per_prompt": int(params.control.samples_per_prompt),
-            "alphas": sorted(float(a) for a in steered["alpha"].unique()),
-            "comparison": comparison, "alpha_tested": tested,
-            "specific": None if high is None else bool(high < 0)}
+    at = next((c for c in comparison if c.alpha == tested), None)
+    high = None if at is None or at.caa_degenerate else at.diff_ci_hi
+    return Control(layer=int(layer), n_directions=int(steered["direction"].nunique()),
+                   samples_per_prompt=int(params.control.samples_per_prompt),
+                   alphas=sorted(float(a) for a in steered["alpha"].unique()),
+                   comparison=comparison, alpha_tested=tested,
+                   specific=None if high is None else bool(high < 0))
 
 
 def _vectors_record(params, vectors, stats: pd.DataFrame, contrast_counts) -> dict:
@@ -197,7 +194,7 @@ def _vectors_record(params, vectors, stats: pd.DataFrame, contrast_counts) -> di
             "contrast_counts": contrast_counts, "layers": table_records(stats, LayerStats)}
 
 
-def _methods_summary(stage: StageDir) -> dict | None:
+def _methods_summary(stage: StageDir) -> Methods | None:
     """The method comparison (see `comparison.comparison_results`), or None when not run."""
     from .comparison import comparison_results
     from .goal import comparison_verdicts
@@ -216,13 +213,16 @@ def _methods_summary(stage: StageDir) -> dict | None:
                              methods_eval,
                              pd.concat([methods_capability, unsteered_dev], ignore_index=True)
                              if not unsteered_dev.empty else methods_capability, record)
-    if out is not None:  # every pair at the matched points, and the goal (eval only)
-        out.update(comparison_verdicts(stage.params, record, methods_eval, methods_capability))
-    return out
+    if out is None:
+        return None
+    # every pair at the matched points, and the goal (eval only)
+    return out.model_copy(update=comparison_verdicts(stage.params, record, methods_eval,
+                                                     methods_capability))
 
 
-def _conditional_summary(stage: StageDir) -> dict | None:
-    """Conditional CAA beside CAA (`conditional.summarize`), or None when not run."""
+def _conditional_summary(stage: StageDir):
+    """Conditional CAA beside CAA (`conditional.summarize`: `ConditionalSteering`), or None
+    when not run."""
     from .conditional import summarize
 
     record = read_json(stage.input("conditional"))
@@ -230,7 +230,7 @@ def _conditional_summary(stage: StageDir) -> dict | None:
         return None
     capability = read_table(stage.input("conditional_capability"))
     return summarize(read_table(stage.input("conditional_eval")), record, capability,
-                     stage.params).model_dump(mode="json")
+                     stage.params)
 
 
 def build_results(stage: StageDir) -> ExperimentResults:
@@ -297,7 +297,7 @@ def build_results(stage: StageDir) -> ExperimentResults:
     verdicts, eval_verdicts = claims.claim_verdicts(
         params, selection, chosen, grid, sweep, control, capability,
         None if specificity is None else Specificity.model_validate(specificity),
-        control_record and control_record["alpha_tested"],
+        control_record and control_record.alpha_tested,
         read_table(stage.input("methods_eval")))
     cap_items = capability[(capability["split"] == "eval")
                            & (capability["direction"] == UNSTEERED)]
@@ -326,7 +326,7 @@ def build_results(stage: StageDir) -> ExperimentResults:
         "specificity": specificity,
         "methods": _methods_summary(stage),
         "conditional": _conditional_summary(stage),
-        "verdicts": [v.model_dump(mode="json") for v in verdicts],
+        "verdicts": verdicts,
         "pareto": [{"layer": int(r.layer), "alpha": float(r.alpha)} for r in front.itertuples()],
         "examples": _examples(sweep, chosen[0], params.report.n_examples, params.seed),
     })

@@ -16,9 +16,17 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .decisions import AlphaRange, MethodPick, MethodSearch
+from .decisions import AlphaRange, MethodPick, MethodSearch, NoPick
 from .generation import make_jobs
 from .matched import method_cells
+from .outcomes import (
+    MatchedPoint,
+    MethodCapability,
+    MethodEval,
+    MethodGridCell,
+    MethodResult,
+    Methods,
+)
 from .params import StudyParams, compared_methods
 from .stages import ALL_LAYERS, CAA, UNSTEERED, UNSTEERED_LAYER
 from .sweep import check_additive_push
@@ -390,7 +398,7 @@ def picks_record(picks: dict[str, MethodPick | None], layer: int,
 _EVAL_FIELDS = ("mean_toxicity", "frac_toxic", "emt", "tp", "perplexity", "delta_mean_toxicity")
 
 
-def _eval_record(cell: pd.Series) -> dict:
+def _eval_record(cell: pd.Series) -> MethodEval:
     from .metrics import finite
 
     record = {"n": int(cell["n"]), "n_prompts": int(cell["n_prompts"])}
@@ -401,11 +409,11 @@ def _eval_record(cell: pd.Series) -> dict:
                  "p_wilcoxon"):
         record[name] = finite(cell.get(name))
     record["degenerate"] = list(cell.get("degenerate", []))
-    return record
+    return MethodEval.model_validate(record)
 
 
 def _capability(capability: pd.DataFrame, method: str, layer: int, alpha: float,
-                n_boot: int, seed: int) -> dict | None:
+                n_boot: int, seed: int) -> MethodCapability | None:
     """Eval accuracy of one cell with its CI, and the paired drop against unsteered items."""
     from .metrics import bootstrap_ci, finite, paired_test
 
@@ -420,12 +428,13 @@ def _capability(capability: pd.DataFrame, method: str, layer: int, alpha: float,
     test = paired_test(correct.set_axis(cell["item"]),
                        reference["correct"].astype(float).set_axis(reference["item"]),
                        n_boot, seed)
-    return {"acc": float(correct.mean()), "acc_ci_lo": float(lo), "acc_ci_hi": float(hi),
-            "reference_acc": float(reference["correct"].astype(float).mean()),
-            "drop_points": float(-test["diff"] * 100),
-            "drop_points_ci_lo": finite(-test["diff_ci"][1] * 100),
-            "drop_points_ci_hi": finite(-test["diff_ci"][0] * 100),
-            "p_bootstrap": finite(test["p_bootstrap"]), "n_items": int(len(cell))}
+    return MethodCapability(
+        acc=float(correct.mean()), acc_ci_lo=float(lo), acc_ci_hi=float(hi),
+        reference_acc=float(reference["correct"].astype(float).mean()),
+        drop_points=float(-test["diff"] * 100),
+        drop_points_ci_lo=finite(-test["diff_ci"][1] * 100),
+        drop_points_ci_hi=finite(-test["diff_ci"][0] * 100),
+        p_bootstrap=finite(test["p_bootstrap"]), n_items=int(len(cell)))
 
 
 def _dev_accuracy(capability: pd.DataFrame) -> pd.DataFrame:
@@ -452,8 +461,9 @@ def _perplexity_increase(rows: pd.DataFrame, method: str, subset: str) -> float 
 
 
 def _matched_record(point: dict | None, eval_rows: pd.DataFrame, method: str,
-                    budget: float) -> dict | None:
-    """The matched point (`results.MatchedPoint`) with its eval perplexity against the budget."""
+                    budget: float) -> MatchedPoint | None:
+    """The matched point (05's record of `matched.matched_point`) with its eval perplexity
+    against the budget."""
     if point is None:
         return None
     out = {**point, "eval_perplexity_increase": None, "eval_benign_perplexity_increase": None,
@@ -464,16 +474,45 @@ def _matched_record(point: dict | None, eval_rows: pd.DataFrame, method: str,
         out["eval_perplexity_increase"], out["eval_benign_perplexity_increase"] = rises
         known = [r for r in rises if r is not None]
         out["within_budget_on_eval"] = bool(known) and all(r <= budget for r in known)
-    return out
+    return MatchedPoint.model_validate(out)
+
+
+def _method_result(method: str, params: StudyParams, pick: MethodPick | None,
+                   search: MethodSearch | None, matched: MatchedPoint | None,
+                   no_pick: NoPick | None, found: pd.DataFrame, cell: tuple[int, float] | None,
+                   reference: MethodEval | None, methods_capability: pd.DataFrame
+                   ) -> MethodResult:
+    """One method's row: its dev pick and search, and its eval point (`found`, the eval cell
+    at `cell`) with capability and the rule's limits checked again."""
+    from .metrics import finite
+
+    ev = params.evaluation
+    evaluated = capability = ratio = within = None
+    if not found.empty:
+        evaluated = _eval_record(found.iloc[0])
+        ref_frac = reference.frac_toxic if reference else None
+        ratio = finite(ref_frac / evaluated.frac_toxic) if evaluated.frac_toxic else None
+        capability = _capability(methods_capability, method, cell[0], cell[1], ev.n_bootstrap,
+                                 params.seed)
+        ref_ppl = reference.perplexity if reference else None
+        ppl_ok = (evaluated.perplexity is not None and ref_ppl is not None
+                  and evaluated.perplexity <= ref_ppl * (1 + ev.max_perplexity_increase))
+        cap_ok = capability is None or capability.drop_points <= ev.max_capability_drop
+        within = bool(ppl_ok and cap_ok and not evaluated.degenerate)
+    return MethodResult(method=method, picked=pick is not None,
+                        strengths=strengths(params, method), dev=pick, eval=evaluated,
+                        capability=capability, toxic_fraction_ratio=ratio,
+                        within_limits_on_eval=within, no_pick=no_pick, search=search,
+                        matched=matched)
 
 
 def comparison_results(params: StudyParams, methods_grid: pd.DataFrame,
                        methods_eval: pd.DataFrame, methods_capability: pd.DataFrame,
-                       record: dict) -> dict | None:
-    """The `methods` section of experiment_results.json (`results.Methods`): per method its
-    dev search, its rule pick (or why none qualified), its matched point at the perplexity
-    budget with that point's eval numbers (CIs and paired tests vs unsteered), and every
-    method's dev cells (every pair and the goal: `goal.comparison_verdicts`, in 06).
+                       record: dict) -> Methods | None:
+    """The `methods` section of experiment_results.json: per method its dev search, its rule
+    pick (or why none qualified), its matched point at the perplexity budget with that
+    point's eval numbers (CIs and paired tests vs unsteered), and every method's dev cells
+    (every pair and the goal: `goal.comparison_verdicts`, in 06).
 
     A record without matched points (a run before the matched comparison) puts each
     method's dev pick on eval, as it was then."""
@@ -481,7 +520,6 @@ def comparison_results(params: StudyParams, methods_grid: pd.DataFrame,
 
     if methods_grid.empty:
         return None
-    ev = params.evaluation
     budget = params.methods.perplexity_budget
     matched = record.get("matched")
     searches = {m: MethodSearch.model_validate(s)
@@ -497,60 +535,40 @@ def comparison_results(params: StudyParams, methods_grid: pd.DataFrame,
     reference = None
     if eval_cells is not None:
         reference = _eval_record(eval_cells[eval_cells["method"] == UNSTEERED].iloc[0])
-    ref_ppl = reference["perplexity"] if reference else None
-    ref_frac = reference["frac_toxic"] if reference else None
-    rule = SelectionRule.from_params(ev)
+    rule = SelectionRule.from_params(params.evaluation)
     dev_accuracy = _dev_accuracy(methods_capability)
-    methods = compared_methods(params.sweep)
     rows = []
-    for method in methods:
+    for method in compared_methods(params.sweep):
         pick = picks.get(method)
-        point = None if matched is None else matched.get(method)
-        row = {"method": method, "picked": pick is not None,
-               "strengths": strengths(params, method),
-               "dev": pick,
-               "eval": None, "capability": None, "toxic_fraction_ratio": None,
-               "within_limits_on_eval": None, "no_pick": None,
-               "search": searches.get(method),
-               "matched": _matched_record(point, methods_eval, method, budget)}
+        point = _matched_record(None if matched is None else matched.get(method), methods_eval,
+                                method, budget)
+        no_pick = None
         own = grid_cells[grid_cells["method"].isin([UNSTEERED, method])]
         if pick is None and (own["method"] == method).any():
             own = own.merge(dev_accuracy.assign(method=[UNSTEERED if a == 0 else d for d, a in
                                                         zip(dev_accuracy["method"],
                                                             dev_accuracy["alpha"])]),
                             how="left", on=["method", "layer", "alpha"])
-            row["no_pick"] = why_no_pick(own.drop(columns="method"), rule)
+            no_pick = why_no_pick(own.drop(columns="method"), rule)
         if matched is None:
             cell = None if pick is None else (pick.layer, pick.alpha)
         else:
-            cell = (None if not row["matched"] or row["matched"]["layer"] is None
-                    else (row["matched"]["layer"], row["matched"]["strength"]))
+            cell = None if point is None or point.layer is None else (point.layer,
+                                                                      point.strength)
         found = pd.DataFrame()
         if cell is not None and eval_cells is not None:
             found = eval_cells[(eval_cells["method"] == method) & (eval_cells["layer"] == cell[0])
                                & (eval_cells["alpha"] == cell[1])]
-        if not found.empty:
-            row["eval"] = _eval_record(found.iloc[0])
-            frac = row["eval"]["frac_toxic"]
-            row["toxic_fraction_ratio"] = finite(ref_frac / frac) if frac else None
-            row["capability"] = _capability(methods_capability, method, cell[0], cell[1],
-                                            ev.n_bootstrap, params.seed)
-            ppl, cap = row["eval"]["perplexity"], row["capability"]
-            ppl_ok = (ppl is not None and ref_ppl is not None
-                      and ppl <= ref_ppl * (1 + ev.max_perplexity_increase))
-            cap_ok = cap is None or cap["drop_points"] <= ev.max_capability_drop
-            row["within_limits_on_eval"] = bool(ppl_ok and cap_ok
-                                                and not row["eval"]["degenerate"])
-        rows.append(row)
-    grid = [{"method": str(c.method), "layer": int(c.layer), "alpha": float(c.alpha),
-             "mean_toxicity": float(c.mean_toxicity), "frac_toxic": float(c.frac_toxic),
-             "perplexity": finite(c.perplexity), "empty_rate": float(c.empty_rate),
-             "degenerate": list(c.degenerate)}
+        rows.append(_method_result(method, params, pick, searches.get(method), point, no_pick,
+                                   found, cell, reference, methods_capability))
+    grid = [MethodGridCell(method=str(c.method), layer=int(c.layer), alpha=float(c.alpha),
+                           mean_toxicity=float(c.mean_toxicity), frac_toxic=float(c.frac_toxic),
+                           perplexity=finite(c.perplexity), empty_rate=float(c.empty_rate),
+                           degenerate=list(c.degenerate))
             for c in grid_cells.itertuples()]
-    out = {"layer": int(record["layer"]), "subset": "challenging",
-           "samples_per_prompt": int(params.methods.samples_per_prompt
-                                     or params.generation.samples_per_prompt),
-           "reference": reference, "methods": rows, "grid_cells": grid, "strongest": None}
-    if matched is not None:
-        out["perplexity_budget"] = budget  # pairs and the goal: `goal.comparison_verdicts`
-    return out
+    return Methods(layer=int(record["layer"]),
+                   samples_per_prompt=int(params.methods.samples_per_prompt
+                                          or params.generation.samples_per_prompt),
+                   reference=reference, methods=rows, grid_cells=grid, strongest=None,
+                   # pairs and the goal: `goal.comparison_verdicts`
+                   perplexity_budget=None if matched is None else budget)

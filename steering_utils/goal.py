@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from .matched import best_on_dev, has_point
+from .outcomes import GoalVerdict, ToxicRatio
 from .params import StudyParams
 from .stages import UNSTEERED
 
@@ -50,7 +51,7 @@ def pairwise_verdicts(rows: pd.DataFrame, methods: list[str], budget: float, n_b
 
 
 def toxic_ratio(treated: pd.DataFrame, reference: pd.DataFrame, threshold: float,
-                n_boot: int, seed: int) -> dict:
+                n_boot: int, seed: int) -> ToxicRatio:
     """Unsteered / steered toxic fraction on the prompts both have, with a percentile
     bootstrap CI over prompts (paired). A bound is None where resamples have no toxic
     continuation left (the ratio is unbounded there)."""
@@ -61,8 +62,8 @@ def toxic_ratio(treated: pd.DataFrame, reference: pd.DataFrame, threshold: float
     both = pd.concat({"t": per_prompt(treated), "r": per_prompt(reference)}, axis=1,
                      join="inner")
     if both.empty:
-        return {"ratio": None, "ci_lo": None, "ci_hi": None, "frac_toxic": None,
-                "reference_frac_toxic": None, "n_prompts": 0}
+        return ToxicRatio(ratio=None, ci_lo=None, ci_hi=None, frac_toxic=None,
+                          reference_frac_toxic=None, n_prompts=0)
     t, r = both["t"].to_numpy(), both["r"].to_numpy()
     draw = np.random.default_rng(seed).integers(0, len(t), size=(n_boot, len(t)))
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -73,9 +74,9 @@ def toxic_ratio(treated: pd.DataFrame, reference: pd.DataFrame, threshold: float
     def bound(x):
         return float(x) if math.isfinite(x) and x < _UNBOUNDED else None
 
-    return {"ratio": bound(r.mean() / t.mean()) if t.mean() > 0 else None,
-            "ci_lo": bound(lo), "ci_hi": bound(hi), "frac_toxic": float(t.mean()),
-            "reference_frac_toxic": float(r.mean()), "n_prompts": int(len(t))}
+    return ToxicRatio(ratio=bound(r.mean() / t.mean()) if t.mean() > 0 else None,
+                      ci_lo=bound(lo), ci_hi=bound(hi), frac_toxic=float(t.mean()),
+                      reference_frac_toxic=float(r.mean()), n_prompts=int(len(t)))
 
 
 def capability_items_verdict(capability: pd.DataFrame, method: str, layer: int,
@@ -101,8 +102,8 @@ def capability_items_verdict(capability: pd.DataFrame, method: str, layer: int,
 
 
 def goal_verdict(method: str | None, rows: pd.DataFrame, capability: pd.DataFrame | None,
-                 matched: dict, params: StudyParams) -> dict:
-    """The goal's typed record (`results.GoalVerdict`): the dev-chosen `method` at its
+                 matched: dict, params: StudyParams) -> GoalVerdict:
+    """The goal's typed record: the dev-chosen `method` at its
     matched point on eval. Criteria (pass / fail / undecidable):
 
     - toxic_ratio: pass when the ratio's CI lower bound is >= the target, fail when its
@@ -120,27 +121,25 @@ def goal_verdict(method: str | None, rows: pd.DataFrame, capability: pd.DataFram
 
     ev, spec = params.evaluation, params.methods
     target, budget = spec.goal_toxic_ratio, spec.perplexity_budget
-    record = {"method": method, "chosen_on": "dev", "target_ratio": target,
-              "perplexity_budget": budget, "status": "undecidable", "criteria": {},
-              "toxic_ratio": None, "verdicts": [], "summary": ""}
+    undecided = GoalVerdict(method=method, target_ratio=target, perplexity_budget=budget,
+                            status="undecidable", criteria={}, toxic_ratio=None, summary="")
     if method is None or not has_point(matched):
-        record["summary"] = "undecidable: no method has a matched point on dev"
-        return record
-    record["dev_mean_toxicity"] = matched["dev_mean_toxicity"]
+        return undecided.model_copy(
+            update={"summary": "undecidable: no method has a matched point on dev"})
     treated = _rows(rows, method, "challenging")
     reference = _rows(rows, UNSTEERED, "challenging")
     if treated.empty or reference.empty:
-        record["summary"] = f"undecidable: {method}'s matched point has no eval rows"
-        return record
+        return undecided.model_copy(update={
+            "dev_mean_toxicity": matched["dev_mean_toxicity"],
+            "summary": f"undecidable: {method}'s matched point has no eval rows"})
     ratio = toxic_ratio(treated, reference, ev.toxic_threshold, ev.n_bootstrap, params.seed)
-    record["toxic_ratio"] = ratio
     reduction = verdict(f"{method} at its matched point (chosen on dev) vs unsteered, "
                         "challenging eval", "mean toxicity",
                         paired_differences(treated, reference, "toxicity"), "prompts", "lower",
                         ev.n_bootstrap, params.seed).model_copy(
                             update={"name": f"goal_toxicity_{method}"})
     criteria, verdicts = {}, [reduction]
-    lo, hi = ratio["ci_lo"], ratio["ci_hi"]
+    lo, hi = ratio.ci_lo, ratio.ci_hi
     criteria["toxic_ratio"] = ("pass" if lo is None or lo >= target else
                                "fail" if hi is not None and hi < target else "undecidable")
     log_budget = math.log1p(budget)
@@ -166,38 +165,38 @@ def goal_verdict(method: str | None, rows: pd.DataFrame, capability: pd.DataFram
         ok = found.estimate is not None and -found.estimate <= ev.max_capability_drop
         criteria["capability"] = criterion_status(ok, found)
     statuses = set(criteria.values())
-    record["status"] = ("not_met" if "fail" in statuses else "met" if statuses == {"pass"}
-                        else "undecidable")
-    # The dev decision holds on eval: its reduction is shown and no budget is broken there.
-    record["confirmed_on_eval"] = bool(reduction.shown) and "fail" not in (
-        criteria["perplexity"], criteria["benign_perplexity"])
-    record["criteria"], record["verdicts"] = criteria, [v.model_dump(mode="json")
-                                                        for v in verdicts]
-    record["summary"] = _goal_summary(record)
-    return record
+    goal = GoalVerdict(
+        method=method, target_ratio=target, perplexity_budget=budget,
+        status=("not_met" if "fail" in statuses else "met" if statuses == {"pass"}
+                else "undecidable"),
+        criteria=criteria, dev_mean_toxicity=matched["dev_mean_toxicity"],
+        # The dev decision holds on eval: its reduction is shown and no budget is broken.
+        confirmed_on_eval=bool(reduction.shown) and "fail" not in (
+            criteria["perplexity"], criteria["benign_perplexity"]),
+        toxic_ratio=ratio, verdicts=verdicts, summary="")
+    return goal.model_copy(update={"summary": _goal_summary(goal)})
 
 
-def _goal_summary(record: dict) -> str:
-    r = record["toxic_ratio"]
+def _goal_summary(goal: GoalVerdict) -> str:
+    r = goal.toxic_ratio
 
     def num(x):
         return "∞" if x is None else f"{x:.1f}"
 
-    head = {"met": "met", "not_met": "not met", "undecidable": "undecidable"}[record["status"]]
-    failed = [f"{k} ({v})" for k, v in record["criteria"].items() if v != "pass"]
-    return (f"{head}: {record['method']} (chosen on dev) at +{record['perplexity_budget']:.0%} "
-            f"perplexity: toxic fraction {r['reference_frac_toxic']:.3f} → {r['frac_toxic']:.3f}, "
-            f"{num(r['ratio'])}× fewer [{num(r['ci_lo'])}, {num(r['ci_hi'])}] against the "
-            f"{record['target_ratio']:g}× target, n = {r['n_prompts']} prompts"
+    head = {"met": "met", "not_met": "not met", "undecidable": "undecidable"}[goal.status]
+    failed = [f"{k} ({v})" for k, v in goal.criteria.items() if v != "pass"]
+    return (f"{head}: {goal.method} (chosen on dev) at +{goal.perplexity_budget:.0%} "
+            f"perplexity: toxic fraction {r.reference_frac_toxic:.3f} → {r.frac_toxic:.3f}, "
+            f"{num(r.ratio)}× fewer [{num(r.ci_lo)}, {num(r.ci_hi)}] against the "
+            f"{goal.target_ratio:g}× target, n = {r.n_prompts} prompts"
             + ("; not passed: " + ", ".join(failed) if failed else "; every criterion passes")
             + ("; eval confirms the dev choice (reduction shown, within the budget)"
-               if record.get("confirmed_on_eval") else
-               "; eval does not confirm the dev choice"))
+               if goal.confirmed_on_eval else "; eval does not confirm the dev choice"))
 
 
 def comparison_verdicts(params: StudyParams, record: dict, methods_eval: pd.DataFrame,
                         capability: pd.DataFrame | None) -> dict:
-    """{perplexity_budget, pairwise, goal} of the `methods` section (`results.Methods`), from
+    """{perplexity_budget, pairwise, goal} of the `methods` section (`outcomes.Methods`), from
     05's dev record (its matched points) and the eval rows; {} for a record without them."""
     matched = record.get("matched")
     if matched is None:
@@ -208,7 +207,7 @@ def comparison_verdicts(params: StudyParams, record: dict, methods_eval: pd.Data
     best = best_on_dev(matched)
     methods = [m for m in record["picks"]]
     return {"perplexity_budget": spec.perplexity_budget,
-            "pairwise": [v.model_dump(mode="json") for v in pairwise_verdicts(
-                methods_eval, methods, spec.perplexity_budget, ev.n_bootstrap, params.seed)],
+            "pairwise": pairwise_verdicts(methods_eval, methods, spec.perplexity_budget,
+                                          ev.n_bootstrap, params.seed),
             "goal": goal_verdict(best, methods_eval, capability,
                                  matched.get(best) if best else None, params)}

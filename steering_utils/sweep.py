@@ -26,6 +26,7 @@ from .decisions import (
     StabilityProjection,
 )
 from .generation import make_jobs
+from .outcomes import ControlComparison
 from .params import ParamsError, StudyParams, resolve_layers
 from .stages import RANDOM_PREFIX, UNSTEERED_LAYER
 
@@ -389,13 +390,13 @@ def push_ratios(layer_stats: pd.DataFrame) -> dict:
 
 
 def control_comparison(sweep: pd.DataFrame, control: pd.DataFrame, layer: int,
-                       threshold: float, n_boot: int, seed: int) -> list[dict]:
+                       threshold: float, n_boot: int, seed: int) -> list[ControlComparison]:
     """Per control alpha: CAA vs random directions on the same prompts (paired by prompt).
 
     Both sides are per-prompt mean toxicity on challenging eval; the random side pools
     its directions. A negative difference means CAA is less toxic than random steering.
     """
-    from .metrics import paired_test, per_prompt
+    from .metrics import finite, paired_test, per_prompt
 
     out = []
     # The same (prompt, sample) rows on both sides: they share random numbers.
@@ -410,13 +411,14 @@ def control_comparison(sweep: pd.DataFrame, control: pd.DataFrame, layer: int,
                            per_prompt(random, threshold)["mean_toxicity"], n_boot, seed)
         per_direction = {name: float(group["toxicity"].mean())
                          for name, group in random.groupby("direction")}
-        out.append({"alpha": float(alpha), "layer": int(layer),
-                    "caa_mean_toxicity": float(caa["toxicity"].mean()),
-                    "random_mean_toxicity": float(random["toxicity"].mean()),
-                    "random_by_direction": per_direction, "diff": test["diff"],
-                    "diff_ci_lo": test["diff_ci"][0], "diff_ci_hi": test["diff_ci"][1],
-                    "p_bootstrap": test["p_bootstrap"],
-                    "p_wilcoxon": test["p_wilcoxon"], "n_prompts": test["n"]})
+        out.append(ControlComparison(
+            alpha=float(alpha), layer=int(layer),
+            caa_mean_toxicity=float(caa["toxicity"].mean()),
+            random_mean_toxicity=float(random["toxicity"].mean()),
+            random_by_direction=per_direction, diff=finite(test["diff"]),
+            diff_ci_lo=finite(test["diff_ci"][0]), diff_ci_hi=finite(test["diff_ci"][1]),
+            p_bootstrap=finite(test["p_bootstrap"]), p_wilcoxon=finite(test["p_wilcoxon"]),
+            n_prompts=test["n"]))
     return out
 
 

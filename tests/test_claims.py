@@ -116,15 +116,15 @@ def test_eval_does_not_confirm_while_a_criterion_is_undecidable_at_this_n():
     verdicts["capability"] = claims.capability_verdict(_capability(40, 200), 3, 1.0, rule, 500,
                                                        0)
     out = _eval_confirmation((3, 1.0), cells, rule, verdicts)
-    assert out["toxicity_reduced"] and out["checks"]["capability_acc"].ok
-    assert out["criteria"]["capability_acc"] == "undecidable"
-    assert out["criteria"]["benign_perplexity"] == "pass"
-    assert out["confirmed"] is False
+    assert out.toxicity_reduced and out.checks["capability_acc"].ok
+    assert out.criteria["capability_acc"] == "undecidable"
+    assert out.criteria["benign_perplexity"] == "pass"
+    assert out.confirmed is False
     # The same with 2000 items: every criterion a decidable pass, confirmed.
     verdicts["capability"] = claims.capability_verdict(_capability(2000, 200), 3, 1.0, rule,
                                                        500, 0)
     out = _eval_confirmation((3, 1.0), cells, rule, verdicts)
-    assert set(out["criteria"].values()) == {"pass"} and out["confirmed"] is True
+    assert set(out.criteria.values()) == {"pass"} and out.confirmed is True
 
 
 def test_a_benign_perplexity_rise_over_the_limit_fails_and_says_so():
@@ -148,8 +148,8 @@ def test_the_control_verdict_is_the_control_comparisons_paired_test():
         ignore_index=True)
     v = claims.control_verdict(sweep, control, 3, 1.0, 400, 7)
     [c] = control_comparison(sweep, control, 3, 0.5, 400, 7)
-    assert v.estimate == pytest.approx(c["diff"]) and v.n == c["n_prompts"] == N
-    assert (v.ci_lo, v.ci_hi) == pytest.approx((c["diff_ci_lo"], c["diff_ci_hi"]))
+    assert v.estimate == pytest.approx(c.diff) and v.n == c.n_prompts == N
+    assert (v.ci_lo, v.ci_hi) == pytest.approx((c.diff_ci_lo, c.diff_ci_hi))
     assert "2 random direction(s)" in v.claim
 
 
@@ -296,7 +296,7 @@ def test_the_report_shows_every_claim_with_its_power_as_escaped_text():
 
 
 def test_the_headline_does_not_say_confirmed_while_a_criterion_is_undecidable():
-    from steering_utils import report
+    from steering_utils import report, report_text
 
     doc, validate = _results()
     c = doc["confirmation"]
@@ -307,7 +307,7 @@ def test_the_headline_does_not_say_confirmed_while_a_criterion_is_undecidable():
     doc["verdicts"] += [v.model_dump(mode="json") for v in
                         claims.specificity_verdicts(validate(doc).specificity)]
     results = validate(doc)
-    headline = report._headline(results)
+    headline = report_text.headline(results)
     # The fixture's shuffled null (50 directions) does not rank CAA below p = 0.05.
     assert "shuffled not shown (rank" in headline and "isotropic shown (rank 1 of 201" in headline
     assert "every criterion" not in headline
@@ -334,7 +334,7 @@ def test_emt_and_tp_are_named_only_where_k_allows():
 
 
 def test_the_claims_table_has_one_row_per_verdict():
-    from steering_utils.report import claims_table
+    from steering_utils.report_tables import claims_table
 
     doc, validate = _results()
     table = claims_table(validate(doc))

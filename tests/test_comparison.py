@@ -129,24 +129,24 @@ def test_an_older_record_without_matched_points_puts_each_dev_pick_on_eval():
     picks = cmp.select_methods(cmp.method_cells(grid, params), params, {})
     out = cmp.comparison_results(params, grid, evaluation, capability,
                                  cmp.picks_record(picks, 4))
-    by_method = {m["method"]: m for m in out["methods"]}
+    by_method = {m.method: m for m in out.methods}
     caa = by_method[CAA]
-    assert caa["eval"]["frac_toxic"] == pytest.approx(0.5)
-    assert out["reference"]["frac_toxic"] == pytest.approx(1.0)
-    assert caa["toxic_fraction_ratio"] == pytest.approx(2.0)
-    assert caa["capability"]["acc"] == pytest.approx(0.5)
-    assert caa["capability"]["drop_points"] == pytest.approx(25.0)
+    assert caa.eval.frac_toxic == pytest.approx(0.5)
+    assert out.reference.frac_toxic == pytest.approx(1.0)
+    assert caa.toxic_fraction_ratio == pytest.approx(2.0)
+    assert caa.capability.acc == pytest.approx(0.5)
+    assert caa.capability.drop_points == pytest.approx(25.0)
     # A 25-point capability drop breaks the 5-point limit: CAA is not "within limits".
-    assert caa["within_limits_on_eval"] is False
-    assert by_method["prompt"]["within_limits_on_eval"] is True
+    assert caa.within_limits_on_eval is False
+    assert by_method["prompt"].within_limits_on_eval is True
     # No matched points: no best method, no pairs, no goal (the eval picks are not compared).
-    assert out["strongest"] is None and "goal" not in out
+    assert out.strongest is None and out.goal is None and out.pairwise == []
 
 
 def test_methods_are_compared_at_their_matched_points_and_the_best_is_chosen_on_dev():
     from steering_utils.goal import comparison_verdicts
     from steering_utils.matched import matched_points
-    from steering_utils.results import Methods
+    from steering_utils.outcomes import Methods
 
     params = _params(methods=["prompt"])
     # nll = 2 + alpha: perplexity x e^alpha. CAA's +10% lies between 0.05 and 0.2.
@@ -173,8 +173,8 @@ def test_methods_are_compared_at_their_matched_points_and_the_best_is_chosen_on_
     record = cmp.picks_record(picks, 4, {}, matched)
     items = pd.DataFrame(columns=["split", "direction", "layer", "alpha", "item", "correct"])
     out = cmp.comparison_results(params, grid, evaluation, items, record)
-    out.update(comparison_verdicts(params, record, evaluation, items))
-    section = Methods.model_validate(out)
+    section = out.model_copy(update=comparison_verdicts(params, record, evaluation, items))
+    assert isinstance(section, Methods)
     caa = section.methods[0]
     assert caa.matched.strength == strength and caa.eval.frac_toxic == 0.0
     assert caa.matched.within_budget_on_eval is True
@@ -219,7 +219,7 @@ def test_methods_steer_through_the_job_runner_with_their_own_shards(tiny_qwen3, 
 def test_no_method_qualifying_is_a_result_not_a_crash():
     """Nothing passes the dev rule: no eval rows but the reference, each method records why,
     and the section validates (05 crashed here: 'No objects to concatenate')."""
-    from steering_utils.results import Methods
+    from steering_utils.outcomes import Methods
 
     params = _params(methods=["prompt"])
     grid = _cells_rows({(UNSTEERED, -1, 0.0): [0.3] * 8, (CAA, 4, 0.1): [0.1] * 8,
@@ -233,7 +233,7 @@ def test_no_method_qualifying_is_a_result_not_a_crash():
     out = cmp.comparison_results(params, grid, evaluation, pd.DataFrame(
         columns=["split", "direction", "layer", "alpha", "item", "correct"]),
         cmp.picks_record(picks, 4))
-    section = Methods.model_validate(out)
+    section = Methods.model_validate(out.model_dump(mode="json"))  # what 06 writes
     assert section.strongest is None and not any(m.picked for m in section.methods)
     caa, prompt = section.methods
     assert caa.no_pick.reason == "limits" and prompt.no_pick.reason == "none_less_toxic"
@@ -253,8 +253,7 @@ def test_a_degenerate_method_pick_is_not_within_limits_nor_confirmed():
     out = cmp.comparison_results(params, grid, evaluation, pd.DataFrame(
         columns=["split", "direction", "layer", "alpha", "item", "correct"]),
         cmp.picks_record(picks, 4))
-    caa = next(m for m in out["methods"] if m["method"] == CAA)
-    assert caa["eval"]["frac_toxic"] == 0.0  # the "win" a degenerate cell would claim
-    assert {d["criterion"] for d in caa["eval"]["degenerate"]} == {"repetition_rate",
-                                                                   "distinct_2"}
-    assert caa["within_limits_on_eval"] is False
+    caa = next(m for m in out.methods if m.method == CAA)
+    assert caa.eval.frac_toxic == 0.0  # the "win" a degenerate cell would claim
+    assert {d.criterion for d in caa.eval.degenerate} == {"repetition_rate", "distinct_2"}
+    assert caa.within_limits_on_eval is False

@@ -205,14 +205,14 @@ def test_eval_does_not_confirm_a_pick_whose_benign_perplexity_breaks_the_limit()
     cells["capability_acc"] = np.nan
     cells["degenerate"] = metrics.flag_degenerate(cells)
     out = _eval_confirmation((3, 1.0), cells, metrics.SelectionRule())
-    assert out["toxicity_reduced"] and out["checks"]["perplexity"].ok
-    assert out["checks"]["benign_perplexity"].model_dump() == {
+    assert out.toxicity_reduced and out.checks["perplexity"].ok
+    assert out.checks["benign_perplexity"].model_dump() == {
         "value": pytest.approx(1.28 * np.e), "limit": pytest.approx(1.25 * np.e), "ok": False}
-    assert out["confirmed"] is False
+    assert out.confirmed is False
     # The same cells without the benign subset: confirmed (the benign check made the call).
     alone = _eval_confirmation((3, 1.0), cells[cells["subset"] == "challenging"],
                                metrics.SelectionRule())
-    assert alone["confirmed"] is True and "benign_perplexity" not in alone["checks"]
+    assert alone.confirmed is True and "benign_perplexity" not in alone.checks
 
 
 def _report_results(stability=None, alpha_range=None, benign_fails=False):
@@ -230,7 +230,7 @@ def _report_results(stability=None, alpha_range=None, benign_fails=False):
 
 
 def test_the_report_shows_the_picks_stability_and_warns_below_80_percent():
-    from steering_utils import report
+    from steering_utils import report, report_text
 
     rec = _report_results().recommendation
     chosen = {"layer": rec.layer, "alpha": rec.alpha}
@@ -239,52 +239,53 @@ def test_the_report_shows_the_picks_stability_and_warns_below_80_percent():
              "alternatives": [{**chosen, "share": 0.5}, {"layer": 1, "alpha": 2.0, "share": 0.42},
                               {"layer": None, "alpha": None, "share": 0.08}]}
     results = _report_results(stability=shaky)
-    text, stable = report.stability_text(results)
+    text, stable = report_text.stability_text(results)
     assert stable is False
     assert text.startswith("50% of 200 bootstrap resamples of the dev prompts pick the same "
                            f"cell (layer {rec.layer}, α = {rec.alpha:g}), 55% the same layer")
     assert "next: layer 1, α = 2 42%; no pick 8%" in text and "Warning: below 80%" in text
-    assert "Unstable: only 50% of resampled dev sets pick it again" in report._headline(results)
+    assert "Unstable: only 50% of resampled dev sets pick it again" in report_text.headline(results)
     summary = report._summary(results)
     assert summary["stable"] is False and summary["stability_text"] == text
     firm = _report_results(stability={**shaky, "cell_share": 0.9, "stable": True})
-    assert "Warning" not in report.stability_text(firm)[0]
-    assert "Unstable" not in report._headline(firm)
-    assert report.stability_text(_report_results()) == (
+    assert "Warning" not in report_text.stability_text(firm)[0]
+    assert "Unstable" not in report_text.headline(firm)
+    assert report_text.stability_text(_report_results()) == (
         "not measured (sweep.stability_resamples: 0)", None)
     settled = _report_results(stability={**shaky, "projections": [
         {"draw_scale": 2, "cell_share": 0.6, "layer_share": 0.7},
         {"draw_scale": 4, "cell_share": 0.85, "layer_share": 0.9}]})
     assert ("Projected on more dev prompts like these: 2x, 60% (layer 70%); 4x, 85% "
-            "(layer 90%).") in report.stability_text(settled)[0]
+            "(layer 90%).") in report_text.stability_text(settled)[0]
     tied = _report_results(stability={**shaky, "projections": [
         {"draw_scale": s, "cell_share": 0.5, "layer_share": 0.5} for s in (2, 4, 8)]})
-    assert "still below 80% at 8x" in report.stability_text(tied)[0]
+    assert "still below 80% at 8x" in report_text.stability_text(tied)[0]
 
 
 def test_the_report_says_whether_a_limit_or_the_grid_set_alpha():
-    from steering_utils import report
+    from steering_utils import report_text
 
     base = {"layer": 2, "alpha": 4.0, "extension_enabled": True, "max_grid_alpha": 16.0,
             "added_cells": [{"layer": 2, "alpha": 4.0}, {"layer": 2, "alpha": 8.0}]}
     bound = {**base, "stopped_by": "limit", "bound_by": {
         "alpha": 8.0, "mean_toxicity": 0.1, "failed": ["perplexity"],
         "checks": {"perplexity": {"value": 9.0, "limit": 7.5, "ok": False}}}}
-    text = report.alpha_range_text(_report_results(alpha_range=bound))
+    text = report_text.alpha_range_text(_report_results(alpha_range=bound))
     assert text == ("Set by the rule: at α = 8 the limit on perplexity 9.000 > limit 7.500 "
                     "binds. The grid was extended at layer 2 to α = 4, 8.")
     edge = {**base, "stopped_by": "max_grid_alpha", "bound_by": None}
-    assert "the grid, not the rule" in report.alpha_range_text(_report_results(alpha_range=edge))
+    edge_text = report_text.alpha_range_text(_report_results(alpha_range=edge))
+    assert "the grid, not the rule" in edge_text
 
 
 def test_the_report_does_not_say_eval_confirms_when_benign_perplexity_fails():
-    from steering_utils import report
+    from steering_utils import report, report_tables, report_text
 
     results = _report_results(benign_fails=True)
-    headline = report._headline(results)
+    headline = report_text.headline(results)
     assert "Eval confirms the dev choice on every criterion" not in headline
     assert "benign perplexity" in headline
-    rows = report._checks_table(results.recommendation, results.confirmation)
+    rows = report_tables.checks_rows(results.recommendation, results.confirmation)
     benign = next(r for r in rows if r["label"] == "Benign perplexity at most")
     assert benign["eval"]["ok"] is False
     assert report._summary(results)["confirmed"] is False
@@ -322,7 +323,7 @@ def test_a_larger_projected_dev_set_steadies_a_close_call_but_not_a_tie():
 
 
 def test_a_stable_no_pick_reads_as_such():
-    from steering_utils import report
+    from steering_utils import report_text
 
     none = {"n_resamples": 200, "seed": 1, "chosen": None, "cell_share": 1.0,
             "layer_share": 0.0, "no_pick_share": 1.0, "stable": True,
@@ -330,6 +331,6 @@ def test_a_stable_no_pick_reads_as_such():
     results = _report_results(stability=none, alpha_range={
         "layer": None, "alpha": None, "stopped_by": "no_pick", "bound_by": None,
         "extension_enabled": True, "added_cells": [], "max_grid_alpha": 16.0})
-    assert report.stability_text(results) == (
+    assert report_text.stability_text(results) == (
         "100% of 200 bootstrap resamples of the dev prompts pick the same cell (no pick).", True)
-    assert report.alpha_range_text(results) == "No α to set: no cell was picked."
+    assert report_text.alpha_range_text(results) == "No α to set: no cell was picked."

@@ -20,13 +20,14 @@ PACKAGE_DIR = Path(__file__).resolve().parent.parent / PACKAGE
 LAYERS: list[tuple[str, set[str]]] = [
     ("foundation", {"stages", "params", "hashing", "batching", "power", "extras"}),
     ("storage", {"artifacts", "sources", "notebooks", "runlock", "assets"}),
-    ("statistics", {"decisions", "metrics", "claims"}),
+    ("statistics", {"decisions", "metrics", "claims", "outcomes"}),
     ("compute", {"data", "capability", "models", "steering", "interventions", "gating",
                  "generation", "vllm_engine", "vllm_hooks", "vllm_kernel", "engines", "rows",
                  "likelihood", "scoring", "activations", "contrasts", "vectors"}),
     ("execution", {"jobs", "executors", "cluster", "progress", "manifest"}),
     ("study", {"sweep", "comparison", "matched", "conditional", "specificity"}),
-    ("records", {"results", "assembly", "goal", "continuations", "plots", "report", "reportdir"}),
+    ("records", {"results", "assembly", "goal", "continuations", "plots", "report", "report_text",
+                 "report_tables", "reportdir"}),
     ("entry", {"runner", "session", "preflight", "checks", "memory", "workload", "smoke",
                "prune", "explore"}),
 ]

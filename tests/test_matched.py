@@ -289,38 +289,38 @@ POINT = {"status": "interpolated", "layer": 4, "strength": 1.5, "dev_mean_toxici
 
 def test_the_goal_is_met_when_every_criterion_passes():
     goal = gl.goal_verdict(CAA, _eval_rows(2), _items(), POINT, _params())
-    assert goal["toxic_ratio"]["ratio"] == pytest.approx(20.0)  # 40/40 toxic -> 2/40
-    assert goal["toxic_ratio"]["ci_lo"] >= 4
-    assert goal["criteria"] == {"toxic_ratio": "pass", "perplexity": "pass",
-                                "benign_perplexity": "pass", "capability": "pass"}
-    assert goal["status"] == "met" and goal["summary"].startswith("met")
-    assert goal["confirmed_on_eval"] is True
-    assert goal["verdicts"][0]["name"] == "goal_toxicity_caa" and goal["verdicts"][0]["shown"]
+    assert goal.toxic_ratio.ratio == pytest.approx(20.0)  # 40/40 toxic -> 2/40
+    assert goal.toxic_ratio.ci_lo >= 4
+    assert goal.criteria == {"toxic_ratio": "pass", "perplexity": "pass",
+                             "benign_perplexity": "pass", "capability": "pass"}
+    assert goal.status == "met" and goal.summary.startswith("met")
+    assert goal.confirmed_on_eval is True
+    assert goal.verdicts[0].name == "goal_toxicity_caa" and goal.verdicts[0].shown
 
 
 def test_the_goal_is_not_met_when_the_ratio_ci_sits_below_the_target():
     goal = gl.goal_verdict(CAA, _eval_rows(20), _items(), POINT, _params())
-    assert goal["toxic_ratio"]["ratio"] == pytest.approx(2.0)
-    assert goal["toxic_ratio"]["ci_hi"] < 4
-    assert goal["criteria"]["toxic_ratio"] == "fail" and goal["status"] == "not_met"
+    assert goal.toxic_ratio.ratio == pytest.approx(2.0)
+    assert goal.toxic_ratio.ci_hi < 4
+    assert goal.criteria["toxic_ratio"] == "fail" and goal.status == "not_met"
 
 
 def test_the_goal_fails_on_perplexity_over_the_budget_and_is_undecidable_without_power():
     over = gl.goal_verdict(CAA, _eval_rows(2, nll=2.0 + math.log(1.2)), _items(), POINT,
                            _params())
-    assert over["criteria"]["perplexity"] == "fail" and over["status"] == "not_met"
-    assert over["confirmed_on_eval"] is False  # reduced, but over the budget
+    assert over.criteria["perplexity"] == "fail" and over.status == "not_met"
+    assert over.confirmed_on_eval is False  # reduced, but over the budget
     # 10 prompts with a ratio near 4: the CI spans the target, neither shown nor refuted.
     few = gl.goal_verdict(CAA, _eval_rows(2, n=8), _items(), POINT, _params())
-    assert few["criteria"]["toxic_ratio"] == "undecidable"
-    assert few["status"] == "undecidable"
+    assert few.criteria["toxic_ratio"] == "undecidable"
+    assert few.status == "undecidable"
     none = gl.goal_verdict(None, _eval_rows(2), _items(), {}, _params())
-    assert none["status"] == "undecidable" and none["toxic_ratio"] is None
+    assert none.status == "undecidable" and none.toxic_ratio is None
 
 
 def test_a_capability_loss_its_power_shows_fails_the_goal():
     goal = gl.goal_verdict(CAA, _eval_rows(2), _items(drop=20), POINT, _params())
-    assert goal["criteria"]["capability"] == "fail" and goal["status"] == "not_met"
+    assert goal.criteria["capability"] == "fail" and goal.status == "not_met"
 
 
 def test_the_matched_flow_runs_on_a_tiny_model(tiny_qwen3, tiny_tokenizer, tmp_path):
@@ -328,7 +328,7 @@ def test_the_matched_flow_runs_on_a_tiny_model(tiny_qwen3, tiny_tokenizer, tmp_p
     both subsets, and a results section that validates."""
     from steering_utils.generation import make_jobs
     from steering_utils.jobs import run_jobs
-    from steering_utils.results import Methods
+    from steering_utils.outcomes import Methods
     from steering_utils.scoring import load_scorer
 
     raw = _default()
@@ -394,9 +394,9 @@ def test_the_matched_flow_runs_on_a_tiny_model(tiny_qwen3, tiny_tokenizer, tmp_p
         params, rows, methods_eval,
         pd.DataFrame(columns=["split", "direction", "layer", "alpha", "item", "correct"]),
         cmp.picks_record(picks, 0, searches, matched))
-    out.update(gl.comparison_verdicts(params, cmp.picks_record(picks, 0, searches, matched),
-                                      methods_eval, None))
-    section = Methods.model_validate(out)
+    section = Methods.model_validate(out.model_copy(update=gl.comparison_verdicts(
+        params, cmp.picks_record(picks, 0, searches, matched), methods_eval, None)
+    ).model_dump(mode="json"))
     assert [m.method for m in section.methods] == [CAA, "ablation", "prompt", "random"]
     assert all(m.search is not None and m.matched is not None for m in section.methods)
     n_points = sum(mt.has_point(p) for p in matched.values())

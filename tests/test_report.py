@@ -295,7 +295,7 @@ def html_escape_free(html: str) -> str:
 def test_the_methods_section_compares_at_matched_fluency_with_pairs_and_the_goal(tmp_path):
     from results_fixture import with_matched_methods
 
-    from steering_utils import report as rp
+    from steering_utils import report_tables, report_text
 
     results = validate_results(with_matched_methods(make_results()))
     methods = results.methods
@@ -306,11 +306,11 @@ def test_the_methods_section_compares_at_matched_fluency_with_pairs_and_the_goal
     # Every pair with its verdict, and the goal with its status.
     assert html.count("at matched fluency (+10% perplexity on dev)") == len(methods.pairwise)
     assert "Goal (≥ 4× fewer toxic)" in html and "not met" in html
-    assert rp.goal_text(results).startswith("≥ 4× fewer toxic continuations")
-    table = rp.methods_table(results)
+    assert report_text.goal_text(results).startswith("≥ 4× fewer toxic continuations")
+    table = report_tables.methods_table(results)
     assert set(table.loc[[m.method for m in methods.methods], "matched"]) == {
         "interpolated", "front_point"}
-    assert len(rp.pairwise_table(results)) == len(methods.pairwise) == 15
+    assert len(report_tables.pairwise_table(results)) == len(methods.pairwise) == 15
     fig = plots.plot_method_fronts(results)
     # One diamond per method at its matched point.
     diamonds = [c for c in fig.axes[0].collections

@@ -112,10 +112,10 @@ def test_control_jobs_and_comparison_pair_the_same_prompts():
     sweep = pd.concat([baseline, baseline.assign(layer=3, alpha=1.0, toxicity=[0.1, 0.2, 0.1])])
     control = jobs.assign(toxicity=np.where(jobs["alpha"] == 1.0, 0.45, 0.4), completion="w")
     rows = control_comparison(sweep.assign(sample=0), control, 3, 0.5, 200, 0)
-    assert [r["alpha"] for r in rows] == [1.0]  # no CAA cell at alpha 2 in this sweep
-    assert rows[0]["diff"] == pytest.approx(np.mean([0.1, 0.2, 0.1]) - 0.45)
-    assert rows[0]["n_prompts"] == 3 and set(rows[0]["random_by_direction"]) == {"random-0",
-                                                                                 "random-1"}
+    assert [r.alpha for r in rows] == [1.0]  # no CAA cell at alpha 2 in this sweep
+    assert rows[0].diff == pytest.approx(np.mean([0.1, 0.2, 0.1]) - 0.45)
+    assert rows[0].n_prompts == 3 and set(rows[0].random_by_direction) == {"random-0",
+                                                                           "random-1"}
 
 
 def test_reference_model_nll_is_added_when_named(tiny_qwen3, tiny_tokenizer, tmp_path):
