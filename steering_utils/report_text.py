@@ -261,6 +261,7 @@ def stability_text(results: ExperimentResults) -> tuple[str, bool | None]:
     if not st.stable:
         text += (" Warning: below 80%, the dev decision is not stable; more dev prompts or "
                  "samples are needed before the pick means much.")
+        text += _alternatives_on_dev(results, others)
         if st.projections:
             text += " Projected on more dev prompts like these: " + "; ".join(
                 f"{p.draw_scale:g}x, {p.cell_share:.0%} (layer {p.layer_share:.0%})"
@@ -269,6 +270,25 @@ def stability_text(results: ExperimentResults) -> tuple[str, bool | None]:
                 f"; still below 80% at {st.projections[-1].draw_scale:g}x, the leading cells "
                 "are close to a tie (the layer choice matters little there).")
     return text, st.stable
+
+
+def _alternatives_on_dev(results: ExperimentResults, others) -> str:
+    """How far the cells resamples pick instead sit from the pick on the whole dev set: an
+    unstable pick among near-equal cells costs little, one among distant cells a lot."""
+    rec = results.recommendation
+    dev = {(c.layer, c.alpha): c.mean_toxicity for c in results.cells
+           if c.experiment == "grid" and c.subset == "challenging"}
+    if rec is None or (rec.layer, rec.alpha) not in dev:
+        return ""
+    pick = dev[(rec.layer, rec.alpha)]
+    gaps = [(a, dev[(a.layer, a.alpha)] - pick) for a in others
+            if a.layer is not None and (a.layer, a.alpha) in dev]
+    if not gaps:
+        return ""
+    listed = "; ".join(f"layer {a.layer}, α = {a.alpha:g}, {pick + gap:.3f} ({gap:+.3f})"
+                       for a, gap in gaps)
+    return (f" On the whole dev set the pick's mean toxicity is {pick:.3f}; the next cells': "
+            f"{listed}, all within {max(abs(g) for _, g in gaps):.3f} of it.")
 
 
 _STOPPED_BY = {

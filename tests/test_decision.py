@@ -244,6 +244,13 @@ def test_the_report_shows_the_picks_stability_and_warns_below_80_percent():
     assert text.startswith("50% of 200 bootstrap resamples of the dev prompts pick the same "
                            f"cell (layer {rec.layer}, α = {rec.alpha:g}), 55% the same layer")
     assert "next: layer 1, α = 2 42%; no pick 8%" in text and "Warning: below 80%" in text
+    # How far the runner-up sits from the pick on the whole dev set (the fixture's cells).
+    dev = {(c.layer, c.alpha): c.mean_toxicity for c in results.cells
+           if c.experiment == "grid" and c.subset == "challenging"}
+    gap = dev[(1, 2.0)] - dev[(rec.layer, rec.alpha)]
+    assert (f"the pick's mean toxicity is {dev[(rec.layer, rec.alpha)]:.3f}; the next cells': "
+            f"layer 1, α = 2, {dev[(1, 2.0)]:.3f} ({gap:+.3f}), all within {abs(gap):.3f}"
+            ) in text
     assert "Unstable: only 50% of resampled dev sets pick it again" in report_text.headline(results)
     summary = report._summary(results)
     assert summary["stable"] is False and summary["stability_text"] == text
