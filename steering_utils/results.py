@@ -303,7 +303,14 @@ def _table(rows: list[dict], model: type[BaseModel]) -> pd.DataFrame:
 
 
 def table_records(table: pd.DataFrame, model: type[BaseModel]) -> list[dict]:
-    """A table's rows as JSON-able records of the model's fields (NaN as None)."""
+    """A table's rows as JSON-able records of the model's fields (NaN as None).
+
+    The model is the one declaration of the table's columns: a column it does not declare
+    raises (a new statistic must be added to the model, never dropped on the way)."""
+    unknown = [name for name in table.columns if name not in model.model_fields]
+    if unknown:
+        raise ResultsError(f"{model.__name__} declares no column {unknown}: add the field to "
+                           f"steering_utils/results.py (or drop the column before)")
     fields = [name for name in model.model_fields if name in table.columns]
     plain = table[fields].astype(object).where(table[fields].notna(), None)
     return plain.to_dict(orient="records")

@@ -15,7 +15,8 @@ from matplotlib.figure import Figure
 from results_fixture import HOSTILE_COMPLETIONS, make_results
 
 from steering_utils import plots
-from steering_utils.report import render_report, rule_text, write_report
+from steering_utils.report import render_report, write_report
+from steering_utils.report_text import rule_text
 from steering_utils.results import (
     SCHEMA_FILE,
     ExperimentResults,
@@ -316,3 +317,21 @@ def test_the_methods_section_compares_at_matched_fluency_with_pairs_and_the_goal
     diamonds = [c for c in fig.axes[0].collections
                 if c.get_paths() and len(c.get_offsets()) == 1 and c.get_sizes()[0] == 90]
     assert len(diamonds) == len(methods.methods)
+
+
+def test_a_cell_column_the_model_does_not_declare_is_refused_not_dropped():
+    """`results.Cell` is the one declaration of the cell table's columns: a statistic added
+    to `metrics.summarize_cells` without its field would vanish on the way to the JSON."""
+    from steering_utils.metrics import summarize_cells
+    from steering_utils.results import Cell, ResultsError, table_records
+
+    rows = pd.DataFrame({"experiment": "grid", "split": "dev", "subset": "challenging",
+                         "layer": [-1, -1, 3, 3], "alpha": [0.0, 0.0, 1.0, 1.0],
+                         "prompt_id": ["a", "b", "a", "b"], "sample": 0,
+                         "toxicity": [0.6, 0.4, 0.2, 0.1], "nll": 2.0,
+                         "completion": ["one two", "three four", "five six", "seven eight"]})
+    cells = summarize_cells(rows, n_boot=50)
+    records = table_records(cells, Cell)
+    assert {k for r in records for k in r} == set(cells.columns)  # nothing dropped
+    with pytest.raises(ResultsError, match=r"Cell declares no column \['new_statistic'\]"):
+        table_records(cells.assign(new_statistic=1.0), Cell)
