@@ -9,6 +9,7 @@ from __future__ import annotations
 import pandas as pd
 
 from .decisions import Recommendation
+from .outcomes import Confirmation
 from .report_text import (
     criterion_statuses,
     degenerate_text,
@@ -24,10 +25,7 @@ from .report_text import (
     sweep_cells,
     why_text,
 )
-from .results import (
-    Confirmation,
-    ExperimentResults,
-)
+from .results import ExperimentResults
 
 
 def _value(record, name: str, digits: int = 3) -> dict | None:

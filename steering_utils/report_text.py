@@ -9,13 +9,8 @@ from __future__ import annotations
 
 from .claims import CRITERION_VERDICT
 from .decisions import Degeneracy, NoPick
-from .results import (
-    Cell,
-    Confirmation,
-    Control,
-    ExperimentResults,
-    Rule,
-)
+from .outcomes import Confirmation, Control
+from .results import Cell, ExperimentResults, Rule
 from .stages import ALL_LAYERS, UNSTEERED_LAYER
 
 CI_METHOD = "95% percentile bootstrap over prompts"
