@@ -133,7 +133,7 @@ def test_a_benign_perplexity_rise_over_the_limit_fails_and_says_so():
     rule = metrics.SelectionRule()
     verdicts = claims.eval_verdicts(_sweep(0.28), 3, 1.0, rule, 500, 0)
     out = _eval_confirmation((3, 1.0), _confirmation_cells(0.28), rule, verdicts)
-    assert out["criteria"]["benign_perplexity"] == "fail" and not out["confirmed"]
+    assert out.criteria["benign_perplexity"] == "fail" and not out.confirmed
     assert claims.criterion_status(True, verdicts["benign_perplexity"]) == "pass"
 
 

@@ -236,20 +236,20 @@ def test_the_report_shows_the_picks_stability_and_warns_below_80_percent():
     chosen = {"layer": rec.layer, "alpha": rec.alpha}
     shaky = {"n_resamples": 200, "seed": 1, "chosen": chosen, "cell_share": 0.5,
              "layer_share": 0.55, "no_pick_share": 0.0, "stable": False,
-             "alternatives": [{**chosen, "share": 0.5}, {"layer": 1, "alpha": 2.0, "share": 0.42},
+             "alternatives": [{**chosen, "share": 0.5}, {"layer": 0, "alpha": 2.0, "share": 0.42},
                               {"layer": None, "alpha": None, "share": 0.08}]}
     results = _report_results(stability=shaky)
     text, stable = report_text.stability_text(results)
     assert stable is False
     assert text.startswith("50% of 200 bootstrap resamples of the dev prompts pick the same "
                            f"cell (layer {rec.layer}, α = {rec.alpha:g}), 55% the same layer")
-    assert "next: layer 1, α = 2 42%; no pick 8%" in text and "Warning: below 80%" in text
+    assert "next: layer 0, α = 2 42%; no pick 8%" in text and "Warning: below 80%" in text
     # How far the runner-up sits from the pick on the whole dev set (the fixture's cells).
     dev = {(c.layer, c.alpha): c.mean_toxicity for c in results.cells
            if c.experiment == "grid" and c.subset == "challenging"}
-    gap = dev[(1, 2.0)] - dev[(rec.layer, rec.alpha)]
+    gap = dev[(0, 2.0)] - dev[(rec.layer, rec.alpha)]
     assert (f"the pick's mean toxicity is {dev[(rec.layer, rec.alpha)]:.3f}; the next cells': "
-            f"layer 1, α = 2, {dev[(1, 2.0)]:.3f} ({gap:+.3f}), all within {abs(gap):.3f}"
+            f"layer 0, α = 2, {dev[(0, 2.0)]:.3f} ({gap:+.3f}), all within {abs(gap):.3f}"
             ) in text
     assert "Unstable: only 50% of resampled dev sets pick it again" in report_text.headline(results)
     summary = report._summary(results)

@@ -347,12 +347,12 @@ def test_one_capability_limit_for_the_pick_its_no_pick_reasons_and_its_eval_chec
                  "delta_mean_toxicity_ci_lo", "p_bootstrap"):
         rows[name] = 0.0
     confirmation = _eval_confirmation((5, -4.0), rows, lenient)
-    assert confirmation["checks"]["capability_acc"].ok is False
-    assert confirmation["confirmed"] is False
+    assert confirmation.checks["capability_acc"].ok is False
+    assert confirmation.confirmed is False
     unmeasured = only.assign(capability_acc=float("nan"))
     rec = metrics.recommend(unmeasured, lenient)
     assert (rec.layer, rec.alpha) == (5, -4.0) and "capability_acc" not in rec.checks
     assert metrics.why_no_pick(unmeasured, lenient).best_cells[0].failed == []
     confirmation = _eval_confirmation((5, -4.0), rows.assign(capability_acc=float("nan")),
                                       lenient)
-    assert "capability_acc" not in confirmation["checks"] and confirmation["confirmed"]
+    assert "capability_acc" not in confirmation.checks and confirmation.confirmed
