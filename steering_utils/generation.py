@@ -130,12 +130,12 @@ def baseline_jobs(prompts: pd.DataFrame, generation: GenerationParams,
 
     k = generation.samples_per_prompt
     wanted = pd.Series(k, index=prompts.index)
-    wanted[prompts["split"] == "dev"] = max(k, dev_samples)
+    wanted[prompts["split"] == "dev"] = max(k, dev_samples)  # never fewer than k
     pool = (prompts["subset"] == "challenging") & (prompts["split"] == "train")
     wanted[pool] = generation.train_samples_per_prompt or k
     parts = [make_jobs(prompts[wanted == samples], [(UNSTEERED_LAYER, 0.0)], int(samples))
              for samples in sorted(wanted.unique())]
-    return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+    return pd.concat(parts, ignore_index=True)
 
 
 _LENGTH_BUCKET = 64  # prompt tokens: `auto` remembers the batch that fitted per bucket
