@@ -283,7 +283,8 @@ def _alternatives_on_dev(results: ExperimentResults, others) -> str:
     listed = "; ".join(f"layer {a.layer}, α = {a.alpha:g}, {pick + gap:.3f} ({gap:+.3f})"
                        for a, gap in gaps)
     return (f" On the whole dev set the pick's mean toxicity is {pick:.3f}; the next cells': "
-            f"{listed}, all within {max(abs(g) for _, g in gaps):.3f} of it.")
+            f"{listed}, all within {max(abs(g) for _, g in gaps):.3f} of it (point "
+            "estimates; the layer claim below gives the runner-up's paired CI).")
 
 
 _STOPPED_BY = {
