@@ -35,6 +35,7 @@ from .metrics import (
     recommend,
     summarize_cells,
     with_benign_fluency,
+    with_toxicity_se,
 )
 from .power import Verdict, rank_verdict, verdict
 from .stages import CAA, UNSTEERED
@@ -161,8 +162,10 @@ def layer_verdict(grid: pd.DataFrame, layer: int, alpha: float | None, n_boot: i
     other_layer, other_alpha = others.idxmin()
     which = "the next best"
     if rule is not None:
-        summary = with_benign_fluency(summarize_cells(grid[grid["layer"] != layer],
-                                                      toxic_threshold, 20, seed))
+        others_rows = grid[grid["layer"] != layer]
+        summary = with_toxicity_se(
+            with_benign_fluency(summarize_cells(others_rows, toxic_threshold, 20, seed)),
+            others_rows[others_rows["subset"] == "challenging"])
         runner_up = recommend(summary, rule, capability)
         if runner_up is not None:
             other_layer, other_alpha = runner_up.layer, runner_up.alpha

@@ -74,6 +74,23 @@ class NoPick(Record):
                                                       "reference, least toxic first")
 
 
+class TieBreak(Record):
+    """The one-standard-error rule's tie (`metrics.recommend` with `tie_se` > 0): the cells
+    within `tie_se` standard errors of the least toxic admissible cell's mean toxicity are
+    statistically tied, and the tie goes to the lowest perplexity, then the gentlest alpha
+    (Hastie, Tibshirani & Friedman, ESL section 7.10)."""
+
+    least_toxic_layer: Annotated[int, Field(ge=ALL_LAYERS)]
+    least_toxic_alpha: float
+    least_toxic_mean_toxicity: Probability
+    standard_error: float = Field(ge=0, description="the least toxic cell's mean-toxicity SE "
+                                                    "over prompts")
+    tie_se: float = Field(gt=0, description="the band's width in standard errors")
+    band: float = Field(description="cells at most this toxic (and within the limits) tie")
+    tied: list[dict[str, float]] = Field(description="the tied cells (layer, alpha), the "
+                                                     "least toxic first")
+
+
 class _Pick(Record):
     """What `metrics.recommend` says of the cell it picked on a dev grid (dev numbers)."""
 
@@ -87,6 +104,8 @@ class _Pick(Record):
     capability_drop_points: float | None
     checks: dict[str, Check]
     candidates_tried: Count
+    tie: TieBreak | None = Field(None, description="null: the least toxic admissible cell "
+                                                   "(tie_se = 0, or no standard error)")
 
 
 class Recommendation(_Pick):
@@ -147,8 +166,8 @@ class AlphaBound(Record):
     checks: dict[str, Check]
 
 
-AlphaStop = Literal["limit", "more_toxic", "max_grid_alpha", "max_relative_push", "grid_edge",
-                    "no_pick"]
+AlphaStop = Literal["limit", "more_toxic", "tied", "max_grid_alpha", "max_relative_push",
+                    "grid_edge", "no_pick"]
 
 
 class AlphaRange(Record):
@@ -157,7 +176,9 @@ class AlphaRange(Record):
     layer: SteeredLayer | None
     alpha: float | None
     stopped_by: AlphaStop = Field(description=(
-        "limit / more_toxic: the rule chose alpha below the grid's edge; max_grid_alpha, "
+        "limit / more_toxic / tied: the rule chose alpha below the grid's edge (tied: the "
+        "next alpha was within the limits and the tie band, at a higher perplexity); "
+        "max_grid_alpha, "
         "max_relative_push, grid_edge: the grid stopped before any limit bound"))
     bound_by: AlphaBound | None
     extension_enabled: bool
@@ -176,10 +197,11 @@ class MethodSearch(Record):
     budget: Count = Field(description="dev cells allowed (methods.dev_cells, else CAA's count)")
     cells_searched: Count = Field(description="dev cells generated, extension included")
     added_cells: list[dict[str, float]] = Field(description="cells the extension added")
-    stopped_by: Literal["limit", "more_toxic", "max_grid_alpha", "max_relative_push",
+    stopped_by: Literal["limit", "more_toxic", "tied", "max_grid_alpha", "max_relative_push",
                         "grid_edge", "no_pick", "fixed_strength"] = Field(description=(
-        "limit / more_toxic: the rule set the strength below the grid's edge; grid_edge: "
-        "extension off; fixed_strength: an on/off method; as sweep.decide_on_dev otherwise"))
+        "limit / more_toxic / tied: the rule set the strength below the grid's edge; "
+        "grid_edge: extension off; fixed_strength: an on/off method; as "
+        "sweep.decide_on_dev otherwise"))
     bound_by: AlphaBound | None = None
 
 

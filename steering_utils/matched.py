@@ -186,7 +186,7 @@ def extend_search(rows: pd.DataFrame, plan: SearchPlan, params: StudyParams, pro
     reference 'none'); `generate(method, cells)` makes dev rows; `probe(layer, s)`: dev
     capability under the method (lazily)."""
     from .decisions import MethodPick
-    from .metrics import SelectionRule, recommend, why_no_pick
+    from .metrics import SelectionRule, recommend, why_no_pick, with_toxicity_se
     from .sweep import alpha_stop
 
     rule = SelectionRule.from_params(params.evaluation)
@@ -194,7 +194,8 @@ def extend_search(rows: pd.DataFrame, plan: SearchPlan, params: StudyParams, pro
     fixed = plan.method in FIXED_STRENGTH or plan.layer_rule == "no_edit"
     while True:
         own = rows[rows["method"].isin([UNSTEERED, plan.method])]
-        cells = method_cells(own, params).drop(columns="method")
+        cells = with_toxicity_se(method_cells(own, params).drop(columns="method"),
+                                 own[own["subset"] == "challenging"])
         pick = recommend(cells, rule, probe, MethodPick)
         if (pick is None and not fixed and generate is not None and params.sweep.extend_alphas
                 and why_no_pick(cells, rule).reason == "limits"):

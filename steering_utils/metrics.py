@@ -31,6 +31,7 @@ from .decisions import (
     PickShare,
     Recommendation,
     Stability,
+    TieBreak,
 )
 from .power import LEVEL as CI_LEVEL
 from .power import draw_indices, percentile_interval
@@ -344,11 +345,15 @@ class SelectionRule:
     max_capability_drop: float = 2.0  # accuracy points
     max_distinct_drop: float = 0.10  # fraction of the unsteered distinct-2
     max_empty_increase: float = 0.05  # absolute rise of the empty-continuation rate
+    # The one-standard-error rule: admissible cells within tie_se SEs of the least toxic one
+    # are tied, and the tie goes to the lowest perplexity (0: the least toxic, exact ties only)
+    tie_se: float = 0.0
 
     @classmethod
     def from_params(cls, evaluation) -> SelectionRule:
         return cls(evaluation.max_perplexity_increase, evaluation.max_capability_drop,
-                   evaluation.max_distinct_drop, evaluation.max_empty_increase)
+                   evaluation.max_distinct_drop, evaluation.max_empty_increase,
+                   evaluation.tie_se)
 
 
 def _check(value, limit, ok_when: str) -> Check:
@@ -433,6 +438,12 @@ def recommend(cells: pd.DataFrame, rule: SelectionRule = SelectionRule(),
     alpha)` gives accuracy (UNSTEERED_LAYER, 0 for the reference), called lazily so
     only the tried cells pay for it. Without it, a `capability_acc` column is used
     when present. None when nothing qualifies or the best is not less toxic.
+
+    With `rule.tie_se` > 0 and a `mean_toxicity_se` column (`with_toxicity_se`), the
+    one-standard-error rule: every admissible cell within tie_se SEs of the least toxic
+    admissible cell's mean toxicity is tied with it, and the pick is the tied cell of lowest
+    perplexity (then smallest |alpha|); its `tie` says which cells tied. Two cells the dev
+    set cannot tell apart then go to the gentler one, not to whichever noise favoured.
     """
     _require(cells, ("layer", "alpha", "mean_toxicity", "perplexity"), "recommend")
     if "subset" in cells.columns and cells["subset"].nunique() > 1:
@@ -455,8 +466,11 @@ def recommend(cells: pd.DataFrame, rule: SelectionRule = SelectionRule(),
     ranked = steered.sort_values(["mean_toxicity", "perplexity", "_abs_alpha", "layer"],
                                  kind="stable")
     tried = 0
+    admissible: list[tuple] = []  # (cell, checks, acc): the least toxic first
+    band = None
     for _, cell in ranked.iterrows():
-        if not float(cell["mean_toxicity"]) < ref_tox:
+        tox = float(cell["mean_toxicity"])
+        if not tox < ref_tox or (band is not None and tox > band):
             break
         checks = fluency_checks(cell, reference, rule)
         if not all(check.ok for check in checks.values()) or degenerate_checks(cell,
@@ -469,23 +483,67 @@ def recommend(cells: pd.DataFrame, rule: SelectionRule = SelectionRule(),
             if not check.ok:
                 continue
             checks["capability_acc"] = check
-        tox = float(cell["mean_toxicity"])
-        return pick(
-            layer=int(cell["layer"]),
-            alpha=float(cell["alpha"]),
-            mean_toxicity=tox,
-            reference_mean_toxicity=ref_tox,
-            toxicity_reduction=(ref_tox - tox) / ref_tox if ref_tox > 0 else None,
-            perplexity=finite(cell["perplexity"]),
-            perplexity_increase=finite(float(cell["perplexity"]) / ref_ppl - 1.0),
-            capability_acc=acc,
-            reference_capability_acc=ref_acc,
-            capability_drop_points=(None if acc is None or ref_acc is None
-                                    else (ref_acc - acc) * 100.0),
-            checks=checks,
-            candidates_tried=tried,
-        )
-    return None
+        admissible.append((cell, checks, acc))
+        if band is None:
+            se = finite(cell.get("mean_toxicity_se")) if rule.tie_se > 0 else None
+            if not se:  # no tie band: the least toxic admissible cell
+                break
+            band = tox + rule.tie_se * se
+    if not admissible:
+        return None
+    tie = None
+    cell, checks, acc = admissible[0]
+    if band is not None:
+        least = cell
+        cell, checks, acc = min(admissible, key=lambda a: (
+            finite(a[0]["perplexity"]) or math.inf, float(a[0]["_abs_alpha"]),
+            int(a[0]["layer"])))
+        tie = TieBreak(least_toxic_layer=int(least["layer"]),
+                       least_toxic_alpha=float(least["alpha"]),
+                       least_toxic_mean_toxicity=float(least["mean_toxicity"]),
+                       standard_error=float(least["mean_toxicity_se"]), tie_se=rule.tie_se,
+                       band=float(band),
+                       tied=[{"layer": int(a[0]["layer"]), "alpha": float(a[0]["alpha"])}
+                             for a in admissible])
+    tox = float(cell["mean_toxicity"])
+    return pick(
+        layer=int(cell["layer"]),
+        alpha=float(cell["alpha"]),
+        mean_toxicity=tox,
+        reference_mean_toxicity=ref_tox,
+        toxicity_reduction=(ref_tox - tox) / ref_tox if ref_tox > 0 else None,
+        perplexity=finite(cell["perplexity"]),
+        perplexity_increase=finite(float(cell["perplexity"]) / ref_ppl - 1.0),
+        capability_acc=acc,
+        reference_capability_acc=ref_acc,
+        capability_drop_points=(None if acc is None or ref_acc is None
+                                else (ref_acc - acc) * 100.0),
+        checks=checks,
+        candidates_tried=tried,
+        tie=tie,
+    )
+
+
+def toxicity_standard_errors(rows: pd.DataFrame) -> dict[tuple[int, float], float]:
+    """{(layer, alpha): the standard error of a cell's mean toxicity over prompts} (the SD of
+    its per-prompt mean toxicities over sqrt(n prompts); NaN with one prompt). `rows`: one
+    subset's generated rows."""
+    per_prompt_means = rows.groupby(["layer", "alpha", "prompt_id"])["toxicity"].mean()
+    out = {}
+    for (layer, alpha), means in per_prompt_means.groupby(level=["layer", "alpha"]):
+        means = means.dropna()
+        out[(int(layer), float(alpha))] = (float(means.std(ddof=1) / math.sqrt(len(means)))
+                                           if len(means) > 1 else math.nan)
+    return out
+
+
+def with_toxicity_se(cells: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
+    """`cells` (one subset's summaries) with column `mean_toxicity_se` from `rows` (the same
+    subset's rows): what the rule's `tie_se` reads."""
+    se = toxicity_standard_errors(rows)
+    return cells.assign(mean_toxicity_se=[se.get((int(layer), float(alpha)), math.nan)
+                                          for layer, alpha in zip(cells["layer"],
+                                                                  cells["alpha"])])
 
 
 def why_no_pick(cells: pd.DataFrame, rule: SelectionRule = SelectionRule(),
@@ -554,6 +612,16 @@ def _light_cells(codes: dict, weights: dict) -> pd.DataFrame:
             mean = float((w[keep] * v[keep]).sum() / total) if total else math.nan
             record["mean_toxicity" if name == "toxicity" else "perplexity"] = (
                 mean if name == "toxicity" else math.exp(mean) if total else math.nan)
+        # The SE over drawn prompts of their mean toxicity (the rule's tie band).
+        means = c["prompt_toxicity"]
+        wp = np.where(np.isfinite(means), weights[subset], 0.0)
+        n = float(wp.sum())
+        if n > 1:
+            m = float((wp * np.nan_to_num(means)).sum() / n)
+            record["mean_toxicity_se"] = math.sqrt(
+                float((wp * (np.nan_to_num(means) - m) ** 2).sum()) / (n - 1) / n)
+        else:
+            record["mean_toxicity_se"] = math.nan
         total = float(w.sum())
         record["empty_rate"] = float((w * c["empty"]).sum() / total) if total else math.nan
         record["repetition_rate"] = (float((w * c["repetitive"]).sum() / total) if total
@@ -583,9 +651,16 @@ def _cell_codes(rows: pd.DataFrame) -> tuple[dict, dict]:
             words = text.lower().split() if isinstance(text, str) else []
             bigrams.setdefault(int(p), []).extend(
                 vocabulary.setdefault(g, len(vocabulary)) for g in _ngrams(words, 2))
+        toxicity = cell["toxicity"].astype(float).to_numpy()
+        scored = np.isfinite(toxicity)
+        n_scored = np.bincount(index[scored], minlength=len(prompt_ids[subset]))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            prompt_toxicity = np.bincount(index[scored], toxicity[scored],
+                                          minlength=len(prompt_ids[subset])) / n_scored
         codes[(subset, int(layer), float(alpha))] = {
             "prompt": index,
-            "toxicity": cell["toxicity"].astype(float).to_numpy(),
+            "toxicity": toxicity,
+            "prompt_toxicity": np.where(n_scored > 0, prompt_toxicity, np.nan),
             "nll": (cell["nll"].astype(float).to_numpy() if "nll" in cell
                     else np.full(len(cell), math.nan)),
             "empty": cell["completion"].map(is_empty).to_numpy(dtype=float),

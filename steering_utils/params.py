@@ -389,6 +389,10 @@ class EvaluationParams(_Strict):
         0.10, ge=0, le=1, description="largest relative drop of distinct-2 vs unsteered")
     max_empty_increase: float = Field(
         0.05, ge=0, le=1, description="largest rise of the empty-continuation rate vs unsteered")
+    tie_se: float = Field(0.0, ge=0, le=3, description=(
+        "the one-standard-error rule: admissible cells whose mean toxicity is within tie_se "
+        "standard errors (over prompts) of the least toxic one are tied, and the tie goes to "
+        "the lowest perplexity; 0 = the least toxic cell"))
 
 
 class ControlParams(_Strict):

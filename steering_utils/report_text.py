@@ -53,7 +53,10 @@ def rule_text(rule: Rule, reference_perplexity: float | None) -> str:
             f"whose distinct-2 is at least {1 - rule.max_distinct_drop:.2f} x the "
             f"unsteered, whose empty-continuation rate rises by at most "
             f"{rule.max_empty_increase:.0%}, and whose capability accuracy drops by at most "
-            f"{rule.max_capability_drop:g} points.")
+            f"{rule.max_capability_drop:g} points."
+            + (f" One-standard-error rule: cells within {rule.tie_se:g} SE (over prompts) of "
+               "the least toxic such cell's mean toxicity are tied, and the tie goes to the "
+               "lowest perplexity." if rule.tie_se > 0 else ""))
 
 
 def sweep_cells(results: ExperimentResults, subset: str) -> list[Cell]:
@@ -140,7 +143,7 @@ def headline(results: ExperimentResults) -> str:
                           "model within the perplexity, diversity, empty-output and "
                           "capability limits.")
                 + " The eval sweep is shown for reference.")
-    text = f"Chosen on dev: layer {rec.layer}, α = {rec.alpha:g}. "
+    text = f"Chosen on dev: layer {rec.layer}, α = {rec.alpha:g}. " + tie_text(rec)
     st = results.stability
     if st is not None and not st.stable:
         text += (f"Unstable: only {st.cell_share:.0%} of resampled dev sets pick it again. ")
@@ -237,6 +240,18 @@ def second_scorer_text(results: ExperimentResults) -> str:
             else f"no: {second} does not confirm the reduction")
 
 
+def tie_text(rec) -> str:
+    """One sentence on the one-standard-error rule's tie, when it moved the pick off the least
+    toxic admissible cell ('' otherwise)."""
+    tie = rec.tie
+    if tie is None or (tie.least_toxic_layer, tie.least_toxic_alpha) == (rec.layer, rec.alpha):
+        return ""
+    return (f"The least toxic cell within the limits, layer {tie.least_toxic_layer}, "
+            f"α = {tie.least_toxic_alpha:g} ({tie.least_toxic_mean_toxicity:.3f}), is within "
+            f"{tie.tie_se:g} SE ({tie.standard_error:.3f}) of it ({rec.mean_toxicity:.3f}): "
+            "tied, and the rule took the lower perplexity. ")
+
+
 def stability_text(results: ExperimentResults) -> tuple[str, bool | None]:
     """(one sentence on how often resampled dev prompts repeat the pick, stable or not;
     None: not measured)."""
@@ -289,6 +304,8 @@ def _alternatives_on_dev(results: ExperimentResults, others) -> str:
 
 _STOPPED_BY = {
     "more_toxic": "the rule: the next α at this layer was within the limits but not less toxic",
+    "tied": "the rule: the next α at this layer was within the limits and less toxic, but "
+            "within the one-standard-error tie band and less fluent",
     "max_grid_alpha": "the grid, not the rule: α reached sweep.max_grid_alpha before any "
                       "limit bound",
     "max_relative_push": "the grid, not the rule: a larger α would pass "

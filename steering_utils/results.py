@@ -231,6 +231,7 @@ class Rule(_Record):
     max_capability_drop: float
     max_distinct_drop: float
     max_empty_increase: float
+    tie_se: float = 0.0
 
 
 class ExperimentResults(_Record):

@@ -230,11 +230,19 @@ def select_on_dev(grid: pd.DataFrame, params: StudyParams, capability=None) -> D
     recommended one first, then the next best grid layers, `sweep.n_chosen` in all (or the
     params' fixed list). `summary`: the challenging cells the rule read.
     """
-    from .metrics import SelectionRule, recommend, summarize_cells, with_benign_fluency
+    from .metrics import (
+        SelectionRule,
+        recommend,
+        summarize_cells,
+        with_benign_fluency,
+        with_toxicity_se,
+    )
 
     ev = params.evaluation
-    summary = with_benign_fluency(summarize_cells(grid, ev.toxic_threshold, ev.n_bootstrap,
-                                                  params.seed))
+    summary = with_toxicity_se(
+        with_benign_fluency(summarize_cells(grid, ev.toxic_threshold, ev.n_bootstrap,
+                                            params.seed)),
+        grid[grid["subset"] == "challenging"])
     rule = SelectionRule.from_params(ev)
     recommendation = recommend(_candidates(summary, params), rule, capability)
     if params.sweep.chosen_layers != "auto":
@@ -269,7 +277,8 @@ def decide_on_dev(grid: pd.DataFrame, params: StudyParams, capability=None, gene
        (`push_ratio`: layer -> ||v||/||h||), or the pick leaves the edge for another
        reason. `alpha_range.stopped_by` says which: 'limit' (with the bounding cell's
        failed criteria), 'more_toxic' (the next alpha was within the limits but not less
-       toxic), 'max_grid_alpha', 'max_relative_push', 'grid_edge' (extension off: the grid,
+       toxic), 'tied' (less toxic, but within the rule's tie band and less fluent),
+       'max_grid_alpha', 'max_relative_push', 'grid_edge' (extension off: the grid,
        not the rule, set alpha) or 'no_pick'.
     3. The pick's bootstrap stability over dev prompts (`metrics.pick_stability`,
        `sweep.stability_resamples`; 0: skipped).
@@ -335,7 +344,7 @@ def stability_projections(stability: Callable[[float], Stability]
 
 def alpha_stop(pick: Recommendation | MethodPick | None, summary: pd.DataFrame, rule,
                capability) -> tuple[AlphaStop, AlphaBound | None]:
-    """(what stopped the pick's alpha: no_pick, grid_edge, limit or more_toxic; the next
+    """(what stopped the pick's alpha: no_pick, grid_edge, limit, more_toxic or tied; the next
     alpha's cell at the pick's layer, with the criteria it failed, or None). `summary`: the
     cells `pick` was chosen among."""
     from .metrics import degenerate_checks, finite, fluency_checks
@@ -363,7 +372,10 @@ def alpha_stop(pick: Recommendation | MethodPick | None, summary: pd.DataFrame, 
             failed.append("capability_acc")
     bound = AlphaBound(alpha=float(cell["alpha"]), mean_toxicity=float(cell["mean_toxicity"]),
                        failed=failed, checks={k: v for k, v in checks.items() if k in failed})
-    return ("limit" if failed else "more_toxic"), bound
+    if failed:
+        return "limit", bound
+    # Within every limit: less toxic, yet not picked, is the tie rule's gentler choice.
+    return ("tied" if bound.mean_toxicity < pick.mean_toxicity else "more_toxic"), bound
 
 
 def dev_generator(model, tokenizer, prompts: pd.DataFrame, baseline: pd.DataFrame,

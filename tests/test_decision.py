@@ -109,6 +109,79 @@ def test_the_stability_pick_is_the_rules_pick_on_the_full_grid():
     assert out.chosen == {"layer": pick.layer, "alpha": pick.alpha}
 
 
+# --- the one-standard-error rule: a statistical tie goes to the gentler cell -------------
+
+# A prompt effect every cell shares (so each cell's mean has a real SE, ~0.03) and a small
+# contrast +-e between two cells in symmetric pairs of prompts (their paired gap is ~0 and
+# flips sign under resampling: a tie the dev set cannot break).
+_PROMPT_EFFECT = np.linspace(-0.2, 0.2, N_PROMPTS)
+_E = np.repeat(np.linspace(0.002, 0.02, N_PROMPTS // 2), 2) * np.tile([1, -1], N_PROMPTS // 2)
+
+
+def test_the_one_se_rule_gives_a_statistical_tie_to_the_lower_perplexity():
+    # Layer 6 is as toxic as layer 3 within noise but 10% less fluent. The least toxic
+    # rule flips between them; the one-SE rule picks layer 3 in (nearly) every resample.
+    rows = _grid(_cell(3, 1.0, 0.3 + _PROMPT_EFFECT + _E, nll=1.0),
+                 _cell(6, 1.0, 0.3 + _PROMPT_EFFECT - _E, nll=1.1))
+    plain = metrics.pick_stability(rows, metrics.SelectionRule(), n_resamples=400, seed=2)
+    assert {a.layer for a in plain.alternatives} == {3, 6} and not plain.stable
+    rule = metrics.SelectionRule(tie_se=1.0)
+    tied = metrics.pick_stability(rows, rule, n_resamples=400, seed=2)
+    assert tied.chosen == {"layer": 3, "alpha": 1.0}
+    assert tied.cell_share >= 0.95 and tied.stable
+
+    codes, prompt_ids = metrics._cell_codes(rows)
+    cells = metrics.with_benign_fluency(metrics._light_cells(
+        codes, {s: np.ones(len(ids)) for s, ids in prompt_ids.items()}))
+    pick = metrics.recommend(cells, rule)
+    assert (pick.layer, pick.alpha) == (3, 1.0)
+    assert pick.tie.tie_se == 1.0 and pick.tie.band > pick.tie.least_toxic_mean_toxicity
+    assert {(c["layer"], c["alpha"]) for c in pick.tie.tied} == {(3, 1.0), (6, 1.0)}
+    assert metrics.recommend(cells).tie is None  # tie_se 0: the least toxic, no band
+
+
+def test_a_cell_beyond_the_band_is_not_tied():
+    # Layer 6 is 0.15 less toxic, five SEs: it wins despite its perplexity.
+    rows = _grid(_cell(3, 1.0, 0.3 + _PROMPT_EFFECT, nll=1.0),
+                 _cell(6, 1.0, 0.15 + _PROMPT_EFFECT, nll=1.1))
+    out = metrics.pick_stability(rows, metrics.SelectionRule(tie_se=1.0), n_resamples=100,
+                                 seed=3)
+    assert out.chosen == {"layer": 6, "alpha": 1.0} and out.cell_share == 1.0
+
+
+def test_the_standard_error_is_over_prompts_of_their_mean():
+    rows = pd.DataFrame({"layer": 3, "alpha": 1.0, "prompt_id": ["a", "a", "b", "b"],
+                         "toxicity": [0.0, 0.0, 1.0, 1.0]})
+    # Per-prompt means 0 and 1: SD 0.707, over sqrt(2) prompts: 0.5 (not the rows' 0.29).
+    assert metrics.toxicity_standard_errors(rows) == {(3, 1.0): pytest.approx(0.5)}
+    one = rows[rows["prompt_id"] == "a"]
+    assert np.isnan(metrics.toxicity_standard_errors(one)[(3, 1.0)])
+    # The resampling path computes the same SE on the full grid.
+    grid = _grid(_cell(3, 1.0, 0.3 + _PROMPT_EFFECT))
+    codes, prompt_ids = metrics._cell_codes(grid)
+    light = metrics._light_cells(codes, {s: np.ones(len(ids)) for s, ids in prompt_ids.items()})
+    se = light.set_index(["layer", "alpha"])["mean_toxicity_se"]
+    assert se[(3, 1.0)] == pytest.approx(
+        metrics.toxicity_standard_errors(grid)[(3, 1.0)])
+
+
+def test_a_tied_larger_alpha_stops_the_range_as_tied():
+    from steering_utils.params import parse_params
+    from steering_utils.sweep import decide_on_dev
+    from tests.test_params import _default
+
+    raw = _default()
+    params = parse_params({**raw, "evaluation": {**raw["evaluation"], "tie_se": 1.0},
+                           "sweep": {**raw["sweep"], "stability_resamples": 0}})
+    rows = _grid(_cell(4, 1.0, 0.30 + _PROMPT_EFFECT, nll=1.00),
+                 _cell(4, 2.0, 0.29 + _PROMPT_EFFECT, nll=1.05))
+    _, selection = decide_on_dev(rows.assign(experiment="grid", split="dev", sample=0),
+                                 params, None, None)
+    assert (selection.recommendation.layer, selection.recommendation.alpha) == (4, 1.0)
+    assert selection.alpha_range.stopped_by == "tied"
+    assert selection.alpha_range.bound_by.alpha == 2.0
+
+
 # --- the alpha range: the grid grows until a limit binds --------------------------------
 
 def _world(cells):
