@@ -17,7 +17,9 @@
 #    grid: the least toxic cell whose perplexity (on challenging and, where dev has them,
 #    benign prompts), distinct-2 and empty-continuation rate stay within `evaluation.*`
 #    limits of the unsteered model, and whose accuracy on the *dev* capability items drops
-#    by at most `evaluation.max_capability_drop` points. A pick at its layer's largest α
+#    by at most `evaluation.max_capability_drop` points (with `evaluation.tie_se`, cells
+#    within that many standard errors of it tie, and the lowest perplexity wins: the
+#    one-standard-error rule). A pick at its layer's largest α
 #    grows the grid there until a limit binds; the pick's bootstrap stability over dev
 #    prompts is reported. Eval prompts and eval items are not looked at.
 # 3. **Sweep (eval split).** At the chosen layer(s), every `sweep.alphas` value on the

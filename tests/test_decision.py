@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from steering_utils import metrics
-from steering_utils.decisions import PickShare
+from steering_utils.decisions import PickShare, TieBreak
 from steering_utils.stages import UNSTEERED_LAYER
 
 N_PROMPTS = 20
@@ -356,6 +356,26 @@ def test_the_report_says_whether_a_limit_or_the_grid_set_alpha():
     edge = {**base, "stopped_by": "max_grid_alpha", "bound_by": None}
     edge_text = report_text.alpha_range_text(_report_results(alpha_range=edge))
     assert "the grid, not the rule" in edge_text
+
+
+def test_the_report_names_the_tie_that_moved_the_pick_and_the_rule_states_its_band():
+    from steering_utils import report_text
+    from steering_utils.results import Rule
+
+    results = _report_results()
+    rec = results.recommendation
+    assert report_text.tie_text(rec) == ""  # no tie record: nothing to say
+    tie = {"least_toxic_layer": 24, "least_toxic_alpha": 2.0, "least_toxic_mean_toxicity":
+           0.077, "standard_error": 0.011, "tie_se": 1.0, "band": 0.088,
+           "tied": [{"layer": 24, "alpha": 2.0}, {"layer": rec.layer, "alpha": rec.alpha}]}
+    moved = rec.model_copy(update={"tie": TieBreak.model_validate(tie)})
+    text = report_text.tie_text(moved)
+    assert "layer 24, α = 2 (0.077)" in text and "1 SE (0.011)" in text
+    assert "lower perplexity" in text
+    assert "One-standard-error rule" in report_text.rule_text(
+        Rule(max_perplexity_increase=0.25, max_capability_drop=5, max_distinct_drop=0.1,
+             max_empty_increase=0.05, tie_se=1.0), 6.5)
+    assert "standard-error" not in report_text.rule_text(results.rule, 6.5)
 
 
 def test_the_report_does_not_say_eval_confirms_when_benign_perplexity_fails():
