@@ -247,7 +247,7 @@ methods_grid, searches = cmp.search_methods(
 methods_grid = methods_grid.assign(experiment="methods_grid")
 write_table(methods_grid, stage.out("methods_grid"))
 methods_dev_cells = cmp.method_cells(methods_grid, params)
-picks = cmp.select_methods(methods_dev_cells, params, probes)
+picks = cmp.select_methods(methods_dev_cells, params, probes, methods_grid)
 matched = matched_points(methods_dev_cells, list(interventions),
                          params.methods.perplexity_budget, plans)
 write_json(cmp.picks_record(picks, methods_layer, searches, matched),

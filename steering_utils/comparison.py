@@ -330,19 +330,24 @@ def method_generator(model, tokenizer, prompts: pd.DataFrame, params: StudyParam
     return generate
 
 
-def select_methods(cells: pd.DataFrame, params: StudyParams,
-                   probes: dict) -> dict[str, MethodPick | None]:
+def select_methods(cells: pd.DataFrame, params: StudyParams, probes: dict,
+                   rows: pd.DataFrame | None = None) -> dict[str, MethodPick | None]:
     """{method: the recommendation rule's pick on dev (or None)}; `probes[method](layer,
-    strength)` measures dev capability under that method, lazily."""
-    from .metrics import SelectionRule, recommend
+    strength)` measures dev capability under that method, lazily. `rows`: the methods grid's
+    rows, whose per-prompt toxicity gives the rule's tie band (`evaluation.tie_se`) as it
+    does CAA's; without them, the least toxic cell."""
+    from .metrics import SelectionRule, recommend, with_toxicity_se
 
     rule = SelectionRule.from_params(params.evaluation)
     reference = cells[cells["method"] == UNSTEERED]
     picks = {}
     for method in [m for m in cells["method"].unique() if m != UNSTEERED]:
-        candidates = pd.concat([reference, cells[cells["method"] == method]])
-        picks[method] = recommend(candidates.drop(columns="method"), rule, probes.get(method),
-                                  MethodPick)
+        candidates = pd.concat([reference, cells[cells["method"] == method]]).drop(
+            columns="method")
+        if rows is not None:
+            own = rows[rows["method"].isin([UNSTEERED, method])]
+            candidates = with_toxicity_se(candidates, own[own["subset"] == "challenging"])
+        picks[method] = recommend(candidates, rule, probes.get(method), MethodPick)
     return picks
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -114,6 +115,22 @@ def test_each_method_is_picked_by_the_rule_on_its_own_cells():
     picks = cmp.select_methods(cells, params, {})
     assert (picks[CAA].layer, picks[CAA].alpha) == (4, 0.1)
     assert picks["prompt"] is None
+
+
+def test_a_methods_statistical_tie_goes_to_its_lower_perplexity_as_caas_does():
+    # CAA at s = 0.15 is 0.01 less toxic than at 0.1, far inside one SE (per-prompt
+    # toxicity spread 0.1-0.5), at higher perplexity (nll 2 + s, +5%): the one-SE rule picks 0.1.
+    spread = list(np.linspace(0.1, 0.5, 8))
+    rows = _cells_rows({(UNSTEERED, -1, 0.0): [0.6] * 8, (CAA, 4, 0.1): spread,
+                        (CAA, 4, 0.15): [t - 0.01 for t in spread]})
+    raw = _default()
+    raw["evaluation"]["tie_se"] = 1.0
+    params = parse_params(raw)
+    cells = cmp.method_cells(rows, params)
+    tied = cmp.select_methods(cells, params, {}, rows)[CAA]
+    assert (tied.layer, tied.alpha) == (4, 0.1) and tied.tie.least_toxic_alpha == 0.15
+    plain = cmp.select_methods(cells, params, {})[CAA]  # no rows: no SE, the least toxic
+    assert (plain.alpha, plain.tie) == (0.15, None)
 
 
 def test_an_older_record_without_matched_points_puts_each_dev_pick_on_eval():
