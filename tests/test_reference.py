@@ -4,7 +4,7 @@ Its report is read by people who never run it: the results must match today's sc
 they must have been made by the params file committed beside them. A params field added to
 the code after the run (at its default, which the file does not set) keeps the run valid; a
 changed value in `params/reference.yaml` does not: re-run it (`make report
-PARAMS=params/reference.yaml`, ~56 min on 2 quiet cores) and commit the new folder.
+PARAMS=params/reference.yaml`, ~62 min on 2 quiet cores) and commit the new folder.
 """
 
 from __future__ import annotations
