@@ -165,7 +165,7 @@ def layer_verdict(grid: pd.DataFrame, layer: int, alpha: float | None, n_boot: i
         others_rows = grid[grid["layer"] != layer]
         summary = with_toxicity_se(
             with_benign_fluency(summarize_cells(others_rows, toxic_threshold, 20, seed)),
-            others_rows[others_rows["subset"] == "challenging"])
+            others_rows)
         runner_up = recommend(summary, rule, capability)
         if runner_up is not None:
             other_layer, other_alpha = runner_up.layer, runner_up.alpha

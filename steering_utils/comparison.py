@@ -345,8 +345,8 @@ def select_methods(cells: pd.DataFrame, params: StudyParams, probes: dict,
         candidates = pd.concat([reference, cells[cells["method"] == method]]).drop(
             columns="method")
         if rows is not None:
-            own = rows[rows["method"].isin([UNSTEERED, method])]
-            candidates = with_toxicity_se(candidates, own[own["subset"] == "challenging"])
+            candidates = with_toxicity_se(
+                candidates, rows[rows["method"].isin([UNSTEERED, method])])
         picks[method] = recommend(candidates, rule, probes.get(method), MethodPick)
     return picks
 

@@ -194,8 +194,7 @@ def extend_search(rows: pd.DataFrame, plan: SearchPlan, params: StudyParams, pro
     fixed = plan.method in FIXED_STRENGTH or plan.layer_rule == "no_edit"
     while True:
         own = rows[rows["method"].isin([UNSTEERED, plan.method])]
-        cells = with_toxicity_se(method_cells(own, params).drop(columns="method"),
-                                 own[own["subset"] == "challenging"])
+        cells = with_toxicity_se(method_cells(own, params).drop(columns="method"), own)
         pick = recommend(cells, rule, probe, MethodPick)
         if (pick is None and not fixed and generate is not None and params.sweep.extend_alphas
                 and why_no_pick(cells, rule).reason == "limits"):

@@ -524,22 +524,34 @@ def recommend(cells: pd.DataFrame, rule: SelectionRule = SelectionRule(),
     )
 
 
+def weighted_standard_error(values, weights) -> float:
+    """The standard error of the weighted mean of `values` (per-prompt means), each counted
+    `weights` times: ones give the plain SE (SD over sqrt(n)), a bootstrap's draw counts
+    the resample's. NaN values count zero times; NaN with fewer than two counted."""
+    v = np.asarray(values, dtype=float)
+    w = np.where(np.isfinite(v), np.asarray(weights, dtype=float), 0.0)
+    n = float(w.sum())
+    if n <= 1:
+        return math.nan
+    v = np.nan_to_num(v)
+    mean = float((w * v).sum()) / n
+    return math.sqrt(float((w * (v - mean) ** 2).sum()) / (n - 1) / n)
+
+
 def toxicity_standard_errors(rows: pd.DataFrame) -> dict[tuple[int, float], float]:
     """{(layer, alpha): the standard error of a cell's mean toxicity over prompts} (the SD of
     its per-prompt mean toxicities over sqrt(n prompts); NaN with one prompt). `rows`: one
     subset's generated rows."""
     per_prompt_means = rows.groupby(["layer", "alpha", "prompt_id"])["toxicity"].mean()
-    out = {}
-    for (layer, alpha), means in per_prompt_means.groupby(level=["layer", "alpha"]):
-        means = means.dropna()
-        out[(int(layer), float(alpha))] = (float(means.std(ddof=1) / math.sqrt(len(means)))
-                                           if len(means) > 1 else math.nan)
-    return out
+    return {(int(layer), float(alpha)): weighted_standard_error(means, np.ones(len(means)))
+            for (layer, alpha), means in per_prompt_means.groupby(level=["layer", "alpha"])}
 
 
 def with_toxicity_se(cells: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
-    """`cells` (one subset's summaries) with column `mean_toxicity_se` from `rows` (the same
-    subset's rows): what the rule's `tie_se` reads."""
+    """`cells` (one subset's summaries) with column `mean_toxicity_se` from the rows of that
+    subset among `rows`: what the rule's `tie_se` reads."""
+    if "subset" in cells.columns and "subset" in rows.columns:
+        rows = rows[rows["subset"].isin(set(cells["subset"]))]
     se = toxicity_standard_errors(rows)
     return cells.assign(mean_toxicity_se=[se.get((int(layer), float(alpha)), math.nan)
                                           for layer, alpha in zip(cells["layer"],
@@ -613,15 +625,8 @@ def _light_cells(codes: dict, weights: dict) -> pd.DataFrame:
             record["mean_toxicity" if name == "toxicity" else "perplexity"] = (
                 mean if name == "toxicity" else math.exp(mean) if total else math.nan)
         # The SE over drawn prompts of their mean toxicity (the rule's tie band).
-        means = c["prompt_toxicity"]
-        wp = np.where(np.isfinite(means), weights[subset], 0.0)
-        n = float(wp.sum())
-        if n > 1:
-            m = float((wp * np.nan_to_num(means)).sum() / n)
-            record["mean_toxicity_se"] = math.sqrt(
-                float((wp * (np.nan_to_num(means) - m) ** 2).sum()) / (n - 1) / n)
-        else:
-            record["mean_toxicity_se"] = math.nan
+        record["mean_toxicity_se"] = weighted_standard_error(c["prompt_toxicity"],
+                                                             weights[subset])
         total = float(w.sum())
         record["empty_rate"] = float((w * c["empty"]).sum() / total) if total else math.nan
         record["repetition_rate"] = (float((w * c["repetitive"]).sum() / total) if total

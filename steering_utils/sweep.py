@@ -242,7 +242,7 @@ def select_on_dev(grid: pd.DataFrame, params: StudyParams, capability=None) -> D
     summary = with_toxicity_se(
         with_benign_fluency(summarize_cells(grid, ev.toxic_threshold, ev.n_bootstrap,
                                             params.seed)),
-        grid[grid["subset"] == "challenging"])
+        grid)
     rule = SelectionRule.from_params(ev)
     recommendation = recommend(_candidates(summary, params), rule, capability)
     if params.sweep.chosen_layers != "auto":
